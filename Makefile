@@ -1,0 +1,56 @@
+# Every target creates the virtual environment first if it is missing or stale.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run worker api migrate test test-fast lint format bench data clean
+
+$(STAMP): requirements.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Start the API and one worker on the embedded default (SQLite + SQLite broker) and print the URL.
+run: $(STAMP)
+	$(PY) -m app.serve
+
+## Only the API (for scale-out setups where workers run elsewhere).
+api: $(STAMP) migrate
+	$(PY) -m uvicorn app.main:app --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
+
+## Only a worker: one per GPU, e.g. CUDA_VISIBLE_DEVICES=1 make worker
+worker: $(STAMP)
+	$(PY) -m worker
+
+migrate: $(STAMP)
+	$(PY) -m alembic upgrade head
+
+## The whole test suite (PostgreSQL and Redis tests skip with a reason when the servers are absent, fail under CI=true).
+test: $(STAMP)
+	$(PY) -m pytest
+
+## Engine and API tests only, no worker processes.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not e2e"
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+## Training throughput of the engine against a naive DataLoader loop.
+bench: $(STAMP)
+	$(PY) -m bench.train_throughput
+
+## A small generated dataset in the official CIFAR-100 format under ./data (for demos without internet).
+data: $(STAMP)
+	$(PY) -m engine generate-data --out data --dataset cifar100 --classes 10 --train-per-class 30 --test-per-class 10
+
+clean:
+	rm -rf var artifacts .pytest_cache

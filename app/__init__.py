@@ -1,0 +1,1 @@
+"""The FastAPI adapter: routes, schemas, database access and services for training jobs."""

@@ -1,0 +1,76 @@
+"""Settings, read once from the environment (and an optional .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; each is documented in README.md and .env.example."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    var_dir: Path = Field(Path("var"), description="Where the embedded defaults keep their files.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: a SQLite file under VAR_DIR."
+    )
+    celery_broker_url: str | None = Field(
+        None, description="Celery broker; default: kombu's SQLAlchemy transport on a SQLite file."
+    )
+    data_dir: Path = Field(Path("data"), description="Where the CIFAR datasets are read from.")
+    artifact_dir: Path | None = Field(
+        None, description="Checkpoints and other job files; default VAR_DIR/artifacts."
+    )
+    allow_download: bool = Field(True, description="Fetch CIFAR from its official URL if missing.")
+    cifar100_url: str | None = None
+    cifar100_md5: str | None = None
+    cifar10_url: str | None = None
+    cifar10_md5: str | None = None
+
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    lease_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=100)
+    max_job_seconds: float = Field(48 * 3600.0, gt=0)
+    max_queued_jobs: int = Field(100, ge=1)
+    max_body_bytes: int = Field(16 * 1024, ge=1024)
+    api_key: str | None = None
+    device: str = Field("auto", description="Worker device: auto, cpu, cuda or cuda:N.")
+    worker_name: str | None = None
+
+    @field_validator("api_key", "database_url", "celery_broker_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.var_dir / 'jobs.sqlite3').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.celery_broker_url or f"sqla+sqlite:///{(self.var_dir / 'broker.sqlite3').resolve()}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.var_dir / "artifacts").resolve()
+
+    @property
+    def visibility_timeout_seconds(self) -> int:
+        """Above the longest allowed job, so Redis never redelivers a job that is still running."""
+        return int(self.max_job_seconds + 3600)
+
+    def download_source(self, dataset: str) -> tuple[str | None, str | None]:
+        if dataset == "cifar10":
+            return self.cifar10_url, self.cifar10_md5
+        return self.cifar100_url, self.cifar100_md5
+
+
+@lru_cache
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    return settings

@@ -1,0 +1,61 @@
+"""One typed error hierarchy; app.main renders each as JSON {error, detail}."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class JobNotFound(ServiceError):
+    status_code = 404
+    code = "job_not_found"
+
+    def __init__(self, job_id: object) -> None:
+        super().__init__(f"No job with id {job_id}.")
+
+
+class CheckpointNotFound(ServiceError):
+    status_code = 404
+    code = "checkpoint_not_found"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class JobNotCancellable(ServiceError):
+    status_code = 409
+    code = "job_not_cancellable"
+
+
+class IdempotencyConflict(ServiceError):
+    status_code = 409
+    code = "idempotency_key_reused"
+
+
+class QueueFull(ServiceError):
+    status_code = 503
+    code = "queue_full"
+
+
+class BodyTooLarge(ServiceError):
+    status_code = 413
+    code = "body_too_large"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class InvalidRequest(ServiceError):
+    status_code = 422
+    code = "invalid_request"

@@ -1,0 +1,44 @@
+"""Helpers shared by the routers: response documentation and job rendering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.schemas import ErrorRead, JobLinks, JobRead
+from app.tables import Job
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the JSON errors a route can answer with."""
+    descriptions = {
+        401: "Missing or wrong API key (only when API_KEY is set).",
+        404: "No such job, checkpoint or file.",
+        409: "Conflict with the job's state or an earlier request.",
+        413: "Request body too large.",
+        422: "Invalid input; `fields` names each bad field.",
+        503: "Not available right now; see Retry-After.",
+    }
+    return {code: {"model": ErrorRead, "description": descriptions[code]} for code in codes}
+
+
+def job_links(job_id: int) -> JobLinks:
+    base = f"/jobs/{job_id}"
+    return JobLinks(
+        self=base,
+        metrics=f"{base}/metrics",
+        loss_plot=f"{base}/plots/loss.png",
+        accuracy_plot=f"{base}/plots/accuracy.png",
+        checkpoints=f"{base}/checkpoints",
+        cancel=f"{base}/cancel",
+    )
+
+
+def render_job(job: Job, queue_position: int | None = None) -> JobRead:
+    return JobRead.model_validate(
+        {
+            **{field: getattr(job, field) for field in JobRead.model_fields
+               if field not in ("links", "queue_position")},
+            "queue_position": queue_position,
+            "links": job_links(job.id),
+        }
+    )

@@ -1,0 +1,1 @@
+"""Services: the job operations, each taking a SQLAlchemy session keyword-only."""

@@ -1,0 +1,167 @@
+"""Job operations behind the API routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import IdempotencyConflict, JobNotCancellable, JobNotFound, QueueFull
+from app.schemas import JobCreate
+from app.tables import EpochMetric, Job, JobStatus, utcnow
+from models import architecture_complexity
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    created: bool
+
+
+def create_job(
+    session: Session, spec: JobCreate, *, settings: Settings, idempotency_key: str | None = None
+) -> Submission:
+    """Store a queued job and commit it; the caller enqueues it only after this returns."""
+    fingerprint = spec.fingerprint()
+    if idempotency_key is not None:
+        existing = _find_by_key(session, idempotency_key, fingerprint)
+        if existing is not None:
+            return Submission(existing, created=False)
+    queued = session.execute(
+        select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
+    ).scalar_one()
+    if queued >= settings.max_queued_jobs:
+        raise QueueFull(
+            f"{queued} jobs are already queued (limit {settings.max_queued_jobs}); retry later.",
+            headers={"Retry-After": str(int(max(settings.lease_seconds, 30)))},
+        )
+    complexity = architecture_complexity(spec.block, 100 if spec.dataset == "cifar100" else 10)
+    now = utcnow()
+    job = Job(
+        name=spec.name,
+        tags=list(spec.tags),
+        block=spec.block,
+        dataset=spec.dataset,
+        spec=spec.model_dump(mode="json"),
+        status=JobStatus.QUEUED,
+        cancel_requested=False,
+        params=complexity.params,
+        macs=complexity.macs,
+        epochs_total=spec.hyperparameters.epochs,
+        epochs_done=0,
+        attempt=0,
+        max_attempts=settings.max_attempts,
+        enqueued_at=now,
+        enqueue_count=1,
+        idempotency_key=idempotency_key,
+        request_sha256=fingerprint,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another request with the same Idempotency-Key won the race.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = _find_by_key(session, idempotency_key, fingerprint)
+        if existing is None:
+            raise
+        return Submission(existing, created=False)
+    return Submission(job, created=True)
+
+
+def _find_by_key(session: Session, key: str, fingerprint: str) -> Job | None:
+    job = session.execute(select(Job).where(Job.idempotency_key == key)).scalar_one_or_none()
+    if job is not None and job.request_sha256 != fingerprint:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {key!r} was already used for job {job.id} with a different body."
+        )
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None = None,
+    block: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Job], int]:
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if block is not None:
+        query = query.where(Job.block == block)
+    total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    jobs = session.execute(
+        query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+    ).scalars()
+    return list(jobs), total
+
+
+def queue_position(session: Session, job: Job) -> int | None:
+    """1 for the next job a free worker takes (first in, first out)."""
+    if job.status != JobStatus.QUEUED:
+        return None
+    ahead = session.execute(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.status == JobStatus.QUEUED, Job.id < job.id)
+    ).scalar_one()
+    return int(ahead) + 1
+
+
+def queue_positions(session: Session, jobs: list[Job]) -> dict[int, int]:
+    queued_ids = session.execute(
+        select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.id)
+    ).scalars()
+    positions = {job_id: index + 1 for index, job_id in enumerate(queued_ids)}
+    return {job.id: positions[job.id] for job in jobs if job.id in positions}
+
+
+def epoch_metrics(session: Session, job_id: int, *, since_epoch: int = 0) -> list[EpochMetric]:
+    return list(
+        session.execute(
+            select(EpochMetric)
+            .where(EpochMetric.job_id == job_id, EpochMetric.epoch > since_epoch)
+            .order_by(EpochMetric.epoch)
+        ).scalars()
+    )
+
+
+def cancel_job(session: Session, job_id: int) -> Job:
+    """A queued job is cancelled at once; a running one is asked to stop at the next batch.
+    Cancelling twice is harmless; a finished job cannot be cancelled."""
+    job = get_job(session, job_id)
+    now = utcnow()
+    cancelled_queued = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if not cancelled_queued:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+            .values(cancel_requested=True, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    session.refresh(job)
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        raise JobNotCancellable(f"Job {job_id} already {job.status}; it cannot be cancelled.")
+    return job

@@ -1,0 +1,177 @@
+"""Shared fixtures. Database tests run on SQLite and PostgreSQL; tests that need PostgreSQL or
+Redis skip with a reason when the server is absent, and fail under CI=true."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable at {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message}; CI needs it (start it before the tests).", pytrace=False)
+    pytest.skip(f"{message}: start it to run this test")
+
+
+def _clear_caches() -> None:
+    from app.config import get_settings
+    from app.db import dispose_engines
+    from worker.celery_app import get_celery
+
+    dispose_engines()
+    get_settings.cache_clear()
+    get_celery.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated CIFAR-100 (10 classes used) in the official format."""
+    from engine.synthetic import generate_cifar
+
+    root = tmp_path_factory.mktemp("data")
+    generate_cifar(root, "cifar100", classes=10, train_per_class=20, test_per_class=8, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A migrated template database; each test gets a fresh copy of it."""
+    require_server("PostgreSQL", "127.0.0.1", 5432)
+    from app.migrations import upgrade
+
+    name = f"cifar_template_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    from app.db import dispose_engines
+
+    dispose_engines()
+    yield name
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _postgres_copy(template: str) -> Iterator[str]:
+    name = f"cifar_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        from app.db import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of each kind."""
+    if request.param == "sqlite":
+        from app.migrations import upgrade
+
+        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+        upgrade(url)
+        yield url
+    else:
+        yield from _postgres_copy(request.getfixturevalue("postgres_template"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    from app.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_server("Redis", "127.0.0.1", 6379)
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    return REDIS_URL
+
+
+def service_environment(tmp_path: Path, database_url: str, dataset_root: Path,
+                        broker_url: str | None = None, **extra: str) -> dict[str, str]:
+    """The settings a service process reads, as environment variables."""
+    env = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith(("CELERY_", "DATABASE_URL", "API_KEY"))
+    }
+    env.update({
+        "VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": database_url,
+        "DATA_DIR": str(dataset_root),
+        "ALLOW_DOWNLOAD": "false",
+        "DEVICE": "cpu",
+        "HEARTBEAT_SECONDS": "0.5",
+        "LEASE_SECONDS": "4",
+        "PYTHONUNBUFFERED": "1",
+    })
+    if broker_url:
+        env["CELERY_BROKER_URL"] = broker_url
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dataset_root: Path):  # type: ignore[no-untyped-def]
+    """Point this process's settings at a database (and optional broker and extras)."""
+
+    def apply(database_url: str, broker_url: str | None = None, **extra: str) -> dict[str, str]:
+        env = service_environment(tmp_path, database_url, dataset_root, broker_url, **extra)
+        for key in ("CELERY_BROKER_URL", "API_KEY"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            if os.environ.get(key) != value:
+                monkeypatch.setenv(key, value)
+        _clear_caches()
+        return env
+
+    yield apply
+    _clear_caches()
+
+
+@pytest.fixture
+def client(configure, database_url: str):  # type: ignore[no-untyped-def]
+    """An in-process API client on each database, with the embedded broker (no worker)."""
+    from fastapi.testclient import TestClient
+
+    configure(database_url)
+    from app.main import create_app
+
+    with TestClient(create_app()) as test_client:
+        yield test_client

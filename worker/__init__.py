@@ -1,0 +1,1 @@
+"""The Celery adapter: the app, its settings, and thin tasks that call the job runner."""

@@ -1,0 +1,63 @@
+"""The Celery app, configured for long GPU jobs whose state lives in the job table."""
+
+from __future__ import annotations
+
+import sqlite3
+from functools import lru_cache
+from pathlib import Path
+
+from celery import Celery
+
+from app.config import Settings, get_settings
+
+TRAINING_QUEUE = "training"
+RUN_JOB_TASK = "worker.run_job"
+
+
+def _prepare_sqlite_broker(url: str) -> None:
+    """Create the broker file's folder and switch it to WAL, so the API and workers share it."""
+    path = Path(url.split(":///", 1)[1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path, timeout=30) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
+def make_celery(settings: Settings) -> Celery:
+    broker_url = settings.resolved_broker_url
+    if broker_url.startswith("sqla+sqlite"):
+        _prepare_sqlite_broker(broker_url)
+        # kombu hands these to create_engine() for its SQLAlchemy transport.
+        transport_options: dict[str, object] = {"connect_args": {"timeout": 30}}
+    else:
+        # A running job's message stays unacked until it ends: never let Redis redeliver it early.
+        transport_options = {"visibility_timeout": settings.visibility_timeout_seconds}
+    celery = Celery("cifar_jobs", broker=broker_url, include=["worker.tasks"])
+    celery.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=TRAINING_QUEUE,
+        task_routes={RUN_JOB_TASK: {"queue": TRAINING_QUEUE}},
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    return celery
+
+
+@lru_cache
+def get_celery() -> Celery:
+    return make_celery(get_settings())
+
+
+def enqueue_job(job_id: int) -> None:
+    """Send the job's id (and nothing else) to the training queue."""
+    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE)

@@ -1,0 +1,44 @@
+"""The reconciler: re-queues jobs whose worker died and re-sends messages the broker lost."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from app.config import Settings
+from app.db import session_scope
+from app.services.lifecycle import reap_expired_leases, take_due_sends
+from worker.celery_app import enqueue_job
+
+logger = logging.getLogger(__name__)
+
+
+def reconcile_once(settings: Settings) -> list[int]:
+    """One pass; returns the ids of the jobs whose message was (re)sent."""
+    with session_scope() as session:
+        requeued = reap_expired_leases(session)
+    for job_id in requeued:
+        logger.warning("job %s: its worker stopped heartbeating; re-queued", job_id)
+    with session_scope() as session:
+        due = take_due_sends(session, lease_seconds=settings.lease_seconds)
+    for job_id in due:
+        enqueue_job(job_id)
+    return due
+
+
+class Reconciler(threading.Thread):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(name="reconciler", daemon=True)
+        self.settings = settings
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        interval = max(0.5, min(self.settings.heartbeat_seconds, self.settings.lease_seconds / 2))
+        while not self._done.wait(interval):
+            try:
+                reconcile_once(self.settings)
+            except Exception:  # the database or broker may be restarting; next pass retries
+                logger.exception("reconcile pass failed")
+
+    def stop(self) -> None:
+        self._done.set()

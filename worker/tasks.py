@@ -1,0 +1,37 @@
+"""Celery tasks: thin shells that pass a job id to the runner."""
+
+from __future__ import annotations
+
+import logging
+
+from celery.signals import worker_ready, worker_shutdown
+
+from app.config import get_settings
+from worker.celery_app import RUN_JOB_TASK, get_celery
+from worker.reconciler import Reconciler
+from worker.runner import run_job
+
+logger = logging.getLogger(__name__)
+celery = get_celery()
+_reconciler: Reconciler | None = None
+
+
+@celery.task(name=RUN_JOB_TASK)
+def run_job_task(job_id: object) -> str:
+    if not isinstance(job_id, int) or isinstance(job_id, bool):
+        logger.error("dropping a message with a malformed job id: %r", job_id)
+        return "malformed"
+    return run_job(job_id, settings=get_settings())
+
+
+@worker_ready.connect
+def _start_reconciler(**_: object) -> None:
+    global _reconciler
+    _reconciler = Reconciler(get_settings())
+    _reconciler.start()
+
+
+@worker_shutdown.connect
+def _stop_reconciler(**_: object) -> None:
+    if _reconciler is not None:
+        _reconciler.stop()
