@@ -1,0 +1,110 @@
+"""End to end: the API under uvicorn and a real Celery worker process (not eager mode), on the
+embedded default (SQLite + SQLite broker) and on Redis + PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from tests.conftest import service_environment
+from tests.support import free_port, start_api, start_worker, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SMALL_JOB = {
+    "block": "mobile",
+    "dataset": "cifar100",
+    "hyperparameters": {"epochs": 2, "batch_size": 32, "seed": 7},
+    "train_samples": 96,
+    "test_samples": 48,
+    "name": "e2e",
+}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def wait_for_status(api: httpx.Client, job_id: int, statuses: tuple[str, ...], *,
+                    timeout: float = 180) -> dict:
+    def done() -> dict | None:
+        job = api.get(f"/jobs/{job_id}").json()
+        return job if job["status"] in statuses else None
+
+    return wait_for(done, timeout=timeout, interval=0.5, what=f"job {job_id} to be {statuses}")
+
+
+def run_small_job_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
+    from app.migrations import upgrade
+
+    upgrade(env["DATABASE_URL"])
+    port = free_port()
+    api_process = start_api(env, tmp_path, port)
+    worker = start_worker(env, tmp_path)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
+            response = api.post("/jobs", json=SMALL_JOB)
+            assert response.status_code == 202, response.text
+            job = response.json()
+            assert response.headers["location"] == f"/jobs/{job['id']}"
+            assert job["params"] == 1_326_052 and round(job["macs"] / 1e9, 2) == 0.07
+
+            job = wait_for_status(api, job["id"], ("succeeded", "failed"))
+            assert job["status"] == "succeeded", (job, worker.output())
+            assert job["epochs_done"] == job["epochs_total"] == 2
+            assert job["attempt"] == 1
+
+            metrics = api.get(f"/jobs/{job['id']}/metrics").json()["metrics"]
+            assert [row["epoch"] for row in metrics] == [1, 2]
+            for row in metrics:
+                assert 0.0 <= row["test_accuracy"] <= 1.0 and row["train_loss"] > 0
+            assert job["final_test_accuracy"] == metrics[-1]["test_accuracy"]
+            later = api.get(f"/jobs/{job['id']}/metrics", params={"since_epoch": 1}).json()
+            assert [row["epoch"] for row in later["metrics"]] == [2]
+
+            for plot in ("loss.png", "accuracy.png"):
+                image = api.get(f"/jobs/{job['id']}/plots/{plot}")
+                assert image.status_code == 200
+                assert image.headers["content-type"] == "image/png"
+                assert image.content.startswith(PNG_SIGNATURE)
+
+            listing = {row["name"]: row for row in api.get(f"/jobs/{job['id']}/checkpoints").json()}
+            assert set(listing) == {"latest", "best", "final"}
+            assert listing["final"]["epoch"] == 2
+            download = api.get(listing["final"]["url"])
+            assert download.status_code == 200
+            digest = hashlib.sha256(download.content).hexdigest()
+            assert digest == listing["final"]["sha256"]
+            assert download.headers["etag"] == f'"{digest}"'
+            assert len(download.content) == listing["final"]["size_bytes"]
+
+            from engine.checkpoint import load_model_from_checkpoint
+
+            state = torch.load(io.BytesIO(download.content), weights_only=True)
+            assert state["block"] == "mobile" and state["epoch"] == 2
+            path = tmp_path / "final.pt"
+            path.write_bytes(download.content)
+            model = load_model_from_checkpoint(path)
+            assert sum(p.numel() for p in model.parameters()) == 1_326_052
+    finally:
+        worker.stop()
+        api_process.stop()
+
+
+def test_job_runs_end_to_end_on_the_embedded_default(tmp_path: Path, dataset_root: Path) -> None:
+    env = service_environment(tmp_path, f"sqlite:///{tmp_path / 'jobs.sqlite3'}", dataset_root)
+    run_small_job_end_to_end(env, tmp_path)
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_job_runs_end_to_end_on_redis_and_postgres(
+    tmp_path: Path, dataset_root: Path, redis_url: str, postgres_template: str
+) -> None:
+    from tests.conftest import _postgres_copy
+
+    for database_url in _postgres_copy(postgres_template):
+        env = service_environment(tmp_path, database_url, dataset_root, broker_url=redis_url)
+        run_small_job_end_to_end(env, tmp_path)
