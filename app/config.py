@@ -52,7 +52,10 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.celery_broker_url or f"sqla+sqlite:///{(self.var_dir / 'broker.sqlite3').resolve()}"
+        return (
+            self.celery_broker_url
+            or f"sqla+sqlite:///{(self.var_dir / 'broker.sqlite3').resolve()}"
+        )
 
     @property
     def resolved_artifact_dir(self) -> Path:

@@ -14,8 +14,11 @@ from app.config import Settings, get_settings
 from app.db import get_sessionmaker
 from app.errors import Unauthorized
 
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                              description="Needed on every route but /health when API_KEY is set.")
+api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="Needed on every route but /health when API_KEY is set.",
+)
 
 
 def get_session() -> Iterator[Session]:

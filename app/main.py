@@ -21,10 +21,12 @@ as jobs: submit a spec, poll per-epoch metrics, fetch PNG plots and checkpoints.
 """
 
 
-def _error(status_code: int, code: str, detail: str, headers: dict[str, str] | None = None,
-           **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status_code,
-                        headers=headers)
+def _error(
+    status_code: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": code, "detail": detail, **extra}, status_code=status_code, headers=headers
+    )
 
 
 class BodySizeLimit:
@@ -38,8 +40,9 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = _error(413, BodyTooLarge.code,
-                           f"Request body larger than {self.max_bytes} bytes.")
+        too_large = _error(
+            413, BodyTooLarge.code, f"Request body larger than {self.max_bytes} bytes."
+        )
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -50,17 +53,36 @@ class BodySizeLimit:
                     await too_large(scope, receive, send)
                     return
         received = 0
+        exceeded = False
+        response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    exceeded = True
                     raise BodyTooLarge(f"Request body larger than {self.max_bytes} bytes.")
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            # A chunked body over the cap surfaces in the route as a body-parsing error (FastAPI
+            # answers 400); drop that answer and send the 413 below instead.
+            if exceeded and not response_started:
+                return
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except BodyTooLarge:
+            if response_started:
+                raise
+        if exceeded and not response_started:
+            await too_large(scope, receive, send)
 
 
 def _field_name(location: tuple[Any, ...]) -> str:
@@ -70,7 +92,14 @@ def _field_name(location: tuple[Any, ...]) -> str:
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    app = FastAPI(title="CIFAR training jobs", version="0.1.0", description=DESCRIPTION)
+    # No trailing-slash redirects: "/jobs/1/checkpoints/%2e%2e%2f" decodes to ".../../", and a 307
+    # to ".../.." would send clients (which normalise dot segments) to another resource.
+    app = FastAPI(
+        title="CIFAR training jobs",
+        version="0.1.0",
+        description=DESCRIPTION,
+        redirect_slashes=False,
+    )
 
     @app.exception_handler(ServiceError)
     async def service_error(_request: Request, error: ServiceError) -> JSONResponse:
@@ -78,8 +107,10 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = [{"field": _field_name(tuple(item["loc"])), "message": item["msg"]}
-                    for item in error.errors()]
+        problems = [
+            {"field": _field_name(tuple(item["loc"])), "message": item["msg"]}
+            for item in error.errors()
+        ]
         if problems and all(item["loc"][0] == "path" for item in error.errors()):
             # A malformed id names no resource: the same answer as an unknown one.
             return _error(404, "not_found", "No such resource.")
@@ -89,8 +120,12 @@ def create_app() -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
-        return _error(error.status_code, codes.get(error.status_code, "http_error"),
-                      str(error.detail), dict(error.headers or {}))
+        return _error(
+            error.status_code,
+            codes.get(error.status_code, "http_error"),
+            str(error.detail),
+            dict(error.headers or {}),
+        )
 
     protected = [Depends(require_api_key)]
     app.include_router(system.health_router)
@@ -99,7 +134,32 @@ def create_app() -> FastAPI:
     app.include_router(plots.router, dependencies=protected)
     app.include_router(checkpoints.router, dependencies=protected)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _drop_unreachable_validation_errors(default_openapi())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _drop_unreachable_validation_errors(schema: dict[str, Any]) -> None:
+    """FastAPI documents a 422 HTTPValidationError on each route that has parameters and does not
+    declare its own 422. This API never sends that body: its 422 is ErrorRead (declared where it
+    can happen), and a bad path parameter is a 404. Remove those entries from the schema."""
+    default_ref = "#/components/schemas/HTTPValidationError"
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422", {})
+            content = response.get("content", {}).get("application/json", {})
+            if content.get("schema", {}).get("$ref") == default_ref:
+                del operation["responses"]["422"]
+    if default_ref not in repr(schema.get("paths", {})):
+        components = schema.get("components", {}).get("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
 
 
 app = create_app()

@@ -34,15 +34,27 @@ def line_chart_png(series: Sequence[Series], *, metric: str, title: str) -> byte
     scale = 100.0 if metric in PERCENT_METRICS else 1.0
     for item in series:
         values = [value * scale for value in item.values]
-        axes.plot(item.epochs, values, marker="o" if len(values) < 30 else None,
-                  markersize=3, label=item.label)
+        axes.plot(
+            item.epochs,
+            values,
+            marker="o" if len(values) < 30 else None,
+            markersize=3,
+            label=item.label,
+        )
     axes.set_xlabel("Epoch")
     axes.set_ylabel(METRIC_LABELS[metric])
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     if not any(item.values for item in series):
-        axes.text(0.5, 0.5, "no epochs recorded yet", ha="center", va="center",
-                  transform=axes.transAxes, color="grey")
+        axes.text(
+            0.5,
+            0.5,
+            "no epochs recorded yet",
+            ha="center",
+            va="center",
+            transform=axes.transAxes,
+            color="grey",
+        )
     elif len(series) > 1 or series[0].label:
         axes.legend()
     figure.tight_layout()

@@ -30,9 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     url = f"http://{args.host}:{args.port}"
     print(f"\nCIFAR training jobs: {url}   (API docs: {url}/docs)", flush=True)
-    print(f"database {settings.resolved_database_url} | broker {settings.resolved_broker_url} | "
-          f"data {settings.data_dir.resolve()} | artifacts {settings.resolved_artifact_dir}\n",
-          flush=True)
+    print(
+        f"database {settings.resolved_database_url} | broker {settings.resolved_broker_url} | "
+        f"data {settings.data_dir.resolve()} | artifacts {settings.resolved_artifact_dir}\n",
+        flush=True,
+    )
     try:
         uvicorn.run("app.main:app", host=args.host, port=args.port, log_level="info")
     finally:

@@ -1,4 +1,4 @@
-"""The SQL tables (SQLAlchemy 2). Alembic migrations under alembic/ are the only way they are made."""
+"""The SQL tables (SQLAlchemy 2). Alembic migrations (alembic/) are the only way they are made."""
 
 from __future__ import annotations
 

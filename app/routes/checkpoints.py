@@ -24,16 +24,25 @@ CHECKPOINT_NAMES = ("latest", "best", "final")
 CHUNK_BYTES = 1 << 20
 
 
-@router.get("", response_model=list[CheckpointRead], responses=error_responses(401, 404),
-            summary="The job's checkpoints: latest, best and final")
+@router.get(
+    "",
+    response_model=list[CheckpointRead],
+    responses=error_responses(401, 404),
+    summary="The job's checkpoints: latest, best and final",
+)
 def list_checkpoints(job_id: JobId, session: SessionDep) -> list[CheckpointRead]:
     job_service.get_job(session, job_id)
     rows = session.execute(select(Checkpoint).where(Checkpoint.job_id == job_id)).scalars()
     ordered = sorted(rows, key=lambda row: CHECKPOINT_NAMES.index(row.name))
     return [
-        CheckpointRead(name=row.name, epoch=row.epoch, size_bytes=row.size_bytes,  # type: ignore[arg-type]
-                       sha256=row.sha256, recorded_at=row.recorded_at,
-                       url=f"/jobs/{job_id}/checkpoints/{row.name}")
+        CheckpointRead(
+            name=row.name,
+            epoch=row.epoch,
+            size_bytes=row.size_bytes,  # type: ignore[arg-type]
+            sha256=row.sha256,
+            recorded_at=row.recorded_at,
+            url=f"/jobs/{job_id}/checkpoints/{row.name}",
+        )
         for row in ordered
     ]
 
@@ -46,16 +55,26 @@ def _read_chunks(handle: BinaryIO) -> Iterator[bytes]:
         handle.close()
 
 
-@router.get("/{name}", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}},
-                             "description": "The checkpoint file; ETag is its sha256."},
-                       304: {"description": "Not modified (If-None-Match matched)."},
-                       **error_responses(401, 404)},
-            summary="Download a checkpoint (load it with torch.load(..., weights_only=True))")
-def download_checkpoint(job_id: JobId, name: str, request: Request, session: SessionDep,
-                        settings: SettingsDep) -> Response:
+@router.get(
+    "/{name}",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The checkpoint file; ETag is its sha256.",
+        },
+        304: {"description": "Not modified (If-None-Match matched)."},
+        **error_responses(401, 404),
+    },
+    summary="Download a checkpoint (load it with torch.load(..., weights_only=True))",
+)
+def download_checkpoint(
+    job_id: JobId, name: str, request: Request, session: SessionDep, settings: SettingsDep
+) -> Response:
     if name not in CHECKPOINT_NAMES:
-        raise CheckpointNotFound(f"No checkpoint {name!r}; names are {', '.join(CHECKPOINT_NAMES)}.")
+        raise CheckpointNotFound(
+            f"No checkpoint {name!r}; names are {', '.join(CHECKPOINT_NAMES)}."
+        )
     job_service.get_job(session, job_id)
     row = session.execute(
         select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name == name)
@@ -82,5 +101,6 @@ def download_checkpoint(job_id: JobId, name: str, request: Request, session: Ses
         "Content-Disposition": f'attachment; filename="job-{job_id}-{name}.pt"',
         "X-Checkpoint-Epoch": str(row.epoch),
     }
-    return StreamingResponse(_read_chunks(handle), media_type="application/octet-stream",
-                             headers=headers)
+    return StreamingResponse(
+        _read_chunks(handle), media_type="application/octet-stream", headers=headers
+    )

@@ -11,6 +11,7 @@ from app.tables import Job
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the JSON errors a route can answer with."""
     descriptions = {
+        400: "The request body could not be read as JSON text (e.g. not UTF-8).",
         401: "Missing or wrong API key (only when API_KEY is set).",
         404: "No such job, checkpoint or file.",
         409: "Conflict with the job's state or an earlier request.",
@@ -36,8 +37,11 @@ def job_links(job_id: int) -> JobLinks:
 def render_job(job: Job, queue_position: int | None = None) -> JobRead:
     return JobRead.model_validate(
         {
-            **{field: getattr(job, field) for field in JobRead.model_fields
-               if field not in ("links", "queue_position")},
+            **{
+                field: getattr(job, field)
+                for field in JobRead.model_fields
+                if field not in ("links", "queue_position")
+            },
             "queue_position": queue_position,
             "links": job_links(job.id),
         }

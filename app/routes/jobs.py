@@ -22,7 +22,7 @@ JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The job's id.")]
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobRead,
-    responses=error_responses(401, 409, 413, 422, 503),
+    responses=error_responses(400, 401, 409, 413, 422, 503),
     summary="Submit a training job",
 )
 def submit_job(
@@ -32,8 +32,11 @@ def submit_job(
     settings: SettingsDep,
     idempotency_key: Annotated[
         str | None,
-        Header(max_length=200, description="Retry-safe submission: the same key and body "
-               "return the original job; the same key with another body is 409."),
+        Header(
+            max_length=200,
+            description="Retry-safe submission: the same key and body "
+            "return the original job; the same key with another body is 409.",
+        ),
     ] = None,
 ) -> JobRead:
     """Queue a job. Parameters and MACs are computed now; the job row is committed before its
@@ -53,8 +56,12 @@ def submit_job(
     return render_job(job, job_service.queue_position(session, job))
 
 
-@router.get("", response_model=JobList, responses=error_responses(401, 422),
-            summary="List jobs, newest first")
+@router.get(
+    "",
+    response_model=JobList,
+    responses=error_responses(401, 422),
+    summary="List jobs, newest first",
+)
 def list_jobs(
     session: SessionDep,
     status: StatusName | None = None,  # type: ignore[valid-type]
@@ -62,22 +69,35 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> JobList:
-    jobs, total = job_service.list_jobs(session, status=status, block=block, limit=limit,
-                                        offset=offset)
+    jobs, total = job_service.list_jobs(
+        session, status=status, block=block, limit=limit, offset=offset
+    )
     positions = job_service.queue_positions(session, jobs)
-    return JobList(items=[render_job(job, positions.get(job.id)) for job in jobs],
-                   total=total, limit=limit, offset=offset)
+    return JobList(
+        items=[render_job(job, positions.get(job.id)) for job in jobs],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
 
 
-@router.get("/{job_id}", response_model=JobRead, responses=error_responses(401, 404),
-            summary="One job's status and results")
+@router.get(
+    "/{job_id}",
+    response_model=JobRead,
+    responses=error_responses(401, 404),
+    summary="One job's status and results",
+)
 def get_job(job_id: JobId, session: SessionDep) -> JobRead:
     job = job_service.get_job(session, job_id)
     return render_job(job, job_service.queue_position(session, job))
 
 
-@router.get("/{job_id}/metrics", response_model=JobMetrics, responses=error_responses(401, 404, 422),
-            summary="Per-epoch loss and accuracy")
+@router.get(
+    "/{job_id}/metrics",
+    response_model=JobMetrics,
+    responses=error_responses(401, 404, 422),
+    summary="Per-epoch loss and accuracy",
+)
 def get_metrics(
     job_id: JobId,
     session: SessionDep,
@@ -86,14 +106,23 @@ def get_metrics(
     job = job_service.get_job(session, job_id)
     rows = job_service.epoch_metrics(session, job_id, since_epoch=since_epoch)
     return JobMetrics.model_validate(
-        {"job_id": job.id, "status": job.status, "epochs_done": job.epochs_done,
-         "epochs_total": job.epochs_total, "metrics": rows},
+        {
+            "job_id": job.id,
+            "status": job.status,
+            "epochs_done": job.epochs_done,
+            "epochs_total": job.epochs_total,
+            "metrics": rows,
+        },
         from_attributes=True,
     )
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead, responses=error_responses(401, 404, 409),
-             summary="Cancel a queued or running job")
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobRead,
+    responses=error_responses(401, 404, 409),
+    summary="Cancel a queued or running job",
+)
 def cancel_job(job_id: JobId, session: SessionDep) -> JobRead:
     """A queued job never starts; a running one stops at the next batch and keeps its last
     checkpoint (its status reads `running` with `cancel_requested` until the worker stops)."""

@@ -15,16 +15,25 @@ router = APIRouter(tags=["system"])
 health_router = APIRouter(tags=["system"])
 
 
-@router.get("/architectures", response_model=list[ArchitectureRead],
-            responses=error_responses(401),
-            summary="Each block's parameters and MACs (CIFAR-100, 3x32x32 input), without training")
+@router.get(
+    "/architectures",
+    response_model=list[ArchitectureRead],
+    responses=error_responses(401),
+    summary="Each block's parameters and MACs (CIFAR-100, 3x32x32 input), without training",
+)
 def list_architectures() -> list[ArchitectureRead]:
     rows = []
     for block in ARCHITECTURES:
-        complexity = architecture_complexity(block, 100)
-        rows.append(ArchitectureRead(block=block, params=complexity.params, macs=complexity.macs,
-                                     params_millions=round(complexity.params / 1e6, 2),
-                                     gmacs=round(complexity.macs / 1e9, 2)))
+        counts = architecture_complexity(block, 100)
+        rows.append(
+            ArchitectureRead(
+                block=block,
+                params=counts.params,
+                macs=counts.macs,
+                params_millions=round(counts.params / 1e6, 2),
+                gmacs=round(counts.macs / 1e9, 2),
+            )
+        )
     return rows
 
 
@@ -33,10 +42,15 @@ def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "Database or broker unreachable."},
-                       **error_responses(401)},
-            summary="The database and the broker are reachable")
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={
+        503: {"model": Readiness, "description": "Database or broker unreachable."},
+        **error_responses(401),
+    },
+    summary="The database and the broker are reachable",
+)
 def ready(session: SessionDep, response: Response) -> Readiness:
     try:
         session.execute(text("SELECT 1"))

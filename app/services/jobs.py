@@ -117,9 +117,7 @@ def queue_position(session: Session, job: Job) -> int | None:
     if job.status != JobStatus.QUEUED:
         return None
     ahead = session.execute(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.status == JobStatus.QUEUED, Job.id < job.id)
+        select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED, Job.id < job.id)
     ).scalar_one()
     return int(ahead) + 1
 

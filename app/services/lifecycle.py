@@ -144,8 +144,12 @@ def record_epoch(
     columns = [c.name for c in EpochMetric.__table__.columns if c.name not in ("id", "job_id")]
     for row in history:
         values = {k: row[k] for k in columns if k in row}
-        _upsert(session, EpochMetric, {"job_id": claim.job_id, **values, "recorded_at": now},
-                ["job_id", "epoch"])
+        _upsert(
+            session,
+            EpochMetric,
+            {"job_id": claim.job_id, **values, "recorded_at": now},
+            ["job_id", "epoch"],
+        )
     for record in checkpoints:
         _upsert(
             session,
@@ -230,14 +234,18 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
     return requeued
 
 
-def take_due_sends(session: Session, *, lease_seconds: float, now: datetime | None = None) -> list[int]:
+def take_due_sends(
+    session: Session, *, lease_seconds: float, now: datetime | None = None
+) -> list[int]:
     """Queued jobs whose message may be lost (never sent, or sent long ago and still not
     claimed). Marks each as sent; the caller sends after committing."""
     now = now or utcnow()
     candidates = session.execute(
         select(Job.id, Job.enqueued_at, Job.enqueue_count).where(
             Job.status == JobStatus.QUEUED,
-            or_(Job.enqueued_at.is_(None), Job.enqueued_at < now - timedelta(seconds=lease_seconds)),
+            or_(
+                Job.enqueued_at.is_(None), Job.enqueued_at < now - timedelta(seconds=lease_seconds)
+            ),
         )
     ).all()
     due = []
@@ -248,8 +256,11 @@ def take_due_sends(session: Session, *, lease_seconds: float, now: datetime | No
                 continue
         result = session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.QUEUED,
-                   Job.enqueue_count == job.enqueue_count)
+            .where(
+                Job.id == job.id,
+                Job.status == JobStatus.QUEUED,
+                Job.enqueue_count == job.enqueue_count,
+            )
             .values(enqueued_at=now, enqueue_count=job.enqueue_count + 1)
             .execution_options(synchronize_session=False)
         )

@@ -1,0 +1,476 @@
+"""Security edges of the HTTP API: path traversal on the file routes, the request body cap, the
+API key, and hostile input. Real app, real databases, and a real uvicorn process where the bytes
+on the wire matter (raw request targets, chunked uploads)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpcore
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import service_environment
+from tests.support import Process, free_port, start_api
+
+SMALL_JOB = {"block": "mobile", "hyperparameters": {"epochs": 2}, "train_samples": 40}
+CHECKPOINT_BYTES = b"a real checkpoint file, not /etc/passwd\n" * 64
+
+
+def put_checkpoint(job_id: int) -> bytes:
+    """Claim the job and record one epoch with a `latest` checkpoint: a real file under the
+    artifact dir, as a worker would write it. Returns the file's bytes."""
+    from app.config import get_settings
+    from app.db import session_scope
+    from app.services.lifecycle import CheckpointRecord, claim_job, record_epoch
+
+    with session_scope() as session:
+        claim = claim_job(session, job_id, worker="security-test", lease_seconds=600)
+    assert claim is not None
+    root = get_settings().resolved_artifact_dir
+    path = root / "jobs" / str(job_id) / "attempt-1" / "latest.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(CHECKPOINT_BYTES)
+    record = CheckpointRecord(
+        "latest",
+        1,
+        len(CHECKPOINT_BYTES),
+        hashlib.sha256(CHECKPOINT_BYTES).hexdigest(),
+        str(path.relative_to(root)),
+    )
+    history = [
+        {
+            "epoch": 1,
+            "train_loss": 2.0,
+            "train_accuracy": 0.3,
+            "test_loss": 2.5,
+            "test_accuracy": 0.25,
+            "learning_rate": 0.01,
+            "seconds": 1.0,
+            "images_per_second": 40.0,
+        }
+    ]
+    with session_scope() as session:
+        record_epoch(session, claim, history, [record], lease_seconds=600)
+    return CHECKPOINT_BYTES
+
+
+def traversal_targets(job_id: int) -> list[str]:
+    """Request targets, exactly as they go on the wire (already percent-encoded)."""
+    names = [
+        "../",
+        "..",
+        "../../../../etc/passwd",
+        "..%2f..%2fetc%2fpasswd",
+        "..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e%2f",
+        "%2e%2e",
+        "%2e%2e/%2e%2e/etc/passwd",
+        "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "%2fetc%2fpasswd",
+        "%2Fetc%2Fpasswd",
+        "latest%00.png",
+        "latest%00",
+        "loss.png%00",
+        "..%5c..%5cetc%5cpasswd",
+        "%252e%252e%252fetc%252fpasswd",
+    ]
+    targets = [
+        f"/jobs/{job_id}/{route}/{name}" for route in ("checkpoints", "plots") for name in names
+    ]
+    for tail in ("checkpoints/latest", "plots/loss.png"):
+        targets += [
+            f"/jobs/..%2f{job_id}/{tail}",
+            f"/jobs/%2e%2e%2f{job_id}/{tail}",
+            f"/jobs/%2e%2e/{tail}",
+            f"/jobs/..%2f..%2fetc%2fpasswd/{tail}",
+            f"/jobs/{job_id}%2f..%2f..%2fetc/{tail}",
+            f"/jobs/%2fetc%2fpasswd/{tail}",
+            f"/jobs/{job_id}%00/{tail}",
+        ]
+    # Literal dot segments that a normalising client would turn into a real resource (the
+    # checkpoint, or the job): a 404 here proves the raw target reached the server unchanged.
+    targets += [
+        f"/jobs/{job_id}/plots/../checkpoints/latest",
+        f"/jobs/{job_id}/checkpoints/../checkpoints/latest",
+        f"/jobs/../jobs/{job_id}/checkpoints/latest",
+        f"/jobs/{job_id}/checkpoints/../../../../../etc/passwd",
+    ]
+    return targets
+
+
+def assert_json_404(status: int, content_type: str, body: bytes, target: str) -> None:
+    assert b"root:" not in body, target
+    assert status == 404, (target, status, body[:200])
+    assert content_type.startswith("application/json"), (target, content_type)
+    document = json.loads(body)
+    assert set(document) >= {"error", "detail"}, (target, document)
+    assert document["error"] in ("not_found", "checkpoint_not_found", "job_not_found"), target
+
+
+def raw_get(
+    pool: httpcore.ConnectionPool, port: int, target: str, headers: dict[str, str] | None = None
+) -> httpcore.Response:
+    """GET with this exact request target. httpx normalises dot segments in every URL it builds
+    (even with raw_path), so the request goes through httpcore, the transport under httpx, which
+    writes the target to the socket byte for byte."""
+    url = httpcore.URL(scheme=b"http", host=b"127.0.0.1", port=port, target=target.encode())
+    response = pool.request("GET", url, headers=headers or {})
+    return response
+
+
+@pytest.fixture(scope="module")
+def live_server(
+    tmp_path_factory: pytest.TempPathFactory, dataset_root: Path
+) -> Iterator[tuple[int, Process, str, str]]:
+    """One uvicorn process for this module (it takes a while to start on a busy machine), on a
+    migrated SQLite database: (port, process, database url, artifact dir)."""
+    from app.migrations import upgrade
+
+    root = tmp_path_factory.mktemp("live-api")
+    url = f"sqlite:///{root / 'jobs.sqlite3'}"
+    upgrade(url)
+    artifacts = str(root / "artifacts")
+    env = service_environment(root, url, dataset_root, ARTIFACT_DIR=artifacts)
+    port = free_port()
+    process = start_api(env, root, port)
+    try:
+        yield port, process, url, artifacts
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def live_api(configure, live_server: tuple[int, Process, str, str]) -> tuple[int, Process]:  # type: ignore[no-untyped-def]
+    """The live server, with this process's settings on its database and artifact dir."""
+    port, process, url, artifacts = live_server
+    configure(url, ARTIFACT_DIR=artifacts)
+    return port, process
+
+
+# --- path traversal ------------------------------------------------------------------------
+
+
+def test_httpx_would_normalise_dot_segments() -> None:
+    """Why raw_get bypasses httpx: a traversal test sent through httpx.URL never leaves the
+    client as written."""
+    assert httpx.URL("http://h/jobs/1/checkpoints/../x").raw_path == b"/jobs/1/x"
+    assert httpx.URL("http://h/jobs/1/checkpoints/..%2fx").raw_path == b"/jobs/1/checkpoints/..%2fx"
+
+
+def test_path_traversal_on_the_live_server_is_a_json_404(live_api: tuple[int, Process]) -> None:
+    port, process = live_api
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=base, timeout=30) as api:
+        created = api.post("/jobs", json=SMALL_JOB)
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        payload = put_checkpoint(job_id)
+        # The real file is reachable by its name, so a 404 below is the guard, not a missing file.
+        download = api.get(f"/jobs/{job_id}/checkpoints/latest")
+        assert download.status_code == 200 and download.content == payload
+        assert api.get(f"/jobs/{job_id}/plots/loss.png").status_code == 200
+
+    with httpcore.ConnectionPool() as pool:
+        control = raw_get(pool, port, f"/jobs/{job_id}/checkpoints/latest")
+        assert control.status == 200 and control.content == payload
+        for target in traversal_targets(job_id):
+            response = raw_get(pool, port, target)
+            content_type = dict(response.headers).get(b"content-type", b"").decode()
+            assert_json_404(response.status, content_type, response.content, target)
+
+        # What the server made of the target: %00 is decoded and reaches the route as a name.
+        nul = raw_get(pool, port, f"/jobs/{job_id}/checkpoints/latest%00.png")
+        assert json.loads(nul.content) == {
+            "error": "checkpoint_not_found",
+            "detail": "No checkpoint 'latest\\x00.png'; names are latest, best, final.",
+        }
+        plot_nul = json.loads(raw_get(pool, port, f"/jobs/{job_id}/plots/latest%00.png").content)
+        assert plot_nul["error"] == "not_found" and "latest\\x00.png" in plot_nul["detail"]
+        # An encoded "../" with a trailing slash is not redirected to a normalised path.
+        for target in (f"/jobs/{job_id}/checkpoints/%2e%2e%2f", f"/jobs/{job_id}/checkpoints/"):
+            response = raw_get(pool, port, target)
+            assert response.status == 404 and b"location" not in dict(response.headers), target
+    assert "root:" not in process.output()
+    assert process.alive()
+
+
+def test_path_traversal_in_process_is_a_json_404(client: TestClient) -> None:
+    created = client.post("/jobs", json=SMALL_JOB)
+    assert created.status_code == 202
+    job_id = created.json()["id"]
+    payload = put_checkpoint(job_id)
+    assert client.get(f"/jobs/{job_id}/checkpoints/latest").content == payload
+    # The test client is httpx: it would rewrite literal dot segments (the live test sends
+    # those), so only the targets that it sends unchanged are tried here.
+    targets = [
+        target
+        for target in traversal_targets(job_id)
+        if httpx.URL(f"http://testserver{target}").raw_path == target.encode()
+    ]
+    assert len(targets) >= 30
+    for target in targets:
+        response = client.get(target, follow_redirects=False)
+        assert_json_404(
+            response.status_code, response.headers.get("content-type", ""), response.content, target
+        )
+
+
+# --- request body cap ----------------------------------------------------------------------
+
+
+def oversized_body(max_bytes: int = 16 * 1024) -> bytes:
+    body = json.dumps(
+        {**SMALL_JOB, "name": "x" * 150, "tags": ["t"] * 20, "padding": "y" * (max_bytes + 100)}
+    ).encode()
+    assert len(body) > max_bytes
+    return body
+
+
+def chunks(body: bytes, size: int = 1024) -> Iterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def assert_too_large(response: httpx.Response) -> None:
+    assert response.status_code == 413, response.text
+    assert response.json() == {
+        "error": "body_too_large",
+        "detail": "Request body larger than 16384 bytes.",
+    }
+
+
+def test_oversized_body_on_the_live_server(live_api: tuple[int, Process]) -> None:
+    port, process = live_api
+    body = oversized_body()
+    headers = {"content-type": "application/json"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
+        before = api.get("/jobs").json()["total"]
+
+        declared = api.post("/jobs", content=body, headers=headers)
+        assert declared.request.headers["content-length"] == str(len(body))
+        assert_too_large(declared)
+
+        # No Content-Length: the cap is enforced while the chunks arrive.
+        streamed = api.post("/jobs", content=chunks(body), headers=headers)
+        assert "content-length" not in streamed.request.headers
+        assert streamed.request.headers["transfer-encoding"] == "chunked"
+        assert_too_large(streamed)
+
+        assert api.get("/jobs").json()["total"] == before
+        # A body under the cap, sent chunked, still works.
+        small = api.post(
+            "/jobs", content=chunks(json.dumps(SMALL_JOB).encode(), 8), headers=headers
+        )
+        assert small.status_code == 202, small.text
+        assert api.get("/jobs").json()["total"] == before + 1
+    assert process.alive()
+
+
+def test_oversized_body_in_process(client: TestClient) -> None:
+    body = oversized_body()
+    headers = {"content-type": "application/json"}
+    assert_too_large(client.post("/jobs", content=body, headers=headers))
+    assert_too_large(client.post("/jobs", content=chunks(body), headers=headers))
+    assert client.get("/jobs").json()["total"] == 0
+
+
+# --- API key -------------------------------------------------------------------------------
+
+
+def every_protected_request(job_id: int) -> list[tuple[str, str, dict[str, Any], int]]:
+    """(method, path, httpx kwargs, the status with the right key) for each API route."""
+    return [
+        ("GET", "/architectures", {}, 200),
+        ("GET", "/ready", {}, 200),
+        ("POST", "/jobs", {"json": SMALL_JOB}, 202),
+        ("GET", "/jobs", {}, 200),
+        ("GET", f"/jobs/{job_id}", {}, 200),
+        ("GET", f"/jobs/{job_id}/metrics", {}, 200),
+        ("GET", f"/jobs/{job_id}/plots/loss.png", {}, 200),
+        ("GET", "/plots/compare.png", {"params": {"jobs": str(job_id)}}, 200),
+        ("GET", f"/jobs/{job_id}/checkpoints", {}, 200),
+        ("GET", f"/jobs/{job_id}/checkpoints/latest", {}, 200),
+        ("POST", f"/jobs/{job_id}/cancel", {}, 200),
+    ]
+
+
+def test_api_key_guards_every_route_but_health(configure, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    configure(database_url, API_KEY="s3cret")
+    from app.main import create_app
+
+    app = create_app()
+    good = {"X-API-Key": "s3cret"}
+    with TestClient(app) as client:
+        created = client.post("/jobs", json=SMALL_JOB, headers=good)
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        put_checkpoint(job_id)
+        requests = every_protected_request(job_id)
+
+        # The list covers every operation of the app's schema (a new route must be listed).
+        schema = client.get("/openapi.json").json()
+        declared = {
+            (method.upper(), path)
+            for path, operations in schema["paths"].items()
+            for method in operations
+            if path != "/health"
+        }
+        covered = {
+            (method, template)
+            for method, path, _, _ in requests
+            for template in schema["paths"]
+            if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path)
+        }
+        assert covered == declared and len(declared) == 11
+
+        jobs_before = client.get("/jobs", headers=good).json()["total"]
+        for method, path, kwargs, _ in requests:
+            for headers in (
+                {},
+                {"X-API-Key": "wrong"},
+                {"X-API-Key": "s3cret "},
+                {"X-API-Key": "S3CRET"},
+                {"X-API-Key": ""},
+            ):
+                response = client.request(method, path, headers=headers, **kwargs)
+                assert response.status_code == 401, (method, path, headers, response.text)
+                assert response.json() == {
+                    "error": "unauthorized",
+                    "detail": "Missing or wrong X-API-Key header.",
+                }
+        assert client.get("/jobs", headers=good).json()["total"] == jobs_before == 1
+
+        for method, path, kwargs, expected in requests:
+            response = client.request(method, path, headers=good, **kwargs)
+            assert response.status_code == expected, (method, path, response.text)
+        assert (
+            client.get(f"/jobs/{job_id}/checkpoints/latest", headers=good).content
+            == CHECKPOINT_BYTES
+        )
+
+        assert client.get("/health").status_code == 200
+        assert client.get("/health").json() == {"status": "ok"}
+    schemes = schema["components"]["securitySchemes"]
+    [(scheme_name, scheme)] = schemes.items()
+    assert scheme == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": scheme["description"],
+    }
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            if path == "/health":
+                assert "security" not in operation
+            else:
+                assert operation["security"] == [{scheme_name: []}], (method, path)
+                assert "401" in operation["responses"], (method, path)
+
+
+def test_without_api_key_setting_no_key_is_needed(client: TestClient) -> None:
+    assert client.get("/jobs").status_code == 200
+    assert client.get("/jobs", headers={"X-API-Key": "anything"}).status_code == 200
+
+
+# --- hostile input -------------------------------------------------------------------------
+
+
+def broker_messages() -> int:
+    """Messages waiting in the embedded SQLite broker (none before the first send)."""
+    from app.config import get_settings
+
+    path = get_settings().var_dir / "broker.sqlite3"
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as connection:
+        tables = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if "kombu_message" not in tables:
+            return 0
+        return int(connection.execute("SELECT COUNT(*) FROM kombu_message").fetchone()[0])
+
+
+BAD_BODIES: list[tuple[str, str]] = [
+    ('{"block":"plain","hyperparameters":{"learning_rate":NaN}}', "hyperparameters.learning_rate"),
+    (
+        '{"block":"plain","hyperparameters":{"learning_rate":Infinity}}',
+        "hyperparameters.learning_rate",
+    ),
+    (
+        '{"block":"plain","hyperparameters":{"learning_rate":-Infinity}}',
+        "hyperparameters.learning_rate",
+    ),
+    ('{"block":"plain","hyperparameters":{"momentum":NaN}}', "hyperparameters.momentum"),
+    (
+        '{"block":"plain","hyperparameters":{"weight_decay":Infinity}}',
+        "hyperparameters.weight_decay",
+    ),
+    (
+        '{"block":"plain","hyperparameters":{"learning_rate":1e999}}',
+        "hyperparameters.learning_rate",
+    ),
+    ('{"block":"plain","colour":"red"}', "colour"),
+    ('{"block":"plain","hyperparameters":{"epochz":3}}', "hyperparameters.epochz"),
+    ('{"block":"plain","hyperparameters":{"epochs":0}}', "hyperparameters.epochs"),
+    ('{"block":"plain","hyperparameters":{"epochs":100000}}', "hyperparameters.epochs"),
+    ('{"block":"plain","hyperparameters":{"epochs":-1}}', "hyperparameters.epochs"),
+    ('{"block":"plain","hyperparameters":{"batch_size":0}}', "hyperparameters.batch_size"),
+    ('{"block":"transformer"}', "block"),
+    ('{"block":"PLAIN"}', "block"),
+    ('{"block":""}', "block"),
+    ("{}", "block"),
+    ('{"block":null}', "block"),
+    ('{"block":3}', "block"),
+    ('{"block":"plain","dataset":"imagenet"}', "dataset"),
+    ('{"block":"plain","hyperparameters":{"epochs":"many"}}', "hyperparameters.epochs"),
+    ('{"block":"plain","hyperparameters":{"epochs":2.5}}', "hyperparameters.epochs"),
+    ('{"block":"plain","hyperparameters":{"augment":"maybe"}}', "hyperparameters.augment"),
+    ('{"block":"plain","hyperparameters":[]}', "hyperparameters"),
+    ('{"block":"plain","tags":"demo"}', "tags"),
+    ('{"block":"plain","tags":["has space"]}', "tags.0"),
+    ('{"block":"plain","train_samples":0}', "train_samples"),
+    ('{"block":"plain","name":' + json.dumps("n" * 201) + "}", "name"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_BODIES, ids=[b for b, _ in BAD_BODIES])
+def test_bad_input_is_a_422_naming_the_field(
+    configure, sqlite_url: str, body: str, field: str
+) -> None:  # type: ignore[no-untyped-def]
+    configure(sqlite_url)
+    from app.main import create_app
+
+    with TestClient(create_app()) as client:
+        response = client.post("/jobs", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        document = response.json()
+        assert document["error"] == "validation_error"
+        assert field in [problem["field"] for problem in document["fields"]], document
+        assert field in document["detail"]
+        assert client.get("/jobs").json()["total"] == 0
+    assert broker_messages() == 0
+
+
+def test_bad_input_stores_and_queues_nothing(client: TestClient) -> None:
+    """Every bad body in a row on each database, then a good one as the control."""
+    headers = {"content-type": "application/json"}
+    for body, _ in BAD_BODIES:
+        assert client.post("/jobs", content=body, headers=headers).status_code == 422, body
+    for raw in (b"not json", b'{"block": "plain"', b"", b"\xff\xfe"):
+        response = client.post("/jobs", content=raw, headers=headers)
+        assert response.status_code == 422 and response.json()["error"] == "validation_error"
+    assert client.get("/jobs").json()["total"] == 0
+    assert broker_messages() == 0
+    assert client.post("/jobs", json=SMALL_JOB).status_code == 202
+    assert client.get("/jobs").json()["total"] == 1
+    assert broker_messages() == 1
