@@ -124,23 +124,31 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-def service_environment(tmp_path: Path, database_url: str, dataset_root: Path,
-                        broker_url: str | None = None, **extra: str) -> dict[str, str]:
+def service_environment(
+    tmp_path: Path,
+    database_url: str,
+    dataset_root: Path,
+    broker_url: str | None = None,
+    **extra: str,
+) -> dict[str, str]:
     """The settings a service process reads, as environment variables."""
     env = {
-        key: value for key, value in os.environ.items()
+        key: value
+        for key, value in os.environ.items()
         if not key.startswith(("CELERY_", "DATABASE_URL", "API_KEY"))
     }
-    env.update({
-        "VAR_DIR": str(tmp_path / "var"),
-        "DATABASE_URL": database_url,
-        "DATA_DIR": str(dataset_root),
-        "ALLOW_DOWNLOAD": "false",
-        "DEVICE": "cpu",
-        "HEARTBEAT_SECONDS": "0.5",
-        "LEASE_SECONDS": "4",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "VAR_DIR": str(tmp_path / "var"),
+            "DATABASE_URL": database_url,
+            "DATA_DIR": str(dataset_root),
+            "ALLOW_DOWNLOAD": "false",
+            "DEVICE": "cpu",
+            "HEARTBEAT_SECONDS": "0.5",
+            "LEASE_SECONDS": "4",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if broker_url:
         env["CELERY_BROKER_URL"] = broker_url
     env.update(extra)

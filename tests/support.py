@@ -24,8 +24,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], T | None], *, timeout: float, interval: float = 0.2,
-             what: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T | None],
+    *,
+    timeout: float,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
     """Poll until predicate returns something truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -43,8 +48,14 @@ class Process:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
-        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -75,15 +86,27 @@ class Process:
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker") -> Process:
-    return Process([sys.executable, "-m", "worker"], {**env, "WORKER_NAME": name},
-                   log_dir / f"{name}.log")
+    return Process(
+        [sys.executable, "-m", "worker"], {**env, "WORKER_NAME": name}, log_dir / f"{name}.log"
+    )
 
 
 def start_api(env: dict[str, str], log_dir: Path, port: int) -> Process:
     process = Process(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        env, log_dir / f"api-{port}.log",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env,
+        log_dir / f"api-{port}.log",
     )
 
     def healthy() -> bool:
@@ -99,8 +122,21 @@ def start_api(env: dict[str, str], log_dir: Path, port: int) -> Process:
 
 
 def start_redis(port: int, log_dir: Path) -> Process:
-    process = Process(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                       "--appendonly", "no"], dict(os.environ), log_dir / f"redis-{port}.log")
+    process = Process(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        dict(os.environ),
+        log_dir / f"redis-{port}.log",
+    )
 
     def up() -> bool:
         try:

@@ -22,8 +22,9 @@ def submit(client: TestClient, **changes: object) -> dict:
     return response.json()
 
 
-def run_epochs(job_id: int, epochs: int, *, finish: str | None = None,
-               checkpoint: bytes | None = None) -> None:
+def run_epochs(
+    job_id: int, epochs: int, *, finish: str | None = None, checkpoint: bytes | None = None
+) -> None:
     """Drive a job through the same lifecycle calls a worker makes."""
     with session_scope() as session:
         claim = claim_job(session, job_id, worker="test-worker", lease_seconds=60)
@@ -34,12 +35,29 @@ def run_epochs(job_id: int, epochs: int, *, finish: str | None = None,
         path = root / "jobs" / str(job_id) / "attempt-1" / "latest.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(checkpoint)
-        records = [CheckpointRecord(name, epochs, len(checkpoint),
-                                    hashlib.sha256(checkpoint).hexdigest(),
-                                    str(path.relative_to(root))) for name in ("latest", "final")]
-    history = [{"epoch": e, "train_loss": 4.0 / e, "train_accuracy": 0.1 * e, "test_loss": 3.0,
-                "test_accuracy": 0.05 * e, "learning_rate": 0.01, "seconds": 2.0,
-                "images_per_second": 25.0} for e in range(1, epochs + 1)]
+        records = [
+            CheckpointRecord(
+                name,
+                epochs,
+                len(checkpoint),
+                hashlib.sha256(checkpoint).hexdigest(),
+                str(path.relative_to(root)),
+            )
+            for name in ("latest", "final")
+        ]
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 4.0 / e,
+            "train_accuracy": 0.1 * e,
+            "test_loss": 3.0,
+            "test_accuracy": 0.05 * e,
+            "learning_rate": 0.01,
+            "seconds": 2.0,
+            "images_per_second": 25.0,
+        }
+        for e in range(1, epochs + 1)
+    ]
     with session_scope() as session:
         record_epoch(session, claim, history, records, lease_seconds=60)
     if finish:
@@ -62,9 +80,19 @@ def test_submit_fills_the_seed_defaults_and_complexity(client: TestClient) -> No
     assert response.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "queued" and job["queue_position"] == 1
     assert job["spec"]["hyperparameters"] == {
-        "batch_size": 128, "learning_rate": 0.01, "epochs": 100, "optimizer": "sgd",
-        "momentum": 0.9, "weight_decay": 0.0, "scheduler": "none", "step_size": 30,
-        "gamma": 0.1, "augment": True, "seed": 0, "precision": "fp32"}
+        "batch_size": 128,
+        "learning_rate": 0.01,
+        "epochs": 100,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "scheduler": "none",
+        "step_size": 30,
+        "gamma": 0.1,
+        "augment": True,
+        "seed": 0,
+        "precision": "fp32",
+    }
     assert job["spec"]["dataset"] == "cifar100"
     assert (job["params"], job["macs"]) == (11_050_212, 551_979_108)
     assert (job["epochs_done"], job["epochs_total"]) == (0, 100)
@@ -99,9 +127,16 @@ def test_metrics_polling_and_since_epoch(client: TestClient) -> None:
     body = client.get(f"/jobs/{job['id']}/metrics").json()
     assert body["status"] == "running" and body["epochs_done"] == 3
     assert [row["epoch"] for row in body["metrics"]] == [1, 2, 3]
-    assert body["metrics"][1] == {"epoch": 2, "train_loss": 2.0, "train_accuracy": 0.2,
-                                  "test_loss": 3.0, "test_accuracy": 0.1, "learning_rate": 0.01,
-                                  "seconds": 2.0, "images_per_second": 25.0}
+    assert body["metrics"][1] == {
+        "epoch": 2,
+        "train_loss": 2.0,
+        "train_accuracy": 0.2,
+        "test_loss": 3.0,
+        "test_accuracy": 0.1,
+        "learning_rate": 0.01,
+        "seconds": 2.0,
+        "images_per_second": 25.0,
+    }
     later = client.get(f"/jobs/{job['id']}/metrics", params={"since_epoch": 2}).json()
     assert [row["epoch"] for row in later["metrics"]] == [3]
     detail = client.get(f"/jobs/{job['id']}").json()
@@ -127,8 +162,9 @@ def test_plots_are_valid_pngs(client: TestClient) -> None:
     empty = submit(client)
     assert decode_png(client.get(f"/jobs/{empty['id']}/plots/loss.png").content).size
     for metric in ("train_loss", "test_accuracy"):
-        response = client.get("/plots/compare.png",
-                              params={"jobs": f"{first['id']},{second['id']}", "metric": metric})
+        response = client.get(
+            "/plots/compare.png", params={"jobs": f"{first['id']},{second['id']}", "metric": metric}
+        )
         assert response.status_code == 200
         decode_png(response.content)
     assert client.get("/plots/compare.png", params={"jobs": "1,x"}).status_code == 422
@@ -177,8 +213,12 @@ def test_cancel_in_each_state(client: TestClient) -> None:
 
 
 def test_unknown_job_is_a_json_404(client: TestClient) -> None:
-    for path in ("/jobs/999", "/jobs/999/metrics", "/jobs/999/checkpoints",
-                 "/jobs/999/plots/loss.png"):
+    for path in (
+        "/jobs/999",
+        "/jobs/999/metrics",
+        "/jobs/999/checkpoints",
+        "/jobs/999/plots/loss.png",
+    ):
         response = client.get(path)
         assert response.status_code == 404, path
         assert response.json()["error"] == "job_not_found"
@@ -193,10 +233,19 @@ def test_ready_and_health(client: TestClient) -> None:
 def test_openapi_documents_every_route_with_an_example(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     paths = schema["paths"]
-    for path in ("/jobs", "/jobs/{job_id}", "/jobs/{job_id}/metrics", "/jobs/{job_id}/cancel",
-                 "/jobs/{job_id}/plots/{plot_name}", "/plots/compare.png",
-                 "/jobs/{job_id}/checkpoints", "/jobs/{job_id}/checkpoints/{name}",
-                 "/architectures", "/health", "/ready"):
+    for path in (
+        "/jobs",
+        "/jobs/{job_id}",
+        "/jobs/{job_id}/metrics",
+        "/jobs/{job_id}/cancel",
+        "/jobs/{job_id}/plots/{plot_name}",
+        "/plots/compare.png",
+        "/jobs/{job_id}/checkpoints",
+        "/jobs/{job_id}/checkpoints/{name}",
+        "/architectures",
+        "/health",
+        "/ready",
+    ):
         assert path in paths, path
         for operation in paths[path].values():
             assert operation.get("summary"), path

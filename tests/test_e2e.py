@@ -27,8 +27,9 @@ SMALL_JOB = {
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def wait_for_status(api: httpx.Client, job_id: int, statuses: tuple[str, ...], *,
-                    timeout: float = 180) -> dict:
+def wait_for_status(
+    api: httpx.Client, job_id: int, statuses: tuple[str, ...], *, timeout: float = 180
+) -> dict:
     def done() -> dict | None:
         job = api.get(f"/jobs/{job_id}").json()
         return job if job["status"] in statuses else None

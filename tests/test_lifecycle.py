@@ -27,9 +27,16 @@ SPEC = JobCreate(block="mobile", hyperparameters={"epochs": 3}, train_samples=10
 
 
 def epoch_row(epoch: int, accuracy: float = 0.5) -> dict:
-    return {"epoch": epoch, "train_loss": 1.0 / epoch, "train_accuracy": 0.4,
-            "test_loss": 1.2, "test_accuracy": accuracy, "learning_rate": 0.01,
-            "seconds": 1.0, "images_per_second": 10.0}
+    return {
+        "epoch": epoch,
+        "train_loss": 1.0 / epoch,
+        "train_accuracy": 0.4,
+        "test_loss": 1.2,
+        "test_accuracy": accuracy,
+        "learning_rate": 0.01,
+        "seconds": 1.0,
+        "images_per_second": 10.0,
+    }
 
 
 @pytest.fixture
@@ -64,9 +71,13 @@ def test_epochs_are_recorded_once_each_and_fenced_by_the_lease(job_id: int) -> N
         with session_scope() as session:
             record_epoch(session, claim, [epoch_row(1)], [record], lease_seconds=30)
     with session_scope() as session:
-        record_epoch(session, claim, [epoch_row(1), epoch_row(2, 0.7)],
-                     [CheckpointRecord("latest", 2, 11, "cd" * 32, "jobs/1/attempt-1/latest.pt")],
-                     lease_seconds=30)
+        record_epoch(
+            session,
+            claim,
+            [epoch_row(1), epoch_row(2, 0.7)],
+            [CheckpointRecord("latest", 2, 11, "cd" * 32, "jobs/1/attempt-1/latest.pt")],
+            lease_seconds=30,
+        )
         rows = session.execute(select(EpochMetric.epoch).where(EpochMetric.job_id == job_id))
         assert sorted(rows.scalars()) == [1, 2]
         latest = session.execute(select(Checkpoint).where(Checkpoint.job_id == job_id)).scalar_one()
@@ -145,10 +156,13 @@ def test_lost_messages_are_resent_with_backoff(job_id: int) -> None:
     with session_scope() as session:
         assert take_due_sends(session, lease_seconds=10, now=now) == []  # just sent at submit
     with session_scope() as session:
-        assert take_due_sends(session, lease_seconds=10, now=now + timedelta(seconds=11)) == [job_id]
+        assert take_due_sends(session, lease_seconds=10, now=now + timedelta(seconds=11)) == [
+            job_id
+        ]
     with session_scope() as session:  # the next re-send waits twice as long
         later = now + timedelta(seconds=11)
         assert take_due_sends(session, lease_seconds=10, now=later + timedelta(seconds=15)) == []
-        assert take_due_sends(session, lease_seconds=10,
-                              now=later + timedelta(seconds=21)) == [job_id]
+        assert take_due_sends(session, lease_seconds=10, now=later + timedelta(seconds=21)) == [
+            job_id
+        ]
     assert load(job_id).enqueue_count == 3

@@ -11,13 +11,23 @@ from worker.tasks import celery
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = get_settings()
-    celery.worker_main([
-        "worker", "--pool=solo", "--concurrency=1", "--queues=training",
-        f"--hostname={worker_name(settings)}@%h", "--loglevel=INFO", "--without-gossip",
-        "--without-mingle", *(argv if argv is not None else sys.argv[1:]),
-    ])
+    celery.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "--queues=training",
+            f"--hostname={worker_name(settings)}@%h",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+    )
 
 
 if __name__ == "__main__":

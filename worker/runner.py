@@ -56,8 +56,9 @@ class Heartbeat(threading.Thread):
         while not self._done.wait(self.settings.heartbeat_seconds):
             try:
                 with session_scope() as session:
-                    state = renew_lease(session, self.claim,
-                                        lease_seconds=self.settings.lease_seconds)
+                    state = renew_lease(
+                        session, self.claim, lease_seconds=self.settings.lease_seconds
+                    )
             except Exception:  # a database blip: try again next beat; the lease has slack
                 logger.exception("heartbeat for job %s failed", self.claim.job_id)
                 continue
@@ -73,8 +74,9 @@ class Heartbeat(threading.Thread):
 def _resume_checkpoint(job_id: int, artifact_dir: Path) -> Path | None:
     with session_scope() as session:
         relative = session.execute(
-            select(Checkpoint.relative_path).where(Checkpoint.job_id == job_id,
-                                                   Checkpoint.name == "latest")
+            select(Checkpoint.relative_path).where(
+                Checkpoint.job_id == job_id, Checkpoint.name == "latest"
+            )
         ).scalar_one_or_none()
     if relative is None:
         return None
@@ -102,13 +104,15 @@ def run_job(job_id: int, *, settings: Settings) -> str:
         heartbeat.stop()
 
 
-def _finish(claim: Claim, status: str, *, error_reason: str | None = None,
-            error: str | None = None) -> str:
+def _finish(
+    claim: Claim, status: str, *, error_reason: str | None = None, error: str | None = None
+) -> str:
     with session_scope() as session:
         done = finish_job(session, claim, status, error_reason=error_reason, error=error)
     if not done:
-        logger.warning("job %s attempt %s lost its lease before finishing", claim.job_id,
-                       claim.attempt)
+        logger.warning(
+            "job %s attempt %s lost its lease before finishing", claim.job_id, claim.attempt
+        )
         return "lease_lost"
     logger.info("job %s %s%s", claim.job_id, status, f" ({error_reason})" if error_reason else "")
     return status
@@ -132,14 +136,23 @@ def _train_claimed(claim: Claim, settings: Settings, heartbeat: Heartbeat) -> st
 
     def on_epoch(report: EpochReport) -> None:
         records = [
-            CheckpointRecord(name=checkpoint_name, epoch=report.metrics.epoch,
-                             size_bytes=path.stat().st_size, sha256=sha256_file(path),
-                             relative_path=str(path.resolve().relative_to(artifact_dir)))
+            CheckpointRecord(
+                name=checkpoint_name,
+                epoch=report.metrics.epoch,
+                size_bytes=path.stat().st_size,
+                sha256=sha256_file(path),
+                relative_path=str(path.resolve().relative_to(artifact_dir)),
+            )
             for checkpoint_name, path in report.checkpoints.items()
         ]
         with session_scope() as session:
-            record_epoch(session, claim, [m.to_dict() for m in report.history], records,
-                         lease_seconds=settings.lease_seconds)
+            record_epoch(
+                session,
+                claim,
+                [m.to_dict() for m in report.history],
+                records,
+                lease_seconds=settings.lease_seconds,
+            )
 
     try:
         spec = JobCreate.model_validate(claim.spec)
@@ -161,16 +174,26 @@ def _train_claimed(claim: Claim, settings: Settings, heartbeat: Heartbeat) -> st
         logger.warning("job %s attempt %s was taken over; stopping", claim.job_id, claim.attempt)
         return "lease_lost"
     except DatasetUnavailable as error:
-        return _finish(claim, JobStatus.FAILED, error_reason="dataset_unavailable", error=str(error))
+        return _finish(
+            claim, JobStatus.FAILED, error_reason="dataset_unavailable", error=str(error)
+        )
     except Exception as error:
         logger.exception("job %s failed", claim.job_id)
-        return _finish(claim, JobStatus.FAILED, error_reason="training_error",
-                       error=f"{type(error).__name__}: {error}")
+        return _finish(
+            claim,
+            JobStatus.FAILED,
+            error_reason="training_error",
+            error=f"{type(error).__name__}: {error}",
+        )
     if not result.stopped:
         return _finish(claim, JobStatus.SUCCEEDED)
     if timed_out:
-        return _finish(claim, JobStatus.FAILED, error_reason="timeout",
-                       error=f"The job ran longer than MAX_JOB_SECONDS={settings.max_job_seconds:g}.")
+        return _finish(
+            claim,
+            JobStatus.FAILED,
+            error_reason="timeout",
+            error=f"The job ran longer than MAX_JOB_SECONDS={settings.max_job_seconds:g}.",
+        )
     if heartbeat.stop_reason == "cancelled":
         return _finish(claim, JobStatus.CANCELLED)
     return "lease_lost"
