@@ -8,8 +8,8 @@ Create Date: 2026-11-27 07:05:12.172587
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
 
+from alembic import op
 
 revision: str = "0001"
 down_revision: str | None = None
