@@ -92,8 +92,76 @@ class JobLinks(BaseModel):
     cancel: str
 
 
+_JOB_EXAMPLE: dict[str, Any] = {
+    "id": 1,
+    "name": "residual smoke run",
+    "tags": ["demo"],
+    "block": "residual",
+    "dataset": "cifar100",
+    "status": "running",
+    "spec": {
+        "block": "residual",
+        "dataset": "cifar100",
+        "hyperparameters": {
+            "batch_size": 128,
+            "learning_rate": 0.01,
+            "epochs": 100,
+            "optimizer": "sgd",
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            "scheduler": "none",
+            "step_size": 30,
+            "gamma": 0.1,
+            "augment": True,
+            "seed": 0,
+            "precision": "fp32",
+        },
+        "train_samples": None,
+        "test_samples": None,
+        "name": "residual smoke run",
+        "tags": ["demo"],
+    },
+    "epochs_done": 12,
+    "epochs_total": 100,
+    "queue_position": None,
+    "best_test_accuracy": 0.5512,
+    "final_test_accuracy": 0.5436,
+    "final_train_loss": 1.0231,
+    "params": 11224932,
+    "macs": 558442596,
+    "attempt": 1,
+    "max_attempts": 3,
+    "worker": "gpu0",
+    "cancel_requested": False,
+    "error_reason": None,
+    "error": None,
+    "created_at": "2026-11-27T08:00:00Z",
+    "started_at": "2026-11-27T08:00:02Z",
+    "finished_at": None,
+    "heartbeat_at": "2026-11-27T08:04:10Z",
+    "links": {
+        "self": "/jobs/1",
+        "metrics": "/jobs/1/metrics",
+        "loss_plot": "/jobs/1/plots/loss.png",
+        "accuracy_plot": "/jobs/1/plots/accuracy.png",
+        "checkpoints": "/jobs/1/checkpoints",
+        "cancel": "/jobs/1/cancel",
+    },
+}
+_EPOCH_EXAMPLE = {
+    "epoch": 1,
+    "train_loss": 3.872,
+    "train_accuracy": 0.1043,
+    "test_loss": 3.41,
+    "test_accuracy": 0.1762,
+    "learning_rate": 0.01,
+    "seconds": 2.8,
+    "images_per_second": 17857.1,
+}
+
+
 class JobRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_JOB_EXAMPLE]})
 
     id: int
     name: str | None
@@ -129,6 +197,12 @@ class JobRead(BaseModel):
 
 
 class JobList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"items": [_JOB_EXAMPLE], "total": 1, "limit": 50, "offset": 0}]
+        }
+    )
+
     items: list[JobRead]
     total: int
     limit: int
@@ -136,7 +210,9 @@ class JobList(BaseModel):
 
 
 class EpochMetricRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True, json_schema_extra={"examples": [_EPOCH_EXAMPLE]}
+    )
 
     epoch: int
     train_loss: float
@@ -149,6 +225,20 @@ class EpochMetricRead(BaseModel):
 
 
 class JobMetrics(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": 1,
+                    "status": "running",
+                    "epochs_done": 1,
+                    "epochs_total": 100,
+                    "metrics": [_EPOCH_EXAMPLE],
+                }
+            ]
+        }
+    )
+
     job_id: int
     status: StatusName
     epochs_done: int
@@ -157,6 +247,21 @@ class JobMetrics(BaseModel):
 
 
 class CheckpointRead(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "latest",
+                    "epoch": 12,
+                    "size_bytes": 90018731,
+                    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "recorded_at": "2026-11-27T08:04:09Z",
+                    "url": "/jobs/1/checkpoints/latest",
+                }
+            ]
+        }
+    )
+
     name: Literal["latest", "best", "final"]
     epoch: int
     size_bytes: int
@@ -166,6 +271,20 @@ class CheckpointRead(BaseModel):
 
 
 class ArchitectureRead(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "block": "plain",
+                    "params": 11050212,
+                    "macs": 551979108,
+                    "params_millions": 11.05,
+                    "gmacs": 0.55,
+                }
+            ]
+        }
+    )
+
     block: str
     params: int
     macs: int
@@ -174,6 +293,10 @@ class ArchitectureRead(BaseModel):
 
 
 class ErrorRead(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"error": "job_not_found", "detail": "No job with id 7."}]}
+    )
+
     error: str = Field(description="A stable machine-readable code.")
     detail: str = Field(description="What is wrong, for a person.")
     fields: list[dict[str, Any]] | None = Field(
@@ -182,10 +305,16 @@ class ErrorRead(BaseModel):
 
 
 class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
     status: Literal["ok"]
 
 
 class Readiness(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ready", "database": "ok", "broker": "ok"}]}
+    )
+
     status: Literal["ready", "not_ready"]
     database: str
     broker: str

@@ -249,5 +249,16 @@ def test_openapi_documents_every_route_with_an_example(client: TestClient) -> No
         assert path in paths, path
         for operation in paths[path].values():
             assert operation.get("summary"), path
-    create = schema["components"]["schemas"]["JobCreate"]
-    assert create["examples"][0]["block"] == "residual"
+    components = schema["components"]["schemas"]
+    assert components["JobCreate"]["examples"][0]["block"] == "residual"
+    for name in (
+        "JobRead",
+        "JobList",
+        "JobMetrics",
+        "CheckpointRead",
+        "ArchitectureRead",
+        "ErrorRead",
+        "Health",
+        "Readiness",
+    ):
+        assert components[name]["examples"], name

@@ -154,6 +154,9 @@ def _train_claimed(claim: Claim, settings: Settings, heartbeat: Heartbeat) -> st
                 lease_seconds=settings.lease_seconds,
             )
 
+    resume_from = _resume_checkpoint(claim.job_id, artifact_dir)
+    if resume_from is not None:
+        logger.info("job %s resuming from %s", claim.job_id, resume_from)
     try:
         spec = JobCreate.model_validate(claim.spec)
         config = TrainConfig.from_dict(spec.train_config())
@@ -163,7 +166,7 @@ def _train_claimed(claim: Claim, settings: Settings, heartbeat: Heartbeat) -> st
             data_dir=settings.data_dir,
             device=None if settings.device == "auto" else settings.device,
             checkpoint_dir=attempt_dir,
-            resume_from=_resume_checkpoint(claim.job_id, artifact_dir),
+            resume_from=resume_from,
             on_epoch=on_epoch,
             should_stop=should_stop,
             download=settings.allow_download,
