@@ -45,8 +45,9 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 ## Training throughput of the engine against a naive DataLoader loop.
+BENCH_ARGS ?= --device cpu --images 384 --batch-size 128
 bench: $(STAMP)
-	$(PY) -m bench.train_throughput
+	$(PY) -m bench.train_throughput $(BENCH_ARGS)
 
 ## A small generated dataset in the official CIFAR-100 format under ./data (for demos without internet).
 data: $(STAMP)

@@ -60,7 +60,7 @@ def engine_images_per_second(
             generator=generator,
             shuffle=True,
             augment=True,
-            channels_last=device.type == "cuda",
+            channels_last=True,
         )
 
     bf16 = precision == "bf16"

@@ -68,12 +68,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def prepare_model(block: str, num_classes: int, device: torch.device) -> nn.Module:
-    """The network on ``device``; channels-last and cuDNN autotuning on CUDA."""
+    """The network on ``device`` in channels-last layout (faster on CUDA and, for the depthwise
+    convs of the mobile net, about twice as fast on CPU too); cuDNN autotuning on CUDA."""
     model = build_model(block, num_classes=num_classes).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(memory_format=torch.channels_last)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -241,7 +241,7 @@ def train(
     model = prepare_model(config.block, config.num_classes, device)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer)
-    channels_last = device.type == "cuda"
+    channels_last = True  # matches prepare_model
     train_loader = DeviceLoader(
         train_split.images,
         train_split.labels,
