@@ -127,6 +127,23 @@ def test_sigkill_mid_epoch_resumes_to_the_same_result(tmp_path: Path, dataset_ro
         assert without_timings(resumed_metrics) == without_timings(straight_metrics)
 
 
+def test_sigterm_hands_the_job_back_to_the_queue(tmp_path: Path, dataset_root: Path) -> None:
+    with service(tmp_path, dataset_root) as svc:
+        worker = svc.start_worker()
+        job_id = svc.submit(JOB)
+        wait_for(lambda: svc.job(job_id)["epochs_done"] >= 1, timeout=180, what="an epoch")
+        started = time.monotonic()
+        worker.stop(timeout=60)  # SIGTERM: a deploy; the worker must not wait for the job
+        assert time.monotonic() - started < 30
+        assert worker.output().count("released for another worker") == 1
+        job = svc.job(job_id)
+        assert job["status"] == "queued" and job["attempt"] == 0, job
+        svc.start_worker()
+        job = wait_for_status(svc.api, job_id, ("succeeded", "failed"))
+        assert job["status"] == "succeeded" and job["attempt"] == 1
+        assert [row["epoch"] for row in svc.metrics(job_id)] == [1, 2, 3]
+
+
 @pytest.mark.redis
 def test_redis_and_api_restarts_lose_nothing(tmp_path: Path, dataset_root: Path) -> None:
     redis_port = free_port()

@@ -23,11 +23,17 @@ from app.services.lifecycle import (
     claim_job,
     finish_job,
     record_epoch,
+    release_job,
     renew_lease,
 )
 from app.tables import Checkpoint, JobStatus
 
 logger = logging.getLogger(__name__)
+
+
+# Set when the worker is asked to stop (SIGTERM: a deploy, a preemption notice): the running job
+# stops at the next batch and goes back to the queue instead of holding up the shutdown.
+shutting_down = threading.Event()
 
 
 def worker_name(settings: Settings) -> str:
@@ -132,7 +138,7 @@ def _train_claimed(claim: Claim, settings: Settings, heartbeat: Heartbeat) -> st
         nonlocal timed_out
         if time.monotonic() - started > settings.max_job_seconds:
             timed_out = True
-        return timed_out or heartbeat.stop_reason is not None
+        return timed_out or heartbeat.stop_reason is not None or shutting_down.is_set()
 
     def on_epoch(report: EpochReport) -> None:
         records = [
@@ -199,4 +205,21 @@ def _train_claimed(claim: Claim, settings: Settings, heartbeat: Heartbeat) -> st
         )
     if heartbeat.stop_reason == "cancelled":
         return _finish(claim, JobStatus.CANCELLED)
+    if shutting_down.is_set() and heartbeat.stop_reason is None:
+        return _release(claim)
     return "lease_lost"
+
+
+def _release(claim: Claim) -> str:
+    from worker.celery_app import enqueue_job
+
+    with session_scope() as session:
+        released = release_job(session, claim)
+    if not released:
+        return "lease_lost"
+    logger.info("job %s released for another worker (this one is shutting down)", claim.job_id)
+    try:
+        enqueue_job(claim.job_id)
+    except Exception:  # the reconciler re-sends it
+        logger.exception("could not re-send job %s", claim.job_id)
+    return "released"

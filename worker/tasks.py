@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.exceptions import Reject
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from app.config import get_settings
 from worker.celery_app import RUN_JOB_TASK, get_celery
 from worker.reconciler import Reconciler
-from worker.runner import run_job
+from worker.runner import run_job, shutting_down
 
 logger = logging.getLogger(__name__)
 celery = get_celery()
@@ -21,6 +22,9 @@ def run_job_task(job_id: object) -> str:
     if not isinstance(job_id, int) or isinstance(job_id, bool):
         logger.error("dropping a message with a malformed job id: %r", job_id)
         return "malformed"
+    if shutting_down.is_set():
+        # Leave the message for another worker rather than claiming a job only to release it.
+        raise Reject("worker shutting down", requeue=True)
     return run_job(job_id, settings=get_settings())
 
 
@@ -29,6 +33,11 @@ def _start_reconciler(**_: object) -> None:
     global _reconciler
     _reconciler = Reconciler(get_settings())
     _reconciler.start()
+
+
+@worker_shutting_down.connect
+def _stop_training(**_: object) -> None:
+    shutting_down.set()
 
 
 @worker_shutdown.connect

@@ -195,6 +195,28 @@ def finish_job(
     return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
+def release_job(session: Session, claim: Claim) -> bool:
+    """running → queued for a worker that is shutting down: the job resumes elsewhere from its
+    last checkpoint, and the attempt does not count against MAX_ATTEMPTS."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(_fenced(claim))
+        .values(
+            status=JobStatus.QUEUED,
+            attempt=Job.attempt - 1,
+            lease_token=None,
+            lease_expires_at=None,
+            worker=None,
+            enqueued_at=now,
+            enqueue_count=Job.enqueue_count + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
 def reap_expired_leases(session: Session, *, now: datetime | None = None) -> list[int]:
     """Jobs whose worker stopped heartbeating: re-queue them (they resume from their last
     checkpoint), or end them when cancel was asked or the attempts are spent. Returns the ids
