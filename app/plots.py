@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 METRIC_LABELS = {
     "train_loss": "Training loss",
@@ -42,6 +43,7 @@ def line_chart_png(series: Sequence[Series], *, metric: str, title: str) -> byte
             label=item.label,
         )
     axes.set_xlabel("Epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel(METRIC_LABELS[metric])
     axes.set_title(title)
     axes.grid(True, alpha=0.3)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from app.deps import SessionDep
 from app.errors import InvalidRequest, NotFound
-from app.plots import Series, line_chart_png
+from app.plots import METRIC_LABELS, Series, line_chart_png
 from app.routes.common import error_responses
 from app.routes.jobs import JobId
 from app.services import jobs as job_service
@@ -72,5 +72,5 @@ def compare_plot(
         rows = job_service.epoch_metrics(session, job_id)
         label = f"{job.block} (job {job.id})"
         series.append(Series(label, [r.epoch for r in rows], [getattr(r, metric) for r in rows]))
-    title = f"{metric.replace('_', ' ').capitalize()} by block"
+    title = f"{METRIC_LABELS[metric].removesuffix(' (%)')} by block"
     return _png(line_chart_png(series, metric=metric, title=title))
