@@ -147,3 +147,71 @@ def start_redis(port: int, log_dir: Path) -> Process:
 
     wait_for(up, timeout=20, what=f"redis on port {port}")
     return process
+
+
+def broker_messages(var_dir: Path) -> int:
+    """Messages waiting in the embedded SQLite broker under VAR_DIR (0 before the first send)."""
+    import sqlite3
+
+    path = var_dir / "broker.sqlite3"
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path, timeout=30) as connection:
+        tables = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if "kombu_message" not in tables:
+            return 0
+        return int(connection.execute("SELECT COUNT(*) FROM kombu_message").fetchone()[0])
+
+
+def drive_job(
+    job_id: int,
+    epochs: int,
+    *,
+    finish: str | None = None,
+    checkpoint: bytes | None = None,
+    checkpoint_names: tuple[str, ...] = ("latest", "final"),
+) -> None:
+    """Take a job through the calls a worker makes (claim, record epochs 1..epochs with a
+    checkpoint file written under ARTIFACT_DIR, optionally finish), in this process's settings.
+    Epoch e has train_loss 4/e, train_accuracy 0.1e, test_accuracy 0.05e."""
+    import hashlib
+
+    from app.config import get_settings
+    from app.db import session_scope
+    from app.services.lifecycle import CheckpointRecord, claim_job, finish_job, record_epoch
+
+    with session_scope() as session:
+        claim = claim_job(session, job_id, worker="test-worker", lease_seconds=600)
+    assert claim is not None, f"job {job_id} is not claimable"
+    records = []
+    if checkpoint is not None:
+        root = get_settings().resolved_artifact_dir
+        path = root / "jobs" / str(job_id) / f"attempt-{claim.attempt}" / "latest.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(checkpoint)
+        digest = hashlib.sha256(checkpoint).hexdigest()
+        records = [
+            CheckpointRecord(name, epochs, len(checkpoint), digest, str(path.relative_to(root)))
+            for name in checkpoint_names
+        ]
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 4.0 / e,
+            "train_accuracy": 0.1 * e,
+            "test_loss": 3.0,
+            "test_accuracy": 0.05 * e,
+            "learning_rate": 0.01,
+            "seconds": 2.0,
+            "images_per_second": 25.0,
+        }
+        for e in range(1, epochs + 1)
+    ]
+    with session_scope() as session:
+        record_epoch(session, claim, history, records, lease_seconds=600)
+    if finish:
+        with session_scope() as session:
+            assert finish_job(session, claim, finish)

@@ -9,9 +9,7 @@ import matplotlib.image
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import get_settings
-from app.db import session_scope
-from app.services.lifecycle import CheckpointRecord, claim_job, finish_job, record_epoch
+from tests.support import drive_job
 
 JOB = {"block": "residual", "hyperparameters": {"epochs": 3}, "train_samples": 50}
 
@@ -20,49 +18,6 @@ def submit(client: TestClient, **changes: object) -> dict:
     response = client.post("/jobs", json={**JOB, **changes})
     assert response.status_code == 202, response.text
     return response.json()
-
-
-def run_epochs(
-    job_id: int, epochs: int, *, finish: str | None = None, checkpoint: bytes | None = None
-) -> None:
-    """Drive a job through the same lifecycle calls a worker makes."""
-    with session_scope() as session:
-        claim = claim_job(session, job_id, worker="test-worker", lease_seconds=60)
-    assert claim is not None
-    records = []
-    if checkpoint is not None:
-        root = get_settings().resolved_artifact_dir
-        path = root / "jobs" / str(job_id) / "attempt-1" / "latest.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(checkpoint)
-        records = [
-            CheckpointRecord(
-                name,
-                epochs,
-                len(checkpoint),
-                hashlib.sha256(checkpoint).hexdigest(),
-                str(path.relative_to(root)),
-            )
-            for name in ("latest", "final")
-        ]
-    history = [
-        {
-            "epoch": e,
-            "train_loss": 4.0 / e,
-            "train_accuracy": 0.1 * e,
-            "test_loss": 3.0,
-            "test_accuracy": 0.05 * e,
-            "learning_rate": 0.01,
-            "seconds": 2.0,
-            "images_per_second": 25.0,
-        }
-        for e in range(1, epochs + 1)
-    ]
-    with session_scope() as session:
-        record_epoch(session, claim, history, records, lease_seconds=60)
-    if finish:
-        with session_scope() as session:
-            assert finish_job(session, claim, finish)
 
 
 def test_architectures_give_the_seed_table(client: TestClient) -> None:
@@ -123,7 +78,7 @@ def test_list_filters_newest_first_and_paginates(client: TestClient) -> None:
 def test_metrics_polling_and_since_epoch(client: TestClient) -> None:
     job = submit(client)
     assert client.get(f"/jobs/{job['id']}/metrics").json()["metrics"] == []
-    run_epochs(job["id"], 3)
+    drive_job(job["id"], 3)
     body = client.get(f"/jobs/{job['id']}/metrics").json()
     assert body["status"] == "running" and body["epochs_done"] == 3
     assert [row["epoch"] for row in body["metrics"]] == [1, 2, 3]
@@ -152,8 +107,8 @@ def decode_png(content: bytes):  # type: ignore[no-untyped-def]
 
 def test_plots_are_valid_pngs(client: TestClient) -> None:
     first, second = submit(client, block="plain"), submit(client, block="mobile")
-    run_epochs(first["id"], 3)
-    run_epochs(second["id"], 2)
+    drive_job(first["id"], 3)
+    drive_job(second["id"], 2)
     for name in ("loss.png", "accuracy.png"):
         response = client.get(f"/jobs/{first['id']}/plots/{name}")
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
@@ -177,7 +132,7 @@ def test_checkpoint_download_with_sha256_etag(client: TestClient) -> None:
     assert client.get(f"/jobs/{job['id']}/checkpoints").json() == []
     assert client.get(f"/jobs/{job['id']}/checkpoints/latest").status_code == 404
     payload = b"checkpoint bytes" * 1000
-    run_epochs(job["id"], 2, finish="succeeded", checkpoint=payload)
+    drive_job(job["id"], 2, finish="succeeded", checkpoint=payload)
     listing = client.get(f"/jobs/{job['id']}/checkpoints").json()
     assert [row["name"] for row in listing] == ["latest", "final"]
     digest = hashlib.sha256(payload).hexdigest()
@@ -200,12 +155,12 @@ def test_cancel_in_each_state(client: TestClient) -> None:
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
 
     running = submit(client)
-    run_epochs(running["id"], 1)
+    drive_job(running["id"], 1)
     response = client.post(f"/jobs/{running['id']}/cancel").json()
     assert response["status"] == "running" and response["cancel_requested"] is True
 
     finished = submit(client)
-    run_epochs(finished["id"], 3, finish="succeeded")
+    drive_job(finished["id"], 3, finish="succeeded")
     refused = client.post(f"/jobs/{finished['id']}/cancel")
     assert refused.status_code == 409 and refused.json()["error"] == "job_not_cancellable"
     assert client.get(f"/jobs/{finished['id']}").json()["status"] == "succeeded"

@@ -4,7 +4,6 @@ queue depth limit, and Idempotency-Key (replays, conflicts, and a race on one ke
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import service_environment
-from tests.support import Process, free_port, start_api
+from tests.support import Process, broker_messages, free_port, start_api
 
 JOB = {
     "block": "mobile",
@@ -22,21 +21,6 @@ JOB = {
     "train_samples": 64,
     "test_samples": 32,
 }
-
-
-def broker_messages(var_dir: Path) -> int:
-    """Messages waiting in the embedded SQLite broker under VAR_DIR (0 before the first send)."""
-    path = var_dir / "broker.sqlite3"
-    if not path.exists():
-        return 0
-    with sqlite3.connect(path, timeout=30) as connection:
-        tables = {
-            row[0]
-            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        if "kombu_message" not in tables:
-            return 0
-        return int(connection.execute("SELECT COUNT(*) FROM kombu_message").fetchone()[0])
 
 
 @pytest.fixture

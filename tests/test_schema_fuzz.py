@@ -4,7 +4,6 @@ is the one its schema documents."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.main import create_app
+from tests.support import drive_job
 
 
 def not_a_server_error_but_queue_full(ctx: Any, response: Any, case: Any) -> bool | None:
@@ -37,48 +37,14 @@ def seed_jobs() -> None:
     2 running, 3 queued."""
     from fastapi.testclient import TestClient
 
-    from app.config import get_settings
-    from app.db import session_scope
     from app.main import create_app
-    from app.services.lifecycle import CheckpointRecord, claim_job, finish_job, record_epoch
 
     with TestClient(create_app()) as client:
         for block in ("plain", "residual", "mobile"):
             response = client.post("/jobs", json={"block": block, "hyperparameters": {"epochs": 2}})
             assert response.status_code == 202, response.text
-    root = get_settings().resolved_artifact_dir
-    payload = b"checkpoint" * 100
-    path = root / "jobs" / "1" / "attempt-1" / "latest.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(payload)
-    records = [
-        CheckpointRecord(
-            name, 2, len(payload), hashlib.sha256(payload).hexdigest(), str(path.relative_to(root))
-        )
-        for name in ("latest", "final")
-    ]
-    history = [
-        {
-            "epoch": e,
-            "train_loss": 2.0 / e,
-            "train_accuracy": 0.2 * e,
-            "test_loss": 2.0,
-            "test_accuracy": 0.1 * e,
-            "learning_rate": 0.01,
-            "seconds": 1.0,
-            "images_per_second": 50.0,
-        }
-        for e in (1, 2)
-    ]
-    for job_id, finish in ((1, "succeeded"), (2, None)):
-        with session_scope() as session:
-            claim = claim_job(session, job_id, worker="fuzz", lease_seconds=600)
-        assert claim is not None
-        with session_scope() as session:
-            record_epoch(session, claim, history, records if finish else [], lease_seconds=600)
-        if finish:
-            with session_scope() as session:
-                assert finish_job(session, claim, finish)
+    drive_job(1, 2, finish="succeeded", checkpoint=b"checkpoint" * 100)
+    drive_job(2, 2)
 
 
 @pytest.fixture

@@ -4,10 +4,8 @@ on the wire matter (raw request targets, chunked uploads)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,47 +16,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import service_environment
-from tests.support import Process, free_port, start_api
+from tests.support import Process, drive_job, free_port, start_api
+from tests.support import broker_messages as count_broker_messages
 
 SMALL_JOB = {"block": "mobile", "hyperparameters": {"epochs": 2}, "train_samples": 40}
 CHECKPOINT_BYTES = b"a real checkpoint file, not /etc/passwd\n" * 64
 
 
 def put_checkpoint(job_id: int) -> bytes:
-    """Claim the job and record one epoch with a `latest` checkpoint: a real file under the
-    artifact dir, as a worker would write it. Returns the file's bytes."""
-    from app.config import get_settings
-    from app.db import session_scope
-    from app.services.lifecycle import CheckpointRecord, claim_job, record_epoch
-
-    with session_scope() as session:
-        claim = claim_job(session, job_id, worker="security-test", lease_seconds=600)
-    assert claim is not None
-    root = get_settings().resolved_artifact_dir
-    path = root / "jobs" / str(job_id) / "attempt-1" / "latest.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(CHECKPOINT_BYTES)
-    record = CheckpointRecord(
-        "latest",
-        1,
-        len(CHECKPOINT_BYTES),
-        hashlib.sha256(CHECKPOINT_BYTES).hexdigest(),
-        str(path.relative_to(root)),
-    )
-    history = [
-        {
-            "epoch": 1,
-            "train_loss": 2.0,
-            "train_accuracy": 0.3,
-            "test_loss": 2.5,
-            "test_accuracy": 0.25,
-            "learning_rate": 0.01,
-            "seconds": 1.0,
-            "images_per_second": 40.0,
-        }
-    ]
-    with session_scope() as session:
-        record_epoch(session, claim, history, [record], lease_seconds=600)
+    """Record one epoch with a real `latest` checkpoint file, as a worker would."""
+    drive_job(job_id, 1, checkpoint=CHECKPOINT_BYTES, checkpoint_names=("latest",))
     return CHECKPOINT_BYTES
 
 
@@ -384,20 +351,10 @@ def test_without_api_key_setting_no_key_is_needed(client: TestClient) -> None:
 
 
 def broker_messages() -> int:
-    """Messages waiting in the embedded SQLite broker (none before the first send)."""
+    """Messages waiting in the embedded broker of this process's settings."""
     from app.config import get_settings
 
-    path = get_settings().var_dir / "broker.sqlite3"
-    if not path.exists():
-        return 0
-    with sqlite3.connect(path) as connection:
-        tables = {
-            row[0]
-            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        if "kombu_message" not in tables:
-            return 0
-        return int(connection.execute("SELECT COUNT(*) FROM kombu_message").fetchone()[0])
+    return count_broker_messages(get_settings().var_dir)
 
 
 BAD_BODIES: list[tuple[str, str]] = [
