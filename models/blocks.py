@@ -31,7 +31,7 @@ class PlainBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(out)))
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(PlainBlock):
     """The plain block plus a shortcut added before the last ReLU (He et al., 2016).
 
     The shortcut is the identity, or a 1x1 convolution (with ``stride``) and batch norm where
@@ -39,12 +39,7 @@ class ResidualBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = conv3x3(in_channels, out_channels, stride)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = conv3x3(out_channels, out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
+        super().__init__(in_channels, out_channels, stride)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
