@@ -9,41 +9,25 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from models import ARCHITECTURES
+from engine.config import (
+    STRICT,
+    Block,
+    Dataset,
+    Hyperparameters,
+    TestSamples,
+    TrainConfig,
+    TrainSamples,
+)
 
-BlockName = Literal[tuple(ARCHITECTURES)]  # type: ignore[valid-type]
-DatasetName = Literal["cifar100", "cifar10"]
 StatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
-
-_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class Hyperparameters(BaseModel):
-    """The seed's settings are the defaults: batch 128, SGD lr 0.01 momentum 0.9, 100 epochs."""
-
-    model_config = _STRICT
-
-    batch_size: int = Field(128, ge=1, le=4096)
-    learning_rate: float = Field(0.01, gt=0, le=10)
-    epochs: int = Field(100, ge=1, le=1000)
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by Adam/AdamW).")
-    weight_decay: float = Field(0.0, ge=0, le=1)
-    scheduler: Literal["none", "cosine", "step"] = "none"
-    step_size: int = Field(30, ge=1, le=1000, description="Epochs per step (step scheduler).")
-    gamma: float = Field(0.1, gt=0, le=1, description="LR factor per step (step scheduler).")
-    augment: bool = Field(True, description="Random crop 32 (zero padding 4) + horizontal flip.")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class JobCreate(BaseModel):
     """A training job: which network, which data, which hyperparameters."""
 
     model_config = ConfigDict(
-        extra="forbid",
-        allow_inf_nan=False,
+        **STRICT,
         json_schema_extra={
             "examples": [
                 {
@@ -59,11 +43,11 @@ class JobCreate(BaseModel):
         },
     )
 
-    block: BlockName = Field(description="Building block of the 18-layer network.")  # type: ignore[valid-type]
-    dataset: DatasetName = "cifar100"
+    block: Block
+    dataset: Dataset = "cifar100"
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    train_samples: int | None = Field(None, ge=1, le=50_000, description="Train on a subset.")
-    test_samples: int | None = Field(None, ge=1, le=10_000, description="Test on a subset.")
+    train_samples: TrainSamples = None
+    test_samples: TestSamples = None
     name: str | None = Field(None, max_length=200)
     tags: list[Tag] = Field(default_factory=list, max_length=20)
 
@@ -72,15 +56,15 @@ class JobCreate(BaseModel):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    def train_config(self) -> dict[str, Any]:
-        """The engine's TrainConfig fields, as plain data."""
-        return {
-            "block": self.block,
-            "dataset": self.dataset,
+    def train_config(self) -> TrainConfig:
+        """The engine's validated config for this job."""
+        return TrainConfig(
+            block=self.block,
+            dataset=self.dataset,
+            train_samples=self.train_samples,
+            test_samples=self.test_samples,
             **self.hyperparameters.model_dump(),
-            "train_samples": self.train_samples,
-            "test_samples": self.test_samples,
-        }
+        )
 
 
 class JobLinks(BaseModel):
@@ -115,6 +99,7 @@ _JOB_EXAMPLE: dict[str, Any] = {
             "augment": True,
             "seed": 0,
             "precision": "fp32",
+            "compile": None,
         },
         "train_samples": None,
         "test_samples": None,

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine.augment import CIFAR_MEAN, CIFAR_STD, DeviceLoader
+from engine.augment import DeviceLoader
 from engine.config import TrainConfig
 from engine.data import load_cifar
+from engine.datasets import DATASETS
 from engine.synthetic import generate_cifar
 from engine.trainer import make_optimizer, prepare_model, resolve_device, train_epoch
 
@@ -87,7 +88,7 @@ def naive_images_per_second(
             transforms.RandomCrop(32, padding=4),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
-            transforms.Normalize(CIFAR_MEAN["cifar100"], CIFAR_STD["cifar100"]),
+            transforms.Normalize(DATASETS["cifar100"].mean, DATASETS["cifar100"].std),
         ]
     )
     dataset = LocalCIFAR100(str(data_dir), train=True, transform=transform, download=False)

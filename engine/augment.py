@@ -12,9 +12,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-# Per-channel statistics of the training sets, as fractions of 255.
-CIFAR_MEAN = {"cifar100": (0.5071, 0.4865, 0.4409), "cifar10": (0.4914, 0.4822, 0.4465)}
-CIFAR_STD = {"cifar100": (0.2673, 0.2564, 0.2762), "cifar10": (0.2470, 0.2435, 0.2616)}
+from engine.datasets import dataset_info
 
 CROP_SIZE = 32
 CROP_PADDING = 4
@@ -49,8 +47,8 @@ class Normalize:
 
     def __init__(self, dataset: str, device: torch.device, dtype: torch.dtype) -> None:
         self.dtype = dtype
-        mean = torch.tensor(CIFAR_MEAN[dataset], device=device) * 255
-        std = torch.tensor(CIFAR_STD[dataset], device=device) * 255
+        mean = torch.tensor(dataset_info(dataset).mean, device=device) * 255
+        std = torch.tensor(dataset_info(dataset).std, device=device) * 255
         self.mean = mean.view(1, 3, 1, 1).to(dtype)
         self.std = std.view(1, 3, 1, 1).to(dtype)
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models import build_model
+from models.registry import build_model
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -7,11 +7,15 @@ import json
 import os
 import sys
 import tempfile
+import typing
 from pathlib import Path
+from typing import Any
 
-from engine.config import DATASET_CLASSES, OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
+from pydantic import ValidationError
+
+from engine.config import TrainConfig
 from engine.data import DatasetUnavailable
-from models import ARCHITECTURES
+from engine.datasets import DATASETS
 
 TABLE_HEADER = (
     f"{'epoch':>5}  {'lr':>8}  {'train loss':>10}  {'train acc':>9}  "
@@ -19,30 +23,63 @@ TABLE_HEADER = (
 )
 
 
+def _literal_choices(annotation: Any) -> tuple[Any, ...] | None:
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) is typing.Literal:
+            return typing.get_args(candidate)
+    return None
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, with its type, choices, default and description; the
+    model validates the values (bounds included) after parsing."""
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = field.description or ""
+        annotation = field.annotation
+        if annotation is bool:
+            parser.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=field.default,
+                help=help_text,
+            )
+            continue
+        if annotation == bool | None:
+            parser.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (default: decided by the engine)",
+            )
+            continue
+        choices = _literal_choices(annotation)
+        if choices is not None:
+            kind: Any = str
+        elif annotation in (int, int | None):
+            kind = int
+        elif annotation is float:
+            kind = float
+        else:
+            raise TypeError(f"no command-line type for TrainConfig.{name}: {annotation}")
+        parser.add_argument(
+            flag,
+            dest=name,
+            type=kind,
+            choices=choices,
+            default=field.default,
+            help=f"{help_text} (default: {field.default})",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    defaults = TrainConfig()
 
     train = commands.add_parser("train", help="train one network and write checkpoints")
-    train.add_argument("--block", choices=sorted(ARCHITECTURES), default=defaults.block)
-    train.add_argument("--dataset", choices=sorted(DATASET_CLASSES), default=defaults.dataset)
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--lr", dest="learning_rate", type=float, default=defaults.learning_rate)
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
-    train.add_argument("--momentum", type=float, default=defaults.momentum)
-    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    train.add_argument("--scheduler", choices=SCHEDULERS, default=defaults.scheduler)
-    train.add_argument("--step-size", type=int, default=defaults.step_size)
-    train.add_argument("--gamma", type=float, default=defaults.gamma)
-    train.add_argument(
-        "--no-augment", dest="augment", action="store_false", help="turn off crop and flip"
-    )
-    train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
-    train.add_argument("--train-samples", type=int, default=None)
-    train.add_argument("--test-samples", type=int, default=None)
+    _add_config_flags(train)
     train.add_argument("--data-dir", type=Path, default=Path("data"))
     train.add_argument("--out", type=Path, required=True, help="checkpoints and metrics.json")
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if any)")
@@ -54,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate-data", help="write a small generated dataset")
     generate.add_argument("--out", type=Path, required=True)
-    generate.add_argument("--dataset", choices=sorted(DATASET_CLASSES), default="cifar100")
+    generate.add_argument("--dataset", choices=sorted(DATASETS), default="cifar100")
     generate.add_argument("--classes", type=int, default=None)
     generate.add_argument("--train-per-class", type=int, required=True)
     generate.add_argument("--test-per-class", type=int, required=True)
@@ -76,28 +113,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     from engine.trainer import EpochReport, train
 
-    config = TrainConfig(
-        block=args.block,
-        dataset=args.dataset,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        epochs=args.epochs,
-        optimizer=args.optimizer,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        scheduler=args.scheduler,
-        step_size=args.step_size,
-        gamma=args.gamma,
-        augment=args.augment,
-        seed=args.seed,
-        precision=args.precision,
-        train_samples=args.train_samples,
-        test_samples=args.test_samples,
-    )
     try:
-        config.validate()
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        config = TrainConfig.model_validate(
+            {name: getattr(args, name) for name in TrainConfig.model_fields}
+        )
+    except ValidationError as error:
+        for problem in error.errors():
+            field = ".".join(str(part) for part in problem["loc"])
+            print(f"error: --{field.replace('_', '-')}: {problem['msg']}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     progress: tqdm | None = None
@@ -166,10 +189,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_architectures() -> int:
-    from models import architecture_complexity
+    from models import BLOCK_NAMES, architecture_complexity
 
     print(f"{'block':<10}  {'params':>12}  {'M params':>8}  {'MACs':>13}  {'GMac':>5}")
-    for block in ARCHITECTURES:
+    for block in BLOCK_NAMES:
         complexity = architecture_complexity(block)
         print(
             f"{block:<10}  {complexity.params:>12,}  {complexity.params / 1e6:>8.2f}  "

@@ -1,92 +1,75 @@
-"""One typed object holding every hyperparameter of a training run."""
+"""The training spec: one typed, validated model of every hyperparameter of a run.
+
+Bounds, defaults and descriptions live here once. The API's request model embeds
+``Hyperparameters``, the CLI builds its flags from ``TrainConfig``, the job row stores a
+``TrainConfig`` dump and the worker validates it back. Validation is strict: wrong JSON types are
+refused, never coerced (``"epochs": "1"``, ``"seed": false`` and ``"augment": "no"`` are errors).
+No torch here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Annotated, Literal
 
-DATASET_CLASSES = {"cifar100": 100, "cifar10": 10}
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine", "step")
-PRECISIONS = ("fp32", "bf16")
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.datasets import DATASETS, DatasetName
+from models.catalog import BlockName
+
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True, frozen=True)
+
+Block = Annotated[BlockName, Field(description="Building block of the 18-layer network.")]
+Dataset = Annotated[DatasetName, Field(description="cifar100 (100 classes) or cifar10.")]
+TrainSamples = Annotated[
+    int | None, Field(ge=1, le=50_000, description="Train on a seeded random subset.")
+]
+TestSamples = Annotated[
+    int | None, Field(ge=1, le=10_000, description="Test on a seeded random subset.")
+]
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Defaults reproduce the course report: SGD(0.01, momentum 0.9), batch 128, 100 epochs."""
+class Hyperparameters(BaseModel):
+    """The seed's settings are the defaults: batch 128, SGD lr 0.01 momentum 0.9, 100 epochs."""
 
-    block: str = "plain"
-    dataset: str = "cifar100"
-    batch_size: int = 128
-    learning_rate: float = 0.01
-    epochs: int = 100
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    scheduler: str = "none"
-    step_size: int = 30
-    gamma: float = 0.1
-    augment: bool = True
-    seed: int = 0
-    precision: str = "fp32"
-    train_samples: int | None = None
-    test_samples: int | None = None
+    model_config = STRICT
+
+    batch_size: int = Field(128, ge=1, le=4096, description="Images per training batch.")
+    learning_rate: float = Field(0.01, gt=0, le=10, description="Initial learning rate.")
+    epochs: int = Field(100, ge=1, le=1000, description="Passes over the training set.")
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by Adam/AdamW).")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="L2 penalty (decoupled for AdamW).")
+    scheduler: Literal["none", "cosine", "step"] = Field(
+        "none", description="Learning-rate schedule, stepped once per epoch."
+    )
+    step_size: int = Field(30, ge=1, le=1000, description="Epochs per step (step scheduler).")
+    gamma: float = Field(0.1, gt=0, le=1, description="LR factor per step (step scheduler).")
+    augment: bool = Field(True, description="Random crop 32 (zero padding 4) + horizontal flip.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds weights, shuffling and subsets.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 runs the forward pass under autocast (GPUs)."
+    )
+    compile: bool | None = Field(
+        None,
+        description="torch.compile the training step; null: the engine decides (on for CUDA "
+        "only where it pays, off on the CPU).",
+    )
+
+
+class TrainConfig(Hyperparameters):
+    """Everything ``engine.train`` needs besides paths and the device."""
+
+    block: Block = "plain"
+    dataset: Dataset = "cifar100"
+    train_samples: TrainSamples = None
+    test_samples: TestSamples = None
 
     @property
     def num_classes(self) -> int:
-        return DATASET_CLASSES[self.dataset]
+        return DATASETS[self.dataset].num_classes
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from ``to_dict()`` output; unknown keys are an error, missing keys default."""
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
-        return cls(**data)
-
-    def validate(self) -> TrainConfig:
-        """Raise ValueError naming the first invalid field; return self so calls can chain."""
-        from models import ARCHITECTURES
-
-        def fail(name: str, why: str) -> None:
-            raise ValueError(f"{name}: {why} (got {getattr(self, name)!r})")
-
-        if self.block not in ARCHITECTURES:
-            fail("block", f"must be one of {', '.join(sorted(ARCHITECTURES))}")
-        if self.dataset not in DATASET_CLASSES:
-            fail("dataset", f"must be one of {', '.join(DATASET_CLASSES)}")
-        if self.optimizer not in OPTIMIZERS:
-            fail("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
-        if self.scheduler not in SCHEDULERS:
-            fail("scheduler", f"must be one of {', '.join(SCHEDULERS)}")
-        if self.precision not in PRECISIONS:
-            fail("precision", f"must be one of {', '.join(PRECISIONS)}")
-        for name in ("batch_size", "epochs", "step_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(name, "must be a positive integer")
-        for name in ("train_samples", "test_samples"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                fail(name, "must be a positive integer or None")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            fail("seed", "must be a non-negative integer")
-        if not isinstance(self.augment, bool):
-            fail("augment", "must be a boolean")
-        for name in ("learning_rate", "gamma"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                fail(name, "must be a positive number")
-        for name in ("momentum", "weight_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                fail(name, "must be a non-negative number")
-        if self.momentum >= 1:
-            fail("momentum", "must be below 1")
-        return self
+    @property
+    def hyperparameters(self) -> Hyperparameters:
+        return Hyperparameters.model_validate(
+            {name: getattr(self, name) for name in Hyperparameters.model_fields}
+        )

@@ -21,58 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+from engine.datasets import DatasetInfo, dataset_info
 
 DOWNLOAD_TIMEOUT_SECONDS = 60.0
 _CHUNK_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class DatasetLayout:
-    """Where one dataset's files sit inside its archive and which keys they use."""
-
-    folder: str
-    train_files: tuple[str, ...]
-    test_files: tuple[str, ...]
-    meta_file: str
-    label_key: str
-    names_key: str
-    url: str
-    md5: str
-
-    @property
-    def archive_name(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-    def required_files(self) -> tuple[str, ...]:
-        return (*self.train_files, *self.test_files, self.meta_file)
-
-
-LAYOUTS: dict[str, DatasetLayout] = {
-    "cifar100": DatasetLayout(
-        folder="cifar-100-python",
-        train_files=("train",),
-        test_files=("test",),
-        meta_file="meta",
-        label_key="fine_labels",
-        names_key="fine_label_names",
-        url=CIFAR100_URL,
-        md5=CIFAR100_MD5,
-    ),
-    "cifar10": DatasetLayout(
-        folder="cifar-10-batches-py",
-        train_files=tuple(f"data_batch_{index}" for index in range(1, 6)),
-        test_files=("test_batch",),
-        meta_file="batches.meta",
-        label_key="labels",
-        names_key="label_names",
-        url=CIFAR10_URL,
-        md5=CIFAR10_MD5,
-    ),
-}
 
 
 class DatasetUnavailable(RuntimeError):
@@ -89,17 +41,11 @@ class CifarSplit:
         return int(self.labels.shape[0])
 
 
-def layout_for(dataset: str) -> DatasetLayout:
-    if dataset not in LAYOUTS:
-        raise ValueError(f"unknown dataset {dataset!r}; valid datasets are: {', '.join(LAYOUTS)}")
-    return LAYOUTS[dataset]
-
-
-def _is_complete(folder: Path, layout: DatasetLayout) -> bool:
+def _is_complete(folder: Path, layout: DatasetInfo) -> bool:
     return all((folder / name).is_file() for name in layout.required_files())
 
 
-def _unavailable(layout: DatasetLayout, folder: Path, reason: str, url: str) -> DatasetUnavailable:
+def _unavailable(layout: DatasetInfo, folder: Path, reason: str, url: str) -> DatasetUnavailable:
     return DatasetUnavailable(
         f"{reason}. The dataset was expected at {folder} (files: "
         f"{', '.join(layout.required_files())}). To provide it, place the official archive "
@@ -110,7 +56,7 @@ def _unavailable(layout: DatasetLayout, folder: Path, reason: str, url: str) -> 
 
 
 def _download_and_extract(
-    layout: DatasetLayout, data_dir: Path, folder: Path, url: str, md5: str
+    layout: DatasetInfo, data_dir: Path, folder: Path, url: str, md5: str
 ) -> None:
     """Fetch, verify and unpack into ``folder``; anything temporary is removed on every path."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +120,7 @@ def ensure_dataset(
     ``url`` and ``md5`` default to the official archive's (a mirror has the same MD5); the
     archive is always MD5-verified. Raises DatasetUnavailable when it cannot be provided.
     """
-    layout = layout_for(dataset)
+    layout = dataset_info(dataset)
     data_dir = Path(data_dir).expanduser().resolve()
     folder = data_dir / layout.folder
     if _is_complete(folder, layout):
@@ -207,7 +153,7 @@ def load_cifar(
     md5: str | None = None,
 ) -> CifarSplit:
     """The train or test split as uint8 images (N, 3, 32, 32), int64 labels and class names."""
-    layout = layout_for(dataset)
+    layout = dataset_info(dataset)
     folder = ensure_dataset(dataset, data_dir, download=download, url=url, md5=md5)
     images: list[np.ndarray] = []
     labels: list[int] = []

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.data import layout_for
+from engine.datasets import dataset_info
 
 CIFAR100_FINE_LABEL_NAMES = [
     "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
@@ -89,8 +89,8 @@ def generate_cifar(
     ``classes`` limits which labels are used (the first ``classes`` of them); the meta file
     still lists every class name, as the official one does.
     """
-    layout = layout_for(dataset)
-    total_classes = 100 if dataset == "cifar100" else 10
+    layout = dataset_info(dataset)
+    total_classes = layout.num_classes
     labels_used = total_classes if classes is None else classes
     if not 1 <= labels_used <= total_classes:
         raise ValueError(f"classes must be between 1 and {total_classes}, got {classes}")

@@ -21,9 +21,11 @@ from engine.augment import DeviceLoader
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.config import TrainConfig
 from engine.data import CifarSplit, load_cifar, subset
-from models import build_model
+from models.registry import build_model
 
 CHECKPOINT_NAMES = {"latest": "latest.pt", "best": "best.pt", "final": "final.pt"}
+# A resumed run may train longer, or compile where the first attempt did not.
+RESUMABLE_CHANGES = frozenset({"epochs", "compile"})
 
 
 @dataclass
@@ -153,11 +155,11 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, bf16: bool = False) -> t
 
 
 def _check_resumable(stored: dict[str, Any], config: TrainConfig) -> None:
-    current = config.to_dict()
+    current = config.model_dump()
     differing = sorted(
         name
         for name in set(stored) | set(current)
-        if name != "epochs" and stored.get(name) != current.get(name)
+        if name not in RESUMABLE_CHANGES and stored.get(name) != current.get(name)
     )
     if differing:
         details = ", ".join(f"{n}: {stored.get(n)!r} != {current.get(n)!r}" for n in differing)
@@ -213,7 +215,6 @@ def train(
     the run stops at once with ``stopped=True`` and no partial-epoch checkpoint.
     ``on_batch(batches_done, batches_per_epoch)`` is for progress bars.
     """
-    config.validate()
     device = resolve_device(device)
     bf16 = config.precision == "bf16"
 
@@ -320,7 +321,7 @@ def train(
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 },
                 "epoch": epoch,
-                "config": config.to_dict(),
+                "config": config.model_dump(),
                 "history": [item.to_dict() for item in history],
                 "best_test_accuracy": best_test_accuracy,
                 "block": config.block,

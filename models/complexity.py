@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import copy
 import threading
-from dataclasses import dataclass
 from functools import cache
 
 from ptflops import get_model_complexity_info
 from torch import nn
 
+from models.catalog import Complexity
+
 # ptflops patches torch functions for the whole process while it counts: two counts in parallel
 # threads (an API's thread pool) break each other, so they take turns.
 _COUNT_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Complexity:
-    params: int
-    macs: int
-
-    @property
-    def gmacs(self) -> float:
-        """MACs in GMac rounded to two places, as ptflops and the course report print them."""
-        return round(self.macs / 1e9, 2)
-
-    @property
-    def mparams(self) -> float:
-        return round(self.params / 1e6, 2)
 
 
 def count_complexity(
@@ -53,6 +39,6 @@ def count_complexity(
 @cache
 def architecture_complexity(block: str, num_classes: int = 100) -> Complexity:
     """Complexity of ``build_model(block, num_classes)``, computed once per process."""
-    from models import build_model
+    from models.registry import build_model
 
     return count_complexity(build_model(block, num_classes))

@@ -47,6 +47,7 @@ def test_submit_fills_the_seed_defaults_and_complexity(client: TestClient) -> No
         "augment": True,
         "seed": 0,
         "precision": "fp32",
+        "compile": None,
     }
     assert job["spec"]["dataset"] == "cifar100"
     assert (job["params"], job["macs"]) == (11_050_212, 551_979_108)

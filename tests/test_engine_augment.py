@@ -6,7 +6,8 @@ import torch
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from engine.augment import CIFAR_MEAN, CIFAR_STD, DeviceLoader, random_crop_flip
+from engine.augment import DeviceLoader, random_crop_flip
+from engine.datasets import DATASETS
 
 CPU = torch.device("cpu")
 
@@ -56,7 +57,7 @@ def test_normalization_matches_torchvision_per_channel() -> None:
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=generator)
     loader = DeviceLoader(images, torch.arange(5), dataset="cifar100", batch_size=5, device=CPU)
     ((inputs, _),) = list(loader)
-    normalize = transforms.Normalize(CIFAR_MEAN["cifar100"], CIFAR_STD["cifar100"])
+    normalize = transforms.Normalize(DATASETS["cifar100"].mean, DATASETS["cifar100"].std)
     expected = torch.stack(
         [normalize(TF.to_tensor(image.permute(1, 2, 0).numpy())) for image in images]
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from engine.config import TrainConfig
@@ -60,7 +61,7 @@ def test_checkpoints_are_weights_only_and_rebuild_the_model(data_dir: Path, tmp_
     train(TINY, data_dir=data_dir, device="cpu", checkpoint_dir=tmp_path)
     payload = torch.load(tmp_path / "final.pt", map_location="cpu", weights_only=True)
     assert payload["epoch"] == 2 and payload["block"] == "mobile" and payload["num_classes"] == 10
-    assert TrainConfig.from_dict(payload["config"]) == TINY
+    assert TrainConfig.model_validate(payload["config"]) == TINY
     assert [item["epoch"] for item in payload["history"]] == [1, 2]
     model = load_model_from_checkpoint(tmp_path / "final.pt")
     for name, value in model.state_dict().items():
@@ -102,7 +103,7 @@ import json, sys
 from pathlib import Path
 from engine.config import TrainConfig
 from engine.trainer import train
-config = TrainConfig.from_dict(json.loads(sys.argv[1]))
+config = TrainConfig.model_validate_json(sys.argv[1])
 result = train(config, data_dir=Path(sys.argv[2]), device="cpu",
                checkpoint_dir=Path(sys.argv[3]), resume_from=Path(sys.argv[4]))
 print(json.dumps([m.to_dict() for m in result.history]))
@@ -117,7 +118,7 @@ def _comparable(history: list[dict]) -> list[dict]:
 
 def test_resume_in_a_fresh_process_matches_a_straight_run(data_dir: Path, tmp_path: Path) -> None:
     straight = train(TINY, data_dir=data_dir, device="cpu", checkpoint_dir=tmp_path / "straight")
-    one_epoch = TrainConfig.from_dict({**TINY.to_dict(), "epochs": 1})
+    one_epoch = TINY.model_copy(update={"epochs": 1})
     train(one_epoch, data_dir=data_dir, device="cpu", checkpoint_dir=tmp_path / "first")
 
     completed = subprocess.run(
@@ -125,7 +126,7 @@ def test_resume_in_a_fresh_process_matches_a_straight_run(data_dir: Path, tmp_pa
             sys.executable,
             "-c",
             RESUME_SCRIPT,
-            json.dumps(TINY.to_dict()),
+            TINY.model_dump_json(),
             str(data_dir),
             str(tmp_path / "resumed"),
             str(tmp_path / "first" / "latest.pt"),
@@ -147,9 +148,9 @@ def test_resume_in_a_fresh_process_matches_a_straight_run(data_dir: Path, tmp_pa
 def test_resume_rejects_a_different_config_and_returns_when_done(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    one_epoch = TrainConfig.from_dict({**TINY.to_dict(), "epochs": 1})
+    one_epoch = TINY.model_copy(update={"epochs": 1})
     first = train(one_epoch, data_dir=data_dir, device="cpu", checkpoint_dir=tmp_path)
-    changed = TrainConfig.from_dict({**TINY.to_dict(), "learning_rate": 0.1})
+    changed = TINY.model_copy(update={"learning_rate": 0.1})
     with pytest.raises(ValueError, match="learning_rate"):
         train(changed, data_dir=data_dir, device="cpu", resume_from=tmp_path / "latest.pt")
     done = train(one_epoch, data_dir=data_dir, device="cpu", resume_from=tmp_path / "latest.pt")
@@ -157,12 +158,21 @@ def test_resume_rejects_a_different_config_and_returns_when_done(
     assert [m.to_dict() for m in done.history] == [m.to_dict() for m in first.history]
 
 
-def test_config_round_trips_and_validates() -> None:
+def test_config_round_trips_and_validates_strictly() -> None:
     config = TrainConfig(block="residual", optimizer="adamw", scheduler="cosine")
-    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(ValueError, match="colour"):
-        TrainConfig.from_dict({"colour": "red"})
-    for field, value in [("block", "dense"), ("optimizer", "rmsprop"), ("batch_size", 0)]:
-        with pytest.raises(ValueError, match=field):
-            TrainConfig.from_dict({field: value}).validate()
+    assert TrainConfig.model_validate_json(config.model_dump_json()) == config
+    with pytest.raises(ValidationError, match="colour"):
+        TrainConfig.model_validate({"colour": "red"})
+    for field, value in [
+        ("block", "dense"),
+        ("optimizer", "rmsprop"),
+        ("batch_size", 0),
+        ("epochs", "1"),
+        ("seed", False),
+        ("augment", "no"),
+        ("learning_rate", float("nan")),
+    ]:
+        with pytest.raises(ValidationError, match=field):
+            TrainConfig.model_validate({field: value})
     assert TrainConfig().num_classes == 100 and TrainConfig(dataset="cifar10").num_classes == 10
+    assert config.hyperparameters.optimizer == "adamw"

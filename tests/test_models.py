@@ -86,3 +86,13 @@ def test_residual_projects_only_where_the_shape_changes() -> None:
         (128, 256, (2, 2)),
         (256, 512, (2, 2)),
     ]
+
+
+def test_catalog_lists_every_registered_block_with_its_ptflops_counts() -> None:
+    from models.catalog import BLOCK_NAMES, COMPLEXITY, BlockName
+
+    assert tuple(ARCHITECTURES) == BLOCK_NAMES
+    assert set(BLOCK_NAMES) == set(BlockName.__args__)  # type: ignore[attr-defined]
+    for block in ARCHITECTURES:
+        for num_classes in (100, 10):
+            assert COMPLEXITY[(block, num_classes)] == architecture_complexity(block, num_classes)

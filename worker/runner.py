@@ -125,7 +125,6 @@ def _finish(
 
 
 def _train_claimed(claim: Claim, settings: Settings, heartbeat: Heartbeat) -> str:
-    from engine.config import TrainConfig
     from engine.data import DatasetUnavailable
     from engine.trainer import EpochReport, train
 
@@ -165,7 +164,7 @@ def _train_claimed(claim: Claim, settings: Settings, heartbeat: Heartbeat) -> st
         logger.info("job %s resuming from %s", claim.job_id, resume_from)
     try:
         spec = JobCreate.model_validate(claim.spec)
-        config = TrainConfig.from_dict(spec.train_config())
+        config = spec.train_config()
         url, md5 = settings.download_source(config.dataset)
         result = train(
             config,

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from app.deps import SessionDep, SettingsDep
 from app.routes.common import error_responses, render_job
-from app.schemas import BlockName, JobCreate, JobList, JobMetrics, JobRead, StatusName
+from app.schemas import JobCreate, JobList, JobMetrics, JobRead, StatusName
 from app.services import jobs as job_service
+from models.catalog import BlockName
 from worker.celery_app import enqueue_job
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from sqlalchemy import text
 from app.deps import SessionDep
 from app.routes.common import error_responses
 from app.schemas import ArchitectureRead, Health, Readiness
-from models import ARCHITECTURES, architecture_complexity
+from models.catalog import BLOCK_NAMES, block_complexity
 from worker.celery_app import get_celery
 
 router = APIRouter(tags=["system"])
@@ -23,8 +23,8 @@ health_router = APIRouter(tags=["system"])
 )
 def list_architectures() -> list[ArchitectureRead]:
     rows = []
-    for block in ARCHITECTURES:
-        counts = architecture_complexity(block, 100)
+    for block in BLOCK_NAMES:
+        counts = block_complexity(block, 100)
         rows.append(
             ArchitectureRead(
                 block=block,

@@ -12,7 +12,8 @@ from app.config import Settings
 from app.errors import IdempotencyConflict, JobNotCancellable, JobNotFound, QueueFull
 from app.schemas import JobCreate
 from app.tables import EpochMetric, Job, JobStatus, utcnow
-from models import architecture_complexity
+from engine.datasets import DATASETS
+from models.catalog import block_complexity
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def create_job(
             f"{queued} jobs are already queued (limit {settings.max_queued_jobs}); retry later.",
             headers={"Retry-After": str(int(max(settings.lease_seconds, 30)))},
         )
-    complexity = architecture_complexity(spec.block, 100 if spec.dataset == "cifar100" else 10)
+    complexity = block_complexity(spec.block, DATASETS[spec.dataset].num_classes)
     now = utcnow()
     job = Job(
         name=spec.name,
