@@ -9,6 +9,7 @@ RUN pip install -r requirements.txt -c constraints.txt
 
 COPY alembic.ini ./
 COPY alembic ./alembic
+COPY jobs ./jobs
 COPY app ./app
 COPY worker ./worker
 COPY models ./models

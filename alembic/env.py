@@ -3,8 +3,8 @@
 from logging.config import fileConfig
 
 from alembic import context
-from app.db import get_engine
-from app.tables import Base
+from jobs.db import get_engine
+from jobs.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -1,4 +1,9 @@
-"""Route dependencies: the database session (the transaction boundary), settings, the API key."""
+"""Route dependencies: the database session (the transaction boundary), settings, the API key.
+
+The session is the request's one transaction: the route and the services only add and change
+rows, and the dependency commits once when the route returns, before the response is sent
+(`scope="function"`), so a client never sees a 2xx for work that was then rolled back. Job ids
+queued with `jobs.queue.enqueue_after_commit` are sent right after that commit."""
 
 from __future__ import annotations
 
@@ -10,9 +15,9 @@ from fastapi import Depends, Security
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
-from app.config import Settings, get_settings
-from app.db import get_sessionmaker
 from app.errors import Unauthorized
+from jobs.db import session_scope
+from jobs.settings import Settings, get_settings
 
 api_key_header = APIKeyHeader(
     name="X-API-Key",
@@ -22,16 +27,16 @@ api_key_header = APIKeyHeader(
 
 
 def get_session() -> Iterator[Session]:
-    """One session per request: committed when the route returns, rolled back if it raises."""
-    session = get_sessionmaker()()
-    try:
+    """A write transaction for the request: committed when the route returns, rolled back if it
+    raises."""
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+
+
+def get_read_session() -> Iterator[Session]:
+    """A read-only transaction: on SQLite it never waits for a writer."""
+    with session_scope(write=False) as session:
+        yield session
 
 
 def require_api_key(
@@ -46,5 +51,6 @@ def require_api_key(
         raise Unauthorized("Missing or wrong X-API-Key header.")
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.config import get_settings
 from app.deps import require_api_key
 from app.errors import BodyTooLarge, ServiceError
 from app.routes import checkpoints, jobs, plots, system
+from jobs.settings import get_settings
 
 DESCRIPTION = """
 Train the 18-layer CIFAR networks of the course report (PlainBlock, ResidualBlock, MobileBlock)

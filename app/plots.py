@@ -6,12 +6,6 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import matplotlib
-
-matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
 METRIC_LABELS = {
     "train_loss": "Training loss",
     "test_loss": "Test loss",
@@ -30,6 +24,10 @@ class Series:
 
 def line_chart_png(series: Sequence[Series], *, metric: str, title: str) -> bytes:
     """One line per series against the epoch; accuracies shown in percent, like the seed."""
+    # Imported here so that an API process loads matplotlib only when it first draws.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     figure = Figure(figsize=(7, 4.5), dpi=100)
     axes = figure.add_subplot()
     scale = 100.0 if metric in PERCENT_METRICS else 1.0

@@ -11,8 +11,8 @@ import sys
 
 import uvicorn
 
-from app.config import get_settings
-from app.migrations import upgrade
+from jobs.migrations import upgrade
+from jobs.settings import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:

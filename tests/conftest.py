@@ -37,9 +37,9 @@ def require_server(name: str, host: str, port: int) -> None:
 
 
 def _clear_caches() -> None:
-    from app.config import get_settings
-    from app.db import dispose_engines
-    from worker.celery_app import get_celery
+    from jobs.db import dispose_engines
+    from jobs.queue import get_celery
+    from jobs.settings import get_settings
 
     dispose_engines()
     get_settings.cache_clear()
@@ -60,7 +60,7 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_template() -> Iterator[str]:
     """A migrated template database; each test gets a fresh copy of it."""
     require_server("PostgreSQL", "127.0.0.1", 5432)
-    from app.migrations import upgrade
+    from jobs.migrations import upgrade
 
     name = f"cifar_template_{uuid.uuid4().hex[:8]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -68,7 +68,7 @@ def postgres_template() -> Iterator[str]:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     upgrade(url)
-    from app.db import dispose_engines
+    from jobs.db import dispose_engines
 
     dispose_engines()
     yield name
@@ -85,7 +85,7 @@ def _postgres_copy(template: str) -> Iterator[str]:
     try:
         yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     finally:
-        from app.db import dispose_engines
+        from jobs.db import dispose_engines
 
         dispose_engines()
         with admin.connect() as connection:
@@ -97,7 +97,7 @@ def _postgres_copy(template: str) -> Iterator[str]:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database of each kind."""
     if request.param == "sqlite":
-        from app.migrations import upgrade
+        from jobs.migrations import upgrade
 
         url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
         upgrade(url)
@@ -108,7 +108,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    from app.migrations import upgrade
+    from jobs.migrations import upgrade
 
     url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
     upgrade(url)

@@ -172,33 +172,32 @@ def drive_job(
     *,
     finish: str | None = None,
     checkpoint: bytes | None = None,
-    checkpoint_names: tuple[str, ...] = ("latest", "final"),
+    checkpoint_epochs: tuple[int, ...] | None = None,
 ) -> None:
-    """Take a job through the calls a worker makes (claim, record epochs 1..epochs with a
-    checkpoint file written under ARTIFACT_DIR, optionally finish), in this process's settings.
-    Epoch e has train_loss 4/e, train_accuracy 0.1e, test_accuracy 0.05e."""
+    """Take a job through the calls a worker makes (claim, record epochs 1..epochs, each
+    checkpointed epoch's file written under ARTIFACT_DIR and recorded, optionally finish), in
+    this process's settings. Epoch e has train_loss 4/e, train_accuracy 0.1e, test_accuracy
+    0.05e; each checkpointed epoch (default: the last) gets a file holding ``checkpoint``."""
     import hashlib
 
-    from app.config import get_settings
-    from app.db import session_scope
-    from app.services.lifecycle import CheckpointRecord, claim_job, finish_job, record_epoch
+    from jobs.db import session_scope
+    from jobs.lifecycle import (
+        CheckpointRecord,
+        claim_job,
+        finish_job,
+        record_checkpoint,
+        record_epoch,
+    )
+    from jobs.settings import get_settings
+    from jobs.tables import JobStatus
 
     with session_scope() as session:
         claim = claim_job(session, job_id, worker="test-worker", lease_seconds=600)
     assert claim is not None, f"job {job_id} is not claimable"
-    records = []
-    if checkpoint is not None:
-        root = get_settings().resolved_artifact_dir
-        path = root / "jobs" / str(job_id) / f"attempt-{claim.attempt}" / "latest.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(checkpoint)
-        digest = hashlib.sha256(checkpoint).hexdigest()
-        records = [
-            CheckpointRecord(name, epochs, len(checkpoint), digest, str(path.relative_to(root)))
-            for name in checkpoint_names
-        ]
-    history = [
-        {
+    root = get_settings().resolved_artifact_dir
+    checkpointed = (epochs,) if checkpoint_epochs is None else checkpoint_epochs
+    for e in range(1, epochs + 1):
+        metrics = {
             "epoch": e,
             "train_loss": 4.0 / e,
             "train_accuracy": 0.1 * e,
@@ -208,10 +207,18 @@ def drive_job(
             "seconds": 2.0,
             "images_per_second": 25.0,
         }
-        for e in range(1, epochs + 1)
-    ]
-    with session_scope() as session:
-        record_epoch(session, claim, history, records, lease_seconds=600)
+        with session_scope() as session:
+            record_epoch(session, claim, metrics, lease_seconds=600)
+        if checkpoint is not None and e in checkpointed:
+            content = checkpoint
+            path = root / "jobs" / str(job_id) / f"attempt-{claim.attempt}" / f"epoch-{e:04d}.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            record = CheckpointRecord(
+                e, len(content), hashlib.sha256(content).hexdigest(), str(path.relative_to(root))
+            )
+            with session_scope() as session:
+                record_checkpoint(session, claim, record)
     if finish:
         with session_scope() as session:
-            assert finish_job(session, claim, finish)
+            assert finish_job(session, claim, JobStatus(finish))

@@ -133,9 +133,9 @@ def test_checkpoint_download_with_sha256_etag(client: TestClient) -> None:
     assert client.get(f"/jobs/{job['id']}/checkpoints").json() == []
     assert client.get(f"/jobs/{job['id']}/checkpoints/latest").status_code == 404
     payload = b"checkpoint bytes" * 1000
-    drive_job(job["id"], 2, finish="succeeded", checkpoint=payload)
+    drive_job(job["id"], 3, finish="succeeded", checkpoint=payload)
     listing = client.get(f"/jobs/{job['id']}/checkpoints").json()
-    assert [row["name"] for row in listing] == ["latest", "final"]
+    assert [row["name"] for row in listing] == ["latest", "best", "final"]
     digest = hashlib.sha256(payload).hexdigest()
     assert listing[1]["sha256"] == digest and listing[1]["size_bytes"] == len(payload)
     response = client.get(listing[1]["url"])
@@ -144,7 +144,9 @@ def test_checkpoint_download_with_sha256_etag(client: TestClient) -> None:
     assert "attachment" in response.headers["content-disposition"]
     cached = client.get(listing[1]["url"], headers={"If-None-Match": f'"{digest}"'})
     assert cached.status_code == 304 and cached.content == b""
-    missing = client.get(f"/jobs/{job['id']}/checkpoints/best")
+    unfinished = submit(client)
+    drive_job(unfinished["id"], 1, checkpoint=payload)
+    missing = client.get(f"/jobs/{unfinished['id']}/checkpoints/final")
     assert missing.status_code == 404 and missing.json()["error"] == "checkpoint_not_found"
 
 

@@ -29,7 +29,7 @@ def live_api(
 ) -> Iterator[tuple[str, Process, Path]]:
     """uvicorn on a migrated database (SQLite unless the test's `database_url` says otherwise),
     with the default embedded broker: (base url, process, VAR_DIR)."""
-    from app.migrations import upgrade
+    from jobs.migrations import upgrade
 
     if "database_url" in request.fixturenames:
         url = request.getfixturevalue("database_url")

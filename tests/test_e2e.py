@@ -38,7 +38,7 @@ def wait_for_status(
 
 
 def run_small_job_end_to_end(env: dict[str, str], tmp_path: Path) -> None:
-    from app.migrations import upgrade
+    from jobs.migrations import upgrade
 
     upgrade(env["DATABASE_URL"])
     port = free_port()

@@ -7,21 +7,24 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from app.config import get_settings
-from app.db import session_scope
 from app.schemas import JobCreate
 from app.services import jobs as job_service
-from app.services.lifecycle import (
+from jobs.db import session_scope
+from jobs.lifecycle import (
     CheckpointRecord,
     LeaseLost,
     claim_job,
     finish_job,
     reap_expired_leases,
+    record_checkpoint,
     record_epoch,
+    release_job,
     renew_lease,
+    repair_history,
     take_due_sends,
 )
-from app.tables import Checkpoint, EpochMetric, Job, utcnow
+from jobs.settings import get_settings
+from jobs.tables import Checkpoint, EpochMetric, Job, utcnow
 
 SPEC = JobCreate(block="mobile", hyperparameters={"epochs": 3}, train_samples=10)
 
@@ -66,22 +69,19 @@ def test_epochs_are_recorded_once_each_and_fenced_by_the_lease(job_id: int) -> N
     with session_scope() as session:
         claim = claim_job(session, job_id, worker="a", lease_seconds=30)
     assert claim is not None
-    record = CheckpointRecord("latest", 1, 10, "ab" * 32, "jobs/1/attempt-1/latest.pt")
-    for _ in range(2):  # re-recording the same history is harmless
+    for _ in range(2):  # recording the same epoch again changes nothing
         with session_scope() as session:
-            record_epoch(session, claim, [epoch_row(1)], [record], lease_seconds=30)
+            record_epoch(session, claim, epoch_row(1), lease_seconds=30)
     with session_scope() as session:
-        record_epoch(
-            session,
-            claim,
-            [epoch_row(1), epoch_row(2, 0.7)],
-            [CheckpointRecord("latest", 2, 11, "cd" * 32, "jobs/1/attempt-1/latest.pt")],
-            lease_seconds=30,
+        record_epoch(session, claim, epoch_row(2, 0.7), lease_seconds=30)
+        record_checkpoint(
+            session, claim, CheckpointRecord(2, 11, "cd" * 32, "jobs/1/attempt-1/epoch-0002.pt")
         )
+    with session_scope() as session:
         rows = session.execute(select(EpochMetric.epoch).where(EpochMetric.job_id == job_id))
         assert sorted(rows.scalars()) == [1, 2]
         latest = session.execute(select(Checkpoint).where(Checkpoint.job_id == job_id)).scalar_one()
-        assert (latest.epoch, latest.sha256) == (2, "cd" * 32)
+        assert (latest.epoch, latest.sha256, latest.attempt) == (2, "cd" * 32, 1)
     job = load(job_id)
     assert job.epochs_done == 2 and job.best_test_accuracy == 0.7
 
@@ -96,7 +96,7 @@ def test_epochs_are_recorded_once_each_and_fenced_by_the_lease(job_id: int) -> N
 
     # The old worker can write nothing more.
     with pytest.raises(LeaseLost), session_scope() as session:
-        record_epoch(session, claim, [epoch_row(3)], [], lease_seconds=30)
+        record_epoch(session, claim, epoch_row(3), lease_seconds=30)
     with session_scope() as session:
         assert not renew_lease(session, claim, lease_seconds=30).held
         assert not finish_job(session, claim, "succeeded")
@@ -166,3 +166,89 @@ def test_lost_messages_are_resent_with_backoff(job_id: int) -> None:
             job_id
         ]
     assert load(job_id).enqueue_count == 3
+
+
+def test_a_long_job_writes_one_metrics_row_per_epoch(configure, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    """100 epochs: exactly 100 rows inserted in total, each keeping its own recorded_at."""
+    from sqlalchemy import event
+
+    configure(database_url)
+    spec = JobCreate(block="mobile", hyperparameters={"epochs": 100})
+    with session_scope() as session:
+        long_job = job_service.create_job(session, spec, settings=get_settings()).job.id
+    with session_scope() as session:
+        claim = claim_job(session, long_job, worker="a", lease_seconds=30)
+    assert claim is not None
+    inserted_rows = 0
+
+    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        nonlocal inserted_rows
+        if statement.lstrip().upper().startswith("INSERT INTO EPOCH_METRICS"):
+            inserted_rows += len(parameters) if executemany else 1
+
+    from jobs.db import get_engine
+
+    event.listen(get_engine(), "before_cursor_execute", count)
+    try:
+        for epoch in range(1, 101):
+            with session_scope() as session:
+                record_epoch(session, claim, epoch_row(epoch, epoch / 200), lease_seconds=30)
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", count)
+    assert inserted_rows == 100
+    with session_scope() as session:
+        stamps = session.execute(
+            select(EpochMetric.recorded_at).where(EpochMetric.job_id == long_job)
+        ).scalars()
+        assert len(set(stamps)) == 100  # each row keeps the time its epoch was recorded
+    job = load(long_job)
+    assert (job.epochs_done, job.best_test_accuracy, job.final_test_accuracy) == (100, 0.5, 0.5)
+
+
+def test_repair_history_adds_only_the_missing_epochs(job_id: int) -> None:
+    with session_scope() as session:
+        claim = claim_job(session, job_id, worker="a", lease_seconds=30)
+        assert claim is not None
+        record_epoch(session, claim, epoch_row(1), lease_seconds=30)
+    with session_scope() as session:
+        added = repair_history(session, claim, [epoch_row(1, 0.9), epoch_row(2, 0.6)])
+    assert added == [2]
+    job = load(job_id)
+    assert (job.epochs_done, job.best_test_accuracy) == (2, 0.6)  # epoch 1 kept as recorded
+
+
+def test_release_honours_a_cancel_that_landed_meanwhile(job_id: int) -> None:
+    with session_scope() as session:
+        claim = claim_job(session, job_id, worker="a", lease_seconds=30)
+        assert claim is not None
+    with session_scope() as session:
+        assert job_service.cancel_job(session, job_id).cancel_requested
+    with session_scope() as session:
+        assert release_job(session, claim) == "cancelled"
+    job = load(job_id)
+    assert job.status == "cancelled" and job.attempt == 1
+
+
+def test_the_reaper_does_not_requeue_over_a_concurrent_cancel(job_id: int) -> None:
+    """The reaper reads the expired job, then a cancel lands before its update."""
+    with session_scope() as session:
+        assert claim_job(session, job_id, worker="a", lease_seconds=0.01) is not None
+    later = utcnow() + timedelta(seconds=1)
+    with session_scope() as session:
+        from sqlalchemy import event
+
+        cancelled = []
+
+        def cancel_before_update(orm_execute_state):  # type: ignore[no-untyped-def]
+            if orm_execute_state.is_update and not cancelled:
+                cancelled.append(True)
+                with session_scope() as other:
+                    job_service.cancel_job(other, job_id)
+
+        event.listen(session, "do_orm_execute", cancel_before_update)
+        if session.get_bind().dialect.name == "sqlite":
+            pytest.skip("SQLite serialises the two writers: the race cannot happen there")
+        assert reap_expired_leases(session, now=later) == []
+    with session_scope() as session:
+        reap_expired_leases(session, now=later)
+    assert load(job_id).status == "cancelled"

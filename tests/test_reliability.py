@@ -30,7 +30,7 @@ class Service:
     """An API process and its workers on one database and broker."""
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        from app.migrations import upgrade
+        from jobs.migrations import upgrade
 
         upgrade(env["DATABASE_URL"])
         self.env = env
@@ -86,8 +86,8 @@ def service(
 
 def send_again(env: dict[str, str], job_id: int, *, copies: int) -> None:
     """Deliver the job's message more times, as a broker redelivery or a client retry would."""
-    from app.config import Settings
-    from worker.celery_app import RUN_JOB_TASK, TRAINING_QUEUE, make_celery
+    from jobs.queue import RUN_JOB_TASK, TRAINING_QUEUE, make_celery
+    from jobs.settings import Settings
 
     settings = Settings(
         var_dir=Path(env["VAR_DIR"]), celery_broker_url=env.get("CELERY_BROKER_URL")

@@ -25,7 +25,7 @@ CHECKPOINT_BYTES = b"a real checkpoint file, not /etc/passwd\n" * 64
 
 def put_checkpoint(job_id: int) -> bytes:
     """Record one epoch with a real `latest` checkpoint file, as a worker would."""
-    drive_job(job_id, 1, checkpoint=CHECKPOINT_BYTES, checkpoint_names=("latest",))
+    drive_job(job_id, 1, checkpoint=CHECKPOINT_BYTES)
     return CHECKPOINT_BYTES
 
 
@@ -99,7 +99,7 @@ def live_server(
 ) -> Iterator[tuple[int, Process, str, str]]:
     """One uvicorn process for this module (it takes a while to start on a busy machine), on a
     migrated SQLite database: (port, process, database url, artifact dir)."""
-    from app.migrations import upgrade
+    from jobs.migrations import upgrade
 
     root = tmp_path_factory.mktemp("live-api")
     url = f"sqlite:///{root / 'jobs.sqlite3'}"
@@ -352,7 +352,7 @@ def test_without_api_key_setting_no_key_is_needed(client: TestClient) -> None:
 
 def broker_messages() -> int:
     """Messages waiting in the embedded broker of this process's settings."""
-    from app.config import get_settings
+    from jobs.settings import get_settings
 
     return count_broker_messages(get_settings().var_dir)
 

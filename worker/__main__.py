@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from app.config import get_settings
+from jobs.settings import get_settings
 from worker.runner import worker_name
 from worker.tasks import celery
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from app.config import Settings
-from app.db import session_scope
-from app.services.lifecycle import reap_expired_leases, take_due_sends
-from worker.celery_app import enqueue_job
+from jobs.db import session_scope
+from jobs.lifecycle import reap_expired_leases, take_due_sends
+from jobs.queue import enqueue_after_commit
+from jobs.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +21,8 @@ def reconcile_once(settings: Settings) -> list[int]:
         logger.warning("job %s: its worker stopped heartbeating; re-queued", job_id)
     with session_scope() as session:
         due = take_due_sends(session, lease_seconds=settings.lease_seconds)
-    for job_id in due:
-        enqueue_job(job_id)
+        for job_id in due:
+            enqueue_after_commit(session, job_id)
     return due
 
 

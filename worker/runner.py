@@ -1,99 +1,102 @@
-"""Runs one claimed job: heartbeats, cooperative stop, per-epoch records, the final state.
-No Celery in here: the task is a thin shell around run_job()."""
+"""Runs one claimed job: the lease and cancel watcher, per-epoch records, checkpoint pointers,
+the final state. No Celery in here: the task is a thin shell around run_job(), and the trainer
+is a parameter, so every outcome can be tested in-process in milliseconds."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
-from app.config import Settings
-from app.db import session_scope
-from app.schemas import JobCreate
-from app.services.lifecycle import (
+from jobs.checkpoints import prunable_checkpoints
+from jobs.db import session_scope
+from jobs.lifecycle import (
     CheckpointRecord,
     Claim,
     LeaseLost,
+    cancel_requested,
     claim_job,
     finish_job,
+    record_checkpoint,
     record_epoch,
     release_job,
     renew_lease,
+    repair_history,
 )
-from app.tables import Checkpoint, JobStatus
+from jobs.queue import enqueue_after_commit
+from jobs.retry import TransientDatabaseError, retry_transient
+from jobs.settings import Settings
+from jobs.tables import Checkpoint, Job, JobStatus
 
 logger = logging.getLogger(__name__)
-
 
 # Set when the worker is asked to stop (SIGTERM: a deploy, a preemption notice): the running job
 # stops at the next batch and goes back to the queue instead of holding up the shutdown.
 shutting_down = threading.Event()
+
+# How often the watcher reads cancel_requested: a cancel reaches the job within this, or one
+# batch, whichever is longer, whatever HEARTBEAT_SECONDS is.
+CANCEL_POLL_SECONDS = 0.5
+
+Trainer = Callable[..., Any]
 
 
 def worker_name(settings: Settings) -> str:
     return settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class Heartbeat(threading.Thread):
-    """Renews the lease every HEARTBEAT_SECONDS; notices cancel requests and lost leases."""
+class LeaseWatcher(threading.Thread):
+    """Renews the lease every HEARTBEAT_SECONDS and reads cancel_requested every
+    CANCEL_POLL_SECONDS; `stop_reason` becomes "cancelled" or "lease_lost"."""
 
     def __init__(self, claim: Claim, settings: Settings) -> None:
-        super().__init__(name=f"heartbeat-{claim.job_id}", daemon=True)
+        super().__init__(name=f"lease-{claim.job_id}", daemon=True)
         self.claim = claim
         self.settings = settings
         self.stop_reason: str | None = None
         self._done = threading.Event()
 
+    def check_cancel(self) -> None:
+        with session_scope(write=False) as session:
+            state = cancel_requested(session, self.claim)
+        if state is None:
+            self.stop_reason = "lease_lost"
+        elif state:
+            self.stop_reason = "cancelled"
+
+    def renew(self) -> None:
+        with session_scope() as session:
+            state = renew_lease(session, self.claim, lease_seconds=self.settings.lease_seconds)
+        if not state.held:
+            self.stop_reason = "lease_lost"
+        elif state.cancel_requested:
+            self.stop_reason = "cancelled"
+
     def run(self) -> None:
-        while not self._done.wait(self.settings.heartbeat_seconds):
+        interval = min(CANCEL_POLL_SECONDS, self.settings.heartbeat_seconds)
+        next_renewal = time.monotonic() + self.settings.heartbeat_seconds
+        while not self._done.wait(interval):
             try:
-                with session_scope() as session:
-                    state = renew_lease(
-                        session, self.claim, lease_seconds=self.settings.lease_seconds
-                    )
-            except Exception:  # a database blip: try again next beat; the lease has slack
-                logger.exception("heartbeat for job %s failed", self.claim.job_id)
-                continue
-            if not state.held:
-                self.stop_reason = "lease_lost"
-            elif state.cancel_requested:
-                self.stop_reason = "cancelled"
+                if time.monotonic() >= next_renewal:
+                    self.renew()
+                    next_renewal = time.monotonic() + self.settings.heartbeat_seconds
+                else:
+                    self.check_cancel()
+            except Exception as error:  # a database blip: try again; the lease has slack
+                logger.warning("lease check for job %s failed: %s", self.claim.job_id, error)
 
     def stop(self) -> None:
         self._done.set()
 
 
-def _resume_checkpoint(job_id: int, artifact_dir: Path) -> Path | None:
-    with session_scope() as session:
-        relative = session.execute(
-            select(Checkpoint.relative_path).where(
-                Checkpoint.job_id == job_id, Checkpoint.name == "latest"
-            )
-        ).scalar_one_or_none()
-    if relative is None:
-        return None
-    path = artifact_dir / relative
-    if not path.is_file():
-        logger.warning("job %s: latest checkpoint %s is missing; starting over", job_id, path)
-        return None
-    return path
-
-
-def run_job(job_id: int, *, settings: Settings) -> str:
+def run_job(job_id: int, *, settings: Settings, trainer: Trainer | None = None) -> str:
     """Claim the job and train it. Returns the outcome; a duplicate delivery returns 'skipped'."""
     name = worker_name(settings)
     with session_scope() as session:
@@ -102,123 +105,241 @@ def run_job(job_id: int, *, settings: Settings) -> str:
         logger.info("job %s is not claimable (finished, running elsewhere or cancelled)", job_id)
         return "skipped"
     logger.info("job %s attempt %s claimed by %s", job_id, claim.attempt, name)
-    heartbeat = Heartbeat(claim, settings)
-    heartbeat.start()
+    watcher = LeaseWatcher(claim, settings)
     try:
-        return _train_claimed(claim, settings, heartbeat)
-    finally:
-        heartbeat.stop()
-
-
-def _finish(
-    claim: Claim, status: str, *, error_reason: str | None = None, error: str | None = None
-) -> str:
-    with session_scope() as session:
-        done = finish_job(session, claim, status, error_reason=error_reason, error=error)
-    if not done:
-        logger.warning(
-            "job %s attempt %s lost its lease before finishing", claim.job_id, claim.attempt
-        )
-        return "lease_lost"
-    logger.info("job %s %s%s", claim.job_id, status, f" ({error_reason})" if error_reason else "")
-    return status
-
-
-def _train_claimed(claim: Claim, settings: Settings, heartbeat: Heartbeat) -> str:
-    from engine.data import DatasetUnavailable
-    from engine.trainer import EpochReport, train
-
-    artifact_dir = settings.resolved_artifact_dir
-    attempt_dir = artifact_dir / "jobs" / str(claim.job_id) / f"attempt-{claim.attempt}"
-    started = time.monotonic()
-    timed_out = False
-
-    def should_stop() -> bool:
-        nonlocal timed_out
-        if time.monotonic() - started > settings.max_job_seconds:
-            timed_out = True
-        return timed_out or heartbeat.stop_reason is not None or shutting_down.is_set()
-
-    def on_epoch(report: EpochReport) -> None:
-        records = [
-            CheckpointRecord(
-                name=checkpoint_name,
-                epoch=report.metrics.epoch,
-                size_bytes=path.stat().st_size,
-                sha256=sha256_file(path),
-                relative_path=str(path.resolve().relative_to(artifact_dir)),
-            )
-            for checkpoint_name, path in report.checkpoints.items()
-        ]
-        with session_scope() as session:
-            record_epoch(
-                session,
-                claim,
-                [m.to_dict() for m in report.history],
-                records,
-                lease_seconds=settings.lease_seconds,
-            )
-
-    resume_from = _resume_checkpoint(claim.job_id, artifact_dir)
-    if resume_from is not None:
-        logger.info("job %s resuming from %s", claim.job_id, resume_from)
-    try:
-        spec = JobCreate.model_validate(claim.spec)
-        config = spec.train_config()
-        url, md5 = settings.download_source(config.dataset)
-        result = train(
-            config,
-            data_dir=settings.data_dir,
-            device=None if settings.device == "auto" else settings.device,
-            checkpoint_dir=attempt_dir,
-            resume_from=resume_from,
-            on_epoch=on_epoch,
-            should_stop=should_stop,
-            download=settings.allow_download,
-            download_url=url,
-            download_md5=md5,
-        )
-    except LeaseLost:
-        logger.warning("job %s attempt %s was taken over; stopping", claim.job_id, claim.attempt)
-        return "lease_lost"
-    except DatasetUnavailable as error:
-        return _finish(
-            claim, JobStatus.FAILED, error_reason="dataset_unavailable", error=str(error)
-        )
+        watcher.check_cancel()  # a job cancelled right at claim trains nothing
     except Exception as error:
-        logger.exception("job %s failed", claim.job_id)
-        return _finish(
-            claim,
-            JobStatus.FAILED,
-            error_reason="training_error",
-            error=f"{type(error).__name__}: {error}",
-        )
-    if not result.stopped:
-        return _finish(claim, JobStatus.SUCCEEDED)
-    if timed_out:
-        return _finish(
-            claim,
-            JobStatus.FAILED,
-            error_reason="timeout",
-            error=f"The job ran longer than MAX_JOB_SECONDS={settings.max_job_seconds:g}.",
-        )
-    if heartbeat.stop_reason == "cancelled":
-        return _finish(claim, JobStatus.CANCELLED)
-    if shutting_down.is_set() and heartbeat.stop_reason is None:
-        return _release(claim)
-    return "lease_lost"
-
-
-def _release(claim: Claim) -> str:
-    from worker.celery_app import enqueue_job
-
-    with session_scope() as session:
-        released = release_job(session, claim)
-    if not released:
-        return "lease_lost"
-    logger.info("job %s released for another worker (this one is shutting down)", claim.job_id)
+        logger.warning("cancel check for job %s failed: %s", job_id, error)
+    watcher.start()
     try:
-        enqueue_job(claim.job_id)
-    except Exception:  # the reconciler re-sends it
-        logger.exception("could not re-send job %s", claim.job_id)
-    return "released"
+        return JobRun(claim, settings, watcher, trainer).run()
+    finally:
+        watcher.stop()
+
+
+class JobRun:
+    """One attempt of one job, from resume to final state."""
+
+    def __init__(
+        self, claim: Claim, settings: Settings, watcher: LeaseWatcher, trainer: Trainer | None
+    ) -> None:
+        self.claim = claim
+        self.settings = settings
+        self.watcher = watcher
+        self.trainer = trainer
+        self.artifact_dir = settings.resolved_artifact_dir
+        self.attempt_dir = (
+            self.artifact_dir / "jobs" / str(claim.job_id) / f"attempt-{claim.attempt}"
+        )
+        self.started = time.monotonic()
+        self.timed_out = False
+        self.history_repaired = False
+
+    # -- callbacks from the trainer, on the training thread ---------------------------------
+
+    def should_stop(self) -> bool:
+        if time.monotonic() - self.started > self.settings.max_job_seconds:
+            self.timed_out = True
+        return self.timed_out or self.watcher.stop_reason is not None or shutting_down.is_set()
+
+    def _write(self, work: Callable[[Any], None]) -> None:
+        """One transaction, retried while the database error is transient."""
+
+        def attempt() -> None:
+            with session_scope() as session:
+                work(session)
+
+        retry_transient(attempt, deadline_seconds=self.settings.lease_seconds / 2)
+
+    def on_epoch(self, report: Any) -> None:
+        history = [item.to_dict() for item in report.history]
+        metrics = report.metrics.to_dict()
+
+        def work(session: Any) -> None:
+            if not self.history_repaired:
+                added = repair_history(session, self.claim, history[:-1])
+                if added:
+                    logger.info(
+                        "job %s: recorded epochs %s from its checkpoint", self.claim.job_id, added
+                    )
+            record_epoch(session, self.claim, metrics, lease_seconds=self.settings.lease_seconds)
+
+        self._write(work)
+        self.history_repaired = True
+
+    def on_checkpoint(self, written: Any) -> None:
+        record = CheckpointRecord(
+            epoch=written.epoch,
+            size_bytes=written.size_bytes,
+            sha256=written.sha256,
+            relative_path=str(Path(written.path).resolve().relative_to(self.artifact_dir)),
+        )
+        pruned: list[Path] = []
+
+        def work(session: Any) -> None:
+            pruned.clear()
+            record_checkpoint(session, self.claim, record)
+            job = session.get(Job, self.claim.job_id)
+            for row in prunable_checkpoints(session, job):
+                pruned.append(self.artifact_dir / row.relative_path)
+                session.delete(row)
+
+        self._write(work)
+        for path in pruned:  # only once no row points at them any more
+            path.unlink(missing_ok=True)
+
+    # -- the attempt -----------------------------------------------------------------------
+
+    def resume_from(self) -> Path | None:
+        """The newest recorded checkpoint whose file is intact (sha256 as recorded)."""
+        from engine.checkpoint import verify_checkpoint
+
+        with session_scope(write=False) as session:
+            rows = session.execute(
+                select(Checkpoint.epoch, Checkpoint.relative_path, Checkpoint.size_bytes,
+                       Checkpoint.sha256)
+                .where(Checkpoint.job_id == self.claim.job_id)
+                .order_by(Checkpoint.epoch.desc())
+            ).all()  # fmt: skip
+        for row in rows:
+            path = (self.artifact_dir / row.relative_path).resolve()
+            if path.is_relative_to(self.artifact_dir) and verify_checkpoint(
+                path, row.sha256, row.size_bytes
+            ):
+                return path
+            logger.warning(
+                "job %s: checkpoint of epoch %s at %s is missing or damaged; trying an older one",
+                self.claim.job_id, row.epoch, path,
+            )  # fmt: skip
+        if rows:
+            logger.warning("job %s: no intact checkpoint; starting over", self.claim.job_id)
+        return None
+
+    def run(self) -> str:
+        from engine.checkpoint import StorageFull
+        from engine.config import TrainConfig
+        from engine.data import DatasetUnavailable
+
+        trainer = self.trainer
+        if trainer is None:
+            from engine.trainer import train as trainer
+        try:
+            config = TrainConfig.model_validate(self.claim.config)
+            resume = self.resume_from()
+            if resume is not None:
+                logger.info("job %s resuming from %s", self.claim.job_id, resume)
+            url, md5 = self.settings.download_source(config.dataset)
+            result = trainer(
+                config,
+                data_dir=self.settings.data_dir,
+                device=None if self.settings.device == "auto" else self.settings.device,
+                checkpoint_dir=self.attempt_dir,
+                resume_from=resume,
+                on_epoch=self.on_epoch,
+                on_checkpoint=self.on_checkpoint,
+                should_stop=self.should_stop,
+                download=self.settings.allow_download,
+                download_url=url,
+                download_md5=md5,
+            )
+            if not self.history_repaired and result.history:
+                history = [item.to_dict() for item in result.history]
+                self._write(lambda session: repair_history(session, self.claim, history))
+        except LeaseLost:
+            logger.warning("job %s attempt %s was taken over; stopping", *self._ids())
+            return "lease_lost"
+        except TransientDatabaseError as error:
+            logger.warning("job %s: the database stayed unavailable (%s)", self.claim.job_id, error)
+            return self._release()
+        except DatasetUnavailable as error:
+            return self._finish(
+                JobStatus.FAILED,
+                error_reason="dataset_unavailable",
+                error=dataset_help(config.dataset, self.settings, error),
+            )
+        except StorageFull as error:
+            return self._finish(JobStatus.FAILED, error_reason="storage_full", error=str(error))
+        except Exception as error:
+            logger.exception("job %s failed", self.claim.job_id)
+            return self._finish(
+                JobStatus.FAILED,
+                error_reason="training_error",
+                error=f"{type(error).__name__}: {error}",
+            )
+        if not result.stopped:
+            return self._finish(JobStatus.SUCCEEDED)
+        if self.timed_out:
+            return self._finish(
+                JobStatus.FAILED,
+                error_reason="timeout",
+                error=f"The job ran longer than MAX_JOB_SECONDS={self.settings.max_job_seconds:g}.",
+            )
+        if self.watcher.stop_reason == "cancelled":
+            return self._finish(JobStatus.CANCELLED)
+        if shutting_down.is_set() and self.watcher.stop_reason is None:
+            return self._release()
+        return "lease_lost"
+
+    def _ids(self) -> tuple[int, int]:
+        return self.claim.job_id, self.claim.attempt
+
+    def _finish(
+        self, status: JobStatus, *, error_reason: str | None = None, error: str | None = None
+    ) -> str:
+        done: list[bool] = []
+
+        def work(session: Any) -> None:
+            done[:] = [finish_job(session, self.claim, status, error_reason=error_reason,
+                                  error=error)]  # fmt: skip
+
+        try:
+            self._write(work)
+        except TransientDatabaseError:
+            logger.warning(
+                "job %s: could not record %s; the lease will expire", self.claim.job_id, status
+            )
+            return "database_unavailable"
+        if not done[0]:
+            logger.warning("job %s attempt %s lost its lease before finishing", *self._ids())
+            return "lease_lost"
+        logger.info(
+            "job %s %s%s", self.claim.job_id, status, f" ({error_reason})" if error_reason else ""
+        )
+        return str(status)
+
+    def _release(self) -> str:
+        outcome: list[JobStatus | None] = []
+
+        def work(session: Any) -> None:
+            status = release_job(session, self.claim)
+            outcome[:] = [status]
+            if status == JobStatus.QUEUED:
+                enqueue_after_commit(session, self.claim.job_id)
+
+        try:
+            self._write(work)
+        except TransientDatabaseError:
+            return "database_unavailable"
+        if outcome[0] is None:
+            return "lease_lost"
+        if outcome[0] == JobStatus.CANCELLED:
+            logger.info("job %s cancelled while its worker was stopping", self.claim.job_id)
+            return "cancelled"
+        logger.info("job %s released for another worker", self.claim.job_id)
+        return "released"
+
+
+def dataset_help(dataset: str, settings: Settings, error: Exception) -> str:
+    """What an API user (not a shell user) can do about a missing dataset."""
+    variable = "CIFAR100_URL" if dataset == "cifar100" else "CIFAR10_URL"
+    if settings.allow_download:
+        how = (
+            f"Downloading it failed ({error.__cause__ or 'see the worker log'}); check that "
+            f"the workers can reach the archive's URL, or set {variable} to a reachable copy."
+        )
+    else:
+        how = (
+            "Downloads are off: set ALLOW_DOWNLOAD=true on the workers, or place the "
+            "extracted official archive in their DATA_DIR."
+        )
+    return f"The {dataset} dataset is not available to the workers. {how}"

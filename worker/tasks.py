@@ -7,8 +7,8 @@ import logging
 from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from app.config import get_settings
-from worker.celery_app import RUN_JOB_TASK, get_celery
+from jobs.queue import RUN_JOB_TASK, get_celery
+from jobs.settings import get_settings
 from worker.reconciler import Reconciler
 from worker.runner import run_job, shutting_down
 

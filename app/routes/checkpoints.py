@@ -9,18 +9,17 @@ from typing import BinaryIO
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 
-from app.deps import SessionDep, SettingsDep
+from app.deps import ReadSessionDep, SettingsDep
 from app.errors import CheckpointNotFound
 from app.routes.common import error_responses
 from app.routes.jobs import JobId
 from app.schemas import CheckpointRead
 from app.services import jobs as job_service
-from app.tables import Checkpoint
+from jobs.checkpoints import checkpoint_pointers
+from jobs.tables import CHECKPOINT_NAMES
 
 router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
-CHECKPOINT_NAMES = ("latest", "best", "final")
 CHUNK_BYTES = 1 << 20
 
 
@@ -30,20 +29,18 @@ CHUNK_BYTES = 1 << 20
     responses=error_responses(401, 404),
     summary="The job's checkpoints: latest, best and final",
 )
-def list_checkpoints(job_id: JobId, session: SessionDep) -> list[CheckpointRead]:
-    job_service.get_job(session, job_id)
-    rows = session.execute(select(Checkpoint).where(Checkpoint.job_id == job_id)).scalars()
-    ordered = sorted(rows, key=lambda row: CHECKPOINT_NAMES.index(row.name))
+def list_checkpoints(job_id: JobId, session: ReadSessionDep) -> list[CheckpointRead]:
+    job = job_service.get_job(session, job_id)
     return [
         CheckpointRead(
-            name=row.name,
+            name=name,
             epoch=row.epoch,
             size_bytes=row.size_bytes,  # type: ignore[arg-type]
             sha256=row.sha256,
             recorded_at=row.recorded_at,
-            url=f"/jobs/{job_id}/checkpoints/{row.name}",
+            url=f"/jobs/{job_id}/checkpoints/{name}",
         )
-        for row in ordered
+        for name, row in checkpoint_pointers(session, job).items()
     ]
 
 
@@ -69,16 +66,14 @@ def _read_chunks(handle: BinaryIO) -> Iterator[bytes]:
     summary="Download a checkpoint (load it with torch.load(..., weights_only=True))",
 )
 def download_checkpoint(
-    job_id: JobId, name: str, request: Request, session: SessionDep, settings: SettingsDep
+    job_id: JobId, name: str, request: Request, session: ReadSessionDep, settings: SettingsDep
 ) -> Response:
     if name not in CHECKPOINT_NAMES:
         raise CheckpointNotFound(
             f"No checkpoint {name!r}; names are {', '.join(CHECKPOINT_NAMES)}."
         )
-    job_service.get_job(session, job_id)
-    row = session.execute(
-        select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.name == name)
-    ).scalar_one_or_none()
+    job = job_service.get_job(session, job_id)
+    row = checkpoint_pointers(session, job).get(name)
     if row is None:
         raise CheckpointNotFound(f"Job {job_id} has no {name} checkpoint yet.")
     root = settings.resolved_artifact_dir

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.schemas import ErrorRead, JobLinks, JobRead
-from app.tables import Job
+from jobs.tables import Job
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

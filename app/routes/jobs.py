@@ -7,12 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 
-from app.deps import SessionDep, SettingsDep
+from app.deps import ReadSessionDep, SessionDep, SettingsDep
 from app.routes.common import error_responses, render_job
 from app.schemas import JobCreate, JobList, JobMetrics, JobRead, StatusName
 from app.services import jobs as job_service
 from models.catalog import BlockName
-from worker.celery_app import enqueue_job
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -46,12 +45,7 @@ def submit_job(
         session, spec, settings=settings, idempotency_key=idempotency_key
     )
     job = submission.job
-    if submission.created:
-        try:
-            enqueue_job(job.id)
-        except Exception:  # the reaper re-sends it once the broker is back
-            logger.exception("could not enqueue job %s now; it will be re-sent", job.id)
-    else:
+    if not submission.created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/jobs/{job.id}"
     return render_job(job, job_service.queue_position(session, job))
@@ -64,7 +58,7 @@ def submit_job(
     summary="List jobs, newest first",
 )
 def list_jobs(
-    session: SessionDep,
+    session: ReadSessionDep,
     status: StatusName | None = None,  # type: ignore[valid-type]
     block: BlockName | None = None,  # type: ignore[valid-type]
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -88,7 +82,7 @@ def list_jobs(
     responses=error_responses(401, 404),
     summary="One job's status and results",
 )
-def get_job(job_id: JobId, session: SessionDep) -> JobRead:
+def get_job(job_id: JobId, session: ReadSessionDep) -> JobRead:
     job = job_service.get_job(session, job_id)
     return render_job(job, job_service.queue_position(session, job))
 
@@ -101,7 +95,7 @@ def get_job(job_id: JobId, session: SessionDep) -> JobRead:
 )
 def get_metrics(
     job_id: JobId,
-    session: SessionDep,
+    session: ReadSessionDep,
     since_epoch: Annotated[int, Query(ge=0, le=10**6, description="Only epochs after this.")] = 0,
 ) -> JobMetrics:
     job = job_service.get_job(session, job_id)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from app.deps import SessionDep
+from app.deps import ReadSessionDep
 from app.errors import InvalidRequest, NotFound
 from app.plots import METRIC_LABELS, Series, line_chart_png
 from app.routes.common import error_responses
@@ -32,7 +32,7 @@ def _png(content: bytes) -> Response:
     responses={**PNG, **error_responses(401, 404)},
     summary="loss.png (training loss) or accuracy.png (test accuracy) per epoch",
 )
-def job_plot(job_id: JobId, plot_name: str, session: SessionDep) -> Response:
+def job_plot(job_id: JobId, plot_name: str, session: ReadSessionDep) -> Response:
     if plot_name not in JOB_PLOTS:
         raise NotFound(f"No plot {plot_name!r}; there are {', '.join(JOB_PLOTS)}.")
     metric, title = JOB_PLOTS[plot_name]
@@ -51,7 +51,7 @@ def job_plot(job_id: JobId, plot_name: str, session: SessionDep) -> Response:
     summary="Several jobs on one chart, labelled by block",
 )
 def compare_plot(
-    session: SessionDep,
+    session: ReadSessionDep,
     jobs: Annotated[
         str,
         Query(max_length=200, description="Comma-separated job ids, e.g. 1,2,3", examples=["1,2"]),

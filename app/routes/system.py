@@ -8,8 +8,8 @@ from sqlalchemy import text
 from app.deps import SessionDep
 from app.routes.common import error_responses
 from app.schemas import ArchitectureRead, Health, Readiness
+from jobs.queue import get_celery
 from models.catalog import BLOCK_NAMES, block_complexity
-from worker.celery_app import get_celery
 
 router = APIRouter(tags=["system"])
 health_router = APIRouter(tags=["system"])

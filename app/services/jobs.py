@@ -8,11 +8,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.config import Settings
 from app.errors import IdempotencyConflict, JobNotCancellable, JobNotFound, QueueFull
 from app.schemas import JobCreate
-from app.tables import EpochMetric, Job, JobStatus, utcnow
 from engine.datasets import DATASETS
+from jobs.queue import enqueue_after_commit
+from jobs.settings import Settings
+from jobs.tables import EpochMetric, Job, JobStatus, utcnow
 from models.catalog import block_complexity
 
 
@@ -25,7 +26,8 @@ class Submission:
 def create_job(
     session: Session, spec: JobCreate, *, settings: Settings, idempotency_key: str | None = None
 ) -> Submission:
-    """Store a queued job and commit it; the caller enqueues it only after this returns."""
+    """Add a queued job to the session; its id is sent to the queue once the caller's
+    transaction commits. A concurrent request with the same Idempotency-Key gets that job."""
     fingerprint = spec.fingerprint()
     if idempotency_key is not None:
         existing = _find_by_key(session, idempotency_key, fingerprint)
@@ -47,6 +49,7 @@ def create_job(
         block=spec.block,
         dataset=spec.dataset,
         spec=spec.model_dump(mode="json"),
+        config=spec.train_config().model_dump(mode="json"),
         status=JobStatus.QUEUED,
         cancel_requested=False,
         params=complexity.params,
@@ -62,18 +65,18 @@ def create_job(
         created_at=now,
         updated_at=now,
     )
-    session.add(job)
     try:
-        session.commit()
+        with session.begin_nested():
+            session.add(job)
     except IntegrityError:
-        # Another request with the same Idempotency-Key won the race.
-        session.rollback()
+        # Another request with the same Idempotency-Key committed first.
         if idempotency_key is None:
             raise
         existing = _find_by_key(session, idempotency_key, fingerprint)
         if existing is None:
             raise
         return Submission(existing, created=False)
+    enqueue_after_commit(session, job.id)
     return Submission(job, created=True)
 
 
@@ -159,7 +162,6 @@ def cancel_job(session: Session, job_id: int) -> Job:
             .values(cancel_requested=True, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-    session.commit()
     session.refresh(job)
     if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise JobNotCancellable(f"Job {job_id} already {job.status}; it cannot be cancelled.")

@@ -1,14 +1,25 @@
-"""The Celery app, configured for long GPU jobs whose state lives in the job table."""
+"""The queue client: a Celery app configured for long GPU jobs whose state lives in the job
+table, and the only message it sends — a job id, by task name. The worker builds its app here
+too; the API never imports the worker.
+
+`enqueue_after_commit` holds ids in the session and sends them only once that session's
+transaction has committed: a rolled-back request never enqueues, a committed one always tries
+(and the reconciler re-sends whatever the broker lost)."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from functools import lru_cache
 from pathlib import Path
 
 from celery import Celery
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
-from app.config import Settings, get_settings
+from jobs.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
 
 TRAINING_QUEUE = "training"
 RUN_JOB_TASK = "worker.run_job"
@@ -22,7 +33,7 @@ def _prepare_sqlite_broker(url: str) -> None:
         connection.execute("PRAGMA journal_mode=WAL")
 
 
-def make_celery(settings: Settings) -> Celery:
+def make_celery(settings: Settings, *, include: tuple[str, ...] = ()) -> Celery:
     broker_url = settings.resolved_broker_url
     if broker_url.startswith("sqla+sqlite"):
         _prepare_sqlite_broker(broker_url)
@@ -31,7 +42,7 @@ def make_celery(settings: Settings) -> Celery:
     else:
         # A running job's message stays unacked until it ends: never let Redis redeliver it early.
         transport_options = {"visibility_timeout": settings.visibility_timeout_seconds}
-    celery = Celery("cifar_jobs", broker=broker_url, include=["worker.tasks"])
+    celery = Celery("cifar_jobs", broker=broker_url, include=list(include))
     celery.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -61,3 +72,25 @@ def get_celery() -> Celery:
 def enqueue_job(job_id: int) -> None:
     """Send the job's id (and nothing else) to the training queue."""
     get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE)
+
+
+_PENDING = "jobs_to_enqueue"
+
+
+def enqueue_after_commit(session: Session, job_id: int) -> None:
+    """Send ``job_id`` to the training queue once ``session`` commits (never if it rolls back)."""
+    session.info.setdefault(_PENDING, []).append(job_id)
+
+
+@event.listens_for(Session, "after_commit")
+def _send_pending(session: Session) -> None:
+    for job_id in session.info.pop(_PENDING, []):
+        try:
+            enqueue_job(job_id)
+        except Exception:  # the reconciler re-sends queued jobs whose message never arrived
+            logger.exception("could not send job %s to the queue now; it will be re-sent", job_id)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)

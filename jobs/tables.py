@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -49,14 +50,17 @@ class Base(DeclarativeBase):
     pass
 
 
-class JobStatus:
+class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-    TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+# The names under which a job's checkpoint files are served; each points at one epoch's file.
+CHECKPOINT_NAMES = ("latest", "best", "final")
 
 
 class Job(Base):
@@ -67,7 +71,8 @@ class Job(Base):
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     block: Mapped[str] = mapped_column(String(32))
     dataset: Mapped[str] = mapped_column(String(32))
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the submitted request, as shown
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)  # engine.TrainConfig, validated
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     error_reason: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
@@ -102,7 +107,7 @@ class Job(Base):
         back_populates="job", order_by="EpochMetric.epoch", cascade="all, delete-orphan"
     )
     checkpoints: Mapped[list[Checkpoint]] = relationship(
-        back_populates="job", cascade="all, delete-orphan"
+        back_populates="job", order_by="Checkpoint.epoch", cascade="all, delete-orphan"
     )
 
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
@@ -129,12 +134,15 @@ class EpochMetric(Base):
 
 
 class Checkpoint(Base):
-    __tablename__ = "checkpoints"
+    """One epoch's checkpoint file. Files are written once and never changed; `latest`, `best`
+    and `final` are chosen among a job's rows (see jobs.checkpoints), never separate files."""
+
+    __tablename__ = "checkpoint_files"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(16))
     epoch: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     relative_path: Mapped[str] = mapped_column(String(500))
@@ -142,4 +150,4 @@ class Checkpoint(Base):
 
     job: Mapped[Job] = relationship(back_populates="checkpoints")
 
-    __table_args__ = (UniqueConstraint("job_id", "name", name="uq_checkpoints_job_name"),)
+    __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_checkpoint_files_job_epoch"),)

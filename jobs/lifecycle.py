@@ -1,0 +1,350 @@
+"""Job state transitions. Each is a compare-and-set UPDATE through `_transition`: terminal
+states never change, and a worker whose lease was taken over can write nothing more. No
+function here commits: the caller's transaction does."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from jobs.tables import Checkpoint, EpochMetric, Job, JobStatus, utcnow
+
+# The reaper re-sends a queued job's message after lease_seconds, then waits twice as long each
+# time, up to 2**RESEND_BACKOFF_CAP leases: a lost message is replaced, a long queue stays short.
+RESEND_BACKOFF_CAP = 6
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "learning_rate",
+    "seconds",
+    "images_per_second",
+)
+
+
+class LeaseLost(Exception):
+    """The worker no longer holds the job: another attempt took it over, or it ended."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: int
+    attempt: int
+    lease_token: str
+    worker: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    held: bool
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    epoch: int
+    size_bytes: int
+    sha256: str
+    relative_path: str
+
+
+def _transition(session: Session, job_id: int, *conditions: Any, **values: Any) -> bool:
+    """UPDATE the job row only if every condition still holds; True if it did."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, *conditions)
+        .values({"updated_at": utcnow(), **values})
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]  # CursorResult
+
+
+def _fenced(claim: Claim) -> tuple[ColumnElement[bool], ...]:
+    return (Job.lease_token == claim.lease_token, Job.status == JobStatus.RUNNING)
+
+
+def _lease_values(now: datetime, lease_seconds: float) -> dict[str, Any]:
+    return {"heartbeat_at": now, "lease_expires_at": now + timedelta(seconds=lease_seconds)}
+
+
+def claim_job(session: Session, job_id: int, *, worker: str, lease_seconds: float) -> Claim | None:
+    """Take a queued job for this worker (attempt + 1). None if it is not claimable: a duplicate
+    delivery of a running or finished job, or a cancelled one."""
+    now = utcnow()
+    token = uuid.uuid4().hex
+    claimed = _transition(
+        session,
+        job_id,
+        Job.status == JobStatus.QUEUED,
+        Job.cancel_requested.is_(False),
+        status=JobStatus.RUNNING,
+        attempt=Job.attempt + 1,
+        lease_token=token,
+        worker=worker,
+        started_at=func.coalesce(Job.started_at, now),
+        updated_at=now,
+        **_lease_values(now, lease_seconds),
+    )
+    if not claimed:
+        return None
+    job = session.execute(select(Job.attempt, Job.config).where(Job.id == job_id)).one()
+    return Claim(job_id, job.attempt, token, worker, job.config)
+
+
+def renew_lease(session: Session, claim: Claim, *, lease_seconds: float) -> LeaseState:
+    """Heartbeat: extend the lease; tells whether it is still held and whether cancel was asked."""
+    if not _transition(
+        session, claim.job_id, *_fenced(claim), **_lease_values(utcnow(), lease_seconds)
+    ):
+        return LeaseState(held=False, cancel_requested=False)
+    cancel = session.execute(select(Job.cancel_requested).where(Job.id == claim.job_id)).scalar()
+    return LeaseState(held=True, cancel_requested=bool(cancel))
+
+
+def cancel_requested(session: Session, claim: Claim) -> bool | None:
+    """A cheap read for the training loop: None when the lease is no longer held."""
+    row = session.execute(
+        select(Job.cancel_requested).where(Job.id == claim.job_id, *_fenced(claim))
+    ).scalar_one_or_none()
+    return None if row is None else bool(row)
+
+
+def _insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(postgresql.insert(table).values(rows).on_conflict_do_nothing())
+    elif dialect == "sqlite":
+        session.execute(sqlite.insert(table).values(rows).on_conflict_do_nothing())
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        session.execute(insert(table).values(rows))
+
+
+def _summary_values(session: Session, job_id: int) -> dict[str, Any]:
+    """epochs_done, best and final figures from the job's metrics rows."""
+    best = session.execute(
+        select(func.max(EpochMetric.test_accuracy)).where(EpochMetric.job_id == job_id)
+    ).scalar()
+    last = session.execute(
+        select(EpochMetric.epoch, EpochMetric.test_accuracy, EpochMetric.train_loss)
+        .where(EpochMetric.job_id == job_id)
+        .order_by(EpochMetric.epoch.desc())
+        .limit(1)
+    ).first()
+    if last is None:
+        return {}
+    return {
+        "epochs_done": last.epoch,
+        "best_test_accuracy": best,
+        "final_test_accuracy": last.test_accuracy,
+        "final_train_loss": last.train_loss,
+    }
+
+
+def record_epoch(
+    session: Session, claim: Claim, metrics: dict[str, Any], *, lease_seconds: float
+) -> None:
+    """Store one epoch's metrics row and extend the lease, in the caller's transaction: one row
+    written per epoch (recording an epoch again changes nothing). Raises LeaseLost."""
+    now = utcnow()
+    if not _transition(session, claim.job_id, *_fenced(claim), **_lease_values(now, lease_seconds)):
+        raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} lost its lease")
+    epoch = int(metrics["epoch"])
+    row = {name: metrics[name] for name in METRIC_COLUMNS}
+    _insert_ignoring_duplicates(
+        session, EpochMetric, [{**row, "job_id": claim.job_id, "recorded_at": now}]
+    )
+    best = session.execute(select(Job.best_test_accuracy).where(Job.id == claim.job_id)).scalar()
+    _transition(
+        session,
+        claim.job_id,
+        Job.epochs_done < epoch,
+        epochs_done=epoch,
+        best_test_accuracy=max(best if best is not None else 0.0, metrics["test_accuracy"]),
+        final_test_accuracy=metrics["test_accuracy"],
+        final_train_loss=metrics["train_loss"],
+        updated_at=now,
+    )
+
+
+def repair_history(session: Session, claim: Claim, history: list[dict[str, Any]]) -> list[int]:
+    """After a resume: store the epochs a checkpoint holds that the database lacks (a worker
+    died between writing the file and recording the epoch). Returns the epochs added."""
+    recorded = set(
+        session.execute(
+            select(EpochMetric.epoch).where(EpochMetric.job_id == claim.job_id)
+        ).scalars()
+    )
+    now = utcnow()
+    missing = [
+        {
+            **{name: item[name] for name in METRIC_COLUMNS},
+            "job_id": claim.job_id,
+            "recorded_at": now,
+        }
+        for item in history
+        if int(item["epoch"]) not in recorded
+    ]
+    if not missing:
+        return []
+    if not _transition(session, claim.job_id, *_fenced(claim)):
+        raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} lost its lease")
+    _insert_ignoring_duplicates(session, EpochMetric, missing)
+    _transition(session, claim.job_id, **_summary_values(session, claim.job_id))
+    return sorted(int(row["epoch"]) for row in missing)
+
+
+def record_checkpoint(session: Session, claim: Claim, record: CheckpointRecord) -> None:
+    """Point the job at a checkpoint file that is fully on disk, fenced by the lease."""
+    if not _transition(session, claim.job_id, *_fenced(claim)):
+        raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} lost its lease")
+    _insert_ignoring_duplicates(
+        session,
+        Checkpoint,
+        [
+            {
+                "job_id": claim.job_id,
+                "epoch": record.epoch,
+                "attempt": claim.attempt,
+                "size_bytes": record.size_bytes,
+                "sha256": record.sha256,
+                "relative_path": record.relative_path,
+                "recorded_at": utcnow(),
+            }
+        ],
+    )
+
+
+def finish_job(
+    session: Session,
+    claim: Claim,
+    status: JobStatus,
+    *,
+    error_reason: str | None = None,
+    error: str | None = None,
+) -> bool:
+    """running → succeeded / failed / cancelled, only while this claim holds the lease."""
+    if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+        raise ValueError(f"{status} is not a final status")
+    now = utcnow()
+    return _transition(
+        session,
+        claim.job_id,
+        *_fenced(claim),
+        status=status,
+        error_reason=error_reason,
+        error=error,
+        lease_token=None,
+        lease_expires_at=None,
+        finished_at=now,
+        updated_at=now,
+    )
+
+
+def release_job(session: Session, claim: Claim) -> JobStatus | None:
+    """running → queued for a worker that is shutting down: the job resumes elsewhere from its
+    last checkpoint, and the attempt does not count against MAX_ATTEMPTS. A job whose cancel was
+    asked meanwhile becomes cancelled instead. None if the lease was already lost."""
+    now = utcnow()
+    released = _transition(
+        session,
+        claim.job_id,
+        *_fenced(claim),
+        Job.cancel_requested.is_(False),
+        status=JobStatus.QUEUED,
+        attempt=Job.attempt - 1,
+        lease_token=None,
+        lease_expires_at=None,
+        worker=None,
+        enqueued_at=now,
+        enqueue_count=Job.enqueue_count + 1,
+        updated_at=now,
+    )
+    if released:
+        return JobStatus.QUEUED
+    if finish_job(session, claim, JobStatus.CANCELLED):
+        return JobStatus.CANCELLED
+    return None
+
+
+def reap_expired_leases(session: Session, *, now: datetime | None = None) -> list[int]:
+    """Jobs whose worker stopped heartbeating: re-queue them (they resume from their last
+    checkpoint), or end them when cancel was asked or the attempts are spent. Returns the ids
+    re-queued."""
+    now = now or utcnow()
+    expired = session.execute(
+        select(Job.id, Job.lease_token, Job.attempt, Job.max_attempts, Job.cancel_requested).where(
+            Job.status == JobStatus.RUNNING, Job.lease_expires_at < now
+        )
+    ).all()
+    requeued = []
+    for job in expired:
+        if job.cancel_requested:
+            values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": now}
+        elif job.attempt >= job.max_attempts:
+            values = {
+                "status": JobStatus.FAILED,
+                "finished_at": now,
+                "error_reason": "worker_lost",
+                "error": f"The worker stopped responding on each of {job.attempt} attempts.",
+            }
+        else:
+            values = {"status": JobStatus.QUEUED, "enqueued_at": None}
+        moved = _transition(
+            session,
+            job.id,
+            Job.status == JobStatus.RUNNING,
+            Job.lease_token == job.lease_token,
+            Job.lease_expires_at < now,
+            # A cancel that lands after the read above must not be lost in a re-queue.
+            Job.cancel_requested.is_(job.cancel_requested),
+            **values,
+            lease_token=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        if moved and values["status"] == JobStatus.QUEUED:
+            requeued.append(job.id)
+    return requeued
+
+
+def take_due_sends(
+    session: Session, *, lease_seconds: float, now: datetime | None = None
+) -> list[int]:
+    """Queued jobs whose message may be lost (never sent, or sent long ago and still not
+    claimed). Marks each as sent; the caller sends after committing."""
+    now = now or utcnow()
+    candidates = session.execute(
+        select(Job.id, Job.enqueued_at, Job.enqueue_count).where(
+            Job.status == JobStatus.QUEUED,
+            or_(
+                Job.enqueued_at.is_(None), Job.enqueued_at < now - timedelta(seconds=lease_seconds)
+            ),
+        )
+    ).all()
+    due = []
+    for job in candidates:
+        if job.enqueued_at is not None:
+            backoff = lease_seconds * 2 ** min(max(job.enqueue_count - 1, 0), RESEND_BACKOFF_CAP)
+            if job.enqueued_at > now - timedelta(seconds=backoff):
+                continue
+        if _transition(
+            session,
+            job.id,
+            Job.status == JobStatus.QUEUED,
+            Job.enqueue_count == job.enqueue_count,
+            enqueued_at=now,
+            enqueue_count=job.enqueue_count + 1,
+        ):
+            due.append(job.id)
+    return due

@@ -1,0 +1,310 @@
+"""Every outcome of the job runner, in-process and in milliseconds: a scripted trainer stands in
+for the engine (which has its own tests) and drives the runner's callbacks against a real
+migrated database, as the engine would."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from app.schemas import JobCreate
+from app.services import jobs as job_service
+from jobs.db import session_scope
+from jobs.settings import get_settings
+from jobs.tables import Checkpoint, EpochMetric, Job
+from worker import runner
+
+
+@dataclass
+class Metrics:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    learning_rate: float = 0.01
+    seconds: float = 0.01
+    images_per_second: float = 100.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Report:
+    metrics: Metrics
+    history: list[Metrics]
+
+
+@dataclass
+class Written:
+    epoch: int
+    path: Path
+    size_bytes: int
+    sha256: str
+
+
+@dataclass
+class Result:
+    history: list[Metrics]
+    epochs_done: int
+    stopped: bool
+
+
+def metrics(epoch: int) -> Metrics:
+    return Metrics(epoch, 4.0 / epoch, 0.1 * epoch, 3.0, 0.05 * epoch)
+
+
+class ScriptedTrainer:
+    """Trains `config.epochs` epochs of `batches` batches, polling should_stop before each batch
+    like the engine; writes a real checkpoint file per epoch; `hooks[epoch]` runs after the epoch
+    is reported (to inject cancels, signals, failures)."""
+
+    def __init__(self, batches: int = 3, hooks: dict[int, Callable[[], None]] | None = None):
+        self.batches = batches
+        self.hooks = hooks or {}
+        self.batches_trained = 0
+        self.resumed_from: Path | None = None
+
+    def __call__(self, config: Any, **kwargs: Any) -> Result:
+        self.resumed_from = kwargs["resume_from"]
+        start = 1
+        history: list[Metrics] = []
+        if self.resumed_from is not None:
+            start = int(self.resumed_from.read_text()) + 1
+            history = [metrics(e) for e in range(1, start)]
+        for epoch in range(start, config.epochs + 1):
+            for _ in range(self.batches):
+                if kwargs["should_stop"]():
+                    return Result(history, epoch - 1, stopped=True)
+                self.batches_trained += 1
+            history.append(metrics(epoch))
+            kwargs["on_epoch"](Report(history[-1], list(history)))
+            path = kwargs["checkpoint_dir"] / f"epoch-{epoch:04d}.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(epoch))
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            kwargs["on_checkpoint"](Written(epoch, path, path.stat().st_size, digest))
+            if epoch in self.hooks:
+                self.hooks[epoch]()
+        return Result(history, config.epochs, stopped=False)
+
+
+@pytest.fixture
+def new_job(configure, database_url: str):  # type: ignore[no-untyped-def]
+    configure(database_url, HEARTBEAT_SECONDS="60", LEASE_SECONDS="60")
+    runner.shutting_down.clear()
+
+    def create(epochs: int = 3) -> int:
+        spec = JobCreate(block="mobile", hyperparameters={"epochs": epochs}, train_samples=10)
+        with session_scope() as session:
+            return job_service.create_job(session, spec, settings=get_settings()).job.id
+
+    yield create
+    runner.shutting_down.clear()
+
+
+def job_row(job_id: int) -> Job:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def epochs_recorded(job_id: int) -> list[int]:
+    with session_scope() as session:
+        rows = session.execute(select(EpochMetric.epoch).where(EpochMetric.job_id == job_id))
+        return sorted(rows.scalars())
+
+
+def checkpoint_epochs(job_id: int) -> list[int]:
+    with session_scope() as session:
+        rows = session.execute(select(Checkpoint.epoch).where(Checkpoint.job_id == job_id))
+        return sorted(rows.scalars())
+
+
+def run(job_id: int, trainer: Any) -> str:
+    return runner.run_job(job_id, settings=get_settings(), trainer=trainer)
+
+
+def cancel(job_id: int) -> None:
+    with session_scope() as session:
+        job_service.cancel_job(session, job_id)
+
+
+def test_success_records_every_epoch_and_keeps_latest_and_best_files(new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job(epochs=4)
+    assert run(job_id, ScriptedTrainer()) == "succeeded"
+    job = job_row(job_id)
+    assert (job.status, job.epochs_done, job.final_test_accuracy) == ("succeeded", 4, 0.2)
+    assert epochs_recorded(job_id) == [1, 2, 3, 4]
+    assert checkpoint_epochs(job_id) == [4]  # latest = best = final; older files pruned
+    folder = get_settings().resolved_artifact_dir / "jobs" / str(job_id) / "attempt-1"
+    assert sorted(path.name for path in folder.iterdir()) == ["epoch-0004.pt"]
+
+
+def test_a_duplicate_delivery_is_skipped(new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job()
+    assert run(job_id, ScriptedTrainer()) == "succeeded"
+    assert run(job_id, ScriptedTrainer()) == "skipped"
+
+
+def test_cancel_before_the_first_batch_trains_nothing(new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job()
+    trainer = ScriptedTrainer()
+    with session_scope() as session:  # claimed, then cancelled before training starts
+        from jobs.lifecycle import claim_job
+
+        claim = claim_job(session, job_id, worker="x", lease_seconds=60)
+    assert claim is not None
+    cancel(job_id)
+    watcher = runner.LeaseWatcher(claim, get_settings())
+    watcher.check_cancel()
+    outcome = runner.JobRun(claim, get_settings(), watcher, trainer).run()
+    assert outcome == "cancelled" and trainer.batches_trained == 0
+    assert job_row(job_id).status == "cancelled"
+
+
+def test_cancel_while_running_stops_within_a_second(new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job(epochs=3)
+    trainer = ScriptedTrainer(batches=10_000)
+    stopped = threading.Event()
+
+    def slow_should_stop_wrapper(config: Any, **kwargs: Any) -> Result:
+        inner = kwargs["should_stop"]
+
+        def should_stop() -> bool:
+            threading.Event().wait(0.001)
+            return inner()
+
+        kwargs["should_stop"] = should_stop
+        try:
+            return trainer(config, **kwargs)
+        finally:
+            stopped.set()
+
+    threading.Timer(0.2, cancel, args=(job_id,)).start()
+    assert run(job_id, slow_should_stop_wrapper) == "cancelled"  # HEARTBEAT_SECONDS is 60
+    assert stopped.is_set() and job_row(job_id).status == "cancelled"
+
+
+def test_training_error_fails_the_job_with_the_exception(new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job()
+
+    def boom() -> None:
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    assert run(job_id, ScriptedTrainer(hooks={2: boom})) == "failed"
+    job = job_row(job_id)
+    assert job.error_reason == "training_error" and "illegal memory access" in (job.error or "")
+    assert epochs_recorded(job_id) == [1, 2]
+
+
+def test_timeout(new_job, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job()
+    settings = get_settings().model_copy(update={"max_job_seconds": 0.0})
+    assert runner.run_job(job_id, settings=settings, trainer=ScriptedTrainer()) == "failed"
+    assert job_row(job_id).error_reason == "timeout"
+
+
+def test_sigterm_releases_the_job_without_counting_the_attempt(new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job(epochs=3)
+    assert run(job_id, ScriptedTrainer(hooks={1: runner.shutting_down.set})) == "released"
+    job = job_row(job_id)
+    assert (job.status, job.attempt, job.epochs_done) == ("queued", 0, 1)
+    runner.shutting_down.clear()
+    trainer = ScriptedTrainer()
+    assert run(job_id, trainer) == "succeeded"  # the next attempt resumes from epoch 1's file
+    assert trainer.resumed_from is not None and trainer.resumed_from.name == "epoch-0001.pt"
+    assert epochs_recorded(job_id) == [1, 2, 3]
+
+
+def test_cancel_during_sigterm_ends_cancelled_not_queued(new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job(epochs=3)
+
+    def cancel_then_sigterm() -> None:
+        with session_scope() as session:  # the cancel lands; the watcher has not seen it yet
+            session.get(Job, job_id).cancel_requested = True  # type: ignore[union-attr]
+        runner.shutting_down.set()
+
+    assert run(job_id, ScriptedTrainer(hooks={1: cancel_then_sigterm})) in ("cancelled",)
+    assert job_row(job_id).status == "cancelled"
+
+
+def test_a_worker_whose_lease_was_taken_over_writes_nothing(new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job(epochs=3)
+
+    def take_over() -> None:
+        with session_scope() as session:
+            session.get(Job, job_id).lease_token = "another-worker"  # type: ignore[union-attr]
+
+    assert run(job_id, ScriptedTrainer(hooks={1: take_over})) == "lease_lost"
+    assert epochs_recorded(job_id) == [1]
+
+
+def test_missing_dataset_names_the_service_settings(new_job) -> None:  # type: ignore[no-untyped-def]
+    from engine.data import DatasetUnavailable
+
+    job_id = new_job()
+
+    def no_data(config: Any, **kwargs: Any) -> Result:
+        raise DatasetUnavailable("/srv/data/cifar-100-python is missing; pass --download")
+
+    assert run(job_id, no_data) == "failed"
+    job = job_row(job_id)
+    assert job.error_reason == "dataset_unavailable"
+    assert "ALLOW_DOWNLOAD" in (job.error or "") and "DATA_DIR" in (job.error or "")
+    assert "--download" not in (job.error or "") and "/srv" not in (job.error or "")
+
+
+def test_storage_full_fails_with_the_path(new_job) -> None:  # type: ignore[no-untyped-def]
+    from engine.checkpoint import StorageFull
+
+    job_id = new_job()
+
+    def full(config: Any, **kwargs: Any) -> Result:
+        raise StorageFull(kwargs["checkpoint_dir"] / "epoch-0001.pt", 90_000_000)
+
+    assert run(job_id, full) == "failed"
+    job = job_row(job_id)
+    assert job.error_reason == "storage_full" and "epoch-0001.pt" in (job.error or "")
+
+
+def test_a_transient_database_error_is_retried_not_fatal(new_job, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job(epochs=2)
+    failures = iter([True, True])
+    real_record = runner.record_epoch
+
+    def flaky_record(*args: Any, **kwargs: Any) -> None:
+        if next(failures, False):
+            raise OperationalError("UPDATE jobs", {}, Exception("server closed the connection"))
+        real_record(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "record_epoch", flaky_record)
+    assert run(job_id, ScriptedTrainer()) == "succeeded"
+    assert epochs_recorded(job_id) == [1, 2] and job_row(job_id).attempt == 1
+
+
+def test_a_damaged_checkpoint_falls_back_to_an_older_intact_one(new_job) -> None:  # type: ignore[no-untyped-def]
+    job_id = new_job(epochs=4)
+    # Released after epoch 2: its file is the only one kept (latest and best).
+    assert run(job_id, ScriptedTrainer(hooks={2: runner.shutting_down.set})) == "released"
+    runner.shutting_down.clear()
+    root = get_settings().resolved_artifact_dir
+    with session_scope() as session:
+        rows = session.execute(select(Checkpoint).where(Checkpoint.job_id == job_id)).scalars()
+        paths = {row.epoch: root / row.relative_path for row in rows}
+    assert set(paths) == {2}
+    paths[2].write_text("9")  # flipped bytes: the sha256 no longer matches
+    trainer = ScriptedTrainer()
+    assert run(job_id, trainer) == "succeeded"
+    assert trainer.resumed_from is None  # no intact checkpoint: started over, said so in the log
+    assert epochs_recorded(job_id) == [1, 2, 3, 4]
