@@ -76,9 +76,27 @@ def _lease_values(now: datetime, lease_seconds: float) -> dict[str, Any]:
     return {"heartbeat_at": now, "lease_expires_at": now + timedelta(seconds=lease_seconds)}
 
 
+def claim_next_job(session: Session, *, worker: str, lease_seconds: float) -> Claim | None:
+    """Take the oldest queued job. A queue message is a token that wakes one worker, whichever
+    job it names: so the oldest job always runs first, a re-sent message never jumps the queue,
+    and `queue_position` (count of older queued jobs) is the truth. None if nothing is queued."""
+    while True:
+        job_id = session.execute(
+            select(Job.id)
+            .where(Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
+            .order_by(Job.id)
+            .limit(1)
+        ).scalar()
+        if job_id is None:
+            return None
+        claim = claim_job(session, job_id, worker=worker, lease_seconds=lease_seconds)
+        if claim is not None:
+            return claim
+
+
 def claim_job(session: Session, job_id: int, *, worker: str, lease_seconds: float) -> Claim | None:
-    """Take a queued job for this worker (attempt + 1). None if it is not claimable: a duplicate
-    delivery of a running or finished job, or a cancelled one."""
+    """Take this queued job for this worker (attempt + 1). None if it is not claimable: running
+    or finished already, or cancelled."""
     now = utcnow()
     token = uuid.uuid4().hex
     claimed = _transition(
@@ -319,25 +337,38 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
 
 
 def take_due_sends(
-    session: Session, *, lease_seconds: float, now: datetime | None = None
+    session: Session, *, lease_seconds: float, idle: bool = False, now: datetime | None = None
 ) -> list[int]:
-    """Queued jobs whose message may be lost (never sent, or sent long ago and still not
-    claimed). Marks each as sent; the caller sends after committing."""
+    """Queued jobs whose message may be lost. Marks each as sent; the caller sends after
+    committing.
+
+    - never sent (the API could not reach the broker): sent now;
+    - an idle worker (`idle=True`) sees a job that waited over a lease since its last send: the
+      message is lost (an idle worker would have got it), so one token is sent at once, however
+      long the job waited;
+    - otherwise (every worker busy, messages are probably just waiting their turn): re-sent after
+      a lease, then after 2, 4, ... up to 2**RESEND_BACKOFF_CAP leases.
+    """
     now = now or utcnow()
+    stale = now - timedelta(seconds=lease_seconds)
     candidates = session.execute(
-        select(Job.id, Job.enqueued_at, Job.enqueue_count).where(
+        select(Job.id, Job.enqueued_at, Job.enqueue_count)
+        .where(
             Job.status == JobStatus.QUEUED,
-            or_(
-                Job.enqueued_at.is_(None), Job.enqueued_at < now - timedelta(seconds=lease_seconds)
-            ),
+            or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale),
         )
+        .order_by(Job.id)
     ).all()
     due = []
+    idle_token_sent = False
     for job in candidates:
         if job.enqueued_at is not None:
-            backoff = lease_seconds * 2 ** min(max(job.enqueue_count - 1, 0), RESEND_BACKOFF_CAP)
-            if job.enqueued_at > now - timedelta(seconds=backoff):
-                continue
+            if idle and not idle_token_sent:
+                idle_token_sent = True
+            else:
+                exponent = min(max(job.enqueue_count - 1, 0), RESEND_BACKOFF_CAP)
+                if job.enqueued_at > now - timedelta(seconds=lease_seconds * 2**exponent):
+                    continue
         if _transition(
             session,
             job.id,

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from celery import Celery
+from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 TRAINING_QUEUE = "training"
 RUN_JOB_TASK = "worker.run_job"
+# A job sent to an idle worker on the embedded broker starts within about this.
+SQLITE_BROKER_POLL_SECONDS = 0.1
 
 
 def _prepare_sqlite_broker(url: str) -> None:
@@ -39,6 +42,9 @@ def make_celery(settings: Settings, *, include: tuple[str, ...] = ()) -> Celery:
         _prepare_sqlite_broker(broker_url)
         # kombu hands these to create_engine() for its SQLAlchemy transport.
         transport_options: dict[str, object] = {"connect_args": {"timeout": 30}}
+        # The transport polls its table (once a second by default); its transport options all
+        # go to create_engine(), so the interval can only be set on the class.
+        kombu_sqlalchemy.Transport.polling_interval = SQLITE_BROKER_POLL_SECONDS
     else:
         # A running job's message stays unacked until it ends: never let Redis redeliver it early.
         transport_options = {"visibility_timeout": settings.visibility_timeout_seconds}

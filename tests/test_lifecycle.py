@@ -252,3 +252,37 @@ def test_the_reaper_does_not_requeue_over_a_concurrent_cancel(job_id: int) -> No
     with session_scope() as session:
         reap_expired_leases(session, now=later)
     assert load(job_id).status == "cancelled"
+
+
+def test_any_message_claims_the_oldest_queued_job(configure, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    from jobs.lifecycle import claim_next_job
+
+    configure(database_url)
+    with session_scope() as session:
+        ids = [
+            job_service.create_job(session, SPEC, settings=get_settings()).job.id for _ in range(3)
+        ]
+    with session_scope() as session:
+        job_service.cancel_job(session, ids[0])
+    with session_scope() as session:
+        first = claim_next_job(session, worker="a", lease_seconds=30)
+        second = claim_next_job(session, worker="b", lease_seconds=30)
+        assert claim_next_job(session, worker="c", lease_seconds=30) is None
+    assert first is not None and second is not None
+    assert (first.job_id, second.job_id) == (ids[1], ids[2])
+
+
+def test_an_idle_worker_resends_a_long_waiting_job_within_a_lease(job_id: int) -> None:
+    now = utcnow()
+    for step in range(1, 6):  # five re-sends while workers were busy: backoff grew to 16 leases
+        with session_scope() as session:
+            take_due_sends(session, lease_seconds=10, now=now + timedelta(seconds=1000 * step))
+    last_send = now + timedelta(seconds=5000)
+    with session_scope() as session:  # busy: waits out the backoff
+        assert (
+            take_due_sends(session, lease_seconds=10, now=last_send + timedelta(seconds=11)) == []
+        )
+    with session_scope() as session:  # idle: the message is lost, send a token at once
+        assert take_due_sends(
+            session, lease_seconds=10, idle=True, now=last_send + timedelta(seconds=11)
+        ) == [job_id]

@@ -9,18 +9,19 @@ from jobs.db import session_scope
 from jobs.lifecycle import reap_expired_leases, take_due_sends
 from jobs.queue import enqueue_after_commit
 from jobs.settings import Settings
+from worker.runner import running_jobs
 
 logger = logging.getLogger(__name__)
 
 
-def reconcile_once(settings: Settings) -> list[int]:
+def reconcile_once(settings: Settings, *, idle: bool = False) -> list[int]:
     """One pass; returns the ids of the jobs whose message was (re)sent."""
     with session_scope() as session:
         requeued = reap_expired_leases(session)
     for job_id in requeued:
         logger.warning("job %s: its worker stopped heartbeating; re-queued", job_id)
     with session_scope() as session:
-        due = take_due_sends(session, lease_seconds=settings.lease_seconds)
+        due = take_due_sends(session, lease_seconds=settings.lease_seconds, idle=idle)
         for job_id in due:
             enqueue_after_commit(session, job_id)
     return due
@@ -36,7 +37,7 @@ class Reconciler(threading.Thread):
         interval = max(0.5, min(self.settings.heartbeat_seconds, self.settings.lease_seconds / 2))
         while not self._done.wait(interval):
             try:
-                reconcile_once(self.settings)
+                reconcile_once(self.settings, idle=not running_jobs())
             except Exception:  # the database or broker may be restarting; next pass retries
                 logger.exception("reconcile pass failed")
 

@@ -22,7 +22,7 @@ from jobs.lifecycle import (
     Claim,
     LeaseLost,
     cancel_requested,
-    claim_job,
+    claim_next_job,
     finish_job,
     record_checkpoint,
     record_epoch,
@@ -46,6 +46,15 @@ shutting_down = threading.Event()
 CANCEL_POLL_SECONDS = 0.5
 
 Trainer = Callable[..., Any]
+
+_running: set[int] = set()
+_running_lock = threading.Lock()
+
+
+def running_jobs() -> int:
+    """How many jobs this process is training now (the reconciler re-sends faster when 0)."""
+    with _running_lock:
+        return len(_running)
 
 
 def worker_name(settings: Settings) -> str:
@@ -97,13 +106,26 @@ class LeaseWatcher(threading.Thread):
 
 
 def run_job(job_id: int, *, settings: Settings, trainer: Trainer | None = None) -> str:
-    """Claim the job and train it. Returns the outcome; a duplicate delivery returns 'skipped'."""
+    """A message for ``job_id`` arrived: claim the oldest queued job (usually that one) and
+    train it. Returns the outcome; 'skipped' when nothing is left to claim (a duplicate)."""
     name = worker_name(settings)
     with session_scope() as session:
-        claim = claim_job(session, job_id, worker=name, lease_seconds=settings.lease_seconds)
+        claim = claim_next_job(session, worker=name, lease_seconds=settings.lease_seconds)
     if claim is None:
-        logger.info("job %s is not claimable (finished, running elsewhere or cancelled)", job_id)
+        logger.info("message for job %s: no queued job left to claim", job_id)
         return "skipped"
+    with _running_lock:
+        _running.add(claim.job_id)
+    try:
+        return _run_claimed(claim, settings, trainer)
+    finally:
+        with _running_lock:
+            _running.discard(claim.job_id)
+
+
+def _run_claimed(claim: Claim, settings: Settings, trainer: Trainer | None) -> str:
+    job_id = claim.job_id
+    name = claim.worker
     logger.info("job %s attempt %s claimed by %s", job_id, claim.attempt, name)
     watcher = LeaseWatcher(claim, settings)
     try:
