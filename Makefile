@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run worker api migrate test test-fast lint format bench data clean
+.PHONY: venv run worker api migrate test test-fast lint format bench data wheels gpu-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,10 +45,26 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-## Training throughput of the engine against a naive DataLoader loop.
-BENCH_ARGS ?= --device cpu --images 384 --batch-size 128
+## Training throughput of the engine against a naive DataLoader loop, in alternating rounds.
+BENCH_ARGS ?= --device cpu --precision fp32 --compile off --images 256 --rounds 3 --batch-size 128
 bench: $(STAMP)
 	$(PY) -m bench.train_throughput $(BENCH_ARGS)
+
+## Wheels (CPython 3.12, manylinux x86-64) of the service's dependencies that the GPU image lacks,
+## for bench/gpu_check.sh on a machine without network; stays well under the 64 MiB carry limit.
+WHEEL_TARGET := --only-binary=:all: --python-version 3.12 --implementation cp \
+	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
+WHEELHOUSE_MAX_MIB := 48
+wheels: $(STAMP)
+	rm -rf wheelhouse && mkdir -p wheelhouse
+	$(PY) -m pip download -q $(WHEEL_TARGET) -d wheelhouse -r bench/gpu-check-requirements.txt -c constraints.txt
+	$(PY) -m pip download -q $(WHEEL_TARGET) --no-deps -d wheelhouse ptflops -c constraints.txt
+	@size=$$(du -sm wheelhouse | cut -f1); echo "wheelhouse: $$(ls wheelhouse | wc -l) wheels, $$size MiB"; \
+	test $$size -le $(WHEELHOUSE_MAX_MIB) || { echo "wheelhouse is over $(WHEELHOUSE_MAX_MIB) MiB"; exit 1; }
+
+## The GPU check (docs/benchmarks.md): throughput, the service's epochs, concurrent jobs. GPU_CHECK_TINY=1 on a CPU.
+gpu-check:
+	bash bench/gpu_check.sh
 
 ## A small generated dataset in the official CIFAR-100 format under ./data (for demos without internet).
 data: $(STAMP)

@@ -1,19 +1,30 @@
-"""Training images/s of the engine against a naive DataLoader loop, per block.
+"""Training images/s of the engine against a naive DataLoader loop, per block, precision and
+compile setting, measured in alternating rounds.
 
 The naive reference is the usual course-notebook loop: torchvision's CIFAR100 dataset, a
 DataLoader with PIL RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize,
 fp32, NCHW, ``loss.item()`` every step. Both loops train the same network (same seed) with the
-same optimizer, batch size and images on the same device; warm-up batches are not timed.
+same optimizer settings, batch size and images on the same device; warm-up batches are not
+timed. Each round times the same number of batches of the naive loop and of every engine
+variant back to back, in alternating order, so a change of machine load lands in both sides
+of that round's ratio rather than in one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +34,66 @@ from engine.config import TrainConfig
 from engine.data import load_cifar
 from engine.datasets import DATASETS
 from engine.synthetic import generate_cifar
-from engine.trainer import make_optimizer, prepare_model, resolve_device, train_epoch
+from engine.trainer import (
+    compile_forward_loss,
+    make_optimizer,
+    prepare_model,
+    resolve_device,
+    train_epoch,
+)
 
 WARMUP_BATCHES = 2
+
+
+@dataclass
+class Timing:
+    wall_seconds: float
+    cpu_seconds: float  # this process's CPU time (all its threads; not DataLoader workers)
+
+
+@dataclass
+class Row:
+    """One block/precision/compile variant against the naive loop, over every round."""
+
+    block: str
+    precision: str
+    compile: bool
+    images_per_round: int
+    naive: list[Timing] = field(default_factory=list)
+    engine: list[Timing] = field(default_factory=list)
+    first_step_seconds: float | None = None  # compile on: the first batch, compilation included
+
+    def ratios(self) -> list[float]:
+        """Per round: engine images/s over naive images/s (naive wall / engine wall)."""
+        return [
+            n.wall_seconds / e.wall_seconds for n, e in zip(self.naive, self.engine, strict=True)
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        ratios = self.ratios()
+        return {
+            "block": self.block,
+            "precision": self.precision,
+            "compile": self.compile,
+            "rounds": len(ratios),
+            "images_per_round": self.images_per_round,
+            "ratio_min": min(ratios),
+            "ratio_median": statistics.median(ratios),
+            "ratio_max": max(ratios),
+            "naive_images_per_second": _median_rate(self.images_per_round, self.naive),
+            "engine_images_per_second": _median_rate(self.images_per_round, self.engine),
+            "naive_cpu_seconds_per_round": statistics.median(t.cpu_seconds for t in self.naive),
+            "engine_cpu_seconds_per_round": statistics.median(t.cpu_seconds for t in self.engine),
+            "naive_wall_seconds_per_round": statistics.median(t.wall_seconds for t in self.naive),
+            "engine_wall_seconds_per_round": statistics.median(t.wall_seconds for t in self.engine),
+            "first_step_seconds": self.first_step_seconds,
+            "naive_rounds": [asdict(t) for t in self.naive],
+            "engine_rounds": [asdict(t) for t in self.engine],
+        }
+
+
+def _median_rate(images: int, timings: list[Timing]) -> float:
+    return statistics.median(images / t.wall_seconds for t in timings)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -33,134 +101,303 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(device: torch.device, run: Callable[[], None]) -> float:
+def _timed(device: torch.device, run: Callable[[], object]) -> Timing:
     _synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     run()
     _synchronize(device)
-    return time.perf_counter() - start
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
 
 
-def engine_images_per_second(
-    block: str, data_dir: Path, images: int, batch_size: int, device: torch.device, precision: str
-) -> float:
-    config = TrainConfig(block=block, batch_size=batch_size, precision=precision)
-    split = load_cifar(config.dataset, data_dir, train=True)
-    torch.manual_seed(0)
-    model = prepare_model(block, config.num_classes, device)
-    optimizer = make_optimizer(config, model)
-    generator = torch.Generator(device=device).manual_seed(0)
+class EngineLoop:
+    """The engine's training step (as ``engine.train`` runs it) over a fixed set of images."""
 
-    def loader(count: int) -> DeviceLoader:
-        return DeviceLoader(
-            split.images[:count],
-            split.labels[:count],
-            dataset=config.dataset,
-            batch_size=batch_size,
-            device=device,
-            generator=generator,
-            shuffle=True,
-            augment=True,
-            channels_last=True,
+    def __init__(
+        self,
+        block: str,
+        data_dir: Path,
+        images: int,
+        batch_size: int,
+        device: torch.device,
+        precision: str,
+        compile: bool,
+    ) -> None:
+        config = TrainConfig(block=block, batch_size=batch_size, precision=precision)
+        split = load_cifar(config.dataset, data_dir, train=True)
+        torch.manual_seed(0)
+        self.model = prepare_model(block, config.num_classes, device)
+        self.optimizer = make_optimizer(config, self.model)
+        self.bf16 = precision == "bf16"
+        self.compiled = compile_forward_loss(self.model, bf16=self.bf16) if compile else None
+        generator = torch.Generator(device=device).manual_seed(0)
+
+        def loader(count: int) -> DeviceLoader:
+            return DeviceLoader(
+                split.images[:count],
+                split.labels[:count],
+                dataset=config.dataset,
+                batch_size=batch_size,
+                device=device,
+                generator=generator,
+                shuffle=True,
+                augment=True,
+                channels_last=True,
+            )
+
+        self.warmup_loader = loader(WARMUP_BATCHES * batch_size)
+        self.timed_loader = loader(images)
+        self.device = device
+
+    def warm_up(self) -> float:
+        """Run the warm-up batches; the seconds the first one took (compilation included)."""
+        first = loader_of_one(self.warmup_loader)
+        seconds = _timed(self.device, lambda: self._run(first)).wall_seconds
+        self._run(self.warmup_loader)
+        return seconds
+
+    def run(self) -> None:
+        self._run(self.timed_loader)
+
+    def _run(self, loader: DeviceLoader) -> None:
+        train_epoch(
+            self.model,
+            loader,
+            self.optimizer,
+            bf16=self.bf16,
+            compiled_forward_loss=self.compiled,
         )
 
-    bf16 = precision == "bf16"
-    warmup, timed = loader(WARMUP_BATCHES * batch_size), loader(images)
-    train_epoch(model, warmup, optimizer, bf16=bf16)
-    seconds = _timed(device, lambda: train_epoch(model, timed, optimizer, bf16=bf16))
-    return images / seconds
 
-
-def naive_images_per_second(
-    block: str, data_dir: Path, images: int, batch_size: int, device: torch.device, workers: int
-) -> float:
-    from torch.utils.data import DataLoader, Subset
-    from torchvision import datasets, transforms
-
-    class LocalCIFAR100(datasets.CIFAR100):
-        # No MD5s: the generated files are not the official ones.
-        train_list = [["train", None]]
-        test_list = [["test", None]]
-        meta = {**datasets.CIFAR100.meta, "md5": None}
-
-    transform = transforms.Compose(
-        [
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(DATASETS["cifar100"].mean, DATASETS["cifar100"].std),
-        ]
+def loader_of_one(loader: DeviceLoader) -> DeviceLoader:
+    """A loader over the first full batch of ``loader``'s images."""
+    return DeviceLoader(
+        loader.images[: loader.batch_size],
+        loader.labels[: loader.batch_size],
+        dataset="cifar100",
+        batch_size=loader.batch_size,
+        device=loader.device,
+        generator=loader.generator,
+        shuffle=loader.shuffle,
+        augment=loader.augment,
+        channels_last=loader.channels_last,
     )
-    dataset = LocalCIFAR100(str(data_dir), train=True, transform=transform, download=False)
-    torch.manual_seed(0)
-    model = build_naive_model(block, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-    def run(count: int) -> None:
-        loader = DataLoader(
-            Subset(dataset, range(count)), batch_size=batch_size, shuffle=True, num_workers=workers
+
+class NaiveLoop:
+    """The course-notebook loop: torchvision dataset, PIL transforms, DataLoader, fp32, NCHW."""
+
+    def __init__(
+        self,
+        block: str,
+        data_dir: Path,
+        images: int,
+        batch_size: int,
+        device: torch.device,
+        workers: int = 0,
+    ) -> None:
+        from torch.utils.data import DataLoader, Subset
+        from torchvision import datasets, transforms
+
+        from models import build_model
+
+        class LocalCIFAR100(datasets.CIFAR100):
+            # No MD5s: the generated files are not the official ones.
+            train_list = [["train", None]]
+            test_list = [["test", None]]
+            meta = {**datasets.CIFAR100.meta, "md5": None}
+
+        transform = transforms.Compose(
+            [
+                transforms.RandomCrop(32, padding=4),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(DATASETS["cifar100"].mean, DATASETS["cifar100"].std),
+            ]
         )
-        model.train()
+        dataset = LocalCIFAR100(str(data_dir), train=True, transform=transform, download=False)
+        torch.manual_seed(0)
+        self.model = build_model(block, num_classes=100).to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.device = device
+
+        def loader(count: int) -> DataLoader:
+            return DataLoader(
+                Subset(dataset, range(count)),
+                batch_size=batch_size,
+                shuffle=True,
+                num_workers=workers,
+            )
+
+        self.warmup_loader = loader(WARMUP_BATCHES * batch_size)
+        self.timed_loader = loader(images)
+
+    def warm_up(self) -> None:
+        self._run(self.warmup_loader)
+
+    def run(self) -> None:
+        self._run(self.timed_loader)
+
+    def _run(self, loader: Any) -> None:
+        self.model.train()
         running_loss = 0.0
         for inputs, labels in loader:
-            inputs, labels = inputs.to(device), labels.to(device)
-            loss = F.cross_entropy(model(inputs), labels)
-            optimizer.zero_grad()
+            inputs, labels = inputs.to(self.device), labels.to(self.device)
+            loss = F.cross_entropy(self.model(inputs), labels)
+            self.optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
             running_loss += loss.item()
 
-    run(WARMUP_BATCHES * batch_size)
-    return images / _timed(device, lambda: run(images))
+
+def run_benchmark(
+    *,
+    device: torch.device,
+    blocks: list[str],
+    precisions: list[str],
+    compile_modes: list[bool],
+    images: int,
+    rounds: int,
+    batch_size: int,
+    data_dir: Path | None = None,
+    workers: int = 0,
+    report: Callable[[Row], None] | None = None,
+) -> list[Row]:
+    """Time every block against the naive loop in ``rounds`` alternating rounds."""
+    images = max(batch_size, images // batch_size * batch_size)  # full batches only
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as temp_dir:
+        if data_dir is None:
+            data_dir = Path(temp_dir)
+            per_class = math.ceil((images + WARMUP_BATCHES * batch_size) / 100)
+            generate_cifar(data_dir, "cifar100", train_per_class=per_class, test_per_class=1)
+        for block in blocks:
+            naive = NaiveLoop(block, data_dir, images, batch_size, device, workers)
+            naive.warm_up()
+            variants: list[tuple[Row, EngineLoop]] = []
+            for precision in precisions:
+                for compile in compile_modes:
+                    row = Row(block, precision, compile, images)
+                    engine = EngineLoop(
+                        block, data_dir, images, batch_size, device, precision, compile
+                    )
+                    first_step = engine.warm_up()
+                    row.first_step_seconds = first_step if compile else None
+                    variants.append((row, engine))
+            for round_index in range(rounds):
+                # Even rounds: naive, then each variant; odd rounds: the reverse.
+                naive_timing: Timing | None = None
+                if round_index % 2 == 0:
+                    naive_timing = _timed(device, naive.run)
+                order = variants if naive_timing is not None else list(reversed(variants))
+                for row, engine in order:
+                    row.engine.append(_timed(device, engine.run))
+                if naive_timing is None:
+                    naive_timing = _timed(device, naive.run)
+                for row, _ in variants:
+                    row.naive.append(naive_timing)
+            for row, _ in variants:
+                rows.append(row)
+                if report is not None:
+                    report(row)
+            del naive, variants
+    return rows
 
 
-def build_naive_model(block: str, device: torch.device) -> torch.nn.Module:
-    from models import build_model
+TABLE_HEADER = (
+    f"{'block':<9} {'prec':<5} {'compile':<7} {'naive img/s':>11} {'engine img/s':>12} "
+    f"{'ratio min/med/max':>19} {'CPU s naive':>11} {'CPU s engine':>12} {'1st step s':>10}"
+)
 
-    return build_model(block, num_classes=100).to(device)
+
+def format_row(row: Row) -> str:
+    s = row.summary()
+    first = "-" if s["first_step_seconds"] is None else f"{s['first_step_seconds']:.1f}"
+    ratios = f"{s['ratio_min']:.2f}/{s['ratio_median']:.2f}/{s['ratio_max']:.2f}"
+    return (
+        f"{row.block:<9} {row.precision:<5} {'on' if row.compile else 'off':<7} "
+        f"{s['naive_images_per_second']:>11.1f} {s['engine_images_per_second']:>12.1f} "
+        f"{ratios:>19} {s['naive_cpu_seconds_per_round']:>11.1f} "
+        f"{s['engine_cpu_seconds_per_round']:>12.1f} {first:>10}"
+    )
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _split(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
+
+
+def _compile_modes(text: str) -> list[bool]:
+    modes = {"off": False, "on": True}
+    try:
+        return [modes[item] for item in _split(text)]
+    except KeyError as error:
+        raise argparse.ArgumentTypeError(f"--compile takes off,on; got {text!r}") from error
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train_throughput", description=__doc__)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if any)")
     parser.add_argument("--blocks", default="plain,residual,mobile")
-    parser.add_argument("--images", type=int, default=None, help="timed images per loop")
-    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--precision", default="fp32", help="engine precisions, e.g. fp32,bf16")
+    parser.add_argument("--compile", default="off", type=_compile_modes, help="off, on or off,on")
+    parser.add_argument("--images", type=int, default=None, help="timed images per loop, round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=0, help="naive DataLoader workers")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: generated")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
     images = args.images or (512 if device.type == "cpu" else 10_000)
-    blocks = [block for block in args.blocks.split(",") if block]
-    precisions = [precision for precision in args.precision.split(",") if precision]
+    info = environment(device)
     print(
-        f"device {device}, {images} timed images, batch {args.batch_size}, "
-        f"{torch.get_num_threads()} threads, naive workers {args.workers}"
+        f"{info['date']} {device} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, "
+        f"{info['threads']} threads; {images} timed images per loop per round, "
+        f"{args.rounds} rounds, batch {args.batch_size}"
     )
-    with tempfile.TemporaryDirectory(prefix="bench-data-") as temp_dir:
-        data_dir = args.data_dir
-        if data_dir is None:
-            data_dir = Path(temp_dir)
-            per_class = math.ceil((images + WARMUP_BATCHES * args.batch_size) / 100)
-            generate_cifar(data_dir, "cifar100", train_per_class=per_class, test_per_class=1)
-        print(
-            f"{'block':<9} {'precision':<9} {'naive img/s':>11} {'engine img/s':>12} {'ratio':>6}"
-        )
-        for block in blocks:
-            naive = naive_images_per_second(
-                block, data_dir, images, args.batch_size, device, args.workers
-            )
-            for precision in precisions:
-                engine = engine_images_per_second(
-                    block, data_dir, images, args.batch_size, device, precision
-                )
-                print(
-                    f"{block:<9} {precision:<9} {naive:>11.1f} {engine:>12.1f} "
-                    f"{engine / naive:>6.2f}x",
-                    flush=True,
-                )
+    print(TABLE_HEADER, flush=True)
+    rows = run_benchmark(
+        device=device,
+        blocks=_split(args.blocks),
+        precisions=_split(args.precision),
+        compile_modes=args.compile,
+        images=images,
+        rounds=args.rounds,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        workers=args.workers,
+        report=lambda row: print(format_row(row), flush=True),
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        results = {"environment": info, "rows": [row.summary() for row in rows]}
+        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 

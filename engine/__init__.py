@@ -11,9 +11,15 @@ from typing import Any
 from engine.config import Hyperparameters, TrainConfig
 
 _LAZY = {
+    "CheckpointFile": "engine.checkpoint",
+    "CheckpointWriter": "engine.checkpoint",
+    "StorageFull": "engine.checkpoint",
+    "checkpoint_file_name": "engine.checkpoint",
+    "file_sha256": "engine.checkpoint",
     "load_checkpoint": "engine.checkpoint",
     "load_model_from_checkpoint": "engine.checkpoint",
     "save_checkpoint": "engine.checkpoint",
+    "verify_checkpoint": "engine.checkpoint",
     "CifarSplit": "engine.data",
     "DatasetUnavailable": "engine.data",
     "ensure_dataset": "engine.data",
@@ -22,6 +28,7 @@ _LAZY = {
     "EpochMetrics": "engine.trainer",
     "EpochReport": "engine.trainer",
     "TrainResult": "engine.trainer",
+    "resolve_compile": "engine.trainer",
     "train": "engine.trainer",
 }
 

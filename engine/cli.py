@@ -17,6 +17,10 @@ from engine.config import TrainConfig
 from engine.data import DatasetUnavailable
 from engine.datasets import DATASETS
 
+if typing.TYPE_CHECKING:
+    from engine.checkpoint import CheckpointFile
+    from engine.trainer import EpochReport
+
 TABLE_HEADER = (
     f"{'epoch':>5}  {'lr':>8}  {'train loss':>10}  {'train acc':>9}  "
     f"{'test loss':>9}  {'test acc':>8}  {'img/s':>8}  {'seconds':>7}"
@@ -81,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one network and write checkpoints")
     _add_config_flags(train)
     train.add_argument("--data-dir", type=Path, default=Path("data"))
-    train.add_argument("--out", type=Path, required=True, help="checkpoints and metrics.json")
+    train.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="metrics.json and two checkpoints: the newest epoch's and the best epoch's",
+    )
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if any)")
     train.add_argument("--download", action="store_true", help="fetch the dataset if missing")
     train.add_argument("--download-url", default=None)
@@ -108,10 +117,49 @@ def _write_json(path: Path, data: object) -> None:
     os.replace(temp_name, path)
 
 
+class CheckpointKeeper:
+    """Keeps the newest and the best epoch files in a folder and deletes the rest, each only
+    once a newer file is whole on disk. Best is the highest test accuracy, the earliest epoch
+    on a tie (as the trainer counts it)."""
+
+    def __init__(self, existing: list[CheckpointFile] | None = None) -> None:
+        self.files: dict[int, CheckpointFile] = {file.epoch: file for file in existing or []}
+        self.test_accuracy: dict[int, float] = {}
+        self.newest: CheckpointFile | None = None
+        self.best: CheckpointFile | None = None
+
+    def on_epoch(self, report: EpochReport) -> None:
+        for metrics in report.history:
+            self.test_accuracy[metrics.epoch] = metrics.test_accuracy
+
+    def on_checkpoint(self, file: CheckpointFile) -> None:
+        self.files[file.epoch] = file
+        self.newest = file
+        scored = [epoch for epoch in self.files if epoch in self.test_accuracy]
+        best_epoch = min(scored, key=lambda epoch: (-self.test_accuracy[epoch], epoch))
+        self.best = self.files[best_epoch]
+        for epoch in sorted(self.files):
+            if epoch not in (file.epoch, best_epoch):
+                self.files.pop(epoch).path.unlink(missing_ok=True)
+
+
+def _existing_checkpoints(folder: Path) -> list[CheckpointFile]:
+    """Epoch files already in ``folder`` (a resumed run keeps managing them); sizes and hashes
+    are not needed to decide which to keep."""
+    from engine.checkpoint import CheckpointFile, checkpoint_file_epoch
+
+    found = []
+    for path in sorted(folder.glob("epoch-*.pt")):
+        epoch = checkpoint_file_epoch(path)
+        if epoch is not None:
+            found.append(CheckpointFile(epoch=epoch, path=path, size_bytes=-1, sha256=""))
+    return found
+
+
 def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from engine.trainer import EpochReport, train
+    from engine.trainer import train
 
     try:
         config = TrainConfig.model_validate(
@@ -124,6 +172,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     progress: tqdm | None = None
+    keeper = CheckpointKeeper(_existing_checkpoints(args.out) if args.resume else None)
 
     def on_batch(batches_done: int, batches_total: int) -> None:
         nonlocal progress
@@ -145,6 +194,7 @@ def run_train(args: argparse.Namespace) -> int:
             flush=True,
         )
         _write_json(args.out / "metrics.json", [item.to_dict() for item in report.history])
+        keeper.on_epoch(report)
 
     print(f"training {config.block} on {config.dataset}; checkpoints in {args.out}")
     print(TABLE_HEADER, flush=True)
@@ -156,6 +206,7 @@ def run_train(args: argparse.Namespace) -> int:
             checkpoint_dir=args.out,
             resume_from=args.resume,
             on_epoch=on_epoch,
+            on_checkpoint=keeper.on_checkpoint,
             on_batch=on_batch,
             download=args.download,
             download_url=args.download_url,
@@ -170,6 +221,9 @@ def run_train(args: argparse.Namespace) -> int:
         f"done: {result.epochs_done} epochs, best test accuracy "
         f"{'n/a' if best is None else f'{best:.2%}'}"
     )
+    if keeper.newest is not None and keeper.best is not None:
+        print(f"final checkpoint: {keeper.newest.path} (epoch {keeper.newest.epoch})")
+        print(f"best checkpoint:  {keeper.best.path} (epoch {keeper.best.epoch})")
     return 0
 
 

@@ -1,15 +1,16 @@
-"""The training loop: one config in, per-epoch reports out through a callback.
+"""The training loop: one config in, per-epoch reports out through callbacks.
 
 The loop is flat on purpose (airbench style): build data, model and optimizer from the config,
-then for every epoch train, evaluate, checkpoint and report, in that order. Nothing here
-prints; callers (the CLI, the Celery worker) decide what to do with each EpochReport.
+then for every epoch train, evaluate, report, and hand a CPU copy of the state to the
+background checkpoint writer, in that order. Nothing here prints; callers (the CLI, the Celery
+worker) decide what to do with each EpochReport and each CheckpointFile.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.augment import DeviceLoader
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import (
+    CheckpointFile,
+    CheckpointWriter,
+    checkpoint_file_name,
+    copy_to_cpu,
+    load_checkpoint,
+)
 from engine.config import TrainConfig
 from engine.data import CifarSplit, load_cifar, subset
 from models.registry import build_model
 
-CHECKPOINT_NAMES = {"latest": "latest.pt", "best": "best.pt", "final": "final.pt"}
 # A resumed run may train longer, or compile where the first attempt did not.
 RESUMABLE_CHANGES = frozenset({"epochs", "compile"})
+# compile=None on CUDA: whether to torch.compile. Flip to True once GPU measurements show that
+# compiling pays end to end, compile time included (docs/benchmarks.md).
+COMPILE_ON_CUDA_BY_DEFAULT = False
+# The torch.compile backend; tests on the CPU use "aot_eager", which skips code generation.
+_COMPILE_BACKEND = "inductor"
+# Evaluation needs no gradients, so on a GPU it runs in larger batches than training.
+CUDA_EVAL_BATCH_SIZE = 1024
+CPU_EVAL_BATCH_SIZE = 256
+# (loss, outputs) of one batch: the part of the training step torch.compile may take over.
+ForwardLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -49,9 +65,10 @@ class EpochMetrics:
 
 @dataclass
 class EpochReport:
+    """One finished epoch, reported before its checkpoint is written."""
+
     metrics: EpochMetrics
-    history: list[EpochMetrics]
-    checkpoints: dict[str, Path] = field(default_factory=dict)  # names written this epoch
+    history: list[EpochMetrics]  # every epoch so far, this one last
 
 
 @dataclass
@@ -78,7 +95,19 @@ def prepare_model(block: str, num_classes: int, device: torch.device) -> nn.Modu
     return model.to(memory_format=torch.channels_last)
 
 
+def resolve_compile(config: TrainConfig, device: torch.device) -> bool:
+    """Whether to torch.compile the training step: ``config.compile`` when set; otherwise off
+    on the CPU and ``COMPILE_ON_CUDA_BY_DEFAULT`` on CUDA."""
+    if config.compile is not None:
+        return config.compile
+    return device.type == "cuda" and COMPILE_ON_CUDA_BY_DEFAULT
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer: one fused kernel per step on CUDA, foreach kernels elsewhere
+    (the same arithmetic as the per-parameter loop)."""
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    kernels: dict[str, bool] = {"fused": True} if on_cuda else {"foreach": True}
     params = model.parameters()
     if config.optimizer == "sgd":
         return torch.optim.SGD(
@@ -86,10 +115,15 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
             lr=config.learning_rate,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
+            **kernels,
         )
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        return torch.optim.Adam(
+            params, lr=config.learning_rate, weight_decay=config.weight_decay, **kernels
+        )
+    return torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, **kernels
+    )
 
 
 def make_scheduler(
@@ -105,6 +139,33 @@ def make_scheduler(
     return None
 
 
+def make_forward_loss(model: nn.Module, *, bf16: bool = False) -> ForwardLoss:
+    """The forward pass and loss of one training batch, autocast to bf16 when asked."""
+    device_type = next(model.parameters()).device.type
+
+    def forward_loss(
+        inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16):
+            outputs = model(inputs)
+        return F.cross_entropy(outputs.float(), labels), outputs
+
+    return forward_loss
+
+
+def compile_forward_loss(model: nn.Module, *, bf16: bool = False) -> ForwardLoss:
+    """``make_forward_loss`` under torch.compile, for full batches only.
+
+    Shapes are static (``dynamic=False``) and ``train_epoch`` sends the last, partial batch
+    and evaluation through the eager module, so one graph is compiled in the first epoch and
+    later epochs never recompile.
+    """
+    compiled: ForwardLoss = torch.compile(
+        make_forward_loss(model, bf16=bf16), dynamic=False, backend=_COMPILE_BACKEND
+    )
+    return compiled
+
+
 def train_epoch(
     model: nn.Module,
     loader: DeviceLoader,
@@ -113,22 +174,28 @@ def train_epoch(
     bf16: bool = False,
     should_stop: Callable[[], bool] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    compiled_forward_loss: ForwardLoss | None = None,
 ) -> tuple[float, float] | None:
     """One pass over ``loader``: (mean loss, accuracy), or None when ``should_stop`` fired.
 
-    Loss and correct counts accumulate on the device; the host reads them once, at the end.
+    Full batches go through ``compiled_forward_loss`` when given, a last partial batch through
+    the eager module. Loss and correct counts accumulate on the device; the host reads them
+    once, at the end.
     """
     model.train()
     device = loader.device
+    eager_forward_loss = make_forward_loss(model, bf16=bf16)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     batches = len(loader)
     for batch_index, (inputs, labels) in enumerate(loader, 1):
         if should_stop is not None and should_stop():
             return None
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            outputs = model(inputs)
-        loss = F.cross_entropy(outputs.float(), labels)
+        full_batch = labels.shape[0] == loader.batch_size
+        if compiled_forward_loss is not None and full_batch:
+            loss, outputs = compiled_forward_loss(inputs, labels)
+        else:
+            loss, outputs = eager_forward_loss(inputs, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -201,6 +268,7 @@ def train(
     checkpoint_dir: Path | None = None,
     resume_from: Path | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    on_checkpoint: Callable[[CheckpointFile], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     download: bool = False,
     download_url: str | None = None,
@@ -209,11 +277,14 @@ def train(
 ) -> TrainResult:
     """Train ``config`` and return its history.
 
-    After every epoch: evaluate, write checkpoints (``latest.pt``; ``best.pt`` when the test
-    accuracy improved; ``final.pt`` after the last epoch), then call ``on_epoch`` (its
-    exceptions propagate). ``should_stop`` is polled between batches; when it returns True
-    the run stops at once with ``stopped=True`` and no partial-epoch checkpoint.
-    ``on_batch(batches_done, batches_per_epoch)`` is for progress bars.
+    After every epoch: evaluate, call ``on_epoch``, then (with a ``checkpoint_dir``) hand a CPU
+    copy of the state to a background writer for ``checkpoint_dir/epoch-NNNN.pt`` and go on
+    training. ``on_checkpoint`` is called in this thread once a file is whole on disk: between
+    batches, and for the last one before ``train`` returns, so epoch N's ``on_checkpoint``
+    always follows its ``on_epoch``. Exceptions from either callback propagate; a failed write
+    (``StorageFull``, any OSError) raises here too. ``should_stop`` is polled between batches;
+    when it returns True the run stops at once with ``stopped=True`` and no partial-epoch
+    checkpoint. ``on_batch(batches_done, batches_per_epoch)`` is for progress bars.
     """
     device = resolve_device(device)
     bf16 = config.precision == "bf16"
@@ -254,13 +325,17 @@ def train(
         augment=config.augment,
         channels_last=channels_last,
     )
+    eval_batch_size = CUDA_EVAL_BATCH_SIZE if device.type == "cuda" else CPU_EVAL_BATCH_SIZE
     test_loader = DeviceLoader(
         test_split.images,
         test_split.labels,
         dataset=config.dataset,
-        batch_size=max(config.batch_size, 256),
+        batch_size=max(config.batch_size, eval_batch_size),
         device=device,
         channels_last=channels_last,
+    )
+    compiled_forward_loss = (
+        compile_forward_loss(model, bf16=bf16) if resolve_compile(config, device) else None
     )
 
     if resume_payload is not None:
@@ -274,69 +349,87 @@ def train(
         if device.type == "cuda" and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"], device)
 
-    for epoch in range(start_epoch, config.epochs + 1):
-        learning_rate = float(optimizer.param_groups[0]["lr"])
-        epoch_start = time.perf_counter()
-        outcome = train_epoch(
-            model,
-            train_loader,
-            optimizer,
-            bf16=bf16,
-            should_stop=should_stop,
-            on_batch=on_batch,
-        )
-        if outcome is None:
-            return TrainResult(
-                history, epoch - 1, stopped=True, best_test_accuracy=best_test_accuracy
+    writer = CheckpointWriter() if checkpoint_dir is not None else None
+
+    def deliver(files: list[CheckpointFile]) -> None:
+        for file in files:
+            if on_checkpoint is not None:
+                on_checkpoint(file)
+
+    def poll() -> bool:
+        """Between batches: report finished checkpoint writes, then ask ``should_stop``."""
+        if writer is not None:
+            deliver(writer.completed())
+        return should_stop is not None and should_stop()
+
+    epochs_done = start_epoch - 1
+    stopped = False
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            learning_rate = float(optimizer.param_groups[0]["lr"])
+            epoch_start = time.perf_counter()
+            outcome = train_epoch(
+                model,
+                train_loader,
+                optimizer,
+                bf16=bf16,
+                should_stop=poll,
+                on_batch=on_batch,
+                compiled_forward_loss=compiled_forward_loss,
             )
-        train_seconds = time.perf_counter() - epoch_start
-        train_loss, train_accuracy = outcome
-        test_loss, test_accuracy = evaluate(model, test_loader, bf16=bf16)
-        if scheduler is not None:
-            scheduler.step()
-        metrics = EpochMetrics(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_accuracy=train_accuracy,
-            test_loss=test_loss,
-            test_accuracy=test_accuracy,
-            learning_rate=learning_rate,
-            seconds=time.perf_counter() - epoch_start,
-            images_per_second=train_loader.num_images / train_seconds,
-        )
-        history.append(metrics)
-        improved = best_test_accuracy is None or test_accuracy > best_test_accuracy
-        if improved:
-            best_test_accuracy = test_accuracy
-
-        checkpoints: dict[str, Path] = {}
-        if checkpoint_dir is not None:
-            payload = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "loader": loader_generator.get_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                },
-                "epoch": epoch,
-                "config": config.model_dump(),
-                "history": [item.to_dict() for item in history],
-                "best_test_accuracy": best_test_accuracy,
-                "block": config.block,
-                "num_classes": config.num_classes,
-            }
-            names = ["latest"]
-            if improved:
-                names.append("best")
-            if epoch == config.epochs:
-                names.append("final")
-            for name in names:
-                path = Path(checkpoint_dir) / CHECKPOINT_NAMES[name]
-                save_checkpoint(path, payload)
-                checkpoints[name] = path
-        if on_epoch is not None:
-            on_epoch(EpochReport(metrics=metrics, history=list(history), checkpoints=checkpoints))
-
-    return TrainResult(history, config.epochs, stopped=False, best_test_accuracy=best_test_accuracy)
+            if outcome is None:
+                stopped = True
+                break
+            train_seconds = time.perf_counter() - epoch_start
+            train_loss, train_accuracy = outcome
+            test_loss, test_accuracy = evaluate(model, test_loader, bf16=bf16)
+            if scheduler is not None:
+                scheduler.step()
+            metrics = EpochMetrics(
+                epoch=epoch,
+                train_loss=train_loss,
+                train_accuracy=train_accuracy,
+                test_loss=test_loss,
+                test_accuracy=test_accuracy,
+                learning_rate=learning_rate,
+                seconds=time.perf_counter() - epoch_start,
+                images_per_second=train_loader.num_images / train_seconds,
+            )
+            history.append(metrics)
+            epochs_done = epoch
+            if best_test_accuracy is None or test_accuracy > best_test_accuracy:
+                best_test_accuracy = test_accuracy
+            if on_epoch is not None:
+                on_epoch(EpochReport(metrics=metrics, history=list(history)))
+            if writer is not None and checkpoint_dir is not None:
+                state = copy_to_cpu(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "rng": {
+                            "torch": torch.get_rng_state(),
+                            "loader": loader_generator.get_state(),
+                            "cuda": torch.cuda.get_rng_state(device)
+                            if device.type == "cuda"
+                            else None,
+                        },
+                    }
+                )
+                payload = {
+                    **state,
+                    "epoch": epoch,
+                    "config": config.model_dump(),
+                    "history": [item.to_dict() for item in history],
+                    "best_test_accuracy": best_test_accuracy,
+                    "block": config.block,
+                    "num_classes": config.num_classes,
+                }
+                deliver(writer.completed())
+                writer.submit(epoch, Path(checkpoint_dir) / checkpoint_file_name(epoch), payload)
+        if writer is not None:
+            deliver(writer.flush())
+    finally:
+        if writer is not None:
+            writer.close()
+    return TrainResult(history, epochs_done, stopped=stopped, best_test_accuracy=best_test_accuracy)

@@ -1,20 +1,29 @@
-"""The training loop on a tiny generated dataset: learning, reporting, stopping, resuming."""
+"""The training loop on a tiny generated dataset: learning, reporting, checkpoints, stopping,
+resuming, compiling."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from pydantic import ValidationError
 
-from engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from engine import trainer
+from engine.checkpoint import (
+    CheckpointFile,
+    checkpoint_file_name,
+    load_checkpoint,
+    load_model_from_checkpoint,
+    verify_checkpoint,
+)
 from engine.config import TrainConfig
 from engine.synthetic import generate_cifar
-from engine.trainer import EpochReport, train
+from engine.trainer import EpochReport, make_optimizer, resolve_compile, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,10 +43,30 @@ TINY = TrainConfig(
 )
 
 
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("checkpoint")]
+
+
 def test_learns_far_above_chance_and_reports_each_epoch(data_dir: Path, tmp_path: Path) -> None:
+    events: list[tuple[str, int]] = []
     reports: list[EpochReport] = []
+    files: list[CheckpointFile] = []
+
+    def on_epoch(report: EpochReport) -> None:
+        events.append(("epoch", report.metrics.epoch))
+        reports.append(report)
+
+    def on_checkpoint(file: CheckpointFile) -> None:
+        events.append(("checkpoint", file.epoch))
+        files.append(file)
+
     result = train(
-        LEARNING, data_dir=data_dir, device="cpu", checkpoint_dir=tmp_path, on_epoch=reports.append
+        LEARNING,
+        data_dir=data_dir,
+        device="cpu",
+        checkpoint_dir=tmp_path,
+        on_epoch=on_epoch,
+        on_checkpoint=on_checkpoint,
     )
     assert not result.stopped and result.epochs_done == 3
     assert [report.metrics.epoch for report in reports] == [1, 2, 3]
@@ -47,33 +76,73 @@ def test_learns_far_above_chance_and_reports_each_epoch(data_dir: Path, tmp_path
             assert 0.0 <= fraction <= 1.0
         assert metrics.learning_rate == pytest.approx(0.02)
         assert metrics.images_per_second > 0 and metrics.seconds > 0
-        assert report.checkpoints["latest"] == tmp_path / "latest.pt"
-        assert report.checkpoints["latest"].exists()
         assert [item.epoch for item in report.history] == list(range(1, metrics.epoch + 1))
-    assert "best" in reports[0].checkpoints
-    assert "final" in reports[-1].checkpoints and "final" not in reports[0].checkpoints
+    # Every epoch's checkpoint is reported after that epoch, whole and with its own hash.
+    for epoch in (1, 2, 3):
+        assert events.index(("epoch", epoch)) < events.index(("checkpoint", epoch))
+    assert [file.epoch for file in files] == [1, 2, 3]
+    for file in files:
+        assert file.path == tmp_path / checkpoint_file_name(file.epoch)
+        assert verify_checkpoint(file.path, file.sha256, file.size_bytes)
+        assert load_checkpoint(file.path)["epoch"] == file.epoch
+    assert sorted(path.name for path in tmp_path.iterdir()) == [file.path.name for file in files]
+    assert not _checkpoint_threads()
     assert result.best_test_accuracy == max(m.test_accuracy for m in result.history)
-    assert result.best_test_accuracy > 0.3  # chance is 0.1
+    assert result.best_test_accuracy > 0.5  # chance is 0.1
     assert reports[-1].metrics.train_loss < reports[0].metrics.train_loss
 
 
 def test_checkpoints_are_weights_only_and_rebuild_the_model(data_dir: Path, tmp_path: Path) -> None:
     train(TINY, data_dir=data_dir, device="cpu", checkpoint_dir=tmp_path)
-    payload = torch.load(tmp_path / "final.pt", map_location="cpu", weights_only=True)
+    final = tmp_path / checkpoint_file_name(2)
+    payload = torch.load(final, map_location="cpu", weights_only=True)
     assert payload["epoch"] == 2 and payload["block"] == "mobile" and payload["num_classes"] == 10
     assert TrainConfig.model_validate(payload["config"]) == TINY
     assert [item["epoch"] for item in payload["history"]] == [1, 2]
-    model = load_model_from_checkpoint(tmp_path / "final.pt")
+    epoch_one = load_checkpoint(tmp_path / checkpoint_file_name(1))
+    assert [item["epoch"] for item in epoch_one["history"]] == [1]
+    model = load_model_from_checkpoint(final)
     for name, value in model.state_dict().items():
         assert torch.equal(value, payload["model"][name])
+    # The file of epoch 1 was written while epoch 2 trained: it holds epoch 1's weights.
+    assert any(
+        not torch.equal(value, payload["model"][name]) for name, value in epoch_one["model"].items()
+    )
 
 
-def test_on_epoch_exceptions_propagate(data_dir: Path) -> None:
-    def abort(report: EpochReport) -> None:
+def test_without_a_checkpoint_dir_nothing_is_written(data_dir: Path, tmp_path: Path) -> None:
+    files: list[CheckpointFile] = []
+    result = train(TINY, data_dir=data_dir, device="cpu", on_checkpoint=files.append)
+    assert result.epochs_done == 2 and files == []
+
+
+def test_callback_exceptions_propagate_and_stop_the_writer(data_dir: Path, tmp_path: Path) -> None:
+    def abort_epoch(report: EpochReport) -> None:
         raise RuntimeError("job cancelled")
 
     with pytest.raises(RuntimeError, match="job cancelled"):
-        train(TINY, data_dir=data_dir, device="cpu", on_epoch=abort)
+        train(TINY, data_dir=data_dir, device="cpu", checkpoint_dir=tmp_path, on_epoch=abort_epoch)
+    assert list(tmp_path.iterdir()) == [] and not _checkpoint_threads()
+
+    def abort_checkpoint(file: CheckpointFile) -> None:
+        raise RuntimeError(f"lease lost at epoch {file.epoch}")
+
+    reports: list[EpochReport] = []
+    with pytest.raises(RuntimeError, match="lease lost at epoch 1"):
+        train(
+            TINY,
+            data_dir=data_dir,
+            device="cpu",
+            checkpoint_dir=tmp_path,
+            on_epoch=reports.append,
+            on_checkpoint=abort_checkpoint,
+        )
+    assert not _checkpoint_threads()
+    assert len(reports) <= 2  # stopped at the first report of a checkpoint
+    # Whatever was written is whole: only finished epoch files, no temporary ones.
+    for path in tmp_path.iterdir():
+        assert path.name in {checkpoint_file_name(1), checkpoint_file_name(2)}
+        assert load_checkpoint(path)["epoch"] in (1, 2)
 
 
 def test_should_stop_stops_between_batches(data_dir: Path, tmp_path: Path) -> None:
@@ -96,6 +165,32 @@ def test_should_stop_stops_between_batches(data_dir: Path, tmp_path: Path) -> No
     assert result.stopped and result.epochs_done == 0 and result.history == []
     assert polls == 2 and reports == []
     assert list(tmp_path.iterdir()) == []  # no partial-epoch checkpoint
+
+
+def test_a_stopped_run_still_reports_its_finished_checkpoints(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    reports: list[EpochReport] = []
+    files: list[CheckpointFile] = []
+    batches_per_epoch = 2  # 64 samples, batch 32
+
+    def should_stop() -> bool:
+        return bool(reports)  # stop at the first batch of epoch 2
+
+    result = train(
+        TINY,
+        data_dir=data_dir,
+        device="cpu",
+        checkpoint_dir=tmp_path,
+        should_stop=should_stop,
+        on_epoch=reports.append,
+        on_checkpoint=files.append,
+    )
+    assert batches_per_epoch == -(-64 // TINY.batch_size)
+    assert result.stopped and result.epochs_done == 1
+    assert [file.epoch for file in files] == [1]
+    assert verify_checkpoint(files[0].path, files[0].sha256, files[0].size_bytes)
+    assert not _checkpoint_threads()
 
 
 RESUME_SCRIPT = """
@@ -129,7 +224,7 @@ def test_resume_in_a_fresh_process_matches_a_straight_run(data_dir: Path, tmp_pa
             TINY.model_dump_json(),
             str(data_dir),
             str(tmp_path / "resumed"),
-            str(tmp_path / "first" / "latest.pt"),
+            str(tmp_path / "first" / checkpoint_file_name(1)),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -139,8 +234,8 @@ def test_resume_in_a_fresh_process_matches_a_straight_run(data_dir: Path, tmp_pa
     )
     resumed_history = json.loads(completed.stdout.strip().splitlines()[-1])
     assert _comparable(resumed_history) == _comparable([m.to_dict() for m in straight.history])
-    straight_weights = load_checkpoint(tmp_path / "straight" / "final.pt")["model"]
-    resumed_weights = load_checkpoint(tmp_path / "resumed" / "final.pt")["model"]
+    straight_weights = load_checkpoint(tmp_path / "straight" / checkpoint_file_name(2))["model"]
+    resumed_weights = load_checkpoint(tmp_path / "resumed" / checkpoint_file_name(2))["model"]
     for name, value in straight_weights.items():
         assert torch.equal(value, resumed_weights[name]), name
 
@@ -150,12 +245,23 @@ def test_resume_rejects_a_different_config_and_returns_when_done(
 ) -> None:
     one_epoch = TINY.model_copy(update={"epochs": 1})
     first = train(one_epoch, data_dir=data_dir, device="cpu", checkpoint_dir=tmp_path)
+    latest = tmp_path / checkpoint_file_name(1)
     changed = TINY.model_copy(update={"learning_rate": 0.1})
     with pytest.raises(ValueError, match="learning_rate"):
-        train(changed, data_dir=data_dir, device="cpu", resume_from=tmp_path / "latest.pt")
-    done = train(one_epoch, data_dir=data_dir, device="cpu", resume_from=tmp_path / "latest.pt")
-    assert done.epochs_done == 1 and not done.stopped
+        train(changed, data_dir=data_dir, device="cpu", resume_from=latest)
+    events: list[object] = []
+    done = train(
+        one_epoch.model_copy(update={"compile": False}),  # compile may differ on resume
+        data_dir=tmp_path / "no-data-needed",
+        device="cpu",
+        checkpoint_dir=tmp_path / "resumed",
+        resume_from=latest,
+        on_epoch=events.append,
+        on_checkpoint=events.append,
+    )
+    assert done.epochs_done == 1 and not done.stopped and events == []
     assert [m.to_dict() for m in done.history] == [m.to_dict() for m in first.history]
+    assert not (tmp_path / "resumed").exists() and not _checkpoint_threads()
 
 
 def test_config_round_trips_and_validates_strictly() -> None:
@@ -176,3 +282,49 @@ def test_config_round_trips_and_validates_strictly() -> None:
             TrainConfig.model_validate({field: value})
     assert TrainConfig().num_classes == 100 and TrainConfig(dataset="cifar10").num_classes == 10
     assert config.hyperparameters.optimizer == "adamw"
+
+
+def test_resolve_compile_follows_the_config_and_the_device() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for device in (cpu, cuda):
+        assert resolve_compile(TINY.model_copy(update={"compile": True}), device)
+        assert not resolve_compile(TINY.model_copy(update={"compile": False}), device)
+    assert TINY.compile is None
+    assert not resolve_compile(TINY, cpu)
+    assert resolve_compile(TINY, cuda) is trainer.COMPILE_ON_CUDA_BY_DEFAULT
+
+
+def test_sgd_uses_foreach_kernels_on_the_cpu() -> None:
+    model = torch.nn.Linear(2, 2)
+    for optimizer_name in ("sgd", "adam", "adamw"):
+        config = TINY.model_copy(update={"optimizer": optimizer_name})
+        group = make_optimizer(config, model).param_groups[0]
+        assert group["foreach"] is True and not group.get("fused")
+
+
+def test_compiled_training_compiles_once(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three epochs with a last partial batch and evaluation: no recompiles after epoch 1."""
+    from torch._dynamo.utils import counters
+
+    # aot_eager traces and differentiates like inductor but skips code generation (seconds,
+    # not minutes, on a small CPU).
+    monkeypatch.setattr(trainer, "_COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = TINY.model_copy(
+        update={"compile": True, "epochs": 3, "train_samples": 80, "test_samples": 40}
+    )
+    graphs_after_epoch: list[int] = []
+    frames_after_epoch: list[int] = []
+
+    def on_epoch(report: EpochReport) -> None:
+        graphs_after_epoch.append(counters["stats"]["unique_graphs"])
+        frames_after_epoch.append(counters["frames"]["total"])
+
+    result = train(compiled, data_dir=data_dir, device="cpu", on_epoch=on_epoch)
+    assert result.epochs_done == 3
+    assert graphs_after_epoch[0] >= 1  # the training step really was compiled
+    assert graphs_after_epoch == [graphs_after_epoch[0]] * 3
+    # Dynamo looked at frames again each epoch (cache hits are not counted), but compiled no more.
+    assert frames_after_epoch == [frames_after_epoch[0]] * 3
+    assert counters["recompiles"] == {} or sum(counters["recompiles"].values()) == 0
