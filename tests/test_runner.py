@@ -4,6 +4,7 @@ migrated database, as the engine would."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import threading
 from collections.abc import Callable
@@ -271,11 +272,12 @@ def test_storage_full_fails_with_the_path(new_job) -> None:  # type: ignore[no-u
     job_id = new_job()
 
     def full(config: Any, **kwargs: Any) -> Result:
-        raise StorageFull(kwargs["checkpoint_dir"] / "epoch-0001.pt", 90_000_000)
+        raise StorageFull(errno.ENOSPC, kwargs["checkpoint_dir"] / "epoch-0001.pt", 90_000_000, 10)
 
     assert run(job_id, full) == "failed"
     job = job_row(job_id)
     assert job.error_reason == "storage_full" and "epoch-0001.pt" in (job.error or "")
+    assert "ARTIFACT_DIR" in (job.error or "") and "90,000,000 bytes" in (job.error or "")
 
 
 def test_a_transient_database_error_is_retried_not_fatal(new_job, monkeypatch) -> None:  # type: ignore[no-untyped-def]

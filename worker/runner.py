@@ -280,7 +280,11 @@ class JobRun:
                 error=dataset_help(config.dataset, self.settings, error),
             )
         except StorageFull as error:
-            return self._finish(JobStatus.FAILED, error_reason="storage_full", error=str(error))
+            return self._finish(
+                JobStatus.FAILED,
+                error_reason="storage_full",
+                error=f"ARTIFACT_DIR ({self.artifact_dir}) is full: {error.strerror}",
+            )
         except Exception as error:
             logger.exception("job %s failed", self.claim.job_id)
             return self._finish(
