@@ -116,7 +116,9 @@ def test_locked_sqlite_file_answers_503_within_the_api_busy_timeout(
             # WAL: readers do not wait for the writer.
             listing, read_seconds = timed(lambda: client.get("/jobs"))
             assert listing.status_code == 200 and listing.json()["total"] == 1
+            assert client.get("/ready").status_code == 200
             assert read_seconds < 2
+            print(f"SQLite locked: POST /jobs {seconds:.2f}s, GET /jobs {read_seconds:.2f}s")
         finally:
             holder.execute("ROLLBACK")
             holder.close()
@@ -249,7 +251,7 @@ def test_frozen_redis_still_accepts_jobs_and_they_are_sent_later(
             assert accepted.status_code == 202, accepted.text
             assert post_seconds < FROZEN_BROKER_SECONDS
             job_id = accepted.json()["id"]
-            assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"
+            assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"  # reads: no broker
             ready, ready_seconds = timed(lambda: client.get("/ready"))
             assert ready.status_code == 503
             assert ready.json()["database"] == "ok"

@@ -80,7 +80,7 @@ def _ping_database() -> None:
 
 def _ping_broker() -> None:
     with get_celery().connection_for_write() as connection:
-        connection.ensure_connection(max_retries=1, timeout=READY_CHECK_SECONDS)
+        connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=READY_CHECK_SECONDS)
 
 
 async def _check(ping: Callable[[], None]) -> str:
