@@ -3,7 +3,7 @@
 from logging.config import fileConfig
 
 from alembic import context
-from jobs.db import get_engine
+from jobs.db import get_engine, migration_engine
 from jobs.tables import Base
 
 config = context.config
@@ -21,8 +21,7 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = get_engine(config.attributes.get("url"))
-    with engine.connect() as connection:
+    with migration_engine(config.attributes.get("url")) as engine, engine.connect() as connection:
         context.configure(
             connection=connection,
             target_metadata=target_metadata,

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import unavailable
 from app.deps import require_api_key
 from app.errors import BodyTooLarge, ServiceError
 from app.routes import checkpoints, jobs, plots, system
@@ -127,6 +128,7 @@ def create_app() -> FastAPI:
             dict(error.headers or {}),
         )
 
+    unavailable.install(app)
     protected = [Depends(require_api_key)]
     app.include_router(system.health_router)
     app.include_router(system.router, dependencies=protected)

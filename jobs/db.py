@@ -7,6 +7,14 @@ SQLite (the embedded default) runs in WAL mode, where readers never wait for the
 sessions begin with BEGIN IMMEDIATE (a deferred transaction that later writes could fail at once
 with "database is locked" when another connection wrote meanwhile); read sessions use a separate
 pool whose transactions stay deferred, so a GET never queues behind a writer.
+
+No call waits on the database for long: PostgreSQL connections give up after
+`POSTGRES_CONNECT_TIMEOUT_SECONDS`, statements after `POSTGRES_STATEMENT_TIMEOUT_MS` (the server
+cancels them), and a server that stops answering altogether (a frozen process, a dead host, a
+partition) after `POSTGRES_REPLY_TIMEOUT_SECONDS`: the connection is then closed and the pool
+discards it. A locked SQLite file is waited for `SQLITE_BUSY_TIMEOUT_MS` (30 s, what a worker
+recording an epoch can afford); the API sets a shorter wait with `set_sqlite_busy_timeout`.
+Migrations use `migration_engine`, which has no statement or reply limit.
 """
 
 from __future__ import annotations
@@ -14,17 +22,67 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import psycopg
+from psycopg.abc import PQGen
+from psycopg.errors import _WaitTimeout
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from jobs.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
-POSTGRES_STATEMENT_TIMEOUT_MS = 30_000
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 3
+POSTGRES_STATEMENT_TIMEOUT_MS = 5_000
+# Above the statement timeout, so that a live server's own cancel arrives first.
+POSTGRES_REPLY_TIMEOUT_SECONDS = POSTGRES_STATEMENT_TIMEOUT_MS / 1000 + 1
+# libpq: probe an idle connection after 10 s, give up after 3 unanswered probes 3 s apart, and
+# drop a connection whose sent data stays unacknowledged for 5 s (a dead host, a partition).
+POSTGRES_TCP_PARAMETERS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 5_000,
+}
+
+RV = TypeVar("RV")
+_sqlite_busy_timeout_ms = SQLITE_BUSY_TIMEOUT_MS
+
+
+def set_sqlite_busy_timeout(milliseconds: int) -> None:
+    """How long this process's SQLite connections wait for a locked file before failing with
+    "database is locked". Applies to connections opened from now on (the pools are reset)."""
+    global _sqlite_busy_timeout_ms
+    if milliseconds != _sqlite_busy_timeout_ms:
+        _sqlite_busy_timeout_ms = milliseconds
+        dispose_engines()
+
+
+class BoundedWaitConnection(psycopg.Connection[Any]):
+    """A psycopg connection that stops waiting for a server that does not answer.
+
+    Keepalives and tcp_user_timeout catch a dead host, but not a stopped server process (its
+    kernel still acknowledges every packet), and a statement timeout needs a server that runs.
+    So every wait on the server is bounded; when it runs out the connection is closed (its state
+    is unknown) and SQLAlchemy treats the error as a disconnect."""
+
+    reply_timeout_seconds: float | None = POSTGRES_REPLY_TIMEOUT_SECONDS
+
+    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        if timeout is not None or self.reply_timeout_seconds is None:
+            return super().wait(gen, interval, timeout)
+        try:
+            return super().wait(gen, interval, self.reply_timeout_seconds)
+        except _WaitTimeout:
+            self.pgconn.finish()
+            raise psycopg.OperationalError(
+                f"the server did not answer within {self.reply_timeout_seconds:g} s; "
+                "connection closed"
+            ) from None
 
 
 def _configure_sqlite(engine: Engine, *, write: bool) -> None:
@@ -34,7 +92,7 @@ def _configure_sqlite(engine: Engine, *, write: bool) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={_sqlite_busy_timeout_ms}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -69,30 +127,59 @@ def dispose_engines() -> None:
     _SESSIONMAKERS.clear()
 
 
-def _create_engine(url: str, *, write: bool) -> Engine:
+def _create_engine(url: str, *, write: bool, migrations: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+            url,
+            connect_args={"timeout": _sqlite_busy_timeout_ms / 1000, "check_same_thread": False},
+            **({"poolclass": NullPool} if migrations else {}),
         )
         _configure_sqlite(engine, write=write)
         return engine
     connect_args: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql":
+    postgres = parsed.get_backend_name() == "postgresql"
+    if postgres:
+        # A migration may rewrite a large table: no statement limit there.
+        statement_timeout_ms = 0 if migrations else POSTGRES_STATEMENT_TIMEOUT_MS
         connect_args = {
             "connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS,
-            "options": f"-c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_MS}",
+            "options": f"-c statement_timeout={statement_timeout_ms}",
+            **POSTGRES_TCP_PARAMETERS,
         }
-    return create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=10,
-        max_overflow=20,
-        pool_timeout=POSTGRES_CONNECT_TIMEOUT_SECONDS,
-        connect_args=connect_args,
+    if migrations:
+        engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    else:
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=POSTGRES_CONNECT_TIMEOUT_SECONDS,
+            connect_args=connect_args,
+        )
+    if postgres and parsed.get_driver_name() == "psycopg" and not migrations:
+
+        @event.listens_for(engine, "do_connect")
+        def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+            return BoundedWaitConnection.connect(*cargs, **cparams)
+
+    return engine
+
+
+@contextmanager
+def migration_engine(url: str | None = None) -> Iterator[Engine]:
+    """A one-off engine for schema migrations: no statement timeout and no reply limit (an
+    ALTER may take long on a large table); still a bounded connect."""
+    engine = _create_engine(
+        url or get_settings().resolved_database_url, write=True, migrations=True
     )
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def get_sessionmaker(url: str | None = None, *, write: bool = True) -> sessionmaker[Session]:

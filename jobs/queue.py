@@ -27,6 +27,19 @@ RUN_JOB_TASK = "worker.run_job"
 # A job sent to an idle worker on the embedded broker starts within about this.
 SQLITE_BROKER_POLL_SECONDS = 0.1
 
+# A send must never hang the request that committed the job: the row is already queued, and the
+# reconciler re-sends whatever did not arrive. So each socket operation on Redis is bounded, and
+# a failed publish is tried once more (on a fresh connection: Redis may have been restarted) and
+# then given up. Worst case with Redis frozen: two tries of one timeout each, about 4 s.
+BROKER_CONNECT_TIMEOUT_SECONDS = 2.0
+BROKER_SOCKET_TIMEOUT_SECONDS = 1.0
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
 
 def _prepare_sqlite_broker(url: str) -> None:
     """Create the broker file's folder and switch it to WAL, so the API and workers share it."""
@@ -47,7 +60,12 @@ def make_celery(settings: Settings, *, include: tuple[str, ...] = ()) -> Celery:
         kombu_sqlalchemy.Transport.polling_interval = SQLITE_BROKER_POLL_SECONDS
     else:
         # A running job's message stays unacked until it ends: never let Redis redeliver it early.
-        transport_options = {"visibility_timeout": settings.visibility_timeout_seconds}
+        transport_options = {
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
+            "socket_keepalive": True,
+        }
     celery = Celery("cifar_jobs", broker=broker_url, include=list(include))
     celery.conf.update(
         task_acks_late=True,
@@ -61,6 +79,9 @@ def make_celery(settings: Settings, *, include: tuple[str, ...] = ()) -> Celery:
         task_default_queue=TRAINING_QUEUE,
         task_routes={RUN_JOB_TASK: {"queue": TRAINING_QUEUE}},
         broker_transport_options=transport_options,
+        broker_connection_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
+        task_publish_retry=True,
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,

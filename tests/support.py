@@ -222,3 +222,113 @@ def drive_job(
     if finish:
         with session_scope() as session:
             assert finish_job(session, claim, JobStatus(finish))
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (initdb, then `postgres` in its own process group) that a
+    test may stop, freeze (SIGSTOP) and thaw without touching any shared server. As root it runs
+    as the `postgres` user, which PostgreSQL requires."""
+
+    def __init__(self, port: int, log_dir: Path) -> None:
+        import pwd
+        import tempfile
+
+        self.port = port
+        self.log_dir = log_dir
+        # Not under pytest's tmp_path: the server's user must be able to reach its folder.
+        self.root = Path(tempfile.mkdtemp(prefix="cifar-pg-"))
+        self._owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        if self._owner is not None:
+            os.chown(self.root, self._owner.pw_uid, self._owner.pw_gid)
+        self.process: Process | None = None
+        subprocess.run(
+            self._as_owner(["initdb", "-D", str(self.root / "data"), "-A", "trust", "-U",
+                            "postgres", "--no-sync"]),
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_owner(self, args: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if self._owner is not None else args
+
+    def start(self) -> None:
+        self.process = Process(
+            self._as_owner(["postgres", "-D", str(self.root / "data"), "-p", str(self.port),
+                            "-k", str(self.root), "-c", "listen_addresses=127.0.0.1",
+                            "-c", "fsync=off"]),
+            dict(os.environ),
+            self.log_dir / f"postgres-{self.port}.log",
+        )  # fmt: skip
+
+        def up() -> bool:
+            if not self.process or not self.process.alive():
+                raise AssertionError("PostgreSQL exited")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(up, timeout=30, what=f"PostgreSQL on port {self.port}")
+
+    def server_pids(self) -> list[int]:
+        """The postmaster, then its children (each backend runs in its own session, so a signal
+        to the postmaster's process group would not reach them)."""
+        postmaster = int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and its backends: connections stay open, nothing answers."""
+        for pid in self.server_pids():  # the postmaster first: it forks no new backend
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in reversed(self.server_pids()):
+            os.kill(pid, signal.SIGCONT)
+        # runuser stops itself when its child stops; resume it too.
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): clients are disconnected, new connections refused."""
+        if self.process is None:
+            return
+        if self.process.alive() and (self.root / "data" / "postmaster.pid").exists():
+            self.thaw()
+            os.kill(self.server_pids()[0], signal.SIGINT)
+        self.process.popen.wait(timeout=30)
+        self.process.stop()
+        self.process = None
+
+    def remove(self) -> None:
+        import shutil
+
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def redis_queue_job_ids(url: str, queue: str = "training") -> list[int]:
+    """The job ids in the messages waiting in a Redis broker's queue (kombu's JSON envelope)."""
+    import base64
+    import json
+
+    import redis
+
+    ids = []
+    for raw in redis.Redis.from_url(url).lrange(queue, 0, -1):
+        envelope = json.loads(raw)
+        args = json.loads(base64.b64decode(envelope["body"]))[0]
+        ids.append(int(args[0]))
+    return ids

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 from fastapi import APIRouter, Response, status
 from sqlalchemy import text
 
-from app.deps import SessionDep
 from app.routes.common import error_responses
 from app.schemas import ArchitectureRead, Health, Readiness
+from app.unavailable import RETRY_AFTER_SECONDS
+from jobs.db import get_engine
 from jobs.queue import get_celery
 from models.catalog import BLOCK_NAMES, block_complexity
+
+READY_CHECK_SECONDS = 2.5
+# The checks run here, not in the request thread pool: a backend that hangs holds at most these
+# threads (each check ends by itself within the backend's own timeouts), and a check that finds
+# them all busy simply runs out of time and reports the backend unavailable.
+_checks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ready-check")
 
 router = APIRouter(tags=["system"])
 health_router = APIRouter(tags=["system"])
@@ -51,19 +62,33 @@ def health() -> Health:
     },
     summary="The database and the broker are reachable",
 )
-def ready(session: SessionDep, response: Response) -> Readiness:
-    try:
-        session.execute(text("SELECT 1"))
-        database = "ok"
-    except Exception as error:  # noqa: BLE001 - readiness reports any failure
-        database = f"unreachable: {type(error).__name__}"
-    try:
-        with get_celery().connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=3)
-        broker = "ok"
-    except Exception as error:  # noqa: BLE001
-        broker = f"unreachable: {type(error).__name__}"
+async def ready(response: Response) -> Readiness:
+    """Checks the database and the broker at once, each within READY_CHECK_SECONDS; a backend
+    that fails or does not answer in time is reported as `unavailable: <why>`."""
+    database, broker = await asyncio.gather(_check(_ping_database), _check(_ping_broker))
     ok = database == "ok" and broker == "ok"
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return Readiness(status="ready" if ok else "not_ready", database=database, broker=broker)
+
+
+def _ping_database() -> None:
+    with get_engine(write=False).connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _ping_broker() -> None:
+    with get_celery().connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=READY_CHECK_SECONDS)
+
+
+async def _check(ping: Callable[[], None]) -> str:
+    running = asyncio.get_running_loop().run_in_executor(_checks, ping)
+    try:
+        await asyncio.wait_for(running, READY_CHECK_SECONDS)
+    except TimeoutError:
+        return f"unavailable: no answer within {READY_CHECK_SECONDS:g} s"
+    except Exception as error:  # noqa: BLE001 - readiness reports any failure
+        return f"unavailable: {type(error).__name__}"
+    return "ok"
