@@ -59,3 +59,23 @@ class Unauthorized(ServiceError):
 class InvalidRequest(ServiceError):
     status_code = 422
     code = "invalid_request"
+
+
+class InvalidJson(ServiceError):
+    status_code = 400
+    code = "invalid_json"
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class PreconditionFailed(ServiceError):
+    status_code = 412
+    code = "precondition_failed"
+
+
+class RangeNotSatisfiable(ServiceError):
+    status_code = 416
+    code = "range_not_satisfiable"
