@@ -476,3 +476,41 @@ def test_openapi_documents_every_route_with_an_example(client: TestClient) -> No
         "Readiness",
     ):
         assert components[name]["examples"], name
+
+
+def test_openapi_lists_the_valid_names_and_ids(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+
+    def parameter(path: str, name: str) -> dict:
+        [found] = [p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == name]
+        return found["schema"]
+
+    assert parameter("/jobs/{job_id}/plots/{plot_name}", "plot_name")["enum"] == [
+        "loss.png",
+        "accuracy.png",
+    ]
+    assert parameter("/jobs/{job_id}/checkpoints/{name}", "name")["enum"] == [
+        "latest",
+        "best",
+        "final",
+    ]
+    jobs_pattern = parameter("/plots/compare.png", "jobs")["pattern"]
+    import re
+
+    assert re.fullmatch(jobs_pattern, "1,2,12") and not re.fullmatch(jobs_pattern, "1, 2")
+    assert parameter("/jobs/{job_id}", "job_id") | {"title": None} == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2**31 - 1,
+        "description": "The job's id.",
+        "title": None,
+    }
+    submit_operation = schema["paths"]["/jobs"]["post"]
+    [key] = [p for p in submit_operation["parameters"] if p["name"] == "idempotency-key"]
+    assert key["schema"]["anyOf"][0]["minLength"] == 1
+    for status in ("400", "413", "415", "422"):
+        assert submit_operation["responses"][status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorRead"
+        }
+    download = schema["paths"]["/jobs/{job_id}/checkpoints/{name}"]["get"]["responses"]
+    assert {"200", "206", "304", "404", "412", "416"} <= set(download)
