@@ -26,6 +26,11 @@ class CheckpointNotFound(ServiceError):
     code = "checkpoint_not_found"
 
 
+class CheckpointDamaged(ServiceError):
+    status_code = 500
+    code = "checkpoint_damaged"
+
+
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"
@@ -59,3 +64,23 @@ class Unauthorized(ServiceError):
 class InvalidRequest(ServiceError):
     status_code = 422
     code = "invalid_request"
+
+
+class InvalidJson(ServiceError):
+    status_code = 400
+    code = "invalid_json"
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class PreconditionFailed(ServiceError):
+    status_code = 412
+    code = "precondition_failed"
+
+
+class RangeNotSatisfiable(ServiceError):
+    status_code = 416
+    code = "range_not_satisfiable"

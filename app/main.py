@@ -1,18 +1,24 @@
-"""The FastAPI application: routers, the error handlers, the request body cap."""
+"""The FastAPI application: routers, the error handlers, and the middleware that sees each
+request before routing (HEAD, the API key, the body cap, JSON bodies)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import unavailable
-from app.deps import require_api_key
+from app.auth import ApiKeyGuard
 from app.errors import BodyTooLarge, ServiceError
+from app.json_body import JsonBodyGuard
+from app.methods import HEAD_REQUEST, METHOD_ORDER, HeadAsGet, Operations
+from app.openapi import build_schema
+from app.responses import error_response, service_error_response
 from app.routes import checkpoints, jobs, plots, system
 from jobs.settings import get_settings
 
@@ -20,14 +26,6 @@ DESCRIPTION = """
 Train the 18-layer CIFAR networks of the course report (PlainBlock, ResidualBlock, MobileBlock)
 as jobs: submit a spec, poll per-epoch metrics, fetch PNG plots and checkpoints.
 """
-
-
-def _error(
-    status_code: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": code, "detail": detail, **extra}, status_code=status_code, headers=headers
-    )
 
 
 class BodySizeLimit:
@@ -41,7 +39,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = _error(
+        too_large = error_response(
             413, BodyTooLarge.code, f"Request body larger than {self.max_bytes} bytes."
         )
         for name, value in scope.get("headers", []):
@@ -102,9 +100,14 @@ def create_app() -> FastAPI:
         redirect_slashes=False,
     )
 
+    @functools.cache
+    def operations() -> Operations:
+        """The schema's operations by path (the same whether or not a key is needed)."""
+        return Operations(app.openapi())
+
     @app.exception_handler(ServiceError)
     async def service_error(_request: Request, error: ServiceError) -> JSONResponse:
-        return _error(error.status_code, error.code, error.detail, error.headers)
+        return service_error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -114,54 +117,56 @@ def create_app() -> FastAPI:
         ]
         if problems and all(item["loc"][0] == "path" for item in error.errors()):
             # A malformed id names no resource: the same answer as an unknown one.
-            return _error(404, "not_found", "No such resource.")
+            return error_response(404, "not_found", "No such resource.")
         detail = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        return _error(422, "validation_error", detail or "Invalid request.", fields=problems)
+        return error_response(
+            422, "validation_error", detail or "Invalid request.", fields=problems
+        )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
-        return _error(
-            error.status_code,
-            codes.get(error.status_code, "http_error"),
-            str(error.detail),
-            dict(error.headers or {}),
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        path = request.url.path
+        method = "HEAD" if request.scope.get(HEAD_REQUEST) else request.method
+        if error.status_code == 404:
+            return error_response(404, "not_found", f"Nothing here: {path} is not an API route.")
+        if error.status_code == 405:
+            # Starlette's Allow lists one route's methods; a path can have several routes.
+            methods = set(operations().allowed_methods(path))
+            methods |= {m.strip() for m in (error.headers or {}).get("Allow", "").split(",")}
+            allowed = ", ".join(m for m in METHOD_ORDER if m in methods)
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed on {path}; it answers {allowed}.",
+                {"Allow": allowed},
+            )
+        return error_response(
+            error.status_code, "http_error", str(error.detail), dict(error.headers or {})
         )
 
     unavailable.install(app)
-    protected = [Depends(require_api_key)]
     app.include_router(system.health_router)
-    app.include_router(system.router, dependencies=protected)
-    app.include_router(jobs.router, dependencies=protected)
-    app.include_router(plots.router, dependencies=protected)
-    app.include_router(checkpoints.router, dependencies=protected)
+    app.include_router(system.router)
+    app.include_router(jobs.router)
+    app.include_router(plots.router)
+    app.include_router(checkpoints.router)
+    # The last added runs first: HEAD, then the key, then the body cap, then the JSON check.
+    app.add_middleware(JsonBodyGuard, operations=operations)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    default_openapi = app.openapi
+    app.add_middleware(ApiKeyGuard)
+    app.add_middleware(HeadAsGet)
+
+    # The schema depends on whether a key is needed, which the settings say per request.
+    schemas: dict[bool, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            _drop_unreachable_validation_errors(default_openapi())
-        return app.openapi_schema  # type: ignore[return-value]
+        api_key_required = get_settings().api_key is not None
+        if api_key_required not in schemas:
+            schemas[api_key_required] = build_schema(app, api_key_required=api_key_required)
+        return schemas[api_key_required]
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
-
-
-def _drop_unreachable_validation_errors(schema: dict[str, Any]) -> None:
-    """FastAPI documents a 422 HTTPValidationError on each route that has parameters and does not
-    declare its own 422. This API never sends that body: its 422 is ErrorRead (declared where it
-    can happen), and a bad path parameter is a 404. Remove those entries from the schema."""
-    default_ref = "#/components/schemas/HTTPValidationError"
-    for operations in schema.get("paths", {}).values():
-        for operation in operations.values():
-            response = operation.get("responses", {}).get("422", {})
-            content = response.get("content", {}).get("application/json", {})
-            if content.get("schema", {}).get("$ref") == default_ref:
-                del operation["responses"]["422"]
-    if default_ref not in repr(schema.get("paths", {})):
-        components = schema.get("components", {}).get("schemas", {})
-        components.pop("HTTPValidationError", None)
-        components.pop("ValidationError", None)
 
 
 app = create_app()

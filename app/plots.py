@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # matplotlib loads on the first drawing, not when the API starts
+    from matplotlib.figure import Figure
 
 METRIC_LABELS = {
     "train_loss": "Training loss",
@@ -22,16 +26,24 @@ class Series:
     values: Sequence[float]
 
 
-def line_chart_png(series: Sequence[Series], *, metric: str, title: str) -> bytes:
-    """One line per series against the epoch; accuracies shown in percent, like the seed."""
-    # Imported here so that an API process loads matplotlib only when it first draws.
+def line_chart(
+    series: Sequence[Series],
+    *,
+    metric: str,
+    title: str,
+    empty_note: str = "no epochs recorded yet",
+) -> Figure:
+    """One line per series against the epoch; accuracies shown in percent, like the seed. Series
+    without epochs are left out (and out of the legend); `empty_note` names them, or says that
+    there is nothing to draw."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(7, 4.5), dpi=100)
     axes = figure.add_subplot()
     scale = 100.0 if metric in PERCENT_METRICS else 1.0
-    for item in series:
+    drawn = [item for item in series if item.values]
+    for item in drawn:
         values = [value * scale for value in item.values]
         axes.plot(
             item.epochs,
@@ -41,23 +53,36 @@ def line_chart_png(series: Sequence[Series], *, metric: str, title: str) -> byte
             label=item.label,
         )
     axes.set_xlabel("Epoch")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # min_n_ticks=1: with one or two epochs MaxNLocator would otherwise fall back to fractions.
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes.set_ylabel(METRIC_LABELS[metric])
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    if not any(item.values for item in series):
+    if not drawn:
+        axes.set_xlim(0, 1)
         axes.text(
-            0.5,
-            0.5,
-            "no epochs recorded yet",
-            ha="center",
-            va="center",
-            transform=axes.transAxes,
-            color="grey",
+            0.5, 0.5, empty_note, ha="center", va="center", transform=axes.transAxes, color="grey"
         )
-    elif len(series) > 1 or series[0].label:
-        axes.legend()
+    else:
+        if len(drawn) > 1 or drawn[0].label:
+            axes.legend()
+        missing = [item.label for item in series if not item.values]
+        if missing:
+            axes.text(
+                0.99,
+                0.01,
+                f"{empty_note}: {', '.join(missing)}",
+                ha="right",
+                va="bottom",
+                transform=axes.transAxes,
+                color="grey",
+                fontsize="small",
+            )
     figure.tight_layout()
+    return figure
+
+
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

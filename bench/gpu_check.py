@@ -386,7 +386,7 @@ def service_step(
 
 def _worker_concurrency_setting() -> bool:
     try:
-        from app.config import Settings
+        from jobs.settings import Settings
     except ImportError:
         return False
     return "worker_concurrency" in Settings.model_fields

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.checkpoint_files import file_sha256 as file_sha256
+from engine.checkpoint_files import verify_checkpoint as verify_checkpoint
 from models.registry import build_model
 
 CHECKPOINT_FILE_FORMAT = "epoch-{epoch:04d}.pt"
@@ -175,23 +177,6 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, hex."""
-    with Path(path).open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
-def verify_checkpoint(path: Path, sha256: str, size_bytes: int) -> bool:
-    """Whether ``path`` exists with exactly this size and sha256 (the size is checked first)."""
-    path = Path(path)
-    try:
-        if path.stat().st_size != size_bytes:
-            return False
-        return file_sha256(path) == sha256
-    except FileNotFoundError:
-        return False
 
 
 def copy_to_cpu(state: Any) -> Any:

@@ -171,4 +171,5 @@ def make_archive(src_root: Path, archive_path: Path) -> str:
     with tarfile.open(archive_path, "w:gz") as archive:
         for folder in folders:
             archive.add(folder, arcname=folder.name)
-    return hashlib.md5(archive_path.read_bytes()).hexdigest()
+    with archive_path.open("rb") as archive:
+        return hashlib.file_digest(archive, "md5").hexdigest()

@@ -141,13 +141,271 @@ def test_checkpoint_download_with_sha256_etag(client: TestClient) -> None:
     response = client.get(listing[1]["url"])
     assert response.status_code == 200 and response.content == payload
     assert response.headers["etag"] == f'"{digest}"'
-    assert "attachment" in response.headers["content-disposition"]
+    assert response.headers["accept-ranges"] == "bytes"
+    assert response.headers["content-length"] == str(len(payload))
+    assert response.headers["content-disposition"] == (
+        f'attachment; filename="job-{job["id"]}-final.pt"'
+    )
     cached = client.get(listing[1]["url"], headers={"If-None-Match": f'"{digest}"'})
     assert cached.status_code == 304 and cached.content == b""
+    assert cached.headers["etag"] == f'"{digest}"'
     unfinished = submit(client)
     drive_job(unfinished["id"], 1, checkpoint=payload)
     missing = client.get(f"/jobs/{unfinished['id']}/checkpoints/final")
-    assert missing.status_code == 404 and missing.json()["error"] == "checkpoint_not_found"
+    assert missing.status_code == 404 and missing.json() == {
+        "error": "checkpoint_not_found",
+        "detail": f"Job {unfinished['id']} has no final checkpoint yet.",
+    }
+
+
+CHECKPOINT = bytes(range(256)) * 40  # 10240 bytes, each offset recognisable
+
+
+@pytest.fixture
+def checkpoint_url(client: TestClient) -> str:
+    job = submit(client)
+    drive_job(job["id"], 1, checkpoint=CHECKPOINT)
+    return f"/jobs/{job['id']}/checkpoints/latest"
+
+
+def test_checkpoint_download_resumes_with_range(client: TestClient, checkpoint_url: str) -> None:
+    size = len(CHECKPOINT)
+    etag = f'"{hashlib.sha256(CHECKPOINT).hexdigest()}"'
+    for header, start, end in (
+        ("bytes=0-99", 0, 99),
+        ("bytes=4096-", 4096, size - 1),
+        ("bytes=-10", size - 10, size - 1),
+        ("bytes=10000-99999", 10000, size - 1),  # an end past the file is cut to it
+    ):
+        part = client.get(checkpoint_url, headers={"Range": header})
+        assert part.status_code == 206, header
+        assert part.content == CHECKPOINT[start : end + 1], header
+        assert part.headers["content-range"] == f"bytes {start}-{end}/{size}"
+        assert part.headers["content-length"] == str(end - start + 1)
+        assert part.headers["etag"] == etag
+
+    # A resumed download: the first part, then the rest only if the file is still the same.
+    first = client.get(checkpoint_url, headers={"Range": "bytes=0-4999"})
+    rest = client.get(checkpoint_url, headers={"Range": "bytes=5000-", "If-Range": etag})
+    assert rest.status_code == 206 and first.content + rest.content == CHECKPOINT
+    changed = client.get(checkpoint_url, headers={"Range": "bytes=5000-", "If-Range": '"old"'})
+    assert changed.status_code == 200 and changed.content == CHECKPOINT
+    weak = client.get(checkpoint_url, headers={"Range": "bytes=5000-", "If-Range": f"W/{etag}"})
+    assert weak.status_code == 200 and weak.content == CHECKPOINT
+
+    # Several ranges: one multipart/byteranges body with a part per range.
+    several = client.get(checkpoint_url, headers={"Range": "bytes=0-1, 100-102"})
+    assert several.status_code == 206
+    assert several.headers["content-type"].startswith("multipart/byteranges; boundary=")
+    assert b"Content-Range: bytes 0-1/10240\r\n\r\n\x00\x01\r\n" in several.content
+    assert b"Content-Range: bytes 100-102/10240\r\n\r\ndef\r\n" in several.content
+    assert several.headers["content-length"] == str(len(several.content))
+
+    for header in (f"bytes={size}-", f"bytes={size + 5}-{size + 9}", "bytes=-0"):
+        refused = client.get(checkpoint_url, headers={"Range": header})
+        assert refused.status_code == 416, header
+        assert refused.headers["content-range"] == f"bytes */{size}"
+        assert refused.json()["error"] == "range_not_satisfiable"
+    for header in ("lines=0-5", "bytes=abc", "bytes 0-5", "bytes=9-3"):
+        whole = client.get(checkpoint_url, headers={"Range": header})
+        assert whole.status_code == 200 and whole.content == CHECKPOINT, header
+
+    head = client.head(checkpoint_url, headers={"Range": "bytes=0-99"})
+    assert head.status_code == 206 and head.content == b""
+    assert head.headers["content-range"] == f"bytes 0-99/{size}"
+
+
+def test_checkpoint_conditional_requests(client: TestClient, checkpoint_url: str) -> None:
+    etag = f'"{hashlib.sha256(CHECKPOINT).hexdigest()}"'
+    for if_none_match in (etag, f"W/{etag}", f'"other", {etag}', f'W/"x",W/{etag}', "*"):
+        cached = client.get(checkpoint_url, headers={"If-None-Match": if_none_match})
+        assert cached.status_code == 304, if_none_match
+        assert cached.content == b"" and cached.headers["etag"] == etag
+        head = client.head(checkpoint_url, headers={"If-None-Match": if_none_match})
+        assert head.status_code == 304 and head.headers["etag"] == etag
+    for if_none_match in ('"other"', 'W/"other", "x"', etag[:-2] + '"'):
+        fresh = client.get(checkpoint_url, headers={"If-None-Match": if_none_match})
+        assert fresh.status_code == 200 and fresh.content == CHECKPOINT, if_none_match
+
+    last_modified = client.get(checkpoint_url).headers["last-modified"]
+    later, earlier = "Fri, 01 Jan 2100 00:00:00 GMT", "Thu, 01 Jan 1970 00:00:00 GMT"
+    for headers, status in (
+        ({"If-Modified-Since": last_modified}, 304),
+        ({"If-Modified-Since": later}, 304),
+        ({"If-Modified-Since": earlier}, 200),
+        ({"If-Modified-Since": "not a date"}, 200),
+        # If-None-Match decides when both are sent.
+        ({"If-None-Match": '"other"', "If-Modified-Since": later}, 200),
+        ({"If-Match": etag}, 200),
+        ({"If-Match": f'"other", {etag}'}, 200),
+        ({"If-Match": "*"}, 200),
+        ({"If-Match": '"other"'}, 412),
+        ({"If-Match": f"W/{etag}"}, 412),  # If-Match compares strongly
+        ({"If-Unmodified-Since": later}, 200),
+        ({"If-Unmodified-Since": earlier}, 412),
+        # If-Match decides when both are sent.
+        ({"If-Match": etag, "If-Unmodified-Since": earlier}, 200),
+    ):
+        response = client.get(checkpoint_url, headers=headers)
+        assert response.status_code == status, (headers, response.status_code)
+        if status == 412:
+            assert response.json()["error"] == "precondition_failed"
+            assert response.headers["etag"] == etag
+
+
+def test_checkpoint_download_serves_the_file_of_the_row(client: TestClient) -> None:
+    from sqlalchemy import update
+
+    from jobs.db import session_scope
+    from jobs.settings import get_settings
+    from jobs.tables import Checkpoint
+
+    job = submit(client)
+    drive_job(job["id"], 1, checkpoint=CHECKPOINT)
+    url = f"/jobs/{job['id']}/checkpoints/latest"
+    root = get_settings().resolved_artifact_dir
+    other = root / "jobs" / str(job["id"]) / "other.pt"
+    other.write_bytes(b"another file")
+
+    def point_row_at(relative_path: str) -> None:
+        with session_scope() as session:
+            session.execute(
+                update(Checkpoint)
+                .where(Checkpoint.job_id == job["id"])
+                .values(relative_path=relative_path)
+            )
+
+    point_row_at(str(other.relative_to(root)))
+    assert client.get(url).content == b"another file"
+    outside = root.parent / "outside.pt"
+    outside.write_bytes(b"not an artifact")
+    for relative_path in ("../outside.pt", str(outside), "jobs/none.pt"):
+        point_row_at(relative_path)
+        response = client.get(url)
+        assert response.status_code == 404, relative_path
+        assert response.json()["error"] == "checkpoint_not_found"
+
+
+def test_head_answers_every_read_like_get_without_a_body(
+    client: TestClient, checkpoint_url: str
+) -> None:
+    job_id = checkpoint_url.split("/")[2]
+    for path in (
+        "/health",
+        "/ready",
+        "/architectures",
+        "/jobs",
+        f"/jobs/{job_id}",
+        f"/jobs/{job_id}/metrics",
+        f"/jobs/{job_id}/plots/loss.png",
+        f"/plots/compare.png?jobs={job_id}",
+        f"/jobs/{job_id}/checkpoints",
+        checkpoint_url,
+        "/openapi.json",
+        "/jobs/999",
+        f"/jobs/{job_id}/checkpoints/best",
+    ):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code, path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        if "png" not in path:  # PNG bytes may differ from one rendering to the next
+            assert head.headers["content-length"] == str(len(get.content)), path
+    assert client.head(f"/jobs/{job_id}/cancel").status_code == 405
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
+
+
+def test_a_wrong_method_is_405_listing_every_method_of_the_path(client: TestClient) -> None:
+    job = submit(client)
+    for method, path, allowed in (
+        ("DELETE", "/jobs", "GET, HEAD, POST"),
+        ("PUT", "/jobs", "GET, HEAD, POST"),
+        ("PATCH", f"/jobs/{job['id']}", "GET, HEAD"),
+        ("DELETE", f"/jobs/{job['id']}", "GET, HEAD"),
+        ("GET", f"/jobs/{job['id']}/cancel", "POST"),
+        ("OPTIONS", "/health", "GET, HEAD"),
+        ("POST", f"/jobs/{job['id']}/checkpoints/latest", "GET, HEAD"),
+        ("TRACE", "/plots/compare.png", "GET, HEAD"),
+    ):
+        response = client.request(method, path)
+        assert response.status_code == 405, (method, path)
+        assert response.headers["allow"] == allowed, (method, path)
+        assert response.json() == {
+            "error": "method_not_allowed",
+            "detail": f"{method} is not allowed on {path}; it answers {allowed}.",
+        }
+    assert client.get(f"/jobs/{job['id']}").json()["status"] == "queued"
+
+
+def test_only_canonical_job_ids_name_a_job(client: TestClient) -> None:
+    job = submit(client)
+    assert job["id"] == 1
+    for spelling in ("1.0", "+1", "01", "1e0", "0x1", " 1", "1_0", "-1", "0", "2147483648"):
+        for tail in ("", "/metrics", "/checkpoints", "/plots/loss.png"):
+            response = client.get(f"/jobs/{spelling}{tail}")
+            assert response.status_code == 404, (spelling, tail)
+            assert response.json()["error"] == "not_found"
+        assert client.post(f"/jobs/{spelling}/cancel").status_code == 404
+    assert client.get("/jobs/1").status_code == 200
+    assert client.get("/jobs/1").json()["status"] == "queued"
+
+
+def test_compare_takes_a_plain_list_of_ids(client: TestClient) -> None:
+    job = submit(client)
+    drive_job(job["id"], 2)
+    assert client.get("/plots/compare.png", params={"jobs": f"{job['id']},{job['id']}"}).is_success
+    for far in (2**31, 2**63, 2**64, 10**30):
+        response = client.get("/plots/compare.png", params={"jobs": f"{job['id']},{far}"})
+        assert response.status_code == 404, far
+        assert response.json() == {"error": "job_not_found", "detail": f"No job with id {far}."}
+    for bad in ("", "1,", ",1", "1,,2", "1, 2", "01", "+1", "1.0", "0", "x", ",".join(["1"] * 13)):
+        response = client.get("/plots/compare.png", params={"jobs": bad})
+        assert response.status_code == 422, bad
+        assert response.json()["error"] in ("invalid_request", "validation_error")
+
+
+def test_plots_use_whole_epochs_and_leave_jobs_without_epochs_out_of_the_legend() -> None:
+    from app.plots import Series, line_chart
+
+    def whole(ticks: list[float], limits: tuple[float, float]) -> list[float]:
+        shown = [tick for tick in ticks if limits[0] <= tick <= limits[1]]
+        assert shown and all(float(tick).is_integer() for tick in shown), shown
+        return shown
+
+    for epochs in ([], [1], [1, 2], list(range(1, 8))):
+        figure = line_chart(
+            [Series("", epochs, [1.0] * len(epochs))], metric="train_loss", title="t"
+        )
+        axes = figure.axes[0]
+        whole(list(axes.get_xticks()), axes.get_xlim())
+    empty = line_chart([Series("", [], [])], metric="train_loss", title="t", empty_note="none")
+    assert [text.get_text() for text in empty.axes[0].texts] == ["none"]
+
+    compared = line_chart(
+        [Series("plain (job 1)", [1, 2], [3.0, 2.0]), Series("mobile (job 2)", [], [])],
+        metric="test_accuracy",
+        title="t",
+        empty_note="no epochs recorded",
+    )
+    axes = compared.axes[0]
+    legend = axes.get_legend()
+    labels = [text.get_text() for text in legend.get_texts()] if legend else []
+    assert labels == ["plain (job 1)"]
+    assert [line.get_label() for line in axes.get_lines()] == ["plain (job 1)"]
+    assert [text.get_text() for text in axes.texts] == ["no epochs recorded: mobile (job 2)"]
+
+
+def test_a_finished_job_without_a_checkpoint_is_not_said_to_have_one_yet(
+    client: TestClient,
+) -> None:
+    for finish in ("failed", "cancelled", None):
+        job = submit(client)
+        drive_job(job["id"], 1, finish=finish)
+        detail = client.get(f"/jobs/{job['id']}/checkpoints/final").json()["detail"]
+        if finish is None:
+            assert detail == f"Job {job['id']} has no final checkpoint yet."
+        else:
+            assert detail == f"Job {job['id']} {finish} without a final checkpoint."
 
 
 def test_cancel_in_each_state(client: TestClient) -> None:
@@ -220,3 +478,41 @@ def test_openapi_documents_every_route_with_an_example(client: TestClient) -> No
         "Readiness",
     ):
         assert components[name]["examples"], name
+
+
+def test_openapi_lists_the_valid_names_and_ids(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+
+    def parameter(path: str, name: str) -> dict:
+        [found] = [p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == name]
+        return found["schema"]
+
+    assert parameter("/jobs/{job_id}/plots/{plot_name}", "plot_name")["enum"] == [
+        "loss.png",
+        "accuracy.png",
+    ]
+    assert parameter("/jobs/{job_id}/checkpoints/{name}", "name")["enum"] == [
+        "latest",
+        "best",
+        "final",
+    ]
+    jobs_pattern = parameter("/plots/compare.png", "jobs")["pattern"]
+    import re
+
+    assert re.fullmatch(jobs_pattern, "1,2,12") and not re.fullmatch(jobs_pattern, "1, 2")
+    assert parameter("/jobs/{job_id}", "job_id") | {"title": None} == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2**31 - 1,
+        "description": "The job's id.",
+        "title": None,
+    }
+    submit_operation = schema["paths"]["/jobs"]["post"]
+    [key] = [p for p in submit_operation["parameters"] if p["name"] == "idempotency-key"]
+    assert key["schema"]["anyOf"][0]["minLength"] == 1
+    for status in ("400", "413", "415", "422"):
+        assert submit_operation["responses"][status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorRead"
+        }
+    download = schema["paths"]["/jobs/{job_id}/checkpoints/{name}"]["get"]["responses"]
+    assert {"200", "206", "304", "404", "412", "416"} <= set(download)

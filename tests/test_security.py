@@ -20,6 +20,8 @@ from tests.support import Process, drive_job, free_port, start_api
 from tests.support import broker_messages as count_broker_messages
 
 SMALL_JOB = {"block": "mobile", "hyperparameters": {"epochs": 2}, "train_samples": 40}
+JSON = {"content-type": "application/json"}
+FORM = {"content-type": "application/x-www-form-urlencoded"}
 CHECKPOINT_BYTES = b"a real checkpoint file, not /etc/passwd\n" * 64
 
 
@@ -283,7 +285,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
         requests = every_protected_request(job_id)
 
         # The list covers every operation of the app's schema (a new route must be listed).
-        schema = client.get("/openapi.json").json()
+        schema = client.get("/openapi.json", headers=good).json()
         declared = {
             (method.upper(), path)
             for path, operations in schema["paths"].items()
@@ -313,6 +315,30 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
                     "error": "unauthorized",
                     "detail": "Missing or wrong X-API-Key header.",
                 }
+        # Checked before routing and before the body is read: whatever the request, no key is
+        # 401, where the right key gets the route's own answer.
+        for method, path, kwargs, with_key in (
+            ("GET", "/openapi.json", {}, 200),
+            ("GET", "/docs", {}, 200),
+            ("GET", "/redoc", {}, 200),
+            ("HEAD", f"/jobs/{job_id}", {}, 200),
+            ("GET", "/no/such/route", {}, 404),
+            ("DELETE", "/jobs", {}, 405),
+            ("POST", "/jobs", {"content": b'{"block": "pl', "headers": JSON}, 400),
+            ("POST", "/jobs", {"content": b"\xff", "headers": JSON}, 400),
+            ("POST", "/jobs", {"content": b"block=plain", "headers": FORM}, 415),
+            ("POST", "/jobs", {"json": {"block": "nope"}}, 422),
+            ("POST", "/jobs", {"content": oversized_body(), "headers": JSON}, 413),
+            ("POST", "/jobs", {"json": SMALL_JOB, "headers": {"Idempotency-Key": ""}}, 422),
+        ):
+            headers = kwargs.pop("headers", {})
+            refused = client.request(method, path, headers=headers, **kwargs)
+            assert refused.status_code == 401, (method, path, refused.text)
+            assert refused.headers["www-authenticate"] == 'ApiKey header="X-API-Key"'
+            if method != "HEAD":
+                assert refused.json()["error"] == "unauthorized"
+            answered = client.request(method, path, headers={**headers, **good}, **kwargs)
+            assert answered.status_code == with_key, (method, path, answered.text)
         assert client.get("/jobs", headers=good).json()["total"] == jobs_before == 1
 
         for method, path, kwargs, expected in requests:
@@ -325,6 +351,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
 
         assert client.get("/health").status_code == 200
         assert client.get("/health").json() == {"status": "ok"}
+        assert client.head("/health").status_code == 200
     schemes = schema["components"]["securitySchemes"]
     [(scheme_name, scheme)] = schemes.items()
     assert scheme == {
@@ -345,6 +372,13 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
 def test_without_api_key_setting_no_key_is_needed(client: TestClient) -> None:
     assert client.get("/jobs").status_code == 200
     assert client.get("/jobs", headers={"X-API-Key": "anything"}).status_code == 200
+    # ... and the schema does not ask for one.
+    schema = client.get("/openapi.json").json()
+    assert "securitySchemes" not in schema.get("components", {})
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert "security" not in operation, (method, path)
+            assert "401" not in operation["responses"], (method, path)
 
 
 # --- hostile input -------------------------------------------------------------------------
@@ -420,14 +454,105 @@ def test_bad_input_is_a_422_naming_the_field(
 
 def test_bad_input_stores_and_queues_nothing(client: TestClient) -> None:
     """Every bad body in a row on each database, then a good one as the control."""
-    headers = {"content-type": "application/json"}
     for body, _ in BAD_BODIES:
-        assert client.post("/jobs", content=body, headers=headers).status_code == 422, body
-    for raw in (b"not json", b'{"block": "plain"', b"", b"\xff\xfe"):
+        assert client.post("/jobs", content=body, headers=JSON).status_code == 422, body
+    for raw, headers, status in (
+        (b"not json", JSON, 400),
+        (b'{"block": "plain"', JSON, 400),
+        (b"\xff\xfe", JSON, 400),
+        (b"", JSON, 422),
+        (b'{"block": "plain"}', {"content-type": "text/plain"}, 415),
+        (b'{"block": "plain"}', {}, 415),
+    ):
         response = client.post("/jobs", content=raw, headers=headers)
-        assert response.status_code == 422 and response.json()["error"] == "validation_error"
+        assert response.status_code == status, (raw, headers, response.text)
+    assert client.post("/jobs", json=SMALL_JOB, headers={"Idempotency-Key": ""}).status_code == 422
     assert client.get("/jobs").json()["total"] == 0
     assert broker_messages() == 0
     assert client.post("/jobs", json=SMALL_JOB).status_code == 202
     assert client.get("/jobs").json()["total"] == 1
     assert broker_messages() == 1
+
+
+def test_a_body_that_is_not_sent_as_json_is_415(client: TestClient) -> None:
+    body = json.dumps(SMALL_JOB).encode()
+    for content_type in (
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/jsonx",
+        "json",
+        "application/json; charset=latin-1",
+        "application/json; charset=utf-16",
+    ):
+        response = client.post("/jobs", content=body, headers={"content-type": content_type})
+        assert response.status_code == 415, content_type
+        document = response.json()
+        assert document["error"] == "unsupported_media_type"
+        assert "application/json" in document["detail"] and content_type in document["detail"]
+    bare = client.post("/jobs", content=body)
+    assert "content-type" not in bare.request.headers
+    assert bare.status_code == 415 and "no Content-Type" in bare.json()["detail"]
+    assert client.get("/jobs").json()["total"] == 0
+    for content_type in (
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON; charset=UTF-8",
+        "application/vnd.cifar-job+json",
+    ):
+        response = client.post("/jobs", content=body, headers={"content-type": content_type})
+        assert response.status_code == 202, (content_type, response.text)
+    assert client.get("/jobs").json()["total"] == 4
+    assert broker_messages() == 4
+
+
+def test_broken_json_is_400_naming_where_it_breaks(client: TestClient) -> None:
+    for body, where in (
+        (b'{"block": "plain"', "line 1, column 18 (character 17)"),
+        (b'{"block": "plain",\n "name": }', "line 2, column 10 (character 28)"),
+        (b"not json", "line 1, column 1 (character 0)"),
+        (b'{"block": "plain"} extra', "line 1, column 20 (character 19)"),
+        (b"\xef\xbb\xbf{}", "line 1, column 1 (character 0)"),  # a byte order mark
+    ):
+        response = client.post("/jobs", content=body, headers=JSON)
+        assert response.status_code == 400, body
+        document = response.json()
+        assert set(document) == {"error", "detail"}, document
+        assert document["error"] == "invalid_json"
+        assert document["detail"].startswith("The request body is not valid JSON: ")
+        assert document["detail"].endswith(f" at {where}."), document["detail"]
+    assert client.get("/jobs").json()["total"] == 0
+
+
+def test_a_body_that_is_not_utf8_is_always_400(client: TestClient) -> None:
+    for body, byte in (
+        (b"\xff\xfe", 0),
+        (b"\xfe\xff\x00{", 0),
+        (b'{"block": "plain", "name": "caf\xe9"}', 31),  # Latin-1
+        (b'{"block": "plain"}\xc3\x28', 18),
+        ('{"block": "plain"}'.encode("utf-16"), 0),
+        (b"\x80", 0),
+    ):
+        response = client.post("/jobs", content=body, headers=JSON)
+        assert response.status_code == 400, body
+        document = response.json()
+        assert document["error"] == "invalid_json", body
+        assert document["detail"].startswith(f"The request body is not UTF-8 text: byte {byte} ")
+    assert client.get("/jobs").json()["total"] == 0
+
+
+def test_an_empty_idempotency_key_is_refused(client: TestClient) -> None:
+    key: str | bytes
+    for key in ("", "   ", "caf\u00e9".encode(), "k" * 201):
+        response = client.post("/jobs", json=SMALL_JOB, headers={"Idempotency-Key": key})
+        assert response.status_code == 422, (key, response.text)
+        document = response.json()
+        assert document["error"] == "validation_error"
+        assert [problem["field"] for problem in document["fields"]] == ["header.idempotency-key"]
+    assert client.get("/jobs").json()["total"] == 0
+    first = client.post("/jobs", json=SMALL_JOB, headers={"Idempotency-Key": "retry-1"})
+    again = client.post("/jobs", json=SMALL_JOB, headers={"Idempotency-Key": "retry-1"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"

@@ -214,7 +214,7 @@ class JobRun:
 
     def resume_from(self) -> Path | None:
         """The newest recorded checkpoint whose file is intact (sha256 as recorded)."""
-        from engine.checkpoint import verify_checkpoint
+        from engine.checkpoint_files import verify_checkpoint
 
         with session_scope(write=False) as session:
             rows = session.execute(

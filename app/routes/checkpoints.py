@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Iterator
-from typing import BinaryIO
+import threading
+from pathlib import Path as FilePath
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Path, Request, Response
 
 from app.deps import ReadSessionDep, SettingsDep
-from app.errors import CheckpointNotFound
+from app.downloads import file_download
+from app.errors import CheckpointDamaged, CheckpointNotFound
 from app.routes.common import error_responses
-from app.routes.jobs import JobId
+from app.routes.params import JobId
 from app.schemas import CheckpointRead
 from app.services import jobs as job_service
+from engine.checkpoint_files import file_sha256
 from jobs.checkpoints import checkpoint_pointers
-from jobs.tables import CHECKPOINT_NAMES
+from jobs.settings import Settings
+from jobs.tables import CHECKPOINT_NAMES, TERMINAL_STATUSES, Checkpoint
 
 router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
-CHUNK_BYTES = 1 << 20
+FINISHED = TERMINAL_STATUSES
+
+# The schema lists the names; the route checks them itself, so that a wrong one is a 404 naming
+# the valid ones rather than pydantic's message.
+CheckpointName = Annotated[
+    str, Path(description="Which checkpoint.", json_schema_extra={"enum": list(CHECKPOINT_NAMES)})
+]
 
 
 @router.get(
@@ -33,9 +40,9 @@ def list_checkpoints(job_id: JobId, session: ReadSessionDep) -> list[CheckpointR
     job = job_service.get_job(session, job_id)
     return [
         CheckpointRead(
-            name=name,
+            name=name,  # type: ignore[arg-type]  # one of CHECKPOINT_NAMES
             epoch=row.epoch,
-            size_bytes=row.size_bytes,  # type: ignore[arg-type]
+            size_bytes=row.size_bytes,
             sha256=row.sha256,
             recorded_at=row.recorded_at,
             url=f"/jobs/{job_id}/checkpoints/{name}",
@@ -44,12 +51,40 @@ def list_checkpoints(job_id: JobId, session: ReadSessionDep) -> list[CheckpointR
     ]
 
 
-def _read_chunks(handle: BinaryIO) -> Iterator[bytes]:
-    try:
-        while chunk := handle.read(CHUNK_BYTES):
-            yield chunk
-    finally:
-        handle.close()
+# Files are immutable once recorded: a file whose size, mtime and inode have not changed since it
+# matched its sha256 is not hashed again.
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _checkpoint_file(row: Checkpoint, name: str, settings: Settings) -> FilePath:
+    """The file the checkpoint row points to, inside ARTIFACT_DIR, checked against the recorded
+    sha256: CheckpointNotFound when it is gone (or, from a tampered row, outside),
+    CheckpointDamaged when its bytes are not the ones recorded."""
+    root = settings.resolved_artifact_dir
+    path = (root / row.relative_path).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise CheckpointNotFound(f"The {name} checkpoint of job {row.job_id} is no longer on disk.")
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    with _VERIFIED_LOCK:
+        verified = _VERIFIED.get(key) == row.sha256
+    if not verified:
+        if stat.st_size != row.size_bytes or file_sha256(path) != row.sha256:
+            raise CheckpointDamaged(
+                f"The {name} checkpoint of job {row.job_id} (epoch {row.epoch}) on disk no longer "
+                f"matches its recorded size and sha256; it is not served."
+            )
+        with _VERIFIED_LOCK:
+            _VERIFIED[key] = row.sha256
+    return path
+
+
+_FILE_HEADERS = {
+    "ETag": {"description": "The file's sha256, quoted.", "schema": {"type": "string"}},
+    "Last-Modified": {"description": "When the file was written.", "schema": {"type": "string"}},
+    "Accept-Ranges": {"description": "Always `bytes`.", "schema": {"type": "string"}},
+}
 
 
 @router.get(
@@ -58,16 +93,35 @@ def _read_chunks(handle: BinaryIO) -> Iterator[bytes]:
     responses={
         200: {
             "content": {"application/octet-stream": {}},
-            "description": "The checkpoint file; ETag is its sha256.",
+            "description": "The checkpoint file; the ETag is its sha256.",
+            "headers": _FILE_HEADERS,
         },
-        304: {"description": "Not modified (If-None-Match matched)."},
-        **error_responses(401, 404),
+        206: {
+            "content": {"application/octet-stream": {}, "multipart/byteranges": {}},
+            "description": "The byte range asked for with `Range` (several ranges: "
+            "multipart/byteranges).",
+            "headers": {
+                **_FILE_HEADERS,
+                "Content-Range": {
+                    "description": "bytes start-end/size (one range).",
+                    "schema": {"type": "string"},
+                },
+            },
+        },
+        304: {"description": "Not modified: If-None-Match or If-Modified-Since matched."},
+        **error_responses(401, 404, 412, 416),
     },
     summary="Download a checkpoint (load it with torch.load(..., weights_only=True))",
 )
 def download_checkpoint(
-    job_id: JobId, name: str, request: Request, session: ReadSessionDep, settings: SettingsDep
+    job_id: JobId,
+    name: CheckpointName,
+    request: Request,
+    session: ReadSessionDep,
+    settings: SettingsDep,
 ) -> Response:
+    """Resumable: `Range: bytes=start-end` (with `If-Range: "<sha256>"` to be sure the file has
+    not changed), `HEAD` for the size, `If-None-Match` for a cached copy."""
     if name not in CHECKPOINT_NAMES:
         raise CheckpointNotFound(
             f"No checkpoint {name!r}; names are {', '.join(CHECKPOINT_NAMES)}."
@@ -75,27 +129,13 @@ def download_checkpoint(
     job = job_service.get_job(session, job_id)
     row = checkpoint_pointers(session, job).get(name)
     if row is None:
+        if job.status in FINISHED:
+            raise CheckpointNotFound(f"Job {job_id} {job.status} without a {name} checkpoint.")
         raise CheckpointNotFound(f"Job {job_id} has no {name} checkpoint yet.")
-    root = settings.resolved_artifact_dir
-    path = (root / row.relative_path).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        raise CheckpointNotFound(f"The {name} checkpoint of job {job_id} is no longer on disk.")
-    # Hash the open file: a newer epoch may replace the path meanwhile, but not this inode.
-    handle = path.open("rb")
-    digest = hashlib.sha256()
-    while chunk := handle.read(CHUNK_BYTES):
-        digest.update(chunk)
-    etag = f'"{digest.hexdigest()}"'
-    if request.headers.get("if-none-match") == etag:
-        handle.close()
-        return Response(status_code=304, headers={"ETag": etag})
-    handle.seek(0)
-    headers = {
-        "ETag": etag,
-        "Content-Length": str(os.fstat(handle.fileno()).st_size),
-        "Content-Disposition": f'attachment; filename="job-{job_id}-{name}.pt"',
-        "X-Checkpoint-Epoch": str(row.epoch),
-    }
-    return StreamingResponse(
-        _read_chunks(handle), media_type="application/octet-stream", headers=headers
+    return file_download(
+        request,
+        _checkpoint_file(row, name, settings),
+        etag=row.sha256,
+        filename=f"job-{job_id}-{name}.pt",
+        headers={"X-Checkpoint-Epoch": str(row.epoch), "Cache-Control": "no-cache"},
     )

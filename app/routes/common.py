@@ -11,11 +11,14 @@ from jobs.tables import Job
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the JSON errors a route can answer with."""
     descriptions = {
-        400: "The request body could not be read as JSON text (e.g. not UTF-8).",
+        400: "The request body is not UTF-8 JSON text; `detail` says where it breaks.",
         401: "Missing or wrong API key (only when API_KEY is set).",
         404: "No such job, checkpoint or file.",
         409: "Conflict with the job's state or an earlier request.",
+        412: "If-Match or If-Unmodified-Since did not match the file.",
         413: "Request body too large.",
+        415: "The request body is not sent as JSON (application/json).",
+        416: "The Range is outside the file; Content-Range gives its size.",
         422: "Invalid input; `fields` names each bad field.",
         503: "Not available right now; see Retry-After.",
     }

@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from app.deps import ReadSessionDep, SessionDep, SettingsDep
 from app.routes.common import error_responses, render_job
+from app.routes.params import IdempotencyKey, JobId
 from app.schemas import JobCreate, JobList, JobMetrics, JobRead, StatusName
 from app.services import jobs as job_service
 from models.catalog import BlockName
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The job's id.")]
 
 
 @router.post(
@@ -30,14 +30,7 @@ def submit_job(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            max_length=200,
-            description="Retry-safe submission: the same key and body "
-            "return the original job; the same key with another body is 409.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Queue a job. Parameters and MACs are computed now; the job row is committed before its
     id is sent to the workers."""

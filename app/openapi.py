@@ -1,0 +1,73 @@
+"""The OpenAPI schema, made to say what the API does: which errors each operation can answer
+and, only when API_KEY is set, that every operation but /health needs the key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.auth import API_KEY_HEADER, OPEN_PATHS
+from app.routes.common import error_responses
+
+SECURITY_SCHEME = "APIKeyHeader"
+ERROR_REF = {"$ref": "#/components/schemas/ErrorRead"}
+
+
+def build_schema(app: FastAPI, *, api_key_required: bool) -> dict[str, Any]:
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    _drop_unreachable_validation_errors(schema)
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            responses = operation["responses"]
+            if "requestBody" in operation:
+                # JsonBodyGuard's answers, before FastAPI reads the body.
+                _add_error_responses(responses, 400, 415)
+            if api_key_required and path not in OPEN_PATHS:
+                operation["security"] = [{SECURITY_SCHEME: []}]
+                _add_error_responses(responses, 401)
+            else:
+                operation.pop("security", None)
+                responses.pop("401", None)
+    components = schema.setdefault("components", {})
+    if api_key_required:
+        components["securitySchemes"] = {
+            SECURITY_SCHEME: {
+                "type": "apiKey",
+                "in": "header",
+                "name": API_KEY_HEADER,
+                "description": "Needed on every route but /health (this server has API_KEY set).",
+            }
+        }
+    else:
+        components.pop("securitySchemes", None)
+    return schema
+
+
+def _add_error_responses(responses: dict[str, Any], *codes: int) -> None:
+    for code, entry in error_responses(*codes).items():
+        if str(code) not in responses:
+            responses[str(code)] = {
+                "description": entry["description"],
+                "content": {"application/json": {"schema": ERROR_REF}},
+            }
+
+
+def _drop_unreachable_validation_errors(schema: dict[str, Any]) -> None:
+    """FastAPI documents a 422 HTTPValidationError on each route that has parameters and does not
+    declare its own 422. This API never sends that body: its 422 is ErrorRead (declared where it
+    can happen), and a bad path parameter is a 404. Remove those entries from the schema."""
+    default_ref = "#/components/schemas/HTTPValidationError"
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422", {})
+            content = response.get("content", {}).get("application/json", {})
+            if content.get("schema", {}).get("$ref") == default_ref:
+                del operation["responses"]["422"]
+    if default_ref not in repr(schema.get("paths", {})):
+        components = schema.get("components", {}).get("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)

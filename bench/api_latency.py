@@ -1,0 +1,276 @@
+"""Read latency of the API while a job trains, on the embedded SQLite default.
+
+Starts the API (uvicorn) and one worker (`python -m worker`, DEVICE=cpu) as real processes in a
+temporary VAR_DIR with a generated dataset, records finished jobs with metrics through the
+worker's lifecycle calls, and submits one small training job. Once it has trained an epoch:
+`--seconds` with no client (the epoch time alone), then `--seconds` with `--pollers` clients
+looping over GET /jobs/{id}, /jobs/{id}/metrics and /jobs plus one client fetching
+/jobs/{id}/plots/loss.png. Prints each route's latency percentiles and the job's seconds per
+epoch in both windows. Only 127.0.0.1 is contacted; every loop ends at its deadline.
+
+    python -m bench.api_latency [--seconds 30] [--pollers 8] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDED_JOBS = 20
+SEEDED_EPOCHS = 50
+TRAINING_JOB = {
+    "block": "mobile",
+    "hyperparameters": {"epochs": 1000, "batch_size": 64},
+    "train_samples": 256,
+    "test_samples": 64,
+    "name": "latency benchmark",
+}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(predicate: Any, *, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(0.2)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def at(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    return {
+        "count": len(ordered),
+        "p50_ms": at(0.50) * 1000,
+        "p95_ms": at(0.95) * 1000,
+        "p99_ms": at(0.99) * 1000,
+        "max_ms": ordered[-1] * 1000,
+    }
+
+
+def _poll(
+    base: str,
+    job_ids: list[int],
+    deadline: float,
+    latencies: dict[str, list[float]],
+    errors: list[str],
+    lock: threading.Lock,
+    offset: int,
+    plots: bool,
+) -> None:
+    """One client: request after request until the deadline, timing each."""
+    if plots:
+        routes = [("/jobs/{id}/plots/loss.png", lambda job_id: f"/jobs/{job_id}/plots/loss.png")]
+    else:
+        routes = [
+            ("/jobs/{id}", lambda job_id: f"/jobs/{job_id}"),
+            ("/jobs/{id}/metrics", lambda job_id: f"/jobs/{job_id}/metrics"),
+            ("/jobs", lambda _job_id: "/jobs"),
+        ]
+    index = offset
+    with httpx.Client(base_url=base, timeout=60) as client:
+        while time.monotonic() < deadline:
+            job_id = job_ids[index % len(job_ids)]
+            index += 1
+            for name, path in routes:
+                if time.monotonic() >= deadline:
+                    break
+                start = time.perf_counter()
+                try:
+                    status = client.get(path(job_id)).status_code
+                except httpx.HTTPError as error:
+                    status, reason = 0, type(error).__name__
+                else:
+                    reason = str(status)
+                elapsed = time.perf_counter() - start
+                with lock:
+                    if status == 200:
+                        latencies[name].append(elapsed)
+                    else:
+                        errors.append(f"{name}: {reason}")
+
+
+def _epoch_seconds(metrics: list[dict[str, Any]], first: int, last: int) -> list[float]:
+    return [row["seconds"] for row in metrics if first <= row["epoch"] <= last]
+
+
+def run(seconds: float, pollers: int, workdir: Path) -> dict[str, Any]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DATABASE_URL"))},
+        "VAR_DIR": str(workdir / "var"),
+        "DATA_DIR": str(workdir / "data"),
+        "ALLOW_DOWNLOAD": "false",
+        "DEVICE": "cpu",
+        "API_KEY": "",
+        "PYTHONUNBUFFERED": "1",
+    }
+    os.environ.update(env)  # this process records the seeded jobs in the same database
+    from engine.synthetic import generate_cifar
+    from jobs.migrations import upgrade
+    from tests.support import drive_job
+
+    generate_cifar(
+        workdir / "data", "cifar100", classes=10, train_per_class=40, test_per_class=10, seed=0
+    )
+    upgrade()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    logs = (workdir / "api.log").open("wb"), (workdir / "worker.log").open("wb")
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
+        + ["--port", str(port), "--log-level", "warning"],
+        cwd=ROOT,
+        env=env,
+        stdout=logs[0],
+        stderr=subprocess.STDOUT,
+    )
+    worker = None
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+
+            def healthy() -> bool:
+                try:
+                    return client.get("/health").status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            _wait(healthy, timeout=60, what="the API")
+            seeded = []
+            for number in range(SEEDED_JOBS):
+                spec = {"block": ("plain", "residual", "mobile")[number % 3]}
+                spec["hyperparameters"] = {"epochs": SEEDED_EPOCHS}  # type: ignore[assignment]
+                seeded.append(client.post("/jobs", json=spec).json()["id"])
+            for job_id in seeded:
+                drive_job(job_id, SEEDED_EPOCHS, finish="succeeded")
+            live = client.post("/jobs", json=TRAINING_JOB).json()["id"]
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "worker"],
+                cwd=ROOT,
+                env={**env, "WORKER_NAME": "bench"},
+                stdout=logs[1],
+                stderr=subprocess.STDOUT,
+            )
+
+            def epochs_done() -> int:
+                return int(client.get(f"/jobs/{live}").json()["epochs_done"])
+
+            # The first epoch carries the worker's start-up; both windows begin after it.
+            _wait(lambda: epochs_done() >= 1, timeout=300, what="the first epoch")
+            quiet_from = epochs_done()
+            time.sleep(seconds)
+            loaded_from = epochs_done()
+
+            latencies: dict[str, list[float]] = defaultdict(list)
+            errors: list[str] = []
+            lock = threading.Lock()
+            deadline = time.monotonic() + seconds
+            job_ids = [*seeded, live]
+            threads = [
+                threading.Thread(
+                    target=_poll,
+                    args=(base, job_ids, deadline, latencies, errors, lock, n, n == pollers),
+                )
+                for n in range(pollers + 1)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            loaded_to = epochs_done()
+            metrics = client.get(f"/jobs/{live}/metrics").json()["metrics"]
+            client.post(f"/jobs/{live}/cancel")
+    finally:
+        for process in (worker, api):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        for log in logs:
+            log.close()
+    # An epoch counts for a window when it started and ended inside it.
+    quiet = _epoch_seconds(metrics, quiet_from + 2, loaded_from)
+    loaded = _epoch_seconds(metrics, loaded_from + 2, loaded_to)
+    return {
+        "seconds": seconds,
+        "pollers": pollers,
+        "plot_pollers": 1,
+        "seeded_jobs": SEEDED_JOBS,
+        "seeded_epochs": SEEDED_EPOCHS,
+        "training_job": TRAINING_JOB,
+        "latency": {name: _percentiles(samples) for name, samples in latencies.items()},
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:5],
+        "epoch_seconds_without_pollers": quiet,
+        "epoch_seconds_with_pollers": loaded,
+        "epochs_finished_without_pollers": loaded_from - quiet_from,
+        "epochs_finished_with_pollers": loaded_to - loaded_from,
+    }
+
+
+def _print(result: dict[str, Any]) -> None:
+    print(
+        f"{result['pollers']} JSON pollers + 1 plot poller for {result['seconds']:.0f} s; "
+        f"{result['seeded_jobs']} finished jobs of {result['seeded_epochs']} epochs + 1 training"
+    )
+    print(f"{'route':<28}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for name, row in sorted(result["latency"].items()):
+        print(
+            f"{name:<28}{row['count']:>9}{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}"
+            f"{row['p99_ms']:>9.1f}{row['max_ms']:>9.1f}"
+        )
+    print(f"failed requests: {result['errors']} {result['error_examples']}")
+    for label in ("without pollers", "with pollers"):
+        key = label.replace(" ", "_")
+        values = result[f"epoch_seconds_{key}"]
+        mean = f"{statistics.mean(values):.2f}" if values else "n/a"
+        shown = ", ".join(f"{value:.2f}" for value in values)
+        print(
+            f"training {label}: {result[f'epochs_finished_{key}']} epochs finished in the "
+            f"window; seconds per epoch wholly inside it: mean {mean} ({shown})"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="Length of each window.")
+    parser.add_argument("--pollers", type=int, default=8, help="JSON clients (plus one plot).")
+    parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    args = parser.parse_args(argv)
+    if not 1 <= args.seconds <= 600 or not 1 <= args.pollers <= 64:
+        parser.error("--seconds must be 1-600 and --pollers 1-64")
+    with tempfile.TemporaryDirectory(prefix="api-latency-") as workdir:
+        result = run(args.seconds, args.pollers, Path(workdir))
+    _print(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
