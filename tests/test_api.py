@@ -137,8 +137,8 @@ def test_checkpoint_download_with_sha256_etag(client: TestClient) -> None:
     listing = client.get(f"/jobs/{job['id']}/checkpoints").json()
     assert [row["name"] for row in listing] == ["latest", "best", "final"]
     digest = hashlib.sha256(payload).hexdigest()
-    assert listing[1]["sha256"] == digest and listing[1]["size_bytes"] == len(payload)
-    response = client.get(listing[1]["url"])
+    assert listing[2]["sha256"] == digest and listing[2]["size_bytes"] == len(payload)
+    response = client.get(listing[2]["url"])
     assert response.status_code == 200 and response.content == payload
     assert response.headers["etag"] == f'"{digest}"'
     assert response.headers["accept-ranges"] == "bytes"
@@ -146,7 +146,7 @@ def test_checkpoint_download_with_sha256_etag(client: TestClient) -> None:
     assert response.headers["content-disposition"] == (
         f'attachment; filename="job-{job["id"]}-final.pt"'
     )
-    cached = client.get(listing[1]["url"], headers={"If-None-Match": f'"{digest}"'})
+    cached = client.get(listing[2]["url"], headers={"If-None-Match": f'"{digest}"'})
     assert cached.status_code == 304 and cached.content == b""
     assert cached.headers["etag"] == f'"{digest}"'
     unfinished = submit(client)
@@ -267,16 +267,23 @@ def test_checkpoint_download_serves_the_file_of_the_row(client: TestClient) -> N
     other = root / "jobs" / str(job["id"]) / "other.pt"
     other.write_bytes(b"another file")
 
-    def point_row_at(relative_path: str) -> None:
+    def point_row_at(relative_path: str, content: bytes = b"another file") -> None:
         with session_scope() as session:
             session.execute(
                 update(Checkpoint)
                 .where(Checkpoint.job_id == job["id"])
-                .values(relative_path=relative_path)
+                .values(
+                    relative_path=relative_path,
+                    size_bytes=len(content),
+                    sha256=hashlib.sha256(content).hexdigest(),
+                )
             )
 
     point_row_at(str(other.relative_to(root)))
     assert client.get(url).content == b"another file"
+    other.write_bytes(b"another fil3")  # damaged in place: never served
+    damaged = client.get(url)
+    assert damaged.status_code == 500 and damaged.json()["error"] == "checkpoint_damaged"
     outside = root.parent / "outside.pt"
     outside.write_bytes(b"not an artifact")
     for relative_path in ("../outside.pt", str(outside), "jobs/none.pt"):
