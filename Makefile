@@ -66,9 +66,10 @@ wheels: $(STAMP)
 gpu-check:
 	bash bench/gpu_check.sh
 
-## A small generated dataset in the official CIFAR-100 format under ./data (for demos without internet).
+## A small generated dataset in the official CIFAR-100 format under ./data (for demos without internet):
+## 10 classes, 2,000 training images, enough optimizer steps for a 3-epoch demo job to learn.
 data: $(STAMP)
-	$(PY) -m engine generate-data --out data --dataset cifar100 --classes 10 --train-per-class 30 --test-per-class 10
+	$(PY) -m engine generate-data --out data --dataset cifar100 --classes 10 --train-per-class 200 --test-per-class 100
 
 clean:
 	rm -rf var artifacts .pytest_cache

@@ -47,6 +47,7 @@ class Sizes:
     compile_budget_seconds: float
     service_budget_seconds: float
     concurrency_budget_seconds: float
+    compile_backend: str = "inductor"
 
 
 FULL = Sizes(
@@ -78,6 +79,7 @@ TINY = Sizes(
     compile_budget_seconds=240,
     service_budget_seconds=240,
     concurrency_budget_seconds=300,
+    compile_backend="aot_eager",  # inductor's code generation takes minutes on a small CPU
 )
 
 
@@ -140,6 +142,7 @@ def bench_step(
                 "--images", str(sizes.bench_images), "--rounds", str(sizes.bench_rounds),
                 "--batch-size", str(sizes.bench_batch_size),
                 "--data-dir", str(data_dir), "--json", str(json_path),
+                "--compile-backend", sizes.compile_backend,
             ]  # fmt: skip
             completed = _run_with_budget(command, budget_seconds)
             result["returncode"] = completed
@@ -156,6 +159,7 @@ def _bench_child(argv: list[str]) -> int:
     import torch
 
     from bench.train_throughput import environment, format_row, run_benchmark
+    from engine import trainer
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--device")
@@ -165,9 +169,15 @@ def _bench_child(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--compile-backend", default="inductor")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    results: dict[str, Any] = {"environment": environment(device), "rows": []}
+    trainer._COMPILE_BACKEND = args.compile_backend
+    results: dict[str, Any] = {
+        "environment": environment(device),
+        "compile_backend": args.compile_backend,
+        "rows": [],
+    }
 
     def record(row: Any) -> None:
         print(format_row(row), flush=True)
