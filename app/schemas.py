@@ -133,7 +133,7 @@ _JOB_EXAMPLE: dict[str, Any] = {
         "cancel": "/jobs/1/cancel",
     },
 }
-_EPOCH_EXAMPLE = {
+_EPOCH_EXAMPLE: dict[str, Any] = {
     "epoch": 1,
     "train_loss": 3.872,
     "train_accuracy": 0.1043,

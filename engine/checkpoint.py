@@ -130,7 +130,7 @@ def save_checkpoint(
     try:
         with os.fdopen(fd, "wb") as file:
             writer = _HashingWriter(file)
-            torch.save(payload, writer)
+            torch.save(payload, writer)  # type: ignore[arg-type]  # a binary file-like
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_name, path)

@@ -107,7 +107,7 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     """The configured optimizer: one fused kernel per step on CUDA, foreach kernels elsewhere
     (the same arithmetic as the per-parameter loop)."""
     on_cuda = next(model.parameters()).device.type == "cuda"
-    kernels: dict[str, bool] = {"fused": True} if on_cuda else {"foreach": True}
+    kernels: dict[str, Any] = {"fused": True} if on_cuda else {"foreach": True}
     params = model.parameters()
     if config.optimizer == "sgd":
         return torch.optim.SGD(

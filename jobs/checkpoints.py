@@ -28,7 +28,7 @@ def checkpoint_pointers(session: Session, job: Job) -> dict[str, Checkpoint]:
                 EpochMetric.job_id == job.id,
                 EpochMetric.epoch.in_([row.epoch for row in rows]),
             )
-        ).all()  # type: ignore[arg-type]  # rows of (epoch, accuracy)
+        ).tuples()
     )
     latest = rows[-1]
     pointers = {"latest": latest}

@@ -65,7 +65,7 @@ def _transition(session: Session, job_id: int, *conditions: Any, **values: Any) 
         .values({"updated_at": utcnow(), **values})
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]  # CursorResult
+    return result.rowcount == 1  # type: ignore[attr-defined]  # a CursorResult for UPDATE
 
 
 def _fenced(claim: Claim) -> tuple[ColumnElement[bool], ...]:

@@ -164,7 +164,7 @@ class JobRun:
             self.timed_out = True
         return self.timed_out or self.watcher.stop_reason is not None or shutting_down.is_set()
 
-    def _write(self, work: Callable[[Any], None]) -> None:
+    def _write(self, work: Callable[[Any], object]) -> None:
         """One transaction, retried while the database error is transient."""
 
         def attempt() -> None:
@@ -242,8 +242,10 @@ class JobRun:
         from engine.config import TrainConfig
         from engine.data import DatasetUnavailable
 
-        trainer = self.trainer
-        if trainer is None:
+        trainer: Trainer
+        if self.trainer is not None:
+            trainer = self.trainer
+        else:
             from engine.trainer import train as trainer
         try:
             config = TrainConfig.model_validate(self.claim.config)

@@ -40,7 +40,7 @@ def list_checkpoints(job_id: JobId, session: ReadSessionDep) -> list[CheckpointR
     job = job_service.get_job(session, job_id)
     return [
         CheckpointRead(
-            name=name,  # type: ignore[arg-type]  # one of CHECKPOINT_NAMES
+            name=name,
             epoch=row.epoch,
             size_bytes=row.size_bytes,
             sha256=row.sha256,

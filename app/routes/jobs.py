@@ -52,8 +52,8 @@ def submit_job(
 )
 def list_jobs(
     session: ReadSessionDep,
-    status: StatusName | None = None,  # type: ignore[valid-type]
-    block: BlockName | None = None,  # type: ignore[valid-type]
+    status: StatusName | None = None,
+    block: BlockName | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> JobList:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 
@@ -16,7 +16,9 @@ from app.services import jobs as job_service
 from jobs.tables import Job, JobStatus
 
 router = APIRouter(tags=["plots"])
-PNG = {200: {"content": {"image/png": {}}, "description": "A PNG image."}}
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "A PNG image."}
+}
 JOB_PLOTS = {
     "loss.png": ("train_loss", "Training loss"),
     "accuracy.png": ("test_accuracy", "Test accuracy"),
