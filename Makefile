@@ -32,7 +32,7 @@ migrate: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-## Engine and API tests only, no worker processes.
+## The pure and database tiers: no API, worker, Redis or PostgreSQL server is started.
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not e2e"
 

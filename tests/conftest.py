@@ -36,6 +36,24 @@ def require_server(name: str, host: str, port: int) -> None:
     pytest.skip(f"{message}: start it to run this test")
 
 
+# Test tiers, applied to every test by the fixtures it uses: `pure` (no database, no server),
+# `db` (a migrated database, in-process), `e2e` (real API/worker/database/broker processes).
+# `make test-fast` runs `-m "not e2e"` and starts no server.
+SERVER_FIXTURES = {"live_api", "live_server"}
+DATABASE_FIXTURES = {"database_url", "sqlite_url", "client", "configure", "postgres_template"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("e2e") or fixtures & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        elif fixtures & DATABASE_FIXTURES:
+            item.add_marker(pytest.mark.db)
+        else:
+            item.add_marker(pytest.mark.pure)
+
+
 def _clear_caches() -> None:
     from jobs.db import dispose_engines
     from jobs.queue import get_celery

@@ -332,3 +332,13 @@ def redis_queue_job_ids(url: str, queue: str = "training") -> list[int]:
         args = json.loads(base64.b64decode(envelope["body"]))[0]
         ids.append(int(args[0]))
     return ids
+
+
+def wait_for_status(
+    api: httpx.Client, job_id: int, statuses: tuple[str, ...], *, timeout: float = 180
+) -> dict:
+    def done() -> dict | None:
+        job = api.get(f"/jobs/{job_id}").json()
+        return job if job["status"] in statuses else None
+
+    return wait_for(done, timeout=timeout, interval=0.5, what=f"job {job_id} to be {statuses}")

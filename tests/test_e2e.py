@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import service_environment
-from tests.support import free_port, start_api, start_worker, wait_for
+from tests.support import free_port, start_api, start_worker, wait_for_status
 
 pytestmark = pytest.mark.e2e
 
@@ -25,16 +25,6 @@ SMALL_JOB = {
     "name": "e2e",
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def wait_for_status(
-    api: httpx.Client, job_id: int, statuses: tuple[str, ...], *, timeout: float = 180
-) -> dict:
-    def done() -> dict | None:
-        job = api.get(f"/jobs/{job_id}").json()
-        return job if job["status"] in statuses else None
-
-    return wait_for(done, timeout=timeout, interval=0.5, what=f"job {job_id} to be {statuses}")
 
 
 def run_small_job_end_to_end(env: dict[str, str], tmp_path: Path) -> None:

@@ -12,8 +12,15 @@ import httpx
 import pytest
 
 from tests.conftest import service_environment
-from tests.support import Process, free_port, start_api, start_redis, start_worker, wait_for
-from tests.test_e2e import wait_for_status
+from tests.support import (
+    Process,
+    free_port,
+    start_api,
+    start_redis,
+    start_worker,
+    wait_for,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.e2e
 

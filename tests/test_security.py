@@ -127,13 +127,6 @@ def live_api(configure, live_server: tuple[int, Process, str, str]) -> tuple[int
 # --- path traversal ------------------------------------------------------------------------
 
 
-def test_httpx_would_normalise_dot_segments() -> None:
-    """Why raw_get bypasses httpx: a traversal test sent through httpx.URL never leaves the
-    client as written."""
-    assert httpx.URL("http://h/jobs/1/checkpoints/../x").raw_path == b"/jobs/1/x"
-    assert httpx.URL("http://h/jobs/1/checkpoints/..%2fx").raw_path == b"/jobs/1/checkpoints/..%2fx"
-
-
 def test_path_traversal_on_the_live_server_is_a_json_404(live_api: tuple[int, Process]) -> None:
     port, process = live_api
     base = f"http://127.0.0.1:{port}"
