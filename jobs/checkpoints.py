@@ -22,14 +22,13 @@ def checkpoint_pointers(session: Session, job: Job) -> dict[str, Checkpoint]:
     )
     if not rows:
         return {}
-    accuracy: dict[int, float] = dict(
-        session.execute(
-            select(EpochMetric.epoch, EpochMetric.test_accuracy).where(
-                EpochMetric.job_id == job.id,
-                EpochMetric.epoch.in_([row.epoch for row in rows]),
-            )
-        ).tuples()
+    scores = session.execute(
+        select(EpochMetric.epoch, EpochMetric.test_accuracy).where(
+            EpochMetric.job_id == job.id,
+            EpochMetric.epoch.in_([row.epoch for row in rows]),
+        )
     )
+    accuracy = {epoch: test_accuracy for epoch, test_accuracy in scores}
     latest = rows[-1]
     pointers = {"latest": latest}
     scored = [row for row in rows if row.epoch in accuracy]
