@@ -122,7 +122,9 @@ class EngineLoop:
         precision: str,
         compile: bool,
     ) -> None:
-        config = TrainConfig(block=block, batch_size=batch_size, precision=precision)
+        config = TrainConfig.model_validate(
+            {"block": block, "batch_size": batch_size, "precision": precision}
+        )
         split = load_cifar(config.dataset, data_dir, train=True)
         torch.manual_seed(0)
         self.model = prepare_model(block, config.num_classes, device)

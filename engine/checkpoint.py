@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 from torch import nn
@@ -130,7 +130,8 @@ def save_checkpoint(
     try:
         with os.fdopen(fd, "wb") as file:
             writer = _HashingWriter(file)
-            torch.save(payload, writer)  # type: ignore[arg-type]  # a binary file-like
+            # torch.save needs only write() and flush() of a file object.
+            torch.save(payload, cast(IO[bytes], writer))
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_name, path)

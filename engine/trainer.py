@@ -107,23 +107,22 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     """The configured optimizer: one fused kernel per step on CUDA, foreach kernels elsewhere
     (the same arithmetic as the per-parameter loop)."""
     on_cuda = next(model.parameters()).device.type == "cuda"
-    kernels: dict[str, Any] = {"fused": True} if on_cuda else {"foreach": True}
+    fused = True if on_cuda else None
+    foreach = None if on_cuda else True
     params = model.parameters()
+    rate, decay = config.learning_rate, config.weight_decay
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params,
-            lr=config.learning_rate,
+            lr=rate,
             momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            **kernels,
+            weight_decay=decay,
+            foreach=foreach,
+            fused=fused,
         )
     if config.optimizer == "adam":
-        return torch.optim.Adam(
-            params, lr=config.learning_rate, weight_decay=config.weight_decay, **kernels
-        )
-    return torch.optim.AdamW(
-        params, lr=config.learning_rate, weight_decay=config.weight_decay, **kernels
-    )
+        return torch.optim.Adam(params, lr=rate, weight_decay=decay, foreach=foreach, fused=fused)
+    return torch.optim.AdamW(params, lr=rate, weight_decay=decay, foreach=foreach, fused=fused)
 
 
 def make_scheduler(

@@ -38,13 +38,15 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def learning_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("cifar10-learning")
-    generate_cifar(directory, "cifar10", train_per_class=64, test_per_class=20, seed=0)
+    generate_cifar(directory, "cifar10", train_per_class=64, test_per_class=10, seed=0)
     return directory
 
 
-# Enough optimizer steps (40 per epoch) for batch norm's running statistics, which evaluation
-# uses, to follow the weights. With 20 steps per epoch of a deep net whose weights still move
-# fast they lag so far behind that evaluation scores chance while training scores 40 %.
+# Evaluation uses batch norm's running statistics, which trail the weights by about ten steps.
+# While the weights still move fast they are far off, compounded over 17 layers: after 20 steps
+# a deep net scores chance in evaluation (test loss in the hundreds) while the same batch in
+# training mode scores 40 %. So the run needs enough steps: 40 per epoch, about 78 % from the
+# second epoch on (epoch 1 still evaluates near chance).
 LEARNING = TrainConfig(
     block="mobile", dataset="cifar10", batch_size=16, learning_rate=0.02, epochs=3, augment=False
 )
@@ -57,6 +59,7 @@ def _checkpoint_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("checkpoint")]
 
 
+@pytest.mark.timeout(900)  # about a minute on an idle 2-core CPU, several on a loaded one
 def test_learns_far_above_chance_and_reports_each_epoch(
     learning_data_dir: Path, tmp_path: Path
 ) -> None:
@@ -102,6 +105,7 @@ def test_learns_far_above_chance_and_reports_each_epoch(
     assert result.best_test_accuracy == max(m.test_accuracy for m in result.history)
     assert result.best_test_accuracy > 0.5  # chance is 0.1
     assert reports[-1].metrics.train_loss < reports[0].metrics.train_loss
+    assert reports[-1].metrics.test_loss < reports[0].metrics.test_loss
 
 
 def test_checkpoints_are_weights_only_and_rebuild_the_model(data_dir: Path, tmp_path: Path) -> None:
