@@ -63,10 +63,30 @@ TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.
 CHECKPOINT_NAMES = ("latest", "best", "final")
 
 
+class Experiment(Base):
+    """A group of jobs submitted and read as one (blocks x grid x seeds)."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    preset: Mapped[str | None] = mapped_column(String(32))
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the submitted request, as shown
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="experiment", order_by="Job.id")
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL"), index=True
+    )
     name: Mapped[str | None] = mapped_column(String(200))
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     block: Mapped[str] = mapped_column(String(32))
@@ -102,7 +122,11 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The number of this job's rows in job_events: each new event takes event_seq + 1 in the
+    # UPDATE that also changes the job, so on every backend a job's events commit in seq order.
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)
 
+    experiment: Mapped[Experiment | None] = relationship(back_populates="jobs")
     metrics: Mapped[list[EpochMetric]] = relationship(
         back_populates="job", order_by="EpochMetric.epoch", cascade="all, delete-orphan"
     )
@@ -151,3 +175,26 @@ class Checkpoint(Base):
     job: Mapped[Job] = relationship(back_populates="checkpoints")
 
     __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_checkpoint_files_job_epoch"),)
+
+
+class JobEvent(Base):
+    """What happened to a job, in order: status changes and epoch rows. Written in the same
+    transaction as the change it describes; `seq` counts 1, 2, ... per job (the event stream's
+    id), `id` orders events across jobs on one SQLite file (polling watchers use it)."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),
+        Index("ix_job_events_experiment_id", "experiment_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    experiment_id: Mapped[int | None] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # "status" or "epoch"
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
