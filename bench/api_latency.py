@@ -5,10 +5,12 @@ temporary VAR_DIR with a generated dataset, records finished jobs with metrics t
 worker's lifecycle calls, and submits one small training job. Once it has trained an epoch:
 `--seconds` with no client (the epoch time alone), then `--seconds` with `--pollers` clients
 looping over GET /jobs/{id}, /jobs/{id}/metrics and /jobs plus one client fetching
-/jobs/{id}/plots/loss.png. Prints each route's latency percentiles and the job's seconds per
-epoch in both windows. Only 127.0.0.1 is contacted; every loop ends at its deadline.
+/jobs/{id}/plots/loss.png, each client waiting `--interval` seconds between rounds (a dashboard
+or CLI polling once a second; 0 for clients that never pause). Prints each route's latency
+percentiles and the job's seconds per epoch in both windows. Only 127.0.0.1 is contacted;
+every loop ends at its deadline.
 
-    python -m bench.api_latency [--seconds 30] [--pollers 8] [--json out.json]
+    python -m bench.api_latency [--seconds 30] [--pollers 8] [--interval 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -81,8 +83,9 @@ def _poll(
     lock: threading.Lock,
     offset: int,
     plots: bool,
+    interval: float,
 ) -> None:
-    """One client: request after request until the deadline, timing each."""
+    """One client: a round of requests, a pause of `interval` seconds, until the deadline."""
     if plots:
         routes = [("/jobs/{id}/plots/loss.png", lambda job_id: f"/jobs/{job_id}/plots/loss.png")]
     else:
@@ -112,13 +115,14 @@ def _poll(
                         latencies[name].append(elapsed)
                     else:
                         errors.append(f"{name}: {reason}")
+            time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
 
 
 def _epoch_seconds(metrics: list[dict[str, Any]], first: int, last: int) -> list[float]:
     return [row["seconds"] for row in metrics if first <= row["epoch"] <= last]
 
 
-def run(seconds: float, pollers: int, workdir: Path) -> dict[str, Any]:
+def run(seconds: float, pollers: int, interval: float, workdir: Path) -> dict[str, Any]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DATABASE_URL"))},
         "VAR_DIR": str(workdir / "var"),
@@ -192,7 +196,17 @@ def run(seconds: float, pollers: int, workdir: Path) -> dict[str, Any]:
             threads = [
                 threading.Thread(
                     target=_poll,
-                    args=(base, job_ids, deadline, latencies, errors, lock, n, n == pollers),
+                    args=(
+                        base,
+                        job_ids,
+                        deadline,
+                        latencies,
+                        errors,
+                        lock,
+                        n,
+                        n == pollers,
+                        interval,
+                    ),
                 )
                 for n in range(pollers + 1)
             ]
@@ -220,6 +234,7 @@ def run(seconds: float, pollers: int, workdir: Path) -> dict[str, Any]:
         "seconds": seconds,
         "pollers": pollers,
         "plot_pollers": 1,
+        "interval_seconds": interval,
         "seeded_jobs": SEEDED_JOBS,
         "seeded_epochs": SEEDED_EPOCHS,
         "training_job": TRAINING_JOB,
@@ -235,7 +250,8 @@ def run(seconds: float, pollers: int, workdir: Path) -> dict[str, Any]:
 
 def _print(result: dict[str, Any]) -> None:
     print(
-        f"{result['pollers']} JSON pollers + 1 plot poller for {result['seconds']:.0f} s; "
+        f"{result['pollers']} JSON pollers + 1 plot poller, {result['interval_seconds']:g} s "
+        f"between rounds, for {result['seconds']:.0f} s; "
         f"{result['seeded_jobs']} finished jobs of {result['seeded_epochs']} epochs + 1 training"
     )
     print(f"{'route':<28}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}")
@@ -260,12 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="Length of each window.")
     parser.add_argument("--pollers", type=int, default=8, help="JSON clients (plus one plot).")
+    parser.add_argument(
+        "--interval", type=float, default=1.0, help="Seconds each client waits between rounds."
+    )
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 600 or not 1 <= args.pollers <= 64:
         parser.error("--seconds must be 1-600 and --pollers 1-64")
+    if not 0 <= args.interval <= 60:
+        parser.error("--interval must be 0-60")
     with tempfile.TemporaryDirectory(prefix="api-latency-") as workdir:
-        result = run(args.seconds, args.pollers, Path(workdir))
+        result = run(args.seconds, args.pollers, args.interval, Path(workdir))
     _print(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -3,6 +3,10 @@ deliveries, poison jobs, cancels, missing data and timeouts."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -138,6 +142,98 @@ def test_sigkill_mid_epoch_resumes_to_the_same_result(tmp_path: Path, dataset_ro
         assert svc.job(straight)["attempt"] == 1
         # On CPU with a fixed seed, resuming from the epoch-1 checkpoint changes nothing.
         assert without_timings(resumed_metrics) == without_timings(straight_metrics)
+
+
+def test_sigkill_after_the_last_epoch_before_its_checkpoint_is_recorded(
+    tmp_path: Path, dataset_root: Path
+) -> None:
+    """The last epoch's metrics are recorded, its file is on disk but not yet in the database
+    when the worker dies: the next attempt must end with every epoch and a `final` checkpoint
+    of the last epoch whose bytes match the listed sha256."""
+    # The plain net's checkpoint (about 90 MB) takes a few tenths of a second to write and hash:
+    # a window this test can land in by watching the database.
+    spec = {
+        "block": "plain",
+        "hyperparameters": {"epochs": 3, "batch_size": 16, "seed": 5},
+        "train_samples": 32,
+        "test_samples": 16,
+    }
+    with service(tmp_path, dataset_root) as svc:
+        worker = svc.start_worker()
+        job_id = svc.submit(spec)
+        watcher = sqlite3.connect(tmp_path / "jobs.sqlite3", isolation_level=None, timeout=30)
+        try:
+
+            def last_epoch_recorded() -> bool:
+                row = watcher.execute("SELECT epochs_done FROM jobs WHERE id = ?", (job_id,))
+                return int(row.fetchone()[0]) >= 3
+
+            wait_for(last_epoch_recorded, timeout=300, interval=0.005, what="epoch 3's row")
+            watcher.execute("BEGIN IMMEDIATE")  # the worker can record nothing more
+            recorded = watcher.execute(
+                "SELECT epoch FROM checkpoint_files WHERE job_id = ?", (job_id,)
+            ).fetchall()
+            assert (3,) not in recorded, "epoch 3's checkpoint was recorded before the lock"
+            orphan = tmp_path / "var" / "artifacts" / "jobs" / str(job_id) / "attempt-1"
+            wait_for(
+                lambda: (orphan / "epoch-0003.pt").exists(),
+                timeout=60,
+                interval=0.05,
+                what="epoch 3's file on disk",
+            )
+            worker.kill()
+        finally:
+            watcher.close()  # rolls back: the lock is released
+
+        job = svc.job(job_id)
+        assert job["status"] == "running" and job["epochs_done"] == 3, job
+        svc.start_worker()
+        job = wait_for_status(svc.api, job_id, ("succeeded", "failed"), timeout=300)
+        assert job["status"] == "succeeded" and job["attempt"] == 2, (job, svc.logs())
+        assert [row["epoch"] for row in svc.metrics(job_id)] == [1, 2, 3]
+        assert job["final_test_accuracy"] == svc.metrics(job_id)[-1]["test_accuracy"]
+        listing = {row["name"]: row for row in svc.api.get(f"/jobs/{job_id}/checkpoints").json()}
+        assert listing["final"]["epoch"] == 3 and listing["latest"]["epoch"] == 3
+        served = svc.api.get(listing["final"]["url"])
+        assert served.status_code == 200
+        assert hashlib.sha256(served.content).hexdigest() == listing["final"]["sha256"]
+        import io
+
+        import torch
+
+        served_state = torch.load(io.BytesIO(served.content), weights_only=True)
+        assert served_state["epoch"] == 3
+
+
+def test_cancel_while_the_worker_stops_on_sigterm_ends_cancelled(
+    tmp_path: Path, dataset_root: Path
+) -> None:
+    """A cancel that commits while the worker is handing the job back on SIGTERM: the job ends
+    cancelled, never `queued` with `cancel_requested` (which nothing would ever claim)."""
+    from sqlalchemy import text
+
+    from app.services.jobs import cancel_job
+    from jobs.db import session_scope
+
+    with service(tmp_path, dataset_root) as svc:
+        worker = svc.start_worker()
+        job_id = svc.submit({**JOB, "hyperparameters": {"epochs": 50, "batch_size": 32}})
+        wait_for(lambda: svc.job(job_id)["epochs_done"] >= 1, timeout=180, what="an epoch")
+        with session_scope(svc.env["DATABASE_URL"]) as session:
+            session.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the worker's writes wait
+            os.killpg(worker.pid, signal.SIGTERM)
+            # The worker stops at the next batch and waits for the lock to hand the job back.
+            time.sleep(1.5)
+            assert cancel_job(session, job_id).cancel_requested
+        worker.popen.wait(timeout=60)
+        job = svc.job(job_id)
+        assert job["status"] == "cancelled", (job, svc.logs())
+        assert "cancelled while its worker was stopping" in svc.logs()
+        # Nothing re-queues it: a new worker finds no job to run.
+        svc.start_worker()
+        time.sleep(3)
+        assert svc.job(job_id)["status"] == "cancelled"
+        assert svc.api.get("/jobs", params={"status": "queued"}).json()["total"] == 0
 
 
 def test_sigterm_hands_the_job_back_to_the_queue(tmp_path: Path, dataset_root: Path) -> None:
