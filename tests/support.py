@@ -10,9 +10,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+
+if TYPE_CHECKING:
+    from jobs.lifecycle import Claim
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -173,7 +176,7 @@ def drive_job(
     finish: str | None = None,
     checkpoint: bytes | None = None,
     checkpoint_epochs: tuple[int, ...] | None = None,
-) -> None:
+) -> Claim:
     """Take a job through the calls a worker makes (claim, record epochs 1..epochs, each
     checkpointed epoch's file written under ARTIFACT_DIR and recorded, optionally finish), in
     this process's settings. Epoch e has train_loss 4/e, train_accuracy 0.1e, test_accuracy
@@ -222,6 +225,7 @@ def drive_job(
     if finish:
         with session_scope() as session:
             assert finish_job(session, claim, JobStatus(finish))
+    return claim
 
 
 class PostgresServer:

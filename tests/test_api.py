@@ -128,6 +128,31 @@ def test_plots_are_valid_pngs(client: TestClient) -> None:
     assert client.get(f"/jobs/{first['id']}/plots/other.png").status_code == 404
 
 
+def test_plots_are_drawn_once_per_data_and_revalidated_by_etag(client: TestClient) -> None:
+    from app.plots import _cached_line_chart_png
+    from jobs.db import session_scope
+    from jobs.lifecycle import record_epoch
+
+    job = submit(client)
+    claim = drive_job(job["id"], 2)
+    url = f"/jobs/{job['id']}/plots/loss.png"
+    first = client.get(url)
+    draws = _cached_line_chart_png.cache_info().misses
+    again = client.get(url)
+    assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+    assert _cached_line_chart_png.cache_info().misses == draws, "the same data was drawn twice"
+    unchanged = client.get(url, headers={"If-None-Match": f'W/{first.headers["etag"]}, "x"'})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    assert unchanged.headers["etag"] == first.headers["etag"]
+    with session_scope() as session:  # a new epoch: a new image and tag
+        row = {"epoch": 3, "train_loss": 1.0, "train_accuracy": 0.3, "test_loss": 2.0}
+        row |= {"test_accuracy": 0.2, "learning_rate": 0.01, "seconds": 1.0}
+        record_epoch(session, claim, row | {"images_per_second": 9.0}, lease_seconds=600)
+    changed = client.get(url, headers={"If-None-Match": first.headers["etag"]})
+    assert changed.status_code == 200 and changed.headers["etag"] != first.headers["etag"]
+    decode_png(changed.content)
+
+
 def test_checkpoint_download_with_sha256_etag(client: TestClient) -> None:
     job = submit(client)
     assert client.get(f"/jobs/{job['id']}/checkpoints").json() == []

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from werkzeug.http import parse_etags
 
 from app.deps import ReadSessionDep
 from app.errors import InvalidRequest, JobNotFound, NotFound
-from app.plots import METRIC_LABELS, Series, line_chart, png_bytes
+from app.plots import METRIC_LABELS, Series, line_chart_png
 from app.routes.common import error_responses
 from app.routes.params import MAX_JOB_ID, JobId
 from app.services import jobs as job_service
@@ -17,7 +19,8 @@ from jobs.tables import Job, JobStatus
 
 router = APIRouter(tags=["plots"])
 PNG: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}}, "description": "A PNG image."}
+    200: {"content": {"image/png": {}}, "description": "A PNG image."},
+    304: {"description": "Not modified: the If-None-Match tag is the current image's ETag."},
 }
 JOB_PLOTS = {
     "loss.png": ("train_loss", "Training loss"),
@@ -34,8 +37,15 @@ PlotName = Annotated[
 ]
 
 
-def _png(content: bytes) -> Response:
-    return Response(content, media_type="image/png", headers={"Cache-Control": "no-cache"})
+def png_response(request: Request, content: bytes) -> Response:
+    """The PNG with a strong ETag of its bytes; 304 when the client already holds them (the
+    plot changes only when an epoch lands, so pollers mostly revalidate)."""
+    etag = hashlib.sha256(content).hexdigest()[:32]
+    headers = {"Cache-Control": "no-cache", "ETag": f'"{etag}"'}
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None and parse_etags(if_none_match).contains_weak(etag):
+        return Response(status_code=304, headers=headers)
+    return Response(content, media_type="image/png", headers=headers)
 
 
 def _empty_note(jobs: list[Job]) -> str:
@@ -49,20 +59,22 @@ def _empty_note(jobs: list[Job]) -> str:
     responses={**PNG, **error_responses(401, 404)},
     summary="loss.png (training loss) or accuracy.png (test accuracy) per epoch",
 )
-def job_plot(job_id: JobId, plot_name: PlotName, session: ReadSessionDep) -> Response:
+def job_plot(
+    request: Request, job_id: JobId, plot_name: PlotName, session: ReadSessionDep
+) -> Response:
     if plot_name not in JOB_PLOTS:
         raise NotFound(f"No plot {plot_name!r}; there are {', '.join(JOB_PLOTS)}.")
     metric, title = JOB_PLOTS[plot_name]
     job = job_service.get_job(session, job_id)
     rows = job_service.epoch_metrics(session, job_id)
     series = Series("", [row.epoch for row in rows], [getattr(row, metric) for row in rows])
-    figure = line_chart(
+    content = line_chart_png(
         [series],
         metric=metric,
         title=f"{title} — job {job.id} ({job.block})",
         empty_note=_empty_note([job]),
     )
-    return _png(png_bytes(figure))
+    return png_response(request, content)
 
 
 @router.get(
@@ -72,6 +84,7 @@ def job_plot(job_id: JobId, plot_name: PlotName, session: ReadSessionDep) -> Res
     summary="Several jobs on one chart, labelled by block",
 )
 def compare_plot(
+    request: Request,
     session: ReadSessionDep,
     jobs: Annotated[
         str,
@@ -103,5 +116,7 @@ def compare_plot(
         if not rows:
             without_epochs.append(job)
     title = f"{METRIC_LABELS[metric].removesuffix(' (%)')} by block"
-    figure = line_chart(series, metric=metric, title=title, empty_note=_empty_note(without_epochs))
-    return _png(png_bytes(figure))
+    content = line_chart_png(
+        series, metric=metric, title=title, empty_note=_empty_note(without_epochs)
+    )
+    return png_response(request, content)
