@@ -394,14 +394,6 @@ def service_step(
     return body
 
 
-def _worker_concurrency_setting() -> bool:
-    try:
-        from jobs.settings import Settings
-    except ImportError:
-        return False
-    return "worker_concurrency" in Settings.model_fields
-
-
 def _overlap_seconds(jobs: list[dict[str, Any]]) -> float:
     """Seconds during which at least two of the jobs were running at once."""
     spans = []
@@ -429,8 +421,7 @@ def concurrency_step(
     """N one-epoch jobs at once for each N: total training images/s of the service."""
 
     def body(result: dict[str, Any]) -> None:
-        uses_setting = _worker_concurrency_setting()
-        result["mode"] = "WORKER_CONCURRENCY=N" if uses_setting else "N worker processes"
+        result["mode"] = "WORKER_CONCURRENCY=N"
         result["runs"] = runs = []
         step_deadline = time.monotonic() + budget_seconds
         for count in sizes.concurrent_jobs:
@@ -443,8 +434,8 @@ def concurrency_step(
                 work_dir / f"concurrent-{count}",
                 data_dir,
                 sizes.device,
-                workers=1 if uses_setting else count,
-                concurrency=count if uses_setting else None,
+                workers=1,
+                concurrency=count,
             )
             try:
                 service.wait_ready(timeout=60)
@@ -471,7 +462,7 @@ def concurrency_step(
                     result["status_override"] = "jobs failed"
             finally:
                 service.stop()
-        if uses_setting and any(not run.get("ran_concurrently", True) for run in runs):
+        if any(not run.get("ran_concurrently", True) for run in runs):
             result["note"] = "WORKER_CONCURRENCY is accepted but the jobs ran one at a time"
 
     return body

@@ -8,6 +8,7 @@ worker) decide what to do with each EpochReport and each CheckpointFile.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -259,6 +260,18 @@ def _load_splits(
     return splits[0], splits[1]
 
 
+# Weight initialisation draws from PyTorch's global generator: jobs that start at the same time in
+# one process (WORKER_CONCURRENCY > 1) seed and build their networks one at a time.
+_GLOBAL_RNG = threading.Lock()
+
+
+def seeded_model(config: TrainConfig, device: torch.device) -> nn.Module:
+    """The job's network with its seed's initial weights, whatever other threads are doing."""
+    with _GLOBAL_RNG:
+        torch.manual_seed(config.seed)
+        return prepare_model(config.block, config.num_classes, device)
+
+
 def train(
     config: TrainConfig,
     *,
@@ -307,9 +320,8 @@ def train(
     train_split, test_split = _load_splits(
         config, Path(data_dir), download, download_url, download_md5
     )
-    torch.manual_seed(config.seed)
     loader_generator = torch.Generator(device=device).manual_seed(config.seed)
-    model = prepare_model(config.block, config.num_classes, device)
+    model = seeded_model(config, device)
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer)
     channels_last = True  # matches prepare_model

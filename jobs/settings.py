@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     api_key: str | None = None
     device: str = Field("auto", description="Worker device: auto, cpu, cuda or cuda:N.")
     worker_name: str | None = None
+    worker_concurrency: int = Field(
+        1, ge=1, le=16, description="Jobs one worker process trains at once on its device."
+    )
 
     @field_validator("api_key", "database_url", "celery_broker_url", mode="before")
     @classmethod

@@ -99,3 +99,46 @@ def test_job_runs_end_to_end_on_redis_and_postgres(
     for database_url in _postgres_copy(postgres_template):
         env = service_environment(tmp_path, database_url, dataset_root, broker_url=redis_url)
         run_small_job_end_to_end(env, tmp_path)
+
+
+def test_one_worker_trains_several_jobs_at_once(tmp_path: Path, dataset_root: Path) -> None:
+    """WORKER_CONCURRENCY=2: one worker process runs two jobs at the same time, each to the end
+    with all its epochs, and a third waits for a free slot."""
+    from datetime import datetime
+
+    from jobs.migrations import upgrade
+
+    env = service_environment(
+        tmp_path, f"sqlite:///{tmp_path / 'jobs.sqlite3'}", dataset_root, WORKER_CONCURRENCY="2"
+    )
+    upgrade(env["DATABASE_URL"])
+    port = free_port()
+    api_process = start_api(env, tmp_path, port)
+    worker = start_worker(env, tmp_path, name="pair")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
+            spec = {**SMALL_JOB, "hyperparameters": {"epochs": 3, "batch_size": 32, "seed": 7}}
+            ids = [
+                api.post("/jobs", json={**spec, "name": f"job {n}"}).json()["id"] for n in range(3)
+            ]
+            jobs = [wait_for_status(api, job_id, ("succeeded", "failed")) for job_id in ids]
+            for job in jobs:
+                assert job["status"] == "succeeded", (job, worker.output())
+                assert job["worker"] == "pair" and job["attempt"] == 1
+                metrics = api.get(f"/jobs/{job['id']}/metrics").json()["metrics"]
+                assert [row["epoch"] for row in metrics] == [1, 2, 3]
+            spans = [
+                (datetime.fromisoformat(j["started_at"]), datetime.fromisoformat(j["finished_at"]))
+                for j in jobs
+            ]
+            # The first two overlapped; the third started only once one of them had finished.
+            assert spans[1][0] < spans[0][1] and spans[0][0] < spans[1][1], spans
+            assert spans[2][0] >= min(spans[0][1], spans[1][1]), spans
+            # Same spec and seed: the same numbers whether trained alone or beside another job.
+            first, second = (
+                api.get(f"/jobs/{job_id}/metrics").json()["metrics"] for job_id in ids[:2]
+            )
+            assert [r["train_loss"] for r in first] == [r["train_loss"] for r in second]
+    finally:
+        worker.stop()
+        api_process.stop()

@@ -344,3 +344,32 @@ def test_compiled_training_compiles_once(data_dir: Path, monkeypatch: pytest.Mon
     # Dynamo looked at frames again each epoch (cache hits are not counted), but compiled no more.
     assert frames_after_epoch == [frames_after_epoch[0]] * 3
     assert counters["recompiles"] == {} or sum(counters["recompiles"].values()) == 0
+
+
+def test_networks_built_in_parallel_threads_get_their_own_seeds_weights() -> None:
+    """Several jobs in one worker process (WORKER_CONCURRENCY) start at once: each network's
+    initial weights must be those of its seed alone."""
+    device = torch.device("cpu")
+    seeds = [3, 4, 5, 6]
+
+    def weights(seed: int) -> torch.Tensor:
+        config = TrainConfig(block="mobile", seed=seed)
+        model = trainer.seeded_model(config, device)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    alone = {seed: weights(seed) for seed in seeds}
+    together: dict[int, torch.Tensor] = {}
+    barrier = threading.Barrier(len(seeds))
+
+    def build(seed: int) -> None:
+        barrier.wait()
+        together[seed] = weights(seed)
+
+    threads = [threading.Thread(target=build, args=(seed,)) for seed in seeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for seed in seeds:
+        assert torch.equal(alone[seed], together[seed]), f"seed {seed} got another job's weights"
+    assert not torch.equal(alone[3], alone[4])

@@ -1,4 +1,5 @@
-"""`python -m worker`: one Celery worker process running one job at a time (one per GPU)."""
+"""`python -m worker`: one Celery worker process per GPU, training WORKER_CONCURRENCY jobs at
+once on it (default 1)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = get_settings()
+    # One job: Celery's solo pool runs it in the main thread. Several: one thread per job, all on
+    # this process's device (PyTorch releases the GIL in its kernels).
+    pool = "solo" if settings.worker_concurrency == 1 else "threads"
     celery.worker_main(
         [
             "worker",
-            "--pool=solo",
-            "--concurrency=1",
+            f"--pool={pool}",
+            f"--concurrency={settings.worker_concurrency}",
             "--queues=training",
             f"--hostname={worker_name(settings)}@%h",
             "--loglevel=INFO",
