@@ -7,10 +7,18 @@ class ServiceError(Exception):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        fields: list[dict[str, str]] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
+        # For 422s: each bad field and why, like the validation handler's `fields`.
+        self.fields = fields
 
 
 class JobNotFound(ServiceError):
@@ -36,9 +44,19 @@ class NotFound(ServiceError):
     code = "not_found"
 
 
+class ExperimentNotFound(NotFound):
+    def __init__(self, experiment_id: object) -> None:
+        super().__init__(f"No experiment with id {experiment_id}.")
+
+
 class JobNotCancellable(ServiceError):
     status_code = 409
     code = "job_not_cancellable"
+
+
+class ExperimentNotCancellable(ServiceError):
+    status_code = 409
+    code = "not_cancellable"
 
 
 class IdempotencyConflict(ServiceError):
@@ -64,6 +82,25 @@ class Unauthorized(ServiceError):
 class InvalidRequest(ServiceError):
     status_code = 422
     code = "invalid_request"
+
+
+class InvalidFields(ServiceError):
+    """Checks a request model cannot express (they need several fields, or the database): the
+    same answer as a validation error, naming each field."""
+
+    status_code = 422
+    code = "validation_error"
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__(
+            "; ".join(f"{field}: {message}" for field, message in problems),
+            fields=[{"field": field, "message": message} for field, message in problems],
+        )
+
+
+class TooManyJobs(ServiceError):
+    status_code = 422
+    code = "too_many_jobs"
 
 
 class InvalidJson(ServiceError):

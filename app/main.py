@@ -19,12 +19,13 @@ from app.json_body import JsonBodyGuard
 from app.methods import HEAD_REQUEST, METHOD_ORDER, HeadAsGet, Operations
 from app.openapi import build_schema
 from app.responses import error_response, service_error_response
-from app.routes import checkpoints, jobs, plots, system
+from app.routes import checkpoints, experiments, jobs, plots, system
 from jobs.settings import get_settings
 
 DESCRIPTION = """
 Train the 18-layer CIFAR networks of the course report (PlainBlock, ResidualBlock, MobileBlock)
-as jobs: submit a spec, poll per-epoch metrics, fetch PNG plots and checkpoints.
+as jobs: submit a spec, poll per-epoch metrics, fetch PNG plots and checkpoints; or submit an
+experiment (blocks x grid x seeds) and read its jobs as one summary.
 """
 
 
@@ -150,6 +151,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(plots.router)
     app.include_router(checkpoints.router)
+    app.include_router(experiments.router)
     # The last added runs first: HEAD, then the key, then the body cap, then the JSON check.
     app.add_middleware(JsonBodyGuard, operations=operations)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -18,4 +18,5 @@ def error_response(
 
 
 def service_error_response(error: ServiceError) -> JSONResponse:
-    return error_response(error.status_code, error.code, error.detail, error.headers)
+    extra = {} if error.fields is None else {"fields": error.fields}
+    return error_response(error.status_code, error.code, error.detail, error.headers, **extra)

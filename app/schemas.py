@@ -7,7 +7,14 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 
 from engine.config import (
     STRICT,
@@ -18,9 +25,17 @@ from engine.config import (
     TrainConfig,
     TrainSamples,
 )
+from models.catalog import BLOCK_NAMES, BlockName
 
 StatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+def canonical_sha256(data: dict[str, Any]) -> str:
+    """sha256 of JSON data written canonically (sorted keys, no spaces): a request's identity
+    for idempotent submission."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class JobCreate(BaseModel):
@@ -53,8 +68,7 @@ class JobCreate(BaseModel):
 
     def fingerprint(self) -> str:
         """sha256 of the canonical spec, for idempotent submission."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return canonical_sha256(self.model_dump(mode="json"))
 
     def train_config(self) -> TrainConfig:
         """The engine's validated config for this job."""
@@ -78,6 +92,7 @@ class JobLinks(BaseModel):
 
 _JOB_EXAMPLE: dict[str, Any] = {
     "id": 1,
+    "experiment_id": None,
     "name": "residual smoke run",
     "tags": ["demo"],
     "block": "residual",
@@ -149,6 +164,7 @@ class JobRead(BaseModel):
     model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_JOB_EXAMPLE]})
 
     id: int
+    experiment_id: int | None = Field(None, description="The experiment the job belongs to.")
     name: str | None
     tags: list[str]
     block: str
@@ -275,6 +291,307 @@ class ArchitectureRead(BaseModel):
     macs: int
     params_millions: float = Field(description="params / 1e6, rounded to 2 places (the seed's M).")
     gmacs: float = Field(description="macs / 1e9, rounded to 2 places (the seed's GMac).")
+
+
+MAX_EXPERIMENT_JOBS = 64
+# Every hyperparameter but the seed can be varied over a grid (`seeds` varies the seed).
+GRID_KEYS: tuple[str, ...] = tuple(name for name in Hyperparameters.model_fields if name != "seed")
+REPORT_PRESET = "report"
+REPORT_BLOCKS: tuple[BlockName, ...] = ("plain", "residual", "mobile")
+REPORT_DATASET = "cifar100"
+# The report's training settings are the spec's defaults (batch 128, SGD lr 0.01 momentum 0.9,
+# no schedule, augmentation); a report experiment may change only how long it trains.
+REPORT_HYPERPARAMETERS = Hyperparameters()
+REPORT_FREE_HYPERPARAMETERS = ("epochs",)
+
+
+def _values_schema(name: str) -> dict[str, Any]:
+    """JSON Schema of a list of values of one hyperparameter, each as Hyperparameters declares
+    it (the service validates them by building each job's Hyperparameters)."""
+    value = dict(Hyperparameters.model_json_schema()["properties"][name])
+    value.pop("default", None)
+    value.pop("title", None)
+    return {
+        "type": "array",
+        "items": value,
+        "minItems": 1,
+        "maxItems": MAX_EXPERIMENT_JOBS,
+        "uniqueItems": True,
+    }
+
+
+def _experiment_schema_extra(schema: dict[str, Any]) -> None:
+    """The example, and the rules of the preset in JSON Schema: with "report" only the fields
+    the report leaves open may differ from its settings; without a preset, blocks are needed."""
+    schema["examples"] = [
+        {
+            "name": "plain vs residual",
+            "blocks": ["plain", "residual"],
+            "hyperparameters": {"epochs": 2, "batch_size": 64},
+            "grid": {"learning_rate": [0.01, 0.1]},
+            "seeds": [0],
+            "train_samples": 300,
+            "test_samples": 100,
+            "tags": ["demo"],
+        }
+    ]
+    fixed = {
+        name: value
+        for name, value in REPORT_HYPERPARAMETERS.model_dump(mode="json").items()
+        if name not in REPORT_FREE_HYPERPARAMETERS
+    }
+    schema["if"] = {"properties": {"preset": {"const": REPORT_PRESET}}, "required": ["preset"]}
+    schema["then"] = {
+        "properties": {
+            "blocks": {
+                "anyOf": [
+                    {"type": "null"},
+                    {
+                        "type": "array",
+                        "items": {"enum": list(REPORT_BLOCKS)},
+                        "minItems": len(REPORT_BLOCKS),
+                    },
+                ]
+            },
+            "dataset": {"const": REPORT_DATASET},
+            "grid": {"maxProperties": 0},
+            "hyperparameters": {
+                # {"const": None} would be dropped from the schema as unset.
+                "properties": {
+                    name: {"type": "null"} if value is None else {"const": value}
+                    for name, value in fixed.items()
+                }
+            },
+        }
+    }
+    schema["else"] = {"required": ["blocks"], "properties": {"blocks": {"type": "array"}}}
+
+
+class ExperimentCreate(BaseModel):
+    """Several jobs submitted and read as one: one per block x grid combination x seed."""
+
+    model_config = ConfigDict(**STRICT, json_schema_extra=_experiment_schema_extra)
+
+    name: str = Field(min_length=1, max_length=200)
+    preset: Literal["report"] | None = Field(
+        None,
+        description='"report": the course report\'s comparison (plain, residual and mobile with '
+        "its settings); only hyperparameters.epochs, train_samples, test_samples, seeds, name "
+        "and tags may then be given.",
+    )
+    blocks: list[Block] | None = Field(
+        None,
+        min_length=1,
+        max_length=len(BLOCK_NAMES),
+        description="Distinct blocks, one job each (times the grid and seeds); needed unless a "
+        "preset gives them.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    dataset: Dataset = "cifar100"
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="Shared by every job of the experiment."
+    )
+    grid: Annotated[
+        dict[str, Annotated[list[Any], Field(min_length=1, max_length=MAX_EXPERIMENT_JOBS)]],
+        WithJsonSchema(
+            {
+                "type": "object",
+                "properties": {name: _values_schema(name) for name in GRID_KEYS},
+                "additionalProperties": False,
+            }
+        ),
+    ] = Field(
+        default_factory=dict,
+        description="Hyperparameter name -> distinct values; one job per combination "
+        "(cartesian product), each value replacing the shared one.",
+    )
+    seeds: Annotated[
+        list[Any] | None,
+        Field(min_length=1, max_length=MAX_EXPERIMENT_JOBS),
+        WithJsonSchema({"anyOf": [_values_schema("seed"), {"type": "null"}]}),
+    ] = Field(None, description="Distinct seeds, one job each (replacing hyperparameters.seed).")
+    train_samples: TrainSamples = None
+    test_samples: TestSamples = None
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+
+    @field_validator("blocks")
+    @classmethod
+    def _distinct_blocks(cls, blocks: list[str] | None) -> list[str] | None:
+        if blocks is not None and len(set(blocks)) != len(blocks):
+            raise ValueError("blocks must be distinct")
+        return blocks
+
+
+ExperimentSort = Literal[
+    "job_id",
+    "block",
+    "status",
+    "best_test_accuracy",
+    "final_test_accuracy",
+    "final_train_loss",
+    "seconds_per_epoch",
+    "params",
+    "macs",
+]
+SortOrder = Literal["asc", "desc"]
+
+
+class StatusCounts(BaseModel):
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class ReportFigures(BaseModel):
+    params: int | None = Field(description="As printed in the report; null where it gives none.")
+    macs: int | None = Field(description="As printed in the report; null where it gives none.")
+    final_test_accuracy: float = Field(description="Fraction in [0, 1].")
+    final_train_loss: float
+
+
+class ExperimentJobRow(BaseModel):
+    job_id: int
+    block: str
+    varied: dict[str, Any] = Field(
+        description="This job's value of each of the experiment's varying fields."
+    )
+    seed: int
+    status: StatusName
+    epochs_done: int
+    epochs_total: int
+    params: int
+    macs: int
+    best_test_accuracy: float | None
+    final_test_accuracy: float | None
+    final_train_loss: float | None
+    seconds_per_epoch: float | None = Field(description="Mean of the job's recorded epochs.")
+    report: ReportFigures | None = Field(
+        None, description='The report\'s figures for this block (preset "report" only).'
+    )
+
+
+class ExperimentPlotLinks(BaseModel):
+    train_loss: str
+    train_accuracy: str
+    test_loss: str
+    test_accuracy: str
+    accuracy_vs_macs: str
+    accuracy_vs_params: str
+
+
+class ExperimentLinks(BaseModel):
+    self: str
+    summary_csv: str
+    events: str
+    cancel: str
+    plots: ExperimentPlotLinks
+
+
+_EXPERIMENT_EXAMPLE: dict[str, Any] = {
+    "id": 1,
+    "name": "report",
+    "preset": "report",
+    "tags": [],
+    "spec": {
+        "name": "report",
+        "preset": "report",
+        "blocks": ["plain", "residual", "mobile"],
+        "dataset": "cifar100",
+        "hyperparameters": _JOB_EXAMPLE["spec"]["hyperparameters"],
+        "grid": {},
+        "seeds": None,
+        "train_samples": None,
+        "test_samples": None,
+        "tags": [],
+    },
+    "created_at": "2026-11-27T08:00:00Z",
+    "status": "running",
+    "status_counts": {"queued": 2, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0},
+    "job_count": 3,
+    "varying": ["block"],
+    "jobs": [
+        {
+            "job_id": 1,
+            "block": "plain",
+            "varied": {"block": "plain"},
+            "seed": 0,
+            "status": "running",
+            "epochs_done": 12,
+            "epochs_total": 100,
+            "params": 11050212,
+            "macs": 551979108,
+            "best_test_accuracy": 0.5512,
+            "final_test_accuracy": 0.5436,
+            "final_train_loss": 1.0231,
+            "seconds_per_epoch": 12.3,
+            "report": {
+                "params": 11050000,
+                "macs": 550000000,
+                "final_test_accuracy": 0.7055,
+                "final_train_loss": 0.014,
+            },
+        }
+    ],
+    "links": {
+        "self": "/experiments/1",
+        "summary_csv": "/experiments/1/summary.csv",
+        "events": "/experiments/1/events",
+        "cancel": "/experiments/1/cancel",
+        "plots": {
+            "train_loss": "/experiments/1/plots/train_loss.png",
+            "train_accuracy": "/experiments/1/plots/train_accuracy.png",
+            "test_loss": "/experiments/1/plots/test_loss.png",
+            "test_accuracy": "/experiments/1/plots/test_accuracy.png",
+            "accuracy_vs_macs": "/experiments/1/plots/accuracy-vs-macs.png",
+            "accuracy_vs_params": "/experiments/1/plots/accuracy-vs-params.png",
+        },
+    },
+}
+
+
+class ExperimentRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXPERIMENT_EXAMPLE]})
+
+    id: int
+    name: str
+    preset: Literal["report"] | None
+    tags: list[str]
+    spec: dict[str, Any] = Field(description="The submitted experiment, defaults filled in.")
+    created_at: datetime
+    status: StatusName = Field(
+        description="running if any job runs; else queued if any is queued; else succeeded if "
+        "all succeeded; else failed if any failed; else cancelled."
+    )
+    status_counts: StatusCounts
+    job_count: int
+    varying: list[str] = Field(
+        description="The spec fields whose value differs between the jobs: block, grid "
+        "hyperparameters, seed."
+    )
+    jobs: list[ExperimentJobRow] = Field(description="Empty in listings.")
+    links: ExperimentLinks
+
+
+class ExperimentList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [{**_EXPERIMENT_EXAMPLE, "jobs": []}],
+                    "total": 1,
+                    "limit": 50,
+                    "offset": 0,
+                }
+            ]
+        }
+    )
+
+    items: list[ExperimentRead]
+    total: int
+    limit: int
+    offset: int
 
 
 class ErrorRead(BaseModel):

@@ -20,6 +20,7 @@ from tests.support import Process, drive_job, free_port, start_api
 from tests.support import broker_messages as count_broker_messages
 
 SMALL_JOB = {"block": "mobile", "hyperparameters": {"epochs": 2}, "train_samples": 40}
+SMALL_EXPERIMENT = {"name": "small", "blocks": ["mobile"], "hyperparameters": {"epochs": 2}}
 JSON = {"content-type": "application/json"}
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 CHECKPOINT_BYTES = b"a real checkpoint file, not /etc/passwd\n" * 64
@@ -247,8 +248,11 @@ def test_oversized_body_in_process(client: TestClient) -> None:
 # --- API key -------------------------------------------------------------------------------
 
 
-def every_protected_request(job_id: int) -> list[tuple[str, str, dict[str, Any], int]]:
+def every_protected_request(
+    job_id: int, experiment_id: int
+) -> list[tuple[str, str, dict[str, Any], int]]:
     """(method, path, httpx kwargs, the status with the right key) for each API route."""
+    experiment = f"/experiments/{experiment_id}"
     return [
         ("GET", "/architectures", {}, 200),
         ("GET", "/ready", {}, 200),
@@ -261,6 +265,12 @@ def every_protected_request(job_id: int) -> list[tuple[str, str, dict[str, Any],
         ("GET", f"/jobs/{job_id}/checkpoints", {}, 200),
         ("GET", f"/jobs/{job_id}/checkpoints/latest", {}, 200),
         ("POST", f"/jobs/{job_id}/cancel", {}, 200),
+        ("POST", "/experiments", {"json": SMALL_EXPERIMENT}, 202),
+        ("GET", "/experiments", {}, 200),
+        ("GET", experiment, {}, 200),
+        ("GET", f"{experiment}/summary.csv", {}, 200),
+        ("GET", f"{experiment}/plots/test_accuracy.png", {}, 200),
+        ("POST", f"{experiment}/cancel", {}, 200),
     ]
 
 
@@ -275,7 +285,9 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
         assert created.status_code == 202, created.text
         job_id = created.json()["id"]
         put_checkpoint(job_id)
-        requests = every_protected_request(job_id)
+        experiment = client.post("/experiments", json=SMALL_EXPERIMENT, headers=good)
+        assert experiment.status_code == 202, experiment.text
+        requests = every_protected_request(job_id, experiment.json()["id"])
 
         # The list covers every operation of the app's schema (a new route must be listed).
         schema = client.get("/openapi.json", headers=good).json()
@@ -291,7 +303,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
             for template in schema["paths"]
             if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path)
         }
-        assert covered == declared and len(declared) == 11
+        assert covered == declared and len(declared) == 17
 
         jobs_before = client.get("/jobs", headers=good).json()["total"]
         for method, path, kwargs, _ in requests:
@@ -332,7 +344,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
                 assert refused.json()["error"] == "unauthorized"
             answered = client.request(method, path, headers={**headers, **good}, **kwargs)
             assert answered.status_code == with_key, (method, path, answered.text)
-        assert client.get("/jobs", headers=good).json()["total"] == jobs_before == 1
+        assert client.get("/jobs", headers=good).json()["total"] == jobs_before == 2
 
         for method, path, kwargs, expected in requests:
             response = client.request(method, path, headers=good, **kwargs)

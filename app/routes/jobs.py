@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from app.deps import ReadSessionDep, SessionDep, SettingsDep
 from app.routes.common import error_responses, render_job
-from app.routes.params import IdempotencyKey, JobId
+from app.routes.params import MAX_JOB_ID, IdempotencyKey, JobId
 from app.schemas import JobCreate, JobList, JobMetrics, JobRead, StatusName
 from app.services import jobs as job_service
 from models.catalog import BlockName
@@ -54,11 +54,19 @@ def list_jobs(
     session: ReadSessionDep,
     status: StatusName | None = None,
     block: BlockName | None = None,
+    experiment_id: Annotated[
+        int | None, Query(ge=1, le=MAX_JOB_ID, description="Only this experiment's jobs.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> JobList:
     jobs, total = job_service.list_jobs(
-        session, status=status, block=block, limit=limit, offset=offset
+        session,
+        status=status,
+        block=block,
+        experiment_id=experiment_id,
+        limit=limit,
+        offset=offset,
     )
     positions = job_service.queue_positions(session, jobs)
     return JobList(

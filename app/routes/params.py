@@ -13,16 +13,21 @@ CANONICAL_ID = re.compile(r"[1-9][0-9]*")
 
 
 def _canonical_id(value: object) -> object:
-    """Only the id's canonical spelling names the job: "1.0", "+1", "01" and "1e0" name nothing
+    """Only the id's canonical spelling names a row: "1.0", "+1", "01" and "1e0" name nothing
     (pydantic's lax int parsing would read each of them as 1)."""
     if isinstance(value, str) and not CANONICAL_ID.fullmatch(value):
-        raise ValueError("a job id is a positive integer without sign, leading zeros or decimals")
+        raise ValueError("an id is a positive integer without sign, leading zeros or decimals")
     return value
 
 
 # Path's metadata comes first, so that the schema shows minimum and maximum.
 JobId = Annotated[
     int, Path(ge=1, le=MAX_JOB_ID, description="The job's id."), BeforeValidator(_canonical_id)
+]
+ExperimentId = Annotated[
+    int,
+    Path(ge=1, le=MAX_JOB_ID, description="The experiment's id."),
+    BeforeValidator(_canonical_id),
 ]
 
 IdempotencyKey = Annotated[
@@ -33,7 +38,7 @@ IdempotencyKey = Annotated[
         # Printable ASCII without surrounding spaces: servers strip those, so " k" and "k" would
         # be one key that the client sent as two.
         pattern=r"^[!-~]([ -~]*[!-~])?$",
-        description="Retry-safe submission: the same key and body return the original job; the "
-        "same key with another body is 409. 1 to 200 printable ASCII characters.",
+        description="Retry-safe submission: the same key and body return what the first request "
+        "made; the same key with another body is 409. 1 to 200 printable ASCII characters.",
     ),
 ]

@@ -1,4 +1,5 @@
-"""PNG plots: one job's loss and accuracy, and several jobs compared on one chart."""
+"""PNG plots: one job's loss and accuracy, several jobs compared on one chart, and an
+experiment's jobs per epoch and against network size."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from werkzeug.http import parse_etags
 
 from app.deps import ReadSessionDep
 from app.errors import InvalidRequest, JobNotFound, NotFound
-from app.plots import METRIC_LABELS, Series, line_chart_png
+from app.plots import METRIC_LABELS, Point, Series, line_chart_png, png_bytes, scatter_chart
 from app.routes.common import error_responses
-from app.routes.params import MAX_JOB_ID, JobId
+from app.routes.params import MAX_JOB_ID, ExperimentId, JobId
+from app.services import experiments as experiment_service
 from app.services import jobs as job_service
 from jobs.tables import Job, JobStatus
 
@@ -30,10 +32,26 @@ MAX_COMPARED_JOBS = 12
 JOB_ID_LIST = f"^[1-9][0-9]*(,[1-9][0-9]*){{0,{MAX_COMPARED_JOBS - 1}}}$"
 FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
+# An experiment's plots: a line per job for each metric, and best test accuracy against size.
+EXPERIMENT_METRIC_PLOTS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+EXPERIMENT_SIZE_PLOTS = {
+    "accuracy-vs-macs": ("macs", "MACs per image (millions, log scale)", "MACs"),
+    "accuracy-vs-params": ("params", "Parameters (millions, log scale)", "parameters"),
+}
+EXPERIMENT_PLOTS = (*EXPERIMENT_METRIC_PLOTS, *EXPERIMENT_SIZE_PLOTS)
+
 # The schema lists the names; the route checks them itself, so that a wrong one is a 404 naming
 # the valid ones rather than pydantic's message.
 PlotName = Annotated[
     str, Path(description="Which plot.", json_schema_extra={"enum": list(JOB_PLOTS)})
+]
+ExperimentPlotName = Annotated[
+    str,
+    Path(
+        description="Which plot: a metric per epoch (a line per job), or best test accuracy "
+        "against MACs or parameters (a point per job).",
+        json_schema_extra={"enum": list(EXPERIMENT_PLOTS)},
+    ),
 ]
 
 
@@ -119,4 +137,61 @@ def compare_plot(
     content = line_chart_png(
         series, metric=metric, title=title, empty_note=_empty_note(without_epochs)
     )
+    return png_response(request, content)
+
+
+@router.get(
+    "/experiments/{experiment_id}/plots/{plot}.png",
+    response_class=Response,
+    responses={**PNG, **error_responses(401, 404)},
+    summary="An experiment's jobs on one chart: a metric per epoch, or accuracy against size",
+)
+def experiment_plot(
+    request: Request, experiment_id: ExperimentId, plot: ExperimentPlotName, session: ReadSessionDep
+) -> Response:
+    """Each job is labelled by its block and varied values; jobs without epochs yet are named
+    in a note instead of the legend."""
+    if plot not in EXPERIMENT_PLOTS:
+        names = ", ".join(f"{name}.png" for name in EXPERIMENT_PLOTS)
+        raise NotFound(f"No plot {plot + '.png'!r}; there are {names}.")
+    experiment = experiment_service.get_experiment(session, experiment_id)
+    jobs = experiment_service.experiment_jobs(session, experiment.id)
+    labels = experiment_service.job_labels(experiment, jobs)
+    if plot in EXPERIMENT_METRIC_PLOTS:
+        metrics = experiment_service.epoch_metrics_by_job(session, experiment.id)
+        series = [
+            Series(
+                labels[job.id],
+                [row.epoch for row in metrics.get(job.id, [])],
+                [getattr(row, plot) for row in metrics.get(job.id, [])],
+            )
+            for job in jobs
+        ]
+        without_epochs = [job for job in jobs if not metrics.get(job.id)]
+        content = line_chart_png(
+            series,
+            metric=plot,
+            title=f"{METRIC_LABELS[plot].removesuffix(' (%)')} — experiment {experiment.id}",
+            empty_note=_empty_note(without_epochs),
+        )
+    else:
+        size, x_label, size_name = EXPERIMENT_SIZE_PLOTS[plot]
+        points = [
+            Point(
+                labels[job.id],
+                getattr(job, size) / 1e6,
+                None if job.best_test_accuracy is None else job.best_test_accuracy * 100,
+            )
+            for job in jobs
+        ]
+        without_accuracy = [job for job in jobs if job.best_test_accuracy is None]
+        content = png_bytes(
+            scatter_chart(
+                points,
+                x_label=x_label,
+                y_label="Best test accuracy (%)",
+                title=f"Best test accuracy against {size_name} — experiment {experiment.id}",
+                empty_note=_empty_note(without_accuracy),
+            )
+        )
     return png_response(request, content)

@@ -33,17 +33,50 @@ def create_job(
         existing = _find_by_key(session, idempotency_key, fingerprint)
         if existing is not None:
             return Submission(existing, created=False)
+    ensure_queue_room(session, settings=settings, adding=1)
+    try:
+        with session.begin_nested():
+            job = add_job(session, spec, settings=settings, idempotency_key=idempotency_key)
+    except IntegrityError:
+        # Another request with the same Idempotency-Key committed first.
+        if idempotency_key is None:
+            raise
+        existing = _find_by_key(session, idempotency_key, fingerprint)
+        if existing is None:
+            raise
+        return Submission(existing, created=False)
+    return Submission(job, created=True)
+
+
+def ensure_queue_room(session: Session, *, settings: Settings, adding: int) -> None:
+    """QueueFull (503 with Retry-After) unless `adding` more queued jobs stay within
+    MAX_QUEUED_JOBS."""
     queued = session.execute(
         select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
     ).scalar_one()
-    if queued >= settings.max_queued_jobs:
+    if queued + adding > settings.max_queued_jobs:
+        adds = "" if adding == 1 else f" and this request adds {adding}"
         raise QueueFull(
-            f"{queued} jobs are already queued (limit {settings.max_queued_jobs}); retry later.",
+            f"{queued} jobs are already queued{adds} (limit {settings.max_queued_jobs}); "
+            "retry later.",
             headers={"Retry-After": str(int(max(settings.lease_seconds, 30)))},
         )
+
+
+def add_job(
+    session: Session,
+    spec: JobCreate,
+    *,
+    settings: Settings,
+    experiment_id: int | None = None,
+    idempotency_key: str | None = None,
+) -> Job:
+    """The one way a job row is made: a queued job built from `spec`, added and flushed (so
+    its id is known), and sent to the queue once the caller's transaction commits."""
     complexity = block_complexity(spec.block, DATASETS[spec.dataset].num_classes)
     now = utcnow()
     job = Job(
+        experiment_id=experiment_id,
         name=spec.name,
         tags=list(spec.tags),
         block=spec.block,
@@ -61,23 +94,14 @@ def create_job(
         enqueued_at=now,
         enqueue_count=1,
         idempotency_key=idempotency_key,
-        request_sha256=fingerprint,
+        request_sha256=spec.fingerprint(),
         created_at=now,
         updated_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        # Another request with the same Idempotency-Key committed first.
-        if idempotency_key is None:
-            raise
-        existing = _find_by_key(session, idempotency_key, fingerprint)
-        if existing is None:
-            raise
-        return Submission(existing, created=False)
+    session.add(job)
+    session.flush()
     enqueue_after_commit(session, job.id)
-    return Submission(job, created=True)
+    return job
 
 
 def _find_by_key(session: Session, key: str, fingerprint: str) -> Job | None:
@@ -101,10 +125,13 @@ def list_jobs(
     *,
     status: str | None = None,
     block: str | None = None,
+    experiment_id: int | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[list[Job], int]:
     query = select(Job)
+    if experiment_id is not None:
+        query = query.where(Job.experiment_id == experiment_id)
     if status is not None:
         query = query.where(Job.status == status)
     if block is not None:

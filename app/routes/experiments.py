@@ -1,0 +1,281 @@
+"""/experiments: submit a group of jobs, read them as one summary (JSON or CSV), cancel them."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+from sqlalchemy.orm import Session
+
+from app.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.routes.common import error_responses
+from app.routes.params import ExperimentId, IdempotencyKey
+from app.schemas import (
+    REPORT_PRESET,
+    ExperimentCreate,
+    ExperimentJobRow,
+    ExperimentLinks,
+    ExperimentList,
+    ExperimentPlotLinks,
+    ExperimentRead,
+    ExperimentSort,
+    ReportFigures,
+    SortOrder,
+    StatusCounts,
+)
+from app.services import experiments as experiment_service
+from jobs.tables import Experiment, Job
+from models.catalog import BLOCK_NAMES, REPORT_RESULTS
+
+router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+SUMMARY_COLUMNS_BEFORE = ("job_id", "block")
+SUMMARY_COLUMNS_AFTER = (
+    "seed",
+    "status",
+    "epochs_done",
+    "epochs_total",
+    "params",
+    "macs",
+    "best_test_accuracy",
+    "final_test_accuracy",
+    "final_train_loss",
+    "seconds_per_epoch",
+)
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+        "description": "One row per job: job_id, block, the varying hyperparameters, seed, "
+        "status, epochs, params, MACs, accuracies, final loss, seconds per epoch.",
+        "headers": {
+            "Content-Disposition": {
+                "description": 'attachment; filename="experiment-<id>-summary.csv"',
+                "schema": {"type": "string"},
+            }
+        },
+    }
+}
+# Blocks and statuses sort in their natural order (the registry's, the lifecycle's).
+SORT_RANKS: dict[str, dict[str, int]] = {
+    "block": {name: rank for rank, name in enumerate(BLOCK_NAMES)},
+    "status": {name: rank for rank, name in enumerate(experiment_service.STATUS_NAMES)},
+}
+
+
+def experiment_links(experiment_id: int) -> ExperimentLinks:
+    base = f"/experiments/{experiment_id}"
+    return ExperimentLinks(
+        self=base,
+        summary_csv=f"{base}/summary.csv",
+        events=f"{base}/events",
+        cancel=f"{base}/cancel",
+        plots=ExperimentPlotLinks(
+            train_loss=f"{base}/plots/train_loss.png",
+            train_accuracy=f"{base}/plots/train_accuracy.png",
+            test_loss=f"{base}/plots/test_loss.png",
+            test_accuracy=f"{base}/plots/test_accuracy.png",
+            accuracy_vs_macs=f"{base}/plots/accuracy-vs-macs.png",
+            accuracy_vs_params=f"{base}/plots/accuracy-vs-params.png",
+        ),
+    )
+
+
+def render_experiment(
+    experiment: Experiment, counts: dict[str, int], jobs: list[ExperimentJobRow] | None = None
+) -> ExperimentRead:
+    return ExperimentRead(
+        id=experiment.id,
+        name=experiment.name,
+        preset=experiment.preset,
+        tags=experiment.tags,
+        spec=experiment.spec,
+        created_at=experiment.created_at,
+        status=experiment_service.overall_status(counts),
+        status_counts=StatusCounts(**counts),
+        job_count=sum(counts.values()),
+        varying=experiment_service.varying_fields(experiment.spec),
+        jobs=jobs or [],
+        links=experiment_links(experiment.id),
+    )
+
+
+def _job_row(
+    job: Job, experiment: Experiment, varying: list[str], seconds_per_epoch: float | None
+) -> ExperimentJobRow:
+    report = REPORT_RESULTS.get(job.block) if experiment.preset == REPORT_PRESET else None
+    return ExperimentJobRow(
+        job_id=job.id,
+        block=job.block,
+        varied=experiment_service.varied_values(job, varying),
+        seed=job.spec["hyperparameters"]["seed"],
+        status=job.status,
+        epochs_done=job.epochs_done,
+        epochs_total=job.epochs_total,
+        params=job.params,
+        macs=job.macs,
+        best_test_accuracy=job.best_test_accuracy,
+        final_test_accuracy=job.final_test_accuracy,
+        final_train_loss=job.final_train_loss,
+        seconds_per_epoch=seconds_per_epoch,
+        report=None if report is None else ReportFigures(**asdict(report)),
+    )
+
+
+def sort_rows(
+    rows: list[ExperimentJobRow], sort: ExperimentSort, order: SortOrder
+) -> list[ExperimentJobRow]:
+    """Rows by one column, ties by job id, rows without a value last in either order."""
+    ranks = SORT_RANKS.get(sort)
+
+    def value(row: ExperimentJobRow) -> Any:
+        cell = getattr(row, sort)
+        if cell is not None and ranks is not None:
+            return ranks.get(cell, len(ranks))
+        return cell
+
+    by_id = sorted(rows, key=lambda row: row.job_id)
+    present = [row for row in by_id if value(row) is not None]
+    missing = [row for row in by_id if value(row) is None]
+    # sorted() is stable with reverse=True too: ties keep their job id order.
+    return sorted(present, key=value, reverse=order == "desc") + missing
+
+
+def read_experiment(
+    session: Session,
+    experiment: Experiment,
+    *,
+    sort: ExperimentSort = "job_id",
+    order: SortOrder = "asc",
+) -> ExperimentRead:
+    """The experiment with a row per job (three queries whatever the number of jobs)."""
+    jobs = experiment_service.experiment_jobs(session, experiment.id)
+    seconds = experiment_service.seconds_per_epoch(session, experiment.id)
+    varying = experiment_service.varying_fields(experiment.spec)
+    rows = [_job_row(job, experiment, varying, seconds.get(job.id)) for job in jobs]
+    counts: dict[str, int] = dict.fromkeys(experiment_service.STATUS_NAMES, 0)
+    counts.update(Counter(job.status for job in jobs))
+    return render_experiment(experiment, counts, sort_rows(rows, sort, order))
+
+
+def summary_csv(summary: ExperimentRead) -> str:
+    """The summary's rows as CSV; the varying hyperparameters get a column each."""
+    hyperparameters = [name for name in summary.varying if name not in ("block", "seed")]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([*SUMMARY_COLUMNS_BEFORE, *hyperparameters, *SUMMARY_COLUMNS_AFTER])
+    for row in summary.jobs:
+        varied = [experiment_service.format_value(row.varied[name]) for name in hyperparameters]
+        writer.writerow(
+            [
+                *(getattr(row, column) for column in SUMMARY_COLUMNS_BEFORE),
+                *varied,
+                *(getattr(row, column) for column in SUMMARY_COLUMNS_AFTER),
+            ]
+        )  # None is written as an empty cell
+    return buffer.getvalue()
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ExperimentRead,
+    responses=error_responses(400, 401, 409, 413, 422, 503),
+    summary="Submit an experiment: one job per block, grid combination and seed",
+)
+def submit_experiment(
+    spec: ExperimentCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> ExperimentRead:
+    """Queue every job of the experiment in one transaction (all or none); the jobs' ids are
+    sent to the workers once it has committed. At most 64 jobs."""
+    submission = experiment_service.create_experiment(
+        session, spec, settings=settings, idempotency_key=idempotency_key
+    )
+    experiment = submission.experiment
+    if not submission.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/experiments/{experiment.id}"
+    return read_experiment(session, experiment)
+
+
+@router.get(
+    "",
+    response_model=ExperimentList,
+    responses=error_responses(401, 422),
+    summary="List experiments, newest first (without their job rows)",
+)
+def list_experiments(
+    session: ReadSessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> ExperimentList:
+    experiments, total = experiment_service.list_experiments(session, limit=limit, offset=offset)
+    counts = experiment_service.status_counts(session, [item.id for item in experiments])
+    return ExperimentList(
+        items=[render_experiment(item, counts[item.id]) for item in experiments],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get(
+    "/{experiment_id}",
+    response_model=ExperimentRead,
+    responses=error_responses(401, 404, 422),
+    summary="One experiment: a row per job with its results",
+)
+def get_experiment(
+    experiment_id: ExperimentId,
+    session: ReadSessionDep,
+    sort: Annotated[
+        ExperimentSort,
+        Query(
+            description="Column to sort the jobs by (block: plain, residual, mobile; status: "
+            "queued, running, succeeded, failed, cancelled); jobs without a value come last."
+        ),
+    ] = "job_id",
+    order: SortOrder = "asc",
+) -> ExperimentRead:
+    experiment = experiment_service.get_experiment(session, experiment_id)
+    return read_experiment(session, experiment, sort=sort, order=order)
+
+
+@router.get(
+    "/{experiment_id}/summary.csv",
+    response_class=Response,
+    responses={**CSV_RESPONSE, **error_responses(401, 404)},
+    summary="The experiment's job rows as CSV",
+)
+def get_summary_csv(experiment_id: ExperimentId, session: ReadSessionDep) -> Response:
+    experiment = experiment_service.get_experiment(session, experiment_id)
+    return Response(
+        summary_csv(read_experiment(session, experiment)),
+        media_type="text/csv",  # Starlette adds "; charset=utf-8"
+        headers={
+            "Content-Disposition": (
+                f'attachment; filename="experiment-{experiment.id}-summary.csv"'
+            ),
+            "Cache-Control": "no-cache",
+        },
+    )
+
+
+@router.post(
+    "/{experiment_id}/cancel",
+    response_model=ExperimentRead,
+    responses=error_responses(401, 404, 409),
+    summary="Cancel every job of the experiment that has not ended",
+)
+def cancel_experiment(experiment_id: ExperimentId, session: SessionDep) -> ExperimentRead:
+    """Each job as POST /jobs/{id}/cancel would: a queued one never starts, a running one stops
+    at the next batch. 409 when every job had already ended."""
+    experiment = experiment_service.cancel_experiment(session, experiment_id)
+    return read_experiment(session, experiment)
