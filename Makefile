@@ -6,9 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv run worker api migrate test test-fast lint format bench data wheels gpu-check clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+# The last step installs the `cifar-jobs` command (.venv/bin/cifar-jobs), editable: only the cli
+# package is installed, the service runs from the checkout.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)

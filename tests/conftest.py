@@ -39,7 +39,7 @@ def require_server(name: str, host: str, port: int) -> None:
 # Test tiers, applied to every test by the fixtures it uses: `pure` (no database, no server),
 # `db` (a migrated database, in-process), `e2e` (real API/worker/database/broker processes).
 # `make test-fast` runs `-m "not e2e"` and starts no server.
-SERVER_FIXTURES = {"live_api", "live_server"}
+SERVER_FIXTURES = {"live_api", "live_server", "cli_api", "cli_keyed_api"}
 DATABASE_FIXTURES = {"database_url", "sqlite_url", "client", "configure", "postgres_template"}
 
 
@@ -201,3 +201,44 @@ def client(configure, database_url: str):  # type: ignore[no-untyped-def]
 
     with TestClient(create_app()) as test_client:
         yield test_client
+
+
+# The API key of `cli_keyed_api`.
+CLI_API_KEY = "cli-s3cret"
+
+
+def _cli_service(
+    tmp_path_factory: pytest.TempPathFactory, dataset_root: Path, *, worker: bool, **extra: str
+) -> Iterator[str]:
+    from jobs.migrations import upgrade
+    from tests.support import free_port, start_api, start_worker
+
+    root = tmp_path_factory.mktemp("cli-api")
+    database_url = f"sqlite:///{root / 'jobs.sqlite3'}"
+    upgrade(database_url)
+    env = service_environment(root, database_url, dataset_root, **extra)
+    port = free_port()
+    api = start_api(env, root, port)
+    worker_process = start_worker(env, root) if worker else None
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if worker_process is not None:
+            worker_process.stop()
+        api.stop()
+
+
+@pytest.fixture(scope="module")
+def cli_api(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Iterator[str]:
+    """The URL of an API with one worker, on the embedded default, for this module's tests of
+    the command line."""
+    yield from _cli_service(tmp_path_factory, dataset_root, worker=True)
+
+
+@pytest.fixture(scope="module")
+def cli_keyed_api(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Iterator[str]:
+    """The URL of an API that needs CLI_API_KEY and queues at most 2 jobs, without a worker
+    (its jobs stay queued)."""
+    yield from _cli_service(
+        tmp_path_factory, dataset_root, worker=False, API_KEY=CLI_API_KEY, MAX_QUEUED_JOBS="2"
+    )

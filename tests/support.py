@@ -338,6 +338,59 @@ def redis_queue_job_ids(url: str, queue: str = "training") -> list[int]:
     return ids
 
 
+def cli_environment(url: str, api_key: str | None = None) -> dict[str, str]:
+    """The environment for the `cifar-jobs` command: this checkout's cli package wherever it
+    runs, the API's URL and key, and nothing of the caller's CIFAR_JOBS_* settings."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CIFAR_JOBS_")}
+    env.pop("COLUMNS", None)
+    env.update({"CIFAR_JOBS_URL": url, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    if api_key is not None:
+        env["CIFAR_JOBS_API_KEY"] = api_key
+    return env
+
+
+def run_cli(
+    *args: str,
+    url: str,
+    api_key: str | None = None,
+    cwd: Path | None = None,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m cli ARGS` as a separate process (the same code as the `cifar-jobs` script),
+    its output captured; a pipe, not a terminal, so it prints plain lines."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        cwd=cwd or ROOT,
+        env=cli_environment(url, api_key),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], exit_status: int) -> str:
+    """The command failed with this exit status and said why in one line on stderr, without a
+    traceback; returns the message."""
+    assert result.returncode == exit_status, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("cifar-jobs: ") and result.stderr.count("\n") == 1, (
+        result.stderr
+    )
+    return result.stderr.removeprefix("cifar-jobs: ").strip()
+
+
+def submitted_id(result: subprocess.CompletedProcess[str], kind: str = "job") -> int:
+    """The id in the `<kind> N submitted` line of `cifar-jobs submit`."""
+    import re
+
+    found = re.search(rf"^{kind} (\d+) submitted", result.stdout, re.MULTILINE)
+    assert found, (result.returncode, result.stdout, result.stderr)
+    return int(found.group(1))
+
+
 def wait_for_status(
     api: httpx.Client, job_id: int, statuses: tuple[str, ...], *, timeout: float = 180
 ) -> dict:

@@ -1,0 +1,491 @@
+"""`cifar-jobs`: submit, list, inspect, follow, plot, download and cancel training jobs and
+experiments over the API's HTTP interface."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.table import Table
+
+from cli.client import (
+    API_KEY_VARIABLE,
+    DEFAULT_TIMEOUT_SECONDS,
+    DEFAULT_URL,
+    URL_VARIABLE,
+    ApiClient,
+    Connection,
+)
+from cli.download import download_checkpoint
+from cli.errors import EXIT_INTERRUPTED, CliError, UsageError
+from cli.follow import POLL_SECONDS, follow_experiment, follow_job
+from cli.render import (
+    EPOCH_FIELDS,
+    experiment_header,
+    experiment_jobs_table,
+    experiments_table,
+    job_details,
+    job_status,
+    jobs_table,
+    make_console,
+    status_counts,
+)
+from cli.specs import add_data_flags, add_hyperparameter_flags, experiment_body, job_body
+
+PROG = "cifar-jobs"
+CHECKPOINT_NAMES = ("latest", "best", "final")
+JOB_PLOTS = {"loss": "loss.png", "accuracy": "accuracy.png"}
+EXPERIMENT_PLOTS = {
+    "train_loss": "train_loss.png",
+    "train_accuracy": "train_accuracy.png",
+    "test_loss": "test_loss.png",
+    "test_accuracy": "test_accuracy.png",
+    "accuracy-vs-macs": "accuracy-vs-macs.png",
+    "accuracy-vs-params": "accuracy-vs-params.png",
+}
+EXPERIMENT_SORT_COLUMNS = (
+    "job_id",
+    "block",
+    "status",
+    "best_test_accuracy",
+    "final_test_accuracy",
+    "final_train_loss",
+    "seconds_per_epoch",
+    "params",
+    "macs",
+)
+Handler = Callable[[argparse.Namespace, ApiClient, Console], int]
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit status 2) instead of argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def positive_id(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"an id is a positive integer, not {text!r}")
+    return int(text)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
+    return seconds
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The connection flags go before or after the command; given after it, they win."""
+    default = None if defaults else argparse.SUPPRESS
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--url",
+        default=default,
+        help=f"the API's base URL (env {URL_VARIABLE}; default {DEFAULT_URL})",
+    )
+    group.add_argument(
+        "--api-key",
+        default=default,
+        help=f"sent as X-API-Key (env {API_KEY_VARIABLE})",
+    )
+    group.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=default,
+        metavar="SECONDS",
+        help=f"per-request timeout (default {DEFAULT_TIMEOUT_SECONDS:g})",
+    )
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _print_page(
+    page: dict[str, Any], args: argparse.Namespace, console: Console, table: Callable[..., Table]
+) -> int:
+    """A page of a list route ({"items", "total", ...}) as JSON or as a table."""
+    if args.json:
+        _print_json(page)
+    else:
+        console.print(table(page["items"], page["total"], width=console.width))
+    return 0
+
+
+def _write_file(path: Path, content: bytes) -> None:
+    try:
+        path.write_bytes(content)
+    except OSError as error:
+        raise CliError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _follow_interval(args: argparse.Namespace) -> float:
+    return float(getattr(args, "interval", POLL_SECONDS))
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+def submit(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    body = job_body(args)
+    if args.dry_run:
+        _print_json(body)
+        return 0
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    response = api.request("POST", "/jobs", json_body=body, headers=headers)
+    job = response.json()
+    if args.json:
+        _print_json(job)
+    else:
+        replayed = (
+            " (already submitted with this Idempotency-Key)"
+            if response.headers.get("Idempotent-Replayed")
+            else ""
+        )
+        console.print(
+            f"job {job['id']} submitted{replayed}: {job['block']}, {job['epochs_total']} epochs, "
+            f"{job_status(job)}"
+        )
+    if args.follow:
+        return follow_job(api, job["id"], console, interval_seconds=_follow_interval(args))
+    return 0
+
+
+def list_jobs(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    page = api.get_json(
+        "/jobs",
+        status=args.status,
+        block=args.block,
+        experiment_id=args.experiment,
+        limit=args.limit,
+        offset=args.offset,
+    )
+    return _print_page(page, args, console, jobs_table)
+
+
+def show_job(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    subject = f"job {args.job_id}"
+    job = api.get_json(f"/jobs/{args.job_id}", subject=subject)
+    if args.json:
+        _print_json(job)
+        return 0
+    checkpoints = api.get_json(f"/jobs/{args.job_id}/checkpoints", subject=subject)
+    for line in job_details(job, checkpoints):
+        console.print(line, soft_wrap=True)
+    return 0
+
+
+def show_metrics(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    metrics = api.get_json(
+        f"/jobs/{args.job_id}/metrics", subject=f"job {args.job_id}", since_epoch=args.since_epoch
+    )
+    if args.format == "json":
+        _print_json(metrics)
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(EPOCH_FIELDS)
+        for row in metrics["metrics"]:
+            writer.writerow(row[field] for field in EPOCH_FIELDS)
+    else:
+        from cli.render import epochs_table
+
+        console.print(
+            f"job {metrics['job_id']}: {metrics['status']}, "
+            f"{metrics['epochs_done']}/{metrics['epochs_total']} epochs"
+        )
+        console.print(epochs_table(metrics["metrics"], width=console.width))
+    return 0
+
+
+def plot_job(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    image = api.get_bytes(
+        f"/jobs/{args.job_id}/plots/{JOB_PLOTS[args.metric]}", subject=f"job {args.job_id}"
+    )
+    output = args.output or Path(f"job-{args.job_id}-{args.metric}.png")
+    _write_file(output, image)
+    console.print(f"saved {output}: job {args.job_id}'s {args.metric} per epoch")
+    return 0
+
+
+def download(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    download_checkpoint(api, args.job_id, args.name, args.output, console)
+    return 0
+
+
+def cancel_job(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    job = api.post_json(f"/jobs/{args.job_id}/cancel", subject=f"job {args.job_id}")
+    if job["status"] == "cancelled":
+        console.print(f"job {job['id']} cancelled")
+    else:
+        console.print(
+            f"job {job['id']}: cancel requested; it stops at the next batch and keeps its last "
+            "checkpoint"
+        )
+    return 0
+
+
+def follow(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    return follow_job(api, args.job_id, console, interval_seconds=_follow_interval(args))
+
+
+# --- experiments ---------------------------------------------------------------------------
+
+
+def submit_experiment(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    body = experiment_body(args)
+    if args.dry_run:
+        _print_json(body)
+        return 0
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    experiment = api.post_json("/experiments", body, headers=headers)
+    if args.json:
+        _print_json(experiment)
+    else:
+        console.print(f"experiment {experiment['id']} submitted: {experiment['job_count']} jobs")
+        if not args.follow:  # following starts with the same line
+            console.print(experiment_header(experiment))
+    if args.follow:
+        return follow_experiment(
+            api, experiment["id"], console, interval_seconds=_follow_interval(args)
+        )
+    return 0
+
+
+def list_experiments(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    page = api.get_json("/experiments", limit=args.limit, offset=args.offset)
+    return _print_page(page, args, console, experiments_table)
+
+
+def show_experiment(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    subject = f"experiment {args.experiment_id}"
+    path = f"/experiments/{args.experiment_id}"
+    if args.csv == "-":
+        sys.stdout.buffer.write(api.get_bytes(f"{path}/summary.csv", subject=subject))
+        return 0
+    experiment = api.get_json(path, subject=subject, sort=args.sort, order=args.order)
+    if args.json:
+        _print_json(experiment)
+    else:
+        console.print(experiment_header(experiment))
+        console.print(experiment_jobs_table(experiment, width=console.width))
+    if args.csv:
+        output = Path(args.csv)
+        _write_file(output, api.get_bytes(f"{path}/summary.csv", subject=subject))
+        print(f"saved {output}: the summary of experiment {args.experiment_id}", file=sys.stderr)
+    return 0
+
+
+def plot_experiment(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    image = api.get_bytes(
+        f"/experiments/{args.experiment_id}/plots/{EXPERIMENT_PLOTS[args.metric]}",
+        subject=f"experiment {args.experiment_id}",
+    )
+    output = args.output or Path(f"experiment-{args.experiment_id}-{args.metric}.png")
+    _write_file(output, image)
+    console.print(f"saved {output}: experiment {args.experiment_id}'s {args.metric}")
+    return 0
+
+
+def cancel_experiment(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    experiment = api.post_json(
+        f"/experiments/{args.experiment_id}/cancel", subject=f"experiment {args.experiment_id}"
+    )
+    counts = status_counts(experiment.get("status_counts") or {})
+    stopping = sum(1 for row in experiment.get("jobs") or [] if row["status"] == "running")
+    note = f"; {stopping} running jobs stop at their next batch" if stopping else ""
+    console.print(f"experiment {experiment['id']} cancelled: {counts}{note}")
+    return 0
+
+
+def follow_experiment_command(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    return follow_experiment(
+        api, args.experiment_id, console, interval_seconds=_follow_interval(args)
+    )
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+
+def _add_follow_flags(parser: argparse.ArgumentParser, *, flag: bool) -> None:
+    if flag:
+        parser.add_argument(
+            "--follow",
+            action="store_true",
+            help="then follow it until it ends (exit 0 if it "
+            "succeeded, 1 if it failed or was cancelled)",
+        )
+    parser.add_argument(
+        "--interval",
+        type=positive_seconds,
+        default=POLL_SECONDS,
+        metavar="SECONDS",
+        help=f"how often to poll while following (default {POLL_SECONDS:g})",
+    )
+
+
+def _add_submit_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f",
+        "--file",
+        metavar="SPEC",
+        help="the request body as a JSON or YAML file ('-' for stdin); flags override it",
+    )
+    parser.add_argument(
+        "--idempotency-key", metavar="KEY", help="makes the submission safe to retry"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the request body instead of sending it"
+    )
+    parser.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+
+def build_parser() -> Parser:
+    connection = Parser(add_help=False)
+    _add_connection_flags(connection, defaults=False)
+    parents = [connection]
+
+    parser = Parser(
+        prog=PROG,
+        description="Command-line client of the CIFAR training-job API.",
+        epilog="Exit status: 0 success, 1 failure (or a followed job that failed or was "
+        "cancelled), 2 invalid command line or request, 130 interrupted.",
+    )
+    _add_connection_flags(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        subparsers: Any, name: str, handler: Handler, help_text: str
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = subparsers.add_parser(
+            name, help=help_text, description=help_text, parents=parents
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = command(commands, "submit", submit, "submit a training job")
+    sub.add_argument("--block", help="plain, residual or mobile")
+    sub.add_argument("--name", help="a name for the job")
+    add_data_flags(sub)
+    add_hyperparameter_flags(sub)
+    _add_submit_flags(sub)
+    _add_follow_flags(sub, flag=True)
+
+    sub = command(commands, "list", list_jobs, "list jobs, newest first")
+    sub.add_argument("--status", help="queued, running, succeeded, failed or cancelled")
+    sub.add_argument("--block", help="plain, residual or mobile")
+    sub.add_argument("--experiment", type=positive_id, metavar="ID", help="one experiment's jobs")
+    sub.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    sub.add_argument("--offset", type=int, default=0, help="skip this many")
+    sub.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+    sub = command(commands, "show", show_job, "one job's status, results and checkpoints")
+    sub.add_argument("job_id", type=positive_id, metavar="ID")
+    sub.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+    sub = command(commands, "metrics", show_metrics, "a job's per-epoch loss and accuracy")
+    sub.add_argument("job_id", type=positive_id, metavar="ID")
+    sub.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sub.add_argument("--since-epoch", type=int, default=0, metavar="N", help="only epochs after N")
+
+    sub = command(commands, "plot", plot_job, "save a job's loss or accuracy plot (PNG)")
+    sub.add_argument("job_id", type=positive_id, metavar="ID")
+    sub.add_argument("--metric", choices=tuple(JOB_PLOTS), default="loss")
+    sub.add_argument("-o", "--output", type=Path, help="default job-ID-METRIC.png")
+
+    sub = command(
+        commands, "download", download, "download a checkpoint, resumable, sha256-verified"
+    )
+    sub.add_argument("job_id", type=positive_id, metavar="ID")
+    sub.add_argument("name", nargs="?", choices=CHECKPOINT_NAMES, default="final")
+    sub.add_argument("-o", "--output", type=Path, help="a file or folder (default job-ID-NAME.pt)")
+
+    sub = command(commands, "cancel", cancel_job, "cancel a queued or running job")
+    sub.add_argument("job_id", type=positive_id, metavar="ID")
+
+    sub = command(commands, "follow", follow, "follow a job until it ends")
+    sub.add_argument("job_id", type=positive_id, metavar="ID")
+    _add_follow_flags(sub, flag=False)
+
+    experiment = commands.add_parser(
+        "experiment", help="experiments: blocks x grid x seeds as one group of jobs"
+    )
+    experiments = experiment.add_subparsers(
+        dest="experiment_command", metavar="COMMAND", required=True
+    )
+
+    sub = command(experiments, "submit", submit_experiment, "submit an experiment")
+    sub.add_argument("--name", help="the experiment's name (required)")
+    sub.add_argument("--preset", help="report: the course report's comparison and settings")
+    sub.add_argument(
+        "--block", action="append", dest="blocks", metavar="BLOCK", help="a block (repeatable)"
+    )
+    sub.add_argument(
+        "--grid",
+        action="append",
+        metavar="NAME=V1,V2",
+        help="a hyperparameter's values to try (repeatable; jobs = blocks x grid x seeds)",
+    )
+    sub.add_argument("--seeds", metavar="S1,S2", help="one job per seed, e.g. 0,1,2")
+    add_data_flags(sub)
+    add_hyperparameter_flags(sub)
+    _add_submit_flags(sub)
+    _add_follow_flags(sub, flag=True)
+
+    sub = command(experiments, "list", list_experiments, "list experiments, newest first")
+    sub.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    sub.add_argument("--offset", type=int, default=0, help="skip this many")
+    sub.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+    sub = command(experiments, "show", show_experiment, "an experiment and its summary table")
+    sub.add_argument("experiment_id", type=positive_id, metavar="ID")
+    sub.add_argument("--sort", choices=EXPERIMENT_SORT_COLUMNS, help="order the jobs by")
+    sub.add_argument("--order", choices=("asc", "desc"), help="asc (default) or desc")
+    sub.add_argument("--csv", metavar="PATH", help="also write the summary CSV ('-': only it)")
+    sub.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+    sub = command(experiments, "plot", plot_experiment, "save an experiment's plot (PNG)")
+    sub.add_argument("experiment_id", type=positive_id, metavar="ID")
+    sub.add_argument("--metric", choices=tuple(EXPERIMENT_PLOTS), default="train_loss")
+    sub.add_argument("-o", "--output", type=Path, help="default experiment-ID-METRIC.png")
+
+    sub = command(experiments, "cancel", cancel_experiment, "cancel every job not ended")
+    sub.add_argument("experiment_id", type=positive_id, metavar="ID")
+
+    sub = command(experiments, "follow", follow_experiment_command, "follow an experiment")
+    sub.add_argument("experiment_id", type=positive_id, metavar="ID")
+    _add_follow_flags(sub, flag=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    console = make_console()
+    try:
+        args = build_parser().parse_args(argv)
+        connection = Connection.from_options(args.url, args.api_key, args.timeout)
+        with ApiClient(connection) as api:
+            handler: Handler = args.handler
+            return handler(args, api, console)
+    except CliError as error:
+        sys.stdout.flush()
+        print(f"{PROG}: {error.message}", file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader (head, less) went away: stop quietly, without a second error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

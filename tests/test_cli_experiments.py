@@ -1,0 +1,171 @@
+"""The `cifar-jobs experiment` commands against a real API process and worker: submit (preset
+"report" and a grid), follow, show with the summary table and CSV, plots, list, cancel, and the
+API's experiment errors in one line. They need the /experiments routes of the API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI_API_KEY
+from tests.support import PNG_SIGNATURE, assert_one_line_error, run_cli, submitted_id
+
+# The report's figures that the preset's summary shows next to each block's results.
+REPORT_ACCURACY = {"plain": "70.55%", "residual": "72.56%", "mobile": "61.49%"}
+BLOCKS = tuple(REPORT_ACCURACY)
+
+
+@pytest.fixture(scope="module")
+def report_experiment(cli_api: str) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """The report's comparison with tiny settings (one epoch, 32 training and 16 test images),
+    submitted with --follow and trained by the worker: (experiment id, the command)."""
+    result = run_cli(
+        "experiment", "submit", "--name", "report smoke", "--preset", "report", "--epochs", "1",
+        "--train-samples", "32", "--test-samples", "16", "--follow", url=cli_api, timeout=290,
+    )  # fmt: skip
+    return submitted_id(result, "experiment"), result
+
+
+def test_submit_follow_reports_each_job_then_the_summary_and_exits_zero(
+    report_experiment: tuple[int, subprocess.CompletedProcess[str]],
+) -> None:
+    experiment_id, result = report_experiment
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "\x1b[" not in result.stdout, "a pipe gets plain lines, not live bars"
+    for block in BLOCKS:
+        assert re.search(rf"^job \d+ {block}: succeeded after 1/1 epochs", result.stdout, re.M), (
+            result.stdout
+        )
+        # The summary table: the block's row with the report's test accuracy.
+        assert re.search(
+            rf"^\s*\d+\s+{block}\s+succeeded\s+1/1\s.*{REPORT_ACCURACY[block]}", result.stdout, re.M
+        ), result.stdout
+    assert (
+        result.stdout.strip()
+        .splitlines()[-1]
+        .startswith(f"experiment {experiment_id} 'report smoke', preset report: succeeded, 3 jobs")
+    )
+
+
+def test_show_list_csv_and_plots(
+    cli_api: str, report_experiment: tuple[int, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    experiment_id, _ = report_experiment
+    shown = run_cli(
+        "experiment",
+        "show",
+        str(experiment_id),
+        "--sort",
+        "best_test_accuracy",
+        "--order",
+        "desc",
+        "--csv",
+        str(tmp_path / "summary.csv"),
+        url=cli_api,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"experiment {experiment_id} 'report smoke', preset report")
+    for block in BLOCKS:
+        assert re.search(rf"^\s*\d+\s+{block}\s+succeeded", shown.stdout, re.M), shown.stdout
+
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "summary.csv").read_text())))
+    assert sorted(row["block"] for row in rows) == sorted(BLOCKS)
+    assert {row["status"] for row in rows} == {"succeeded"}
+    assert list(rows[0])[:2] == ["job_id", "block"]
+
+    to_stdout = run_cli("experiment", "show", str(experiment_id), "--csv", "-", url=cli_api)
+    assert to_stdout.stdout == (tmp_path / "summary.csv").read_text()
+
+    as_json = json.loads(
+        run_cli("experiment", "show", str(experiment_id), "--json", url=cli_api).stdout
+    )
+    assert as_json["job_count"] == 3 and as_json["preset"] == "report"
+    job_ids = {row["job_id"] for row in as_json["jobs"]}
+
+    listed = run_cli("experiment", "list", url=cli_api)
+    assert re.search(
+        rf"^\s*{experiment_id}\s+report smoke\s+report\s+succeeded", listed.stdout, re.M
+    ), listed.stdout
+    jobs = json.loads(
+        run_cli("list", "--experiment", str(experiment_id), "--json", url=cli_api).stdout
+    )
+    assert {job["id"] for job in jobs["items"]} == job_ids
+    assert {job["experiment_id"] for job in jobs["items"]} == {experiment_id}
+
+    for metric in ("train_loss", "test_accuracy", "accuracy-vs-macs", "accuracy-vs-params"):
+        image = tmp_path / f"{metric}.png"
+        plotted = run_cli(
+            "experiment",
+            "plot",
+            str(experiment_id),
+            "--metric",
+            metric,
+            "-o",
+            str(image),
+            url=cli_api,
+        )
+        assert plotted.returncode == 0, plotted.stderr
+        assert image.read_bytes().startswith(PNG_SIGNATURE), metric
+
+
+def test_a_grid_experiment_cancelled_then_followed_exits_one(cli_keyed_api: str) -> None:
+    submitted = run_cli(
+        "experiment", "submit", "--name", "lr grid", "--block", "mobile",
+        "--grid", "learning_rate=0.01,0.1", "--epochs", "1", "--train-samples", "32",
+        "--test-samples", "16", url=cli_keyed_api, api_key=CLI_API_KEY,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    experiment_id = submitted_id(submitted, "experiment")
+    assert "2 jobs (2 queued)" in submitted.stdout and "varying: learning_rate" in submitted.stdout
+
+    shown = run_cli(
+        "experiment", "show", str(experiment_id), url=cli_keyed_api, api_key=CLI_API_KEY
+    )
+    assert re.search(r"^\s*\d+\s+mobile\s+0\.01\s+queued\s+0/1", shown.stdout, re.M), shown.stdout
+    assert re.search(r"^\s*\d+\s+mobile\s+0\.1\s+queued\s+0/1", shown.stdout, re.M), shown.stdout
+
+    cancelled = run_cli(
+        "experiment", "cancel", str(experiment_id), url=cli_keyed_api, api_key=CLI_API_KEY
+    )
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.strip() == f"experiment {experiment_id} cancelled: 2 cancelled"
+
+    followed = run_cli(
+        "experiment", "follow", str(experiment_id), url=cli_keyed_api, api_key=CLI_API_KEY
+    )
+    assert followed.returncode == 1, (followed.stdout, followed.stderr)
+    assert f"experiment {experiment_id} 'lr grid': cancelled" in followed.stdout
+
+    again = run_cli(
+        "experiment", "cancel", str(experiment_id), url=cli_keyed_api, api_key=CLI_API_KEY
+    )
+    assert assert_one_line_error(again, 1)  # 409: every job had already ended
+
+
+def test_experiment_errors_are_one_line(cli_keyed_api: str) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("experiment", *args, url=cli_keyed_api, api_key=CLI_API_KEY)
+
+    assert assert_one_line_error(run("show", "9999"), 1) == "experiment 9999 not found"
+    assert assert_one_line_error(run("follow", "9999"), 1) == "experiment 9999 not found"
+
+    # 2 blocks x 33 seeds: each list is short, their product over the limit.
+    seeds = ",".join(str(seed) for seed in range(33))
+    too_many = run("submit", "--name", "big", "--block", "mobile", "--block", "plain",
+                   "--seeds", seeds)  # fmt: skip
+    assert "experiment would create 66 jobs; the limit is 64" in assert_one_line_error(too_many, 2)
+
+    # The report's settings are fixed: a learning rate is refused, naming the field.
+    fixed = run("submit", "--name", "r", "--preset", "report", "--lr", "0.1")
+    assert "learning_rate" in assert_one_line_error(fixed, 2)
+
+    # More jobs than the queue takes (this API queues at most 2): 503 with Retry-After.
+    full = run("submit", "--name", "three", "--block", "mobile", "--seeds", "0,1,2")
+    message = assert_one_line_error(full, 1)
+    assert message.startswith("the API is unavailable (queue_full, retry after ")
