@@ -20,8 +20,8 @@ export function plotted(metric, value) {
   return METRICS[metric].percent ? value * 100 : value;
 }
 
-/** An empty line chart over epochs. */
-export function epochChart(canvas, yTitle) {
+/** An empty line chart over epochs; a percent axis starts at 0. */
+export function epochChart(canvas, yTitle, percentAxis = false) {
   return new window.Chart(canvas, {
     type: "line",
     data: { datasets: [] },
@@ -33,7 +33,7 @@ export function epochChart(canvas, yTitle) {
       interaction: { mode: "nearest", intersect: false },
       scales: {
         x: { type: "linear", title: { display: true, text: "epoch" }, ticks: { precision: 0 }, min: 1 },
-        y: { title: { display: true, text: yTitle } },
+        y: { title: { display: true, text: yTitle }, ...(percentAxis ? { min: 0, suggestedMax: 10 } : {}) },
       },
       plugins: { legend: { position: "bottom" } },
     },

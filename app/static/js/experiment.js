@@ -24,7 +24,7 @@ const curves = new Map(); // job id -> Map(epoch -> metric row)
 const curveCharts = [...root.querySelectorAll("canvas.curve-chart")].map((canvas) => {
   const section = canvas.closest("[data-blocks]");
   return {
-    chart: epochChart(canvas, METRICS[canvas.dataset.metric].label),
+    chart: epochChart(canvas, METRICS[canvas.dataset.metric].label, METRICS[canvas.dataset.metric].percent),
     metric: canvas.dataset.metric,
     blocks: section ? new Set(section.dataset.blocks.split(" ")) : null,
   };

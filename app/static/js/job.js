@@ -14,7 +14,7 @@ const epochs = new Map(); // epoch -> metric row
 let status = initial.job.status;
 
 const lossChart = epochChart(document.getElementById("loss-chart"), "loss");
-const accuracyChart = epochChart(document.getElementById("accuracy-chart"), "accuracy (%)");
+const accuracyChart = epochChart(document.getElementById("accuracy-chart"), "accuracy (%)", true);
 const CURVES = [
   [lossChart, "train_loss", "training loss", "#1f77b4"],
   [lossChart, "test_loss", "test loss", "#ff7f0e"],
