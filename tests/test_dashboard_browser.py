@@ -247,7 +247,8 @@ def test_report_experiment_from_the_dashboard(
 ) -> None:
     base, _ = dashboard
     paths = httpx.get(f"{base}/openapi.json").json()["paths"]
-    if "/experiments" not in paths or "/experiments/{experiment_id}/events" not in paths:
+    streams = [path for path in paths if re.fullmatch(r"/experiments/\{\w+\}/events", path)]
+    if "/experiments" not in paths or not streams:
         pytest.skip("this build has no experiments API or experiment event stream")
 
     page.goto(f"{base}/ui/submit")
@@ -288,7 +289,7 @@ def test_report_experiment_from_the_dashboard(
     page.evaluate("window.__sameDocument = true")
     page.wait_for_selector('#live-mode[data-mode="ended"]', timeout=300_000)
     page.wait_for_function(
-        "() => document.querySelectorAll('#summary tbody tr[data-status=\"succeeded\"]').length === 2",
+        "() => document.querySelectorAll('#summary tr[data-status=succeeded]').length === 2",
         timeout=30_000,
     )
     statuses = {

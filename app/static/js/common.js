@@ -107,6 +107,22 @@ export function followEvents(url, { onEvent, onEnd, onUnavailable }) {
   return source;
 }
 
+/** A button that POSTs to `path` (a cancel): `describe(answer)` says what happened, in the
+ * page's #cancel-message. */
+export function postButton(button, path, describe) {
+  button.addEventListener("click", async () => {
+    const message = document.getElementById("cancel-message");
+    button.disabled = true;
+    try {
+      message.textContent = describe(await api(path, { method: "POST" }));
+    } catch (error) {
+      message.textContent = describeError(error);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
 /** Run `task` after `milliseconds`, once, however often it is asked for meanwhile. */
 export function debounced(task, milliseconds) {
   let timer = null;

@@ -5,7 +5,7 @@
 
 import {
   ENDED, POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, gmacs,
-  millions, percent, setLiveMode, setStatus,
+  millions, percent, postButton, setLiveMode, setStatus,
 } from "./common.js";
 import {
   BLOCK_COLOURS, colour, epochChart, logScatter, METRICS, padLogAxis, plotted, pointCount, setSeries,
@@ -229,19 +229,10 @@ async function poll() {
   setTimeout(poll, POLL_MILLISECONDS);
 }
 
-document.getElementById("cancel-experiment").addEventListener("click", async (event) => {
-  const button = event.currentTarget;
-  const message = document.getElementById("cancel-message");
-  button.disabled = true;
-  try {
-    experiment = await api(`/experiments/${experimentId}/cancel`, { method: "POST" });
-    draw();
-    message.textContent = "Cancel requested for every job that had not ended.";
-  } catch (error) {
-    message.textContent = describeError(error);
-  } finally {
-    button.disabled = false;
-  }
+postButton(document.getElementById("cancel-experiment"), `/experiments/${experimentId}/cancel`, (answer) => {
+  experiment = answer;
+  draw();
+  return "Cancel requested for every job that had not ended.";
 });
 
 const first = await load();

@@ -4,7 +4,7 @@
 
 import {
   ENDED, POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, percent,
-  setLiveMode, setStatus,
+  postButton, setLiveMode, setStatus,
 } from "./common.js";
 import { epochChart, plotted, pointCount, setSeries } from "./charts.js";
 
@@ -139,19 +139,9 @@ async function poll() {
   setTimeout(poll, POLL_MILLISECONDS);
 }
 
-document.getElementById("cancel-job").addEventListener("click", async (event) => {
-  const button = event.currentTarget;
-  const message = document.getElementById("cancel-message");
-  button.disabled = true;
-  try {
-    const job = await api(`/jobs/${jobId}/cancel`, { method: "POST" });
-    showState(job);
-    message.textContent = job.status === "cancelled" ? "Cancelled." : "Cancel requested: the job stops at its next batch.";
-  } catch (error) {
-    message.textContent = describeError(error);
-  } finally {
-    button.disabled = false;
-  }
+postButton(document.getElementById("cancel-job"), `/jobs/${jobId}/cancel`, (job) => {
+  showState(job);
+  return job.status === "cancelled" ? "Cancelled." : "Cancel requested: the job stops at its next batch.";
 });
 
 initial.metrics.forEach((row) => epochs.set(row.epoch, row));
