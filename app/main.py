@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,13 +20,14 @@ from app.json_body import JsonBodyGuard
 from app.methods import HEAD_REQUEST, METHOD_ORDER, HeadAsGet, Operations
 from app.openapi import build_schema
 from app.responses import error_response, service_error_response
-from app.routes import checkpoints, experiments, jobs, plots, system
+from app.routes import checkpoints, experiments, jobs, plots, system, ui
+from app.templating import STATIC_DIR
 from jobs.settings import get_settings
 
 DESCRIPTION = """
 Train the 18-layer CIFAR networks of the course report (PlainBlock, ResidualBlock, MobileBlock)
 as jobs: submit a spec, poll per-epoch metrics, fetch PNG plots and checkpoints; or submit an
-experiment (blocks x grid x seeds) and read its jobs as one summary.
+experiment (blocks x grid x seeds) and read its jobs as one summary. The dashboard is at `/`.
 """
 
 
@@ -152,7 +154,10 @@ def create_app() -> FastAPI:
     app.include_router(plots.router)
     app.include_router(checkpoints.router)
     app.include_router(experiments.router)
-    # The last added runs first: HEAD, then the key, then the body cap, then the JSON check.
+    app.include_router(ui.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # The last added runs first: HEAD, then the key (header or the dashboard's sign-in cookie),
+    # then the body cap, then the JSON check.
     app.add_middleware(JsonBodyGuard, operations=operations)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyGuard)

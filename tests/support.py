@@ -169,6 +169,21 @@ def broker_messages(var_dir: Path) -> int:
         return int(connection.execute("SELECT COUNT(*) FROM kombu_message").fetchone()[0])
 
 
+def epoch_figures(epoch: int) -> dict[str, float]:
+    """The metrics drive_job records for an epoch: train_loss 4/e, train_accuracy 0.1e,
+    test_accuracy 0.05e."""
+    return {
+        "epoch": epoch,
+        "train_loss": 4.0 / epoch,
+        "train_accuracy": 0.1 * epoch,
+        "test_loss": 3.0,
+        "test_accuracy": 0.05 * epoch,
+        "learning_rate": 0.01,
+        "seconds": 2.0,
+        "images_per_second": 25.0,
+    }
+
+
 def drive_job(
     job_id: int,
     epochs: int,
@@ -200,18 +215,8 @@ def drive_job(
     root = get_settings().resolved_artifact_dir
     checkpointed = (epochs,) if checkpoint_epochs is None else checkpoint_epochs
     for e in range(1, epochs + 1):
-        metrics = {
-            "epoch": e,
-            "train_loss": 4.0 / e,
-            "train_accuracy": 0.1 * e,
-            "test_loss": 3.0,
-            "test_accuracy": 0.05 * e,
-            "learning_rate": 0.01,
-            "seconds": 2.0,
-            "images_per_second": 25.0,
-        }
         with session_scope() as session:
-            record_epoch(session, claim, metrics, lease_seconds=600)
+            record_epoch(session, claim, epoch_figures(e), lease_seconds=600)
         if checkpoint is not None and e in checkpointed:
             content = checkpoint
             path = root / "jobs" / str(job_id) / f"attempt-{claim.attempt}" / f"epoch-{e:04d}.pt"

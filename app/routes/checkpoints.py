@@ -7,6 +7,7 @@ from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
+from sqlalchemy.orm import Session
 
 from app.deps import ReadSessionDep, SettingsDep
 from app.downloads import file_download
@@ -18,7 +19,7 @@ from app.services import jobs as job_service
 from engine.checkpoint_files import file_sha256
 from jobs.checkpoints import checkpoint_pointers
 from jobs.settings import Settings
-from jobs.tables import CHECKPOINT_NAMES, TERMINAL_STATUSES, Checkpoint
+from jobs.tables import CHECKPOINT_NAMES, TERMINAL_STATUSES, Checkpoint, Job
 
 router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
 FINISHED = TERMINAL_STATUSES
@@ -37,7 +38,11 @@ CheckpointName = Annotated[
     summary="The job's checkpoints: latest, best and final",
 )
 def list_checkpoints(job_id: JobId, session: ReadSessionDep) -> list[CheckpointRead]:
-    job = job_service.get_job(session, job_id)
+    return checkpoint_listing(session, job_service.get_job(session, job_id))
+
+
+def checkpoint_listing(session: Session, job: Job) -> list[CheckpointRead]:
+    """The job's named checkpoints with their download URLs (the API's and the dashboard's)."""
     return [
         CheckpointRead(
             name=name,
@@ -45,7 +50,7 @@ def list_checkpoints(job_id: JobId, session: ReadSessionDep) -> list[CheckpointR
             size_bytes=row.size_bytes,
             sha256=row.sha256,
             recorded_at=row.recorded_at,
-            url=f"/jobs/{job_id}/checkpoints/{name}",
+            url=f"/jobs/{job.id}/checkpoints/{name}",
         )
         for name, row in checkpoint_pointers(session, job).items()
     ]

@@ -1,0 +1,221 @@
+"""The dashboard: HTML pages over the data the JSON API serves, and the sign-in form.
+
+The pages are rendered here from the database; what changes while a page is open (curves, the
+metrics table, a job's status, experiments) is filled in by the page's script from the JSON API
+and its event streams, so the browser reads the same answers any client does. None of these
+routes is in the OpenAPI schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, get_args
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from app.auth import SIGN_IN_COOKIE, SIGN_IN_PATH, key_matches, safe_next, sign_in_token
+from app.deps import ReadSessionDep, SettingsDep
+from app.routes.checkpoints import checkpoint_listing
+from app.routes.common import render_job
+from app.routes.params import CANONICAL_ID, MAX_JOB_ID
+from app.schemas import EpochMetricRead
+from app.services import jobs as job_service
+from app.templating import page
+from engine.config import Hyperparameters
+from engine.datasets import DATASETS
+from jobs.tables import TERMINAL_STATUSES, Experiment, Job, JobStatus
+from models.catalog import BLOCK_NAMES
+
+router = APIRouter(include_in_schema=False)
+
+JOBS_PER_PAGE = 50
+STATUS_NAMES = tuple(status.value for status in JobStatus)
+SIGN_IN_SECONDS = 7 * 24 * 3600
+# The course report's results section, in its order: which blocks each problem compares.
+REPORT_PROBLEMS = (
+    ("Problem 1", "The 18-layer plain network", ("plain",)),
+    ("Problem 2", "Plain vs residual blocks", ("plain", "residual")),
+    ("Problem 3", "Plain vs mobile (depthwise-separable) blocks", ("plain", "mobile")),
+)
+
+
+def _id_or_none(text: str) -> int | None:
+    """The id a path segment names, with the API's rule (canonical spelling, in range)."""
+    if not CANONICAL_ID.fullmatch(text) or int(text) > MAX_JOB_ID:
+        return None
+    return int(text)
+
+
+def _not_found(request: Request, message: str) -> HTMLResponse:
+    return page(request, "error.html", {"title": "Not found", "message": message}, 404)
+
+
+@router.get("/", response_class=HTMLResponse)
+def jobs_page(
+    request: Request,
+    session: ReadSessionDep,
+    status: str = "",
+    block: str = "",
+    offset: str = "0",
+) -> HTMLResponse:
+    """Jobs, newest first, filtered by status and block; experiments below (from the API)."""
+    # Query values are checked here, not by FastAPI, so that a wrong one is a page, not JSON.
+    problems = []
+    if status and status not in STATUS_NAMES:
+        problems.append(f"There is no status {status!r}; statuses are {', '.join(STATUS_NAMES)}.")
+    if block and block not in BLOCK_NAMES:
+        problems.append(f"There is no block {block!r}; blocks are {', '.join(BLOCK_NAMES)}.")
+    start = int(offset) if offset.isdigit() and len(offset) <= 9 else 0
+    jobs: list[Job] = []
+    total = 0
+    if not problems:
+        jobs, total = job_service.list_jobs(
+            session, status=status or None, block=block or None, limit=JOBS_PER_PAGE, offset=start
+        )
+
+    def page_link(new_offset: int) -> str:
+        query = {"status": status, "block": block, "offset": str(new_offset) if new_offset else ""}
+        encoded = urlencode({name: value for name, value in query.items() if value})
+        return f"/?{encoded}" if encoded else "/"
+
+    return page(
+        request,
+        "index.html",
+        {
+            "jobs": jobs,
+            "total": total,
+            "start": start,
+            "status": status,
+            "block": block,
+            "statuses": STATUS_NAMES,
+            "blocks": BLOCK_NAMES,
+            "problems": problems,
+            "newer": page_link(max(start - JOBS_PER_PAGE, 0)) if start > 0 else None,
+            "older": page_link(start + JOBS_PER_PAGE) if start + len(jobs) < total else None,
+        },
+        400 if problems else 200,
+    )
+
+
+def _spec_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """The submitted spec as (field, value) rows, hyperparameters flattened."""
+    rows = []
+    for name, value in spec.items():
+        if name == "hyperparameters" and isinstance(value, dict):
+            rows += [(f"hyperparameters.{key}", json.dumps(item)) for key, item in value.items()]
+        else:
+            rows.append((name, json.dumps(value)))
+    return rows
+
+
+@router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(job_id: str, request: Request, session: ReadSessionDep) -> HTMLResponse:
+    """One job: status, complexity, spec, curves and metrics (growing live), checkpoints."""
+    found = _id_or_none(job_id)
+    job = session.get(Job, found) if found is not None else None
+    if job is None:
+        return _not_found(request, f"There is no job {job_id}.")
+    job_read = render_job(job, job_service.queue_position(session, job))
+    metrics = [
+        EpochMetricRead.model_validate(row) for row in job_service.epoch_metrics(session, job.id)
+    ]
+    checkpoints = checkpoint_listing(session, job)
+    return page(
+        request,
+        "job.html",
+        {
+            "job": job_read,
+            "experiment_id": job.experiment_id,
+            "ended": job.status in TERMINAL_STATUSES,
+            "metrics": metrics,
+            "checkpoints": checkpoints,
+            "spec_rows": _spec_rows(job.spec),
+            # For the page's script: the state it starts from before following the events.
+            "initial": {
+                "job": job_read.model_dump(mode="json"),
+                "metrics": [row.model_dump(mode="json") for row in metrics],
+            },
+        },
+    )
+
+
+@router.get("/ui/experiments/{experiment_id}", response_class=HTMLResponse)
+def experiment_page(experiment_id: str, request: Request, session: ReadSessionDep) -> HTMLResponse:
+    """One experiment; its summary, curves and charts come from GET /experiments/{id} and its
+    event stream."""
+    found = _id_or_none(experiment_id)
+    experiment = session.get(Experiment, found) if found is not None else None
+    if experiment is None:
+        return _not_found(request, f"There is no experiment {experiment_id}.")
+    return page(
+        request,
+        "experiment.html",
+        {
+            "experiment": experiment,
+            "problems": REPORT_PROBLEMS if experiment.preset == "report" else (),
+        },
+    )
+
+
+@router.get("/ui/submit", response_class=HTMLResponse)
+def submit_page(request: Request) -> HTMLResponse:
+    """A form for a job or an experiment; choices and placeholders come from the spec models."""
+    fields = Hyperparameters.model_fields
+    return page(
+        request,
+        "submit.html",
+        {
+            "blocks": BLOCK_NAMES,
+            "datasets": tuple(DATASETS),
+            "defaults": Hyperparameters().model_dump(),
+            "optimizers": get_args(fields["optimizer"].annotation),
+            "schedulers": get_args(fields["scheduler"].annotation),
+        },
+    )
+
+
+@router.get(SIGN_IN_PATH, response_class=HTMLResponse)
+def sign_in_page(
+    request: Request,
+    settings: SettingsDep,
+    next_path: Annotated[str, Query(alias="next")] = "/",
+) -> HTMLResponse:
+    context = {"next": safe_next(next_path), "problem": None}
+    return page(request, "login.html", {**context, "key_needed": settings.api_key is not None})
+
+
+@router.post(SIGN_IN_PATH, response_class=HTMLResponse)
+async def sign_in(request: Request, settings: SettingsDep) -> Response:
+    """Check the key from the form; the right one sets the sign-in cookie and goes on to the
+    page asked for. The cookie is HttpOnly (no script reads it) and SameSite=Strict (no other
+    site's page can send it)."""
+    # A form body, parsed here: the only form the service takes.
+    form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
+    sent = form.get("api_key", [""])[0]
+    target = safe_next(form.get("next", ["/"])[0])
+    expected = settings.api_key
+    if expected is None:
+        return RedirectResponse(target, status_code=303)
+    if not key_matches(sent, expected):
+        problem = "That is not the key." if sent else "Enter the key."
+        context = {"next": target, "problem": problem, "key_needed": True}
+        return page(request, "login.html", context, 401)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        SIGN_IN_COOKIE,
+        sign_in_token(expected),
+        max_age=SIGN_IN_SECONDS,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/ui/logout")
+def sign_out() -> Response:
+    response = RedirectResponse(SIGN_IN_PATH, status_code=303)
+    response.delete_cookie(SIGN_IN_COOKIE, path="/", httponly=True, samesite="strict")
+    return response

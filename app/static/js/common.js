@@ -1,0 +1,136 @@
+// Shared by the dashboard's pages: calls to the JSON API, number formats, building elements
+// (data only ever becomes text: textContent and attributes, never markup), and following an
+// event stream with a polling fallback.
+
+export const POLL_MILLISECONDS = 2000;
+export const ENDED = new Set(["succeeded", "failed", "cancelled"]);
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    const detail = body && body.detail ? body.detail : `HTTP ${status}`;
+    super(detail);
+    this.status = status;
+    this.body = body || {};
+  }
+}
+
+/** The API's JSON answer; an ApiError with its {error, detail, fields} body otherwise. */
+export async function api(path, { method = "GET", body, headers = {} } = {}) {
+  const init = { method, credentials: "same-origin", headers: { Accept: "application/json", ...headers } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  const text = await response.text();
+  let parsed = null;
+  try {
+    parsed = text ? JSON.parse(text) : null;
+  } catch {
+    parsed = { detail: text.slice(0, 200) };
+  }
+  if (!response.ok) throw new ApiError(response.status, parsed);
+  return parsed;
+}
+
+/** What to tell a person about a failed call. */
+export function describeError(error) {
+  if (error instanceof ApiError && error.status === 401) {
+    return "The server asks for the API key: sign in again (/ui/login).";
+  }
+  return error instanceof ApiError ? `${error.body.error || "error"}: ${error.message}` : String(error);
+}
+
+/** An element with attributes and children; strings become text nodes. */
+export function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const DASH = "–";
+export const percent = (fraction) => (fraction == null ? DASH : `${(fraction * 100).toFixed(2)} %`);
+export const millions = (count) => (count == null ? DASH : `${(count / 1e6).toFixed(2)} M`);
+export const gmacs = (macs) => (macs == null ? DASH : `${(macs / 1e9).toFixed(2)} GMac`);
+export const decimal = (value, places = 4) => (value == null ? DASH : Number(value).toFixed(places));
+
+/** A status badge: its text and the class that colours it. */
+export function setStatus(node, status) {
+  node.textContent = status;
+  node.className = `status status-${status}`;
+}
+
+/** The page's "live" badge: connecting, live (event stream), polling, finished. */
+export function setLiveMode(mode) {
+  const node = document.getElementById("live-mode");
+  if (!node) return;
+  const labels = {
+    connecting: "connecting…",
+    live: "live",
+    polling: `polling every ${POLL_MILLISECONDS / 1000} s`,
+    ended: "finished",
+    offline: "not updating",
+  };
+  node.dataset.mode = mode;
+  node.textContent = labels[mode] || mode;
+}
+
+/**
+ * Follow a server-sent event stream: `onEvent(kind, data)` for each status and epoch event,
+ * `onEnd(data)` once the server says everything ended. A dropped connection reconnects by
+ * itself (the browser sends Last-Event-ID, and the server sends only later events); a refused
+ * one (a server without the route answers 404) closes, and `onUnavailable()` takes over.
+ */
+export function followEvents(url, { onEvent, onEnd, onUnavailable }) {
+  const source = new EventSource(url);
+  source.addEventListener("open", () => setLiveMode("live"));
+  for (const kind of ["status", "epoch"]) {
+    source.addEventListener(kind, (message) => onEvent(kind, JSON.parse(message.data)));
+  }
+  source.addEventListener("end", (message) => {
+    source.close();
+    setLiveMode("ended");
+    onEnd(JSON.parse(message.data));
+  });
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) onUnavailable();
+  });
+  return source;
+}
+
+/** A button that POSTs to `path` (a cancel): `describe(answer)` says what happened, in the
+ * page's #cancel-message. */
+export function postButton(button, path, describe) {
+  button.addEventListener("click", async () => {
+    const message = document.getElementById("cancel-message");
+    button.disabled = true;
+    try {
+      message.textContent = describe(await api(path, { method: "POST" }));
+    } catch (error) {
+      message.textContent = describeError(error);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+/** Run `task` after `milliseconds`, once, however often it is asked for meanwhile. */
+export function debounced(task, milliseconds) {
+  let timer = null;
+  return () => {
+    if (timer !== null) return;
+    timer = setTimeout(() => {
+      timer = null;
+      task();
+    }, milliseconds);
+  };
+}

@@ -1,0 +1,252 @@
+// The experiment page: the summary (GET /experiments/{id}), every job's curves overlaid and
+// growing from GET /experiments/{id}/events (or, on a server without it, from polling), the
+// accuracy-vs-MACs chart, and for the "report" preset the report's published figures beside
+// the measured ones.
+
+import {
+  ENDED, POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, gmacs,
+  millions, percent, postButton, setLiveMode, setStatus,
+} from "./common.js";
+import {
+  BLOCK_COLOURS, colour, epochChart, logScatter, METRICS, padLogAxis, plotted, pointCount, setSeries,
+} from "./charts.js";
+
+const root = document.getElementById("experiment");
+const experimentId = Number(root.dataset.experimentId);
+const isReport = root.dataset.preset === "report";
+const problem = document.getElementById("experiment-problem");
+
+let experiment = null;
+let sort = { column: "job_id", order: "asc" };
+const curves = new Map(); // job id -> Map(epoch -> metric row)
+
+// Each curve chart shows one metric for the jobs of its section's blocks (all jobs outside one).
+const curveCharts = [...root.querySelectorAll("canvas.curve-chart")].map((canvas) => {
+  const section = canvas.closest("[data-blocks]");
+  return {
+    chart: epochChart(canvas, METRICS[canvas.dataset.metric].label, METRICS[canvas.dataset.metric].percent),
+    metric: canvas.dataset.metric,
+    blocks: section ? new Set(section.dataset.blocks.split(" ")) : null,
+  };
+});
+const scatter = logScatter(document.getElementById("accuracy-vs-macs"), "MACs per image", "best test accuracy (%)", gmacs);
+
+function showProblem(text) {
+  problem.hidden = !text;
+  problem.textContent = text || "";
+}
+
+/** "plain lr 0.1 seed 1": the block and the values that vary between the jobs. */
+function jobLabel(job) {
+  const varied = Object.entries(job.varied || {})
+    .filter(([name]) => name !== "block" && name !== "seed")
+    .map(([name, value]) => `${name} ${value}`);
+  const seed = (experiment.varying || []).includes("seed") ? [`seed ${job.seed}`] : [];
+  return [job.block, ...varied, ...seed, `(job ${job.job_id})`].join(" ");
+}
+
+function jobColour(job, index) {
+  const sameBlock = experiment.jobs.filter((other) => other.block === job.block).length;
+  return sameBlock === 1 && BLOCK_COLOURS[job.block] ? BLOCK_COLOURS[job.block] : colour(index);
+}
+
+function drawCurves() {
+  if (!experiment) return;
+  for (const { chart, metric, blocks } of curveCharts) {
+    experiment.jobs.forEach((job, index) => {
+      if (blocks && !blocks.has(job.block)) return;
+      const rows = [...(curves.get(job.job_id) || new Map()).values()].sort((a, b) => a.epoch - b.epoch);
+      const points = rows.map((row) => ({ x: row.epoch, y: plotted(metric, row[metric]) }));
+      setSeries(chart, job.job_id, jobLabel(job), points, jobColour(job, index));
+    });
+    chart.update("none");
+    chart.canvas.dataset.points = String(pointCount(chart));
+  }
+}
+const scheduleCurves = debounced(drawCurves, 100);
+
+function addEpoch(row) {
+  if (!curves.has(row.job_id)) curves.set(row.job_id, new Map());
+  curves.get(row.job_id).set(row.epoch, row);
+  scheduleCurves();
+}
+
+function drawScatter() {
+  const byBlock = new Map();
+  for (const job of experiment.jobs) {
+    if (job.best_test_accuracy == null) continue;
+    if (!byBlock.has(job.block)) byBlock.set(job.block, []);
+    byBlock.get(job.block).push({ x: job.macs, y: job.best_test_accuracy * 100, label: `${jobLabel(job)}: ${percent(job.best_test_accuracy)}, ${gmacs(job.macs)}` });
+  }
+  const datasets = [...byBlock].map(([block, points], index) => ({
+    label: block, data: points, backgroundColor: BLOCK_COLOURS[block] || colour(index), borderColor: BLOCK_COLOURS[block] || colour(index), pointRadius: 5,
+  }));
+  const published = new Map();
+  for (const job of experiment.jobs) {
+    const report = job.report;
+    if (report && report.macs != null && report.final_test_accuracy != null && !published.has(job.block)) {
+      published.set(job.block, { x: report.macs, y: report.final_test_accuracy * 100, label: `report, ${job.block}: ${percent(report.final_test_accuracy)}, ${gmacs(report.macs)}` });
+    }
+  }
+  if (published.size) {
+    datasets.push({ label: "report (published)", data: [...published.values()], pointStyle: "circle", pointRadius: 7, borderColor: "#333", backgroundColor: "rgba(0,0,0,0)", borderWidth: 2 });
+  }
+  scatter.data.datasets = datasets;
+  padLogAxis(scatter);
+  scatter.update("none");
+  scatter.canvas.dataset.points = String(pointCount(scatter));
+}
+
+const SUMMARY_COLUMNS = [
+  ["job_id", "Job", (job) => el("a", { href: `/ui/jobs/${Number(job.job_id)}` }, `#${job.job_id}`)],
+  ["block", "Block", (job) => job.block],
+  ["status", "Status", (job) => el("span", { class: `status status-${job.status}` }, job.status)],
+  [null, "Epochs", (job) => `${job.epochs_done}/${job.epochs_total}`],
+  ["params", "Params", (job) => millions(job.params)],
+  ["macs", "MACs", (job) => gmacs(job.macs)],
+  ["best_test_accuracy", "Best test acc.", (job) => percent(job.best_test_accuracy)],
+  ["final_test_accuracy", "Final test acc.", (job) => percent(job.final_test_accuracy)],
+  ["final_train_loss", "Final train loss", (job) => decimal(job.final_train_loss)],
+  ["seconds_per_epoch", "s/epoch", (job) => decimal(job.seconds_per_epoch, 1)],
+];
+
+function summaryColumns() {
+  // The hyperparameters that vary between the jobs (besides the block) get a column each.
+  const varying = (experiment.varying || []).filter((name) => name !== "block" && name !== "seed");
+  const extra = varying.map((name) => [null, name, (job) => String((job.varied || {})[name] ?? "")]);
+  const seed = [[null, "Seed", (job) => job.seed]];
+  return [...SUMMARY_COLUMNS.slice(0, 2), ...extra, ...seed, ...SUMMARY_COLUMNS.slice(2)];
+}
+
+function drawSummary() {
+  const table = document.getElementById("summary");
+  const columns = summaryColumns();
+  const headings = columns.map(([column, title]) => {
+    if (!column) return el("th", {}, title);
+    const current = sort.column === column;
+    const button = el("button", { type: "button", class: "link", dataset: { sort: column } }, title + (current ? (sort.order === "asc" ? " ▲" : " ▼") : ""));
+    button.addEventListener("click", () => {
+      sort = { column, order: current && sort.order === "asc" ? "desc" : "asc" };
+      load();
+    });
+    return el("th", { "aria-sort": current ? (sort.order === "asc" ? "ascending" : "descending") : null }, button);
+  });
+  table.tHead.replaceChildren(el("tr", {}, headings));
+  const rows = experiment.jobs.map((job) => el("tr", { dataset: { jobId: job.job_id, status: job.status } }, columns.map(([, , cell]) => el("td", {}, cell(job)))));
+  table.tBodies[0].replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: columns.length }, "No jobs."))]));
+}
+
+const NOT_PUBLISHED = "not published";
+const published = (value, format) => (value == null ? el("span", { class: "muted" }, NOT_PUBLISHED) : format(value));
+
+function drawReport() {
+  for (const section of root.querySelectorAll(".problem-section")) {
+    const blocks = section.dataset.blocks.split(" ");
+    const jobs = experiment.jobs
+      .filter((job) => blocks.includes(job.block))
+      .sort((a, b) => blocks.indexOf(a.block) - blocks.indexOf(b.block) || a.job_id - b.job_id);
+    const rows = jobs.map((job) => {
+      const report = job.report || {};
+      return el(
+        "tr",
+        { dataset: { jobId: job.job_id, block: job.block } },
+        el("th", { scope: "row" }, job.block),
+        el("td", {}, el("a", { href: `/ui/jobs/${Number(job.job_id)}` }, `#${job.job_id}`)),
+        el("td", {}, el("span", { class: `status status-${job.status}` }, job.status)),
+        el("td", {}, `${job.epochs_done}/${job.epochs_total}`),
+        el("td", { class: "measured" }, millions(job.params)),
+        el("td", { class: "report" }, published(report.params, millions)),
+        el("td", { class: "measured" }, gmacs(job.macs)),
+        el("td", { class: "report" }, published(report.macs, gmacs)),
+        el("td", { class: "measured" }, percent(job.final_test_accuracy)),
+        el("td", { class: "report" }, published(report.final_test_accuracy, percent)),
+        el("td", { class: "measured" }, decimal(job.final_train_loss)),
+        el("td", { class: "report" }, published(report.final_train_loss, (value) => decimal(value, 3))),
+      );
+    });
+    section.querySelector("tbody").replaceChildren(...rows);
+  }
+}
+
+function draw() {
+  setStatus(document.getElementById("experiment-status"), experiment.status);
+  const counts = Object.entries(experiment.status_counts || {}).filter(([, count]) => count > 0);
+  document.getElementById("experiment-counts").textContent =
+    `${experiment.job_count} job${experiment.job_count === 1 ? "" : "s"}` + (counts.length ? `: ${counts.map(([name, count]) => `${count} ${name}`).join(", ")}` : "");
+  document.getElementById("cancel-experiment").hidden = ENDED.has(experiment.status);
+  drawSummary();
+  if (isReport) drawReport();
+  drawScatter();
+  drawCurves();
+}
+
+async function load() {
+  try {
+    experiment = await api(`/experiments/${experimentId}?sort=${encodeURIComponent(sort.column)}&order=${sort.order}`);
+    showProblem(null);
+    draw();
+  } catch (error) {
+    showProblem(error.status === 404 ? "This server does not answer GET /experiments/{id}: it has no experiments API." : describeError(error));
+  }
+  return experiment;
+}
+const scheduleLoad = debounced(load, 1000);
+
+/** A status event: the row changes now; the experiment's own figures come with the next load. */
+function updateJob(state) {
+  const job = experiment && experiment.jobs.find((candidate) => candidate.job_id === state.job_id);
+  if (job) {
+    Object.assign(job, {
+      status: state.status, epochs_done: state.epochs_done, epochs_total: state.epochs_total,
+      best_test_accuracy: state.best_test_accuracy, final_test_accuracy: state.final_test_accuracy, final_train_loss: state.final_train_loss,
+    });
+    drawSummary();
+    if (isReport) drawReport();
+  }
+  scheduleLoad();
+}
+
+/** For servers without the event stream: the experiment and each job's new epochs every 2 s. */
+async function poll() {
+  const current = await load();
+  if (current) {
+    for (const job of current.jobs) {
+      const known = curves.get(job.job_id);
+      const since = known ? Math.max(0, ...known.keys()) : 0;
+      if (known && since >= job.epochs_done) continue;
+      try {
+        const metrics = await api(`/jobs/${job.job_id}/metrics?since_epoch=${since}`);
+        metrics.metrics.forEach((row) => addEpoch({ ...row, job_id: job.job_id }));
+      } catch (error) {
+        showProblem(describeError(error));
+      }
+    }
+    if (ENDED.has(current.status)) {
+      setLiveMode("ended");
+      return;
+    }
+  }
+  setTimeout(poll, POLL_MILLISECONDS);
+}
+
+postButton(document.getElementById("cancel-experiment"), `/experiments/${experimentId}/cancel`, (answer) => {
+  experiment = answer;
+  draw();
+  return "Cancel requested for every job that had not ended.";
+});
+
+const first = await load();
+if (!first) {
+  setLiveMode("offline");
+} else if (ENDED.has(first.status) && first.jobs.every((job) => job.epochs_done === 0)) {
+  setLiveMode("ended");
+} else {
+  followEvents(`/experiments/${experimentId}/events`, {
+    onEvent: (kind, data) => (kind === "epoch" ? addEpoch(data) : updateJob(data)),
+    onEnd: () => load(),
+    onUnavailable: () => {
+      setLiveMode("polling");
+      poll();
+    },
+  });
+}

@@ -1,0 +1,160 @@
+// The job page: curves and the metrics table grow from GET /jobs/{id}/events (or, on a server
+// without it, from polling /jobs/{id}/metrics), the header follows the job's status, and the
+// cancel button posts to /jobs/{id}/cancel.
+
+import {
+  ENDED, POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, percent,
+  postButton, setLiveMode, setStatus,
+} from "./common.js";
+import { epochChart, plotted, pointCount, setSeries } from "./charts.js";
+
+const initial = JSON.parse(document.getElementById("job-data").textContent);
+const jobId = initial.job.id;
+const epochs = new Map(); // epoch -> metric row
+let status = initial.job.status;
+
+const lossChart = epochChart(document.getElementById("loss-chart"), "loss");
+const accuracyChart = epochChart(document.getElementById("accuracy-chart"), "accuracy (%)", true);
+const CURVES = [
+  [lossChart, "train_loss", "training loss", "#1f77b4"],
+  [lossChart, "test_loss", "test loss", "#ff7f0e"],
+  [accuracyChart, "train_accuracy", "training accuracy", "#1f77b4"],
+  [accuracyChart, "test_accuracy", "test accuracy", "#ff7f0e"],
+];
+
+function drawCurves() {
+  const rows = [...epochs.values()].sort((a, b) => a.epoch - b.epoch);
+  for (const [chart, metric, label, colour] of CURVES) {
+    setSeries(chart, metric, label, rows.map((row) => ({ x: row.epoch, y: plotted(metric, row[metric]) })), colour);
+  }
+  for (const chart of [lossChart, accuracyChart]) {
+    chart.update("none");
+    chart.canvas.dataset.points = String(pointCount(chart));
+  }
+}
+const scheduleCurves = debounced(drawCurves, 50);
+
+function metricRow(row) {
+  return el(
+    "tr",
+    { dataset: { epoch: row.epoch } },
+    el("td", {}, row.epoch),
+    el("td", {}, decimal(row.train_loss)),
+    el("td", {}, percent(row.train_accuracy)),
+    el("td", {}, decimal(row.test_loss)),
+    el("td", {}, percent(row.test_accuracy)),
+    el("td", {}, decimal(row.learning_rate, 5)),
+    el("td", {}, decimal(row.seconds, 1)),
+    el("td", {}, decimal(row.images_per_second, 0)),
+  );
+}
+
+/** Add an epoch (or replace it: a replayed event, or a retried attempt's new figures). */
+function addEpoch(row) {
+  const known = epochs.has(row.epoch);
+  epochs.set(row.epoch, row);
+  const body = document.getElementById("metrics-rows");
+  const replacement = metricRow(row);
+  const existing = body.querySelector(`tr[data-epoch="${Number(row.epoch)}"]`);
+  if (existing) existing.replaceWith(replacement);
+  else {
+    const later = [...body.children].find((tr) => Number(tr.dataset.epoch) > row.epoch);
+    body.insertBefore(replacement, later || null);
+  }
+  scheduleCurves();
+  if (!known) scheduleCheckpoints();
+}
+
+/** The header from a JobRead or a status event (they share these fields). */
+function showState(state) {
+  status = state.status;
+  setStatus(document.getElementById("job-status"), state.status);
+  const progress = document.getElementById("job-progress");
+  progress.max = state.epochs_total;
+  progress.value = state.epochs_done;
+  document.getElementById("job-epochs").textContent = `${state.epochs_done}/${state.epochs_total}`;
+  document.getElementById("job-best").textContent = percent(state.best_test_accuracy);
+  document.getElementById("job-final").textContent = percent(state.final_test_accuracy);
+  document.getElementById("job-final-loss").textContent = decimal(state.final_train_loss);
+  if (state.attempt !== undefined) {
+    const attempt = document.getElementById("job-attempt");
+    attempt.textContent = attempt.textContent.replace(/^\d+/, String(state.attempt));
+  }
+  const ended = ENDED.has(state.status);
+  document.getElementById("job-cancelling").hidden = !(state.cancel_requested && !ended);
+  document.getElementById("cancel-job").hidden = ended || state.cancel_requested;
+  const error = document.getElementById("job-error");
+  error.hidden = !state.error;
+  error.textContent = state.error ? `${state.error_reason || "error"}: ${state.error}` : "";
+}
+
+async function refreshCheckpoints() {
+  let listing;
+  try {
+    listing = await api(`/jobs/${jobId}/checkpoints`);
+  } catch {
+    return; // the table keeps what it showed; the next epoch tries again
+  }
+  const body = document.getElementById("checkpoint-rows");
+  const rows = listing.map((checkpoint) =>
+    el(
+      "tr",
+      { dataset: { name: checkpoint.name } },
+      el("td", {}, checkpoint.name),
+      el("td", {}, checkpoint.epoch),
+      el("td", {}, `${(checkpoint.size_bytes / 1e6).toFixed(1)} MB`),
+      el("td", {}, el("code", {}, `${checkpoint.sha256.slice(0, 12)}…`)),
+      el("td", {}, el("a", { href: `/jobs/${jobId}/checkpoints/${encodeURIComponent(checkpoint.name)}`, download: true }, `job-${jobId}-${checkpoint.name}.pt`)),
+    ),
+  );
+  body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: 5 }, "No checkpoint yet."))]));
+}
+const scheduleCheckpoints = debounced(refreshCheckpoints, 500);
+
+async function finish() {
+  setLiveMode("ended");
+  try {
+    showState(await api(`/jobs/${jobId}`));
+  } catch (error) {
+    document.getElementById("cancel-message").textContent = describeError(error);
+  }
+  refreshCheckpoints();
+}
+
+/** For servers without the event stream: the job and its new epochs every 2 s. */
+async function poll() {
+  try {
+    const job = await api(`/jobs/${jobId}`);
+    showState(job);
+    const since = Math.max(0, ...epochs.keys());
+    const metrics = await api(`/jobs/${jobId}/metrics?since_epoch=${since}`);
+    metrics.metrics.forEach(addEpoch);
+    if (ENDED.has(job.status)) {
+      finish();
+      return;
+    }
+  } catch (error) {
+    document.getElementById("cancel-message").textContent = describeError(error);
+  }
+  setTimeout(poll, POLL_MILLISECONDS);
+}
+
+postButton(document.getElementById("cancel-job"), `/jobs/${jobId}/cancel`, (job) => {
+  showState(job);
+  return job.status === "cancelled" ? "Cancelled." : "Cancel requested: the job stops at its next batch.";
+});
+
+initial.metrics.forEach((row) => epochs.set(row.epoch, row));
+drawCurves();
+if (ENDED.has(status)) {
+  setLiveMode("ended");
+} else {
+  followEvents(`/jobs/${jobId}/events`, {
+    onEvent: (kind, data) => (kind === "epoch" ? addEpoch(data) : showState(data)),
+    onEnd: finish,
+    onUnavailable: () => {
+      setLiveMode("polling");
+      poll();
+    },
+  });
+}

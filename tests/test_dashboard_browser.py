@@ -1,0 +1,393 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright against the API under
+uvicorn and a real worker process. Forms are filled in and buttons clicked as a person would;
+pages must update from the event streams (or, on a server without them, by polling) without
+being reloaded. Screenshots go to the test's tmp dir, and to $DASHBOARD_SCREENSHOTS if set."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import IN_CI, service_environment
+from tests.support import Process, epoch_figures, free_port, start_api, start_worker
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+KEY = "browser-s3cret"
+# Every change of the job page's "live" badge, recorded from before the page's own scripts run.
+RECORD_LIVE_MODES = """
+window.__liveModes = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const badge = document.getElementById("live-mode");
+  if (!badge) return;
+  window.__liveModes.push(badge.dataset.mode);
+  new MutationObserver(() => window.__liveModes.push(badge.dataset.mode))
+    .observe(badge, { attributes: true, attributeFilter: ["data-mode"] });
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Debian's chromium under Playwright (never a downloaded browser)."""
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if IN_CI:
+            pytest.fail(f"{message}; CI needs it.", pytrace=False)
+        pytest.skip(f"{message}: install it to run the browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard(
+    tmp_path_factory: pytest.TempPathFactory, dataset_root: Path
+) -> Iterator[tuple[str, Process]]:
+    """The API and one worker on the embedded default (SQLite + SQLite broker): (URL, worker)."""
+    from jobs.migrations import upgrade
+
+    root = tmp_path_factory.mktemp("dashboard")
+    env = service_environment(root, f"sqlite:///{root / 'jobs.sqlite3'}", dataset_root)
+    upgrade(env["DATABASE_URL"])
+    port = free_port()
+    api = start_api(env, root, port)
+    worker = start_worker(env, root)
+    try:
+        yield f"http://127.0.0.1:{port}", worker
+    finally:
+        worker.stop()
+        api.stop()
+
+
+class Screenshots:
+    def __init__(self, folder: Path) -> None:
+        self.folders = [folder]
+        if os.environ.get("DASHBOARD_SCREENSHOTS"):
+            self.folders.append(Path(os.environ["DASHBOARD_SCREENSHOTS"]))
+        for target in self.folders:
+            target.mkdir(parents=True, exist_ok=True)
+
+    def take(self, page: Any, name: str) -> None:
+        first = self.folders[0] / f"{name}.png"
+        page.screenshot(path=str(first), full_page=True)
+        for target in self.folders[1:]:
+            shutil.copyfile(first, target / first.name)
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Screenshots:
+    return Screenshots(tmp_path / "screenshots")
+
+
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    """A fresh browser context (no cookies) whose script errors and CSP violations fail the
+    test. Refused requests are expected (a 422 from the form, a 404 from a missing route)."""
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    new_page = context.new_page()
+    problems: list[str] = []
+    new_page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    new_page.on(
+        "console",
+        lambda message: (
+            problems.append(f"console: {message.text}")
+            if message.type == "error" and "Failed to load resource" not in message.text
+            else None
+        ),
+    )
+    new_page.add_init_script(RECORD_LIVE_MODES)
+    yield new_page
+    context.close()
+    assert not problems, problems
+
+
+def has_route(base: str, path: str) -> bool:
+    """Whether the server answers GET path (read only up to the status: it may be a stream)."""
+    with httpx.Client(base_url=base, timeout=30) as client, client.stream("GET", path) as answer:
+        return answer.status_code == 200
+
+
+def fill_job_form(page: Any, **values: str) -> None:
+    page.check('input[name="kind"][value="job"]')
+    page.select_option('[data-field="block"]', values.pop("block"))
+    for field, value in values.items():
+        page.fill(f'[data-field="{field}"]', value)
+
+
+# Predicates are functions, never expression strings: Playwright polls an expression with eval,
+# which the pages' Content-Security-Policy (rightly) refuses.
+def wait_for_count(page: Any, selector: str, at_least: int, timeout_ms: int = 180_000) -> int:
+    page.wait_for_function(
+        "([selector, count]) => document.querySelectorAll(selector).length >= count",
+        arg=[selector, at_least],
+        timeout=timeout_ms,
+    )
+    return int(page.locator(selector).count())
+
+
+def chart_points(page: Any, selector: str) -> int:
+    return int(page.get_attribute(selector, "data-points") or 0)
+
+
+def test_job_page_grows_live_and_cancels(
+    page: Any, dashboard: tuple[str, Process], screenshots: Screenshots
+) -> None:
+    base, worker = dashboard
+    page.goto(f"{base}/ui/submit")
+    screenshots.take(page, "01-submit-form")
+
+    # A value the API refuses: its message appears beside the input, nothing is created.
+    fill_job_form(
+        page,
+        block="mobile",
+        name="<script>alert(1)</script>",
+        **{"hyperparameters.epochs": "0", "hyperparameters.learning_rate": "fast"},
+    )
+    page.click("#submit-button")
+    page.wait_for_selector('[data-error-for="hyperparameters.epochs"]:not(:empty)')
+    assert "greater than or equal to 1" in page.inner_text(
+        '[data-error-for="hyperparameters.epochs"]'
+    )
+    assert page.inner_text('[data-error-for="hyperparameters.learning_rate"]')
+    assert page.get_attribute('[data-field="hyperparameters.epochs"]', "aria-invalid") == "true"
+    assert "/ui/submit" in page.url
+    screenshots.take(page, "02-submit-422")
+    assert httpx.get(f"{base}/jobs").json()["total"] == 0
+
+    fill_job_form(
+        page,
+        block="mobile",
+        **{
+            "hyperparameters.epochs": "4",
+            "hyperparameters.learning_rate": "",
+            "hyperparameters.batch_size": "32",
+            "train_samples": "64",
+            "test_samples": "32",
+        },
+    )
+    page.click("#submit-button")
+    page.wait_for_url(re.compile(r"/ui/jobs/\d+$"))
+    job_id = int(page.url.rsplit("/", 1)[1])
+    page.evaluate("window.__sameDocument = true")
+    rows_at_load = page.locator("#metrics-rows tr[data-epoch]").count()
+    assert rows_at_load < 4, "the job ended before its page opened; nothing was left to follow"
+    assert page.inner_text("h1 .name") == "<script>alert(1)</script>"  # shown as text
+
+    # Epoch rows and curve points arrive without a reload, then the job's end.
+    wait_for_count(page, "#metrics-rows tr[data-epoch]", rows_at_load + 1)
+    page.wait_for_function("() => Number(document.getElementById('loss-chart').dataset.points) > 0")
+    screenshots.take(page, "03-job-running")
+    wait_for_count(page, "#metrics-rows tr[data-epoch]", 4)
+    page.wait_for_selector("#job-status.status-succeeded", timeout=180_000)
+    wait_for_count(page, '#checkpoint-rows tr[data-name="final"]', 1, 30_000)
+    assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
+    assert [row.get_attribute("data-epoch") for row in page.locator("#metrics-rows tr").all()] == [
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
+    assert chart_points(page, "#loss-chart") == 8  # training and test loss, 4 epochs each
+    assert page.inner_text("#job-epochs") == "4/4"
+    assert page.get_attribute("#cancel-job", "hidden") is not None
+    final_link = page.get_attribute('#checkpoint-rows tr[data-name="final"] a', "href")
+    assert final_link == f"/jobs/{job_id}/checkpoints/final"
+    # The event stream where the server has it; polling /jobs/{id}/metrics where it has not.
+    expected_mode = "live" if has_route(base, f"/jobs/{job_id}/events") else "polling"
+    assert expected_mode in page.evaluate("window.__liveModes")
+    screenshots.take(page, "04-job-succeeded")
+
+    # A long job, cancelled from its page.
+    page.goto(f"{base}/ui/submit")
+    fill_job_form(
+        page,
+        block="mobile",
+        name="to cancel",
+        **{"hyperparameters.epochs": "500", "train_samples": "64", "test_samples": "32"},
+    )
+    page.click("#submit-button")
+    page.wait_for_url(re.compile(r"/ui/jobs/\d+$"))
+    long_job = int(page.url.rsplit("/", 1)[1])
+    page.click("#cancel-job")
+    page.wait_for_selector("#job-status.status-cancelled", timeout=120_000)
+    assert httpx.get(f"{base}/jobs/{long_job}").json()["status"] == "cancelled"
+    screenshots.take(page, "05-job-cancelled")
+
+    # The jobs list, filtered in the form.
+    page.goto(f"{base}/")
+    page.select_option('select[name="status"]', "cancelled")
+    page.click(".filters button")
+    page.wait_for_url(re.compile(r"status=cancelled"))
+    listed = [
+        row.get_attribute("data-job-id") for row in page.locator("#jobs tr[data-job-id]").all()
+    ]
+    assert listed == [str(long_job)]
+    screenshots.take(page, "06-jobs-cancelled")
+    assert worker.alive()
+
+
+@pytest.mark.timeout(600)
+def test_report_experiment_from_the_dashboard(
+    page: Any, dashboard: tuple[str, Process], screenshots: Screenshots
+) -> None:
+    base, _ = dashboard
+    paths = httpx.get(f"{base}/openapi.json").json()["paths"]
+    streams = [path for path in paths if re.fullmatch(r"/experiments/\{\w+\}/events", path)]
+    if "/experiments" not in paths or not streams:
+        pytest.skip("this build has no experiments API or experiment event stream")
+
+    page.goto(f"{base}/ui/submit")
+    page.check('input[name="kind"][value="experiment"]')
+    page.select_option('[data-field="preset"]', "report")
+    # The report's settings are fixed: only epochs, samples, seeds, name and tags are open.
+    assert page.is_disabled('[data-field="hyperparameters.batch_size"]')
+    assert page.is_disabled('input[data-field="blocks"]')
+    page.fill('[data-field="name"]', "report repro")
+    page.fill('[data-field="hyperparameters.epochs"]', "2")
+    page.fill('[data-field="train_samples"]', "64")
+    page.fill('[data-field="test_samples"]', "32")
+    screenshots.take(page, "11-submit-report")
+    page.click("#submit-button")
+    page.wait_for_url(re.compile(r"/ui/experiments/\d+$"))
+    experiment_id = int(page.url.rsplit("/", 1)[1])
+    page.evaluate("window.__sameDocument = true")
+
+    wait_for_count(page, "#summary tbody tr[data-job-id]", 3)
+    blocks = [cell.inner_text() for cell in page.locator("#summary tbody tr td:nth-child(2)").all()]
+    assert blocks == ["plain", "residual", "mobile"]
+    # The first job's first epoch reaches the overlaid curves live.
+    page.wait_for_function(
+        "() => Number(document.querySelector('#problem-1 canvas.curve-chart').dataset.points) > 0",
+        timeout=240_000,
+    )
+    screenshots.take(page, "12-experiment-running")
+
+    # One job cancelled from its own page (mobile runs last: it is still waiting).
+    mobile_row = page.locator('#summary tbody tr[data-job-id]:has-text("mobile")')
+    mobile_job = int(mobile_row.get_attribute("data-job-id") or 0)
+    page.goto(f"{base}/ui/jobs/{mobile_job}")
+    page.click("#cancel-job")
+    page.wait_for_selector("#job-status.status-cancelled", timeout=120_000)
+    screenshots.take(page, "13-experiment-job-cancelled")
+
+    page.goto(f"{base}/ui/experiments/{experiment_id}")
+    page.evaluate("window.__sameDocument = true")
+    page.wait_for_selector('#live-mode[data-mode="ended"]', timeout=300_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#summary tr[data-status=succeeded]').length === 2",
+        timeout=30_000,
+    )
+    statuses = {
+        row.get_attribute("data-job-id"): row.get_attribute("data-status")
+        for row in page.locator("#summary tbody tr[data-job-id]").all()
+    }
+    assert statuses[str(mobile_job)] == "cancelled"
+    assert page.evaluate("window.__sameDocument") is True
+
+    # The report's figures beside the measured ones, problem by problem.
+    def report_row(problem: int, block: str) -> list[str]:
+        row = page.locator(f'#problem-{problem} tbody tr[data-block="{block}"]').first
+        return [cell.inner_text() for cell in row.locator("td").all()]
+
+    plain = report_row(1, "plain")
+    # job, status, epochs, params (measured, report), MACs (measured, report), accuracy, loss
+    assert plain[3:6] == ["11.05 M", "11.05 M", "0.55 GMac"] and plain[6] == "0.55 GMac"
+    assert plain[8] == "70.55 %" and plain[10] == "0.014"
+    assert re.fullmatch(r"\d+\.\d\d %", plain[7]), plain  # measured final test accuracy
+    residual = report_row(2, "residual")
+    assert residual[4] == "not published" and residual[6] == "not published"
+    assert residual[8] == "72.56 %" and residual[10] == "0.005"
+    mobile = report_row(3, "mobile")
+    assert mobile[3:7] == ["1.33 M", "1.33 M", "0.07 GMac", "0.07 GMac"]
+    assert mobile[8] == "61.49 %" and mobile[10] == "0.100"
+    for problem in (1, 2, 3):
+        assert chart_points(page, f"#problem-{problem} canvas.curve-chart") > 0
+    assert chart_points(page, "#accuracy-vs-macs") >= 2 + 2  # two trained jobs, two published
+    screenshots.take(page, "14-experiment-report")
+
+
+def test_sign_in_in_the_browser(
+    page: Any, configure: Any, screenshots: Screenshots, tmp_path: Path
+) -> None:
+    """With API_KEY set: the sign-in form, a wrong key refused, then pages and their calls to
+    the API (fetch, EventSource) work on the cookie alone."""
+    from jobs.db import session_scope
+    from jobs.lifecycle import claim_job, record_epoch
+    from jobs.migrations import upgrade
+
+    url = f"sqlite:///{tmp_path / 'keyed.sqlite3'}"
+    upgrade(url)
+    env = configure(url, API_KEY=KEY)  # this process records epochs in the same database
+    port = free_port()
+    api = start_api(env, tmp_path, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        created = httpx.post(
+            f"{base}/jobs",
+            json={"block": "mobile", "hyperparameters": {"epochs": 3}, "name": "keyed"},
+            headers={"X-API-Key": KEY},
+        )
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        # Run the job as a worker would, two epochs now and one once the page is open.
+        with session_scope() as session:
+            claim = claim_job(session, job_id, worker="browser-test", lease_seconds=600)
+        assert claim is not None
+        for epoch in (1, 2):
+            with session_scope() as session:
+                record_epoch(session, claim, epoch_figures(epoch), lease_seconds=600)
+
+        page.goto(f"{base}/ui/jobs/{job_id}")
+        assert "/ui/login?next=" in page.url
+        page.fill("#api-key", "not the key")
+        page.click('form.sign-in button[type="submit"]')
+        assert page.inner_text("#sign-in-problem") == "That is not the key."
+        screenshots.take(page, "21-sign-in-refused")
+
+        page.fill("#api-key", KEY)
+        page.click('form.sign-in button[type="submit"]')
+        page.wait_for_url(f"{base}/ui/jobs/{job_id}")
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
+        assert page.locator("#metrics-rows tr[data-epoch]").count() == 2
+        page.evaluate("window.__sameDocument = true")
+        # The page's own calls (the event stream, or polling) reach the API on the cookie: the
+        # third epoch appears without a reload.
+        with session_scope() as session:
+            record_epoch(session, claim, epoch_figures(3), lease_seconds=600)
+        assert wait_for_count(page, "#metrics-rows tr[data-epoch]", 3, 60_000) == 3
+        page.wait_for_function(
+            "() => Number(document.getElementById('loss-chart').dataset.points) === 6"
+        )
+        assert page.evaluate("window.__sameDocument") is True
+        page.click("#cancel-job")  # a fetch POST, on the cookie
+        page.wait_for_selector("#job-cancelling:not([hidden])")
+        assert page.inner_text("#job-status") == "running"  # until the worker stops
+        keyed = {"X-API-Key": KEY}
+        assert httpx.get(f"{base}/jobs/{job_id}", headers=keyed).json()["cancel_requested"]
+        assert httpx.get(f"{base}/jobs/{job_id}").status_code == 401  # API clients: unchanged
+        screenshots.take(page, "22-signed-in-job")
+
+        page.goto(f"{base}/")
+        listed = [row.get_attribute("data-job-id") for row in page.locator("#jobs tbody tr").all()]
+        assert listed == [str(job_id)]
+        page.click("nav form button")  # sign out
+        page.wait_for_url(re.compile(r"/ui/login$"))
+        page.goto(f"{base}/ui/submit")
+        assert "/ui/login?next=%2Fui%2Fsubmit" in page.url
+    finally:
+        api.stop()
