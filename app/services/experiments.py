@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from app.errors import (
     ExperimentNotCancellable,
     ExperimentNotFound,
-    IdempotencyConflict,
     InvalidFields,
     JobNotCancellable,
     TooManyJobs,
@@ -38,6 +37,7 @@ from app.schemas import (
     canonical_sha256,
 )
 from app.services import jobs as job_service
+from app.services.idempotency import find_by_key
 from engine.config import Hyperparameters
 from jobs.settings import Settings
 from jobs.tables import TERMINAL_STATUSES, EpochMetric, Experiment, Job, utcnow
@@ -240,7 +240,7 @@ def create_experiment(
     plan = plan_experiment(spec)
     fingerprint = plan.fingerprint()
     if idempotency_key is not None:
-        existing = _find_by_key(session, idempotency_key, fingerprint)
+        existing = find_by_key(session, Experiment, idempotency_key, fingerprint)
         if existing is not None:
             return ExperimentSubmission(existing, created=False)
     job_service.ensure_queue_room(session, settings=settings, adding=len(plan.jobs))
@@ -261,25 +261,13 @@ def create_experiment(
         # Another request with the same Idempotency-Key committed first.
         if idempotency_key is None:
             raise
-        existing = _find_by_key(session, idempotency_key, fingerprint)
+        existing = find_by_key(session, Experiment, idempotency_key, fingerprint)
         if existing is None:
             raise
         return ExperimentSubmission(existing, created=False)
     for job_spec in plan.jobs:
         job_service.add_job(session, job_spec, settings=settings, experiment_id=experiment.id)
     return ExperimentSubmission(experiment, created=True)
-
-
-def _find_by_key(session: Session, key: str, fingerprint: str) -> Experiment | None:
-    experiment = session.execute(
-        select(Experiment).where(Experiment.idempotency_key == key)
-    ).scalar_one_or_none()
-    if experiment is not None and experiment.request_sha256 != fingerprint:
-        raise IdempotencyConflict(
-            f"Idempotency-Key {key!r} was already used for experiment {experiment.id} with a "
-            "different body."
-        )
-    return experiment
 
 
 def get_experiment(session: Session, experiment_id: int) -> Experiment:

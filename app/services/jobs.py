@@ -8,8 +8,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.errors import IdempotencyConflict, JobNotCancellable, JobNotFound, QueueFull
+from app.errors import JobNotCancellable, JobNotFound, QueueFull
 from app.schemas import JobCreate
+from app.services.idempotency import find_by_key
 from engine.datasets import DATASETS
 from jobs.queue import enqueue_after_commit
 from jobs.settings import Settings
@@ -30,7 +31,7 @@ def create_job(
     transaction commits. A concurrent request with the same Idempotency-Key gets that job."""
     fingerprint = spec.fingerprint()
     if idempotency_key is not None:
-        existing = _find_by_key(session, idempotency_key, fingerprint)
+        existing = find_by_key(session, Job, idempotency_key, fingerprint)
         if existing is not None:
             return Submission(existing, created=False)
     ensure_queue_room(session, settings=settings, adding=1)
@@ -41,7 +42,7 @@ def create_job(
         # Another request with the same Idempotency-Key committed first.
         if idempotency_key is None:
             raise
-        existing = _find_by_key(session, idempotency_key, fingerprint)
+        existing = find_by_key(session, Job, idempotency_key, fingerprint)
         if existing is None:
             raise
         return Submission(existing, created=False)
@@ -101,15 +102,6 @@ def add_job(
     session.add(job)
     session.flush()
     enqueue_after_commit(session, job.id)
-    return job
-
-
-def _find_by_key(session: Session, key: str, fingerprint: str) -> Job | None:
-    job = session.execute(select(Job).where(Job.idempotency_key == key)).scalar_one_or_none()
-    if job is not None and job.request_sha256 != fingerprint:
-        raise IdempotencyConflict(
-            f"Idempotency-Key {key!r} was already used for job {job.id} with a different body."
-        )
     return job
 
 
