@@ -21,6 +21,14 @@ class JobNotFound(ServiceError):
         super().__init__(f"No job with id {job_id}.")
 
 
+class ExperimentNotFound(ServiceError):
+    status_code = 404
+    code = "experiment_not_found"
+
+    def __init__(self, experiment_id: object) -> None:
+        super().__init__(f"No experiment with id {experiment_id}.")
+
+
 class CheckpointNotFound(ServiceError):
     status_code = 404
     code = "checkpoint_not_found"
@@ -69,6 +77,11 @@ class InvalidRequest(ServiceError):
 class InvalidJson(ServiceError):
     status_code = 400
     code = "invalid_json"
+
+
+class InvalidLastEventId(ServiceError):
+    status_code = 400
+    code = "invalid_last_event_id"
 
 
 class UnsupportedMediaType(ServiceError):

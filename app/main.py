@@ -4,6 +4,8 @@ request before routing (HEAD, the API key, the body cap, JSON bodies)."""
 from __future__ import annotations
 
 import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,7 +21,8 @@ from app.json_body import JsonBodyGuard
 from app.methods import HEAD_REQUEST, METHOD_ORDER, HeadAsGet, Operations
 from app.openapi import build_schema
 from app.responses import error_response, service_error_response
-from app.routes import checkpoints, jobs, plots, system
+from app.routes import checkpoints, events, jobs, plots, system
+from app.streams import EventHub
 from jobs.settings import get_settings
 
 DESCRIPTION = """
@@ -91,6 +94,13 @@ def _field_name(location: tuple[Any, ...]) -> str:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    event_hub = EventHub()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await event_hub.stop()
+
     # No trailing-slash redirects: "/jobs/1/checkpoints/%2e%2e%2f" decodes to ".../../", and a 307
     # to ".../.." would send clients (which normalise dot segments) to another resource.
     app = FastAPI(
@@ -98,7 +108,9 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         redirect_slashes=False,
+        lifespan=lifespan,
     )
+    app.state.event_hub = event_hub
 
     @functools.cache
     def operations() -> Operations:
@@ -150,6 +162,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(plots.router)
     app.include_router(checkpoints.router)
+    app.include_router(events.router)
     # The last added runs first: HEAD, then the key, then the body cap, then the JSON check.
     app.add_middleware(JsonBodyGuard, operations=operations)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

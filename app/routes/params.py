@@ -25,6 +25,12 @@ JobId = Annotated[
     int, Path(ge=1, le=MAX_JOB_ID, description="The job's id."), BeforeValidator(_canonical_id)
 ]
 
+ExperimentId = Annotated[
+    int,
+    Path(ge=1, le=MAX_JOB_ID, description="The experiment's id."),
+    BeforeValidator(_canonical_id),
+]
+
 IdempotencyKey = Annotated[
     str | None,
     Header(
