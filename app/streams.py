@@ -66,6 +66,8 @@ LISTEN_RETRY_FIRST_SECONDS = 0.5
 LISTEN_RETRY_MAX_SECONDS = 10.0
 WATCHER_ERROR_PAUSE_SECONDS = 1.0
 IDLE_STOP_SECONDS = 30.0
+# How the LISTEN connection shows in pg_stat_activity.
+WATCHER_APPLICATION_NAME = "cifar-jobs event watcher"
 # Events a subscriber may have waiting (its client reads slowly); beyond that they are dropped
 # and the subscriber re-reads the log from its cursor once it catches up.
 SUBSCRIBER_BACKLOG = 1000
@@ -325,7 +327,10 @@ class _Watcher:
         while True:
             try:
                 connection = await psycopg.AsyncConnection.connect(
-                    conninfo, autocommit=True, **parameters
+                    conninfo,
+                    autocommit=True,
+                    application_name=WATCHER_APPLICATION_NAME,
+                    **parameters,
                 )
                 try:
                     await connection.execute(f"LISTEN {JOB_EVENTS_CHANNEL}")

@@ -342,3 +342,50 @@ def wait_for_status(
         return job if job["status"] in statuses else None
 
     return wait_for(done, timeout=timeout, interval=0.5, what=f"job {job_id} to be {statuses}")
+
+
+def is_keep_alive(event: Any) -> bool:
+    """httpx_sse reports a keep-alive comment as an event without data; EventSource dispatches
+    no event without data (the HTML standard's rule), so neither do the tests."""
+    return not event.data
+
+
+def read_event_stream(
+    client: httpx.Client,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    stop: Callable[[Any], bool] | None = None,
+) -> list[Any]:
+    """The events (httpx_sse.ServerSentEvent) of a text/event-stream until the server closes it,
+    or until `stop` is true of an event received (the client then disconnects)."""
+    from httpx_sse import connect_sse
+
+    received = []
+    with connect_sse(client, "GET", url, headers=headers or {}) as source:
+        assert source.response.status_code == 200, source.response.read()
+        for event in source.iter_sse():
+            if is_keep_alive(event):
+                continue
+            received.append(event)
+            if stop is not None and stop(event):
+                break
+    return received
+
+
+def add_experiment(job_ids: list[int], name: str = "experiment") -> int:
+    """Group existing jobs as one experiment, as if they had been submitted together: the
+    experiment row, and its id on the jobs and on the events they have so far."""
+    from sqlalchemy import update
+
+    from jobs.db import session_scope
+    from jobs.tables import Experiment, Job, JobEvent
+
+    with session_scope() as session:
+        experiment = Experiment(name=name, tags=[], spec={})
+        session.add(experiment)
+        session.flush()
+        grouped = {"experiment_id": experiment.id}
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(grouped))
+        session.execute(update(JobEvent).where(JobEvent.job_id.in_(job_ids)).values(grouped))
+        return experiment.id

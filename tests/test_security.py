@@ -261,6 +261,9 @@ def every_protected_request(job_id: int) -> list[tuple[str, str, dict[str, Any],
         ("GET", f"/jobs/{job_id}/checkpoints", {}, 200),
         ("GET", f"/jobs/{job_id}/checkpoints/latest", {}, 200),
         ("POST", f"/jobs/{job_id}/cancel", {}, 200),
+        # The job is still running, so its stream would stay open: a bad resume point answers.
+        ("GET", f"/jobs/{job_id}/events", {"params": {"last_event_id": "x"}}, 400),
+        ("GET", "/experiments/1/events", {}, 404),
     ]
 
 
@@ -291,7 +294,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
             for template in schema["paths"]
             if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path)
         }
-        assert covered == declared and len(declared) == 11
+        assert covered == declared and len(declared) == 13
 
         jobs_before = client.get("/jobs", headers=good).json()["total"]
         for method, path, kwargs, _ in requests:
