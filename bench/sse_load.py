@@ -53,48 +53,22 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-async def _listen_all(
-    base: str, job_id: int, listeners: int, connected: threading.Event
-) -> list[list[tuple[float, str, str]]]:
-    """Every listener's (receipt time, event, data) until its stream ends."""
-    from httpx_sse import aconnect_sse
-
-    waiting = listeners
-    limits = httpx.Limits(max_connections=listeners + 10, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
-
-        async def listen() -> list[tuple[float, str, str]]:
-            nonlocal waiting
-            received = []
-            async with aconnect_sse(client, "GET", f"/jobs/{job_id}/events") as source:
-                async for event in source.aiter_sse():
-                    if not event.data:  # a keep-alive comment
-                        continue
-                    received.append((time.monotonic(), event.event, event.data))
-                    if len(received) == 1:
-                        waiting -= 1
-                        if waiting == 0:
-                            connected.set()
-            return received
-
-        return await asyncio.gather(*(listen() for _ in range(listeners)))
-
-
 def _one_job(client: httpx.Client, api_pid: int, listeners: int) -> dict[str, Any]:
     """Submit a short blocker job and then the measured one, so that the listeners are all
     connected while the measured job still waits; measure from its start to its end."""
-    from tests.support import wait_for
+    from tests.support import listen_to_events, wait_for
 
     client.post("/jobs", json=BLOCKER)
     job_id = client.post("/jobs", json=JOB).json()["id"]
-    streams: list[list[tuple[float, str, str]]] = []
+    streams: list[list[tuple[float, Any]]] = []
     errors: list[str] = []
     connected = threading.Event()
 
     def listen() -> None:
         try:
-            streams.extend(asyncio.run(_listen_all(str(client.base_url), job_id, listeners,
-                                                   connected)))  # fmt: skip
+            path = f"/jobs/{job_id}/events"
+            base_url = str(client.base_url)
+            streams.extend(asyncio.run(listen_to_events(base_url, path, listeners, connected)))
         except Exception as error:
             errors.append(f"{type(error).__name__}: {error}")
 
@@ -122,8 +96,8 @@ def _one_job(client: httpx.Client, api_pid: int, listeners: int) -> dict[str, An
     metrics = client.get(f"/jobs/{job_id}/metrics").json()["metrics"]
     complete = 0
     for stream in streams:
-        epochs = [json.loads(data)["epoch"] for _, name, data in stream if name == "epoch"]
-        if epochs == [1, 2, 3] and stream[-1][1] == "end":
+        epochs = [event.json()["epoch"] for _, event in stream if event.event == "epoch"]
+        if epochs == [1, 2, 3] and stream[-1][1].event == "end":
             complete += 1
     # How far apart the first and the last listener received each epoch event.
     spreads = []
@@ -131,8 +105,8 @@ def _one_job(client: httpx.Client, api_pid: int, listeners: int) -> dict[str, An
         times = [
             received
             for stream in streams
-            for received, name, data in stream
-            if name == "epoch" and json.loads(data)["epoch"] == epoch
+            for received, event in stream
+            if event.event == "epoch" and event.json()["epoch"] == epoch
         ]
         if times:
             spreads.append(max(times) - min(times))

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -371,6 +372,51 @@ def read_event_stream(
             if stop is not None and stop(event):
                 break
     return received
+
+
+async def listen_to_events(
+    base_url: str, path: str, listeners: int, connected: threading.Event
+) -> list[list[tuple[float, Any]]]:
+    """`listeners` clients of one event stream at once (asyncio + httpx, one connection each),
+    each read to the stream's end: per client, (time.monotonic() at receipt, event) for every
+    event. `connected` is set once every client has received its first event."""
+    import asyncio
+
+    from httpx_sse import aconnect_sse
+
+    waiting = listeners
+    limits = httpx.Limits(max_connections=listeners + 10, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+
+        async def listen() -> list[tuple[float, Any]]:
+            nonlocal waiting
+            received = []
+            async with aconnect_sse(client, "GET", path) as source:
+                async for event in source.aiter_sse():
+                    if is_keep_alive(event):
+                        continue
+                    received.append((time.monotonic(), event))
+                    if len(received) == 1:
+                        waiting -= 1
+                        if waiting == 0:
+                            connected.set()
+            return received
+
+        return list(await asyncio.gather(*(listen() for _ in range(listeners))))
+
+
+def epoch_row(epoch: int, accuracy: float = 0.5) -> dict[str, Any]:
+    """One epoch's metrics as the trainer reports them."""
+    return {
+        "epoch": epoch,
+        "train_loss": 1.0 / epoch,
+        "train_accuracy": 0.4,
+        "test_loss": 1.2,
+        "test_accuracy": accuracy,
+        "learning_rate": 0.01,
+        "seconds": 1.0,
+        "images_per_second": 10.0,
+    }
 
 
 def add_experiment(job_ids: list[int], name: str = "experiment") -> int:

@@ -41,6 +41,7 @@ from jobs.events import (
     record_event,
 )
 from jobs.lifecycle import (
+    METRIC_COLUMNS,
     claim_job,
     finish_job,
     reap_expired_leases,
@@ -54,8 +55,9 @@ from tests.conftest import service_environment
 from tests.support import (
     add_experiment,
     drive_job,
+    epoch_row,
     free_port,
-    is_keep_alive,
+    listen_to_events,
     read_event_stream,
     start_api,
     start_worker,
@@ -64,30 +66,7 @@ from tests.support import (
 
 SPEC = JobCreate(block="mobile", hyperparameters={"epochs": 3}, train_samples=10)
 STATUS_KEYS = {"job_id", *STATUS_FIELDS}
-EPOCH_KEYS = {
-    "job_id",
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "learning_rate",
-    "seconds",
-    "images_per_second",
-}
-
-
-def epoch_row(epoch: int, accuracy: float = 0.5) -> dict[str, Any]:
-    return {
-        "epoch": epoch,
-        "train_loss": 1.0 / epoch,
-        "train_accuracy": 0.4,
-        "test_loss": 1.2,
-        "test_accuracy": accuracy,
-        "learning_rate": 0.01,
-        "seconds": 1.0,
-        "images_per_second": 10.0,
-    }
+EPOCH_KEYS = {"job_id", *METRIC_COLUMNS}
 
 
 def create_job() -> int:
@@ -691,36 +670,6 @@ def test_a_job_streams_live_on_postgres_with_listen_notify(
         stream_a_job_with_a_reconnect(env, tmp_path)
 
 
-async def listen_many(
-    port: int, job_id: int, listeners: int, connected: threading.Event
-) -> list[list[Any]]:
-    """`listeners` clients of the job's stream at once, each read to its end; `connected` is set
-    once every one of them has received the job's history."""
-    from httpx_sse import aconnect_sse
-
-    waiting = listeners
-    limits = httpx.Limits(max_connections=listeners + 10, max_keepalive_connections=0)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{port}", timeout=120, limits=limits
-    ) as client:
-
-        async def listen() -> list[Any]:
-            nonlocal waiting
-            received = []
-            async with aconnect_sse(client, "GET", f"/jobs/{job_id}/events") as source:
-                async for event in source.aiter_sse():
-                    if is_keep_alive(event):
-                        continue
-                    received.append(event)
-                    if len(received) == 1:
-                        waiting -= 1
-                        if waiting == 0:
-                            connected.set()
-            return received
-
-        return await asyncio.gather(*(listen() for _ in range(listeners)))
-
-
 @pytest.mark.e2e
 def test_two_hundred_listeners_see_every_event_once(tmp_path: Path, dataset_root: Path) -> None:
     from jobs.migrations import upgrade
@@ -731,14 +680,18 @@ def test_two_hundred_listeners_see_every_event_once(tmp_path: Path, dataset_root
     api = start_api(env, tmp_path, port)
     worker = None
     try:
-        job_id = httpx.post(f"http://127.0.0.1:{port}/jobs", json=STREAMED_JOB).json()["id"]
+        base_url = f"http://127.0.0.1:{port}"
+        job_id = httpx.post(f"{base_url}/jobs", json=STREAMED_JOB).json()["id"]
         results: list[list[Any]] = []
         errors: list[BaseException] = []
         connected = threading.Event()
 
         def run() -> None:
             try:
-                results.extend(asyncio.run(listen_many(port, job_id, 200, connected)))
+                streams = asyncio.run(
+                    listen_to_events(base_url, f"/jobs/{job_id}/events", 200, connected)
+                )
+                results.extend([event for _, event in stream] for stream in streams)
             except BaseException as error:
                 errors.append(error)
 
