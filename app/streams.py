@@ -186,10 +186,6 @@ class EventHub:
         if not self._subscriptions:
             self._idle_since = time.monotonic()
 
-    @property
-    def watching(self) -> bool:
-        return self._watcher is not None
-
     async def stop(self) -> None:
         """Stop the watcher (app shutdown)."""
         watcher, self._watcher = self._watcher, None
@@ -210,6 +206,7 @@ class EventHub:
             self._wake = asyncio.Event()
             self._watcher = None
             self._idle_since = time.monotonic()
+            self._limiter = anyio.CapacityLimiter(1)
 
     async def _in_thread(self, function: Callable[..., T], **kwargs: Any) -> T:
         return await anyio.to_thread.run_sync(
