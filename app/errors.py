@@ -29,6 +29,14 @@ class JobNotFound(ServiceError):
         super().__init__(f"No job with id {job_id}.")
 
 
+class ExperimentNotFound(ServiceError):
+    status_code = 404
+    code = "experiment_not_found"
+
+    def __init__(self, experiment_id: object) -> None:
+        super().__init__(f"No experiment with id {experiment_id}.")
+
+
 class CheckpointNotFound(ServiceError):
     status_code = 404
     code = "checkpoint_not_found"
@@ -42,11 +50,6 @@ class CheckpointDamaged(ServiceError):
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"
-
-
-class ExperimentNotFound(NotFound):
-    def __init__(self, experiment_id: object) -> None:
-        super().__init__(f"No experiment with id {experiment_id}.")
 
 
 class JobNotCancellable(ServiceError):
@@ -106,6 +109,11 @@ class TooManyJobs(ServiceError):
 class InvalidJson(ServiceError):
     status_code = 400
     code = "invalid_json"
+
+
+class InvalidLastEventId(ServiceError):
+    status_code = 400
+    code = "invalid_last_event_id"
 
 
 class UnsupportedMediaType(ServiceError):

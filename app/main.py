@@ -4,6 +4,8 @@ request before routing (HEAD, the API key, the body cap, JSON bodies)."""
 from __future__ import annotations
 
 import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,7 +22,8 @@ from app.json_body import JsonBodyGuard
 from app.methods import HEAD_REQUEST, METHOD_ORDER, HeadAsGet, Operations
 from app.openapi import build_schema
 from app.responses import error_response, service_error_response
-from app.routes import checkpoints, experiments, jobs, plots, system, ui
+from app.routes import checkpoints, events, experiments, jobs, plots, system, ui
+from app.streams import EventHub
 from app.templating import STATIC_DIR
 from jobs.settings import get_settings
 
@@ -94,6 +97,13 @@ def _field_name(location: tuple[Any, ...]) -> str:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    event_hub = EventHub()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await event_hub.stop()
+
     # No trailing-slash redirects: "/jobs/1/checkpoints/%2e%2e%2f" decodes to ".../../", and a 307
     # to ".../.." would send clients (which normalise dot segments) to another resource.
     app = FastAPI(
@@ -101,7 +111,9 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         redirect_slashes=False,
+        lifespan=lifespan,
     )
+    app.state.event_hub = event_hub
 
     @functools.cache
     def operations() -> Operations:
@@ -154,6 +166,7 @@ def create_app() -> FastAPI:
     app.include_router(plots.router)
     app.include_router(checkpoints.router)
     app.include_router(experiments.router)
+    app.include_router(events.router)
     app.include_router(ui.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # The last added runs first: HEAD, then the key (header or the dashboard's sign-in cookie),

@@ -110,6 +110,20 @@ def _is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def is_postgresql(url: str) -> bool:
+    return make_url(url).get_backend_name() == "postgresql"
+
+
+def psycopg_connect_arguments(url: str) -> tuple[str, dict[str, Any]]:
+    """A libpq connection string and the bounded-wait parameters for a PostgreSQL URL, for a
+    connection opened with psycopg itself (outside the pools, e.g. one that LISTENs)."""
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return conninfo, {
+        "connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS,
+        **POSTGRES_TCP_PARAMETERS,
+    }
+
+
 def get_engine(url: str | None = None, *, write: bool = True) -> Engine:
     """One engine (connection pool) per URL and process; SQLite has a second one for reads."""
     url = url or get_settings().resolved_database_url

@@ -1,6 +1,7 @@
 """Job state transitions. Each is a compare-and-set UPDATE through `_transition`: terminal
-states never change, and a worker whose lease was taken over can write nothing more. No
-function here commits: the caller's transaction does."""
+states never change, and a worker whose lease was taken over can write nothing more. Each status
+change (`_move`) and each newly stored epoch is logged as a job event (jobs.events) in the same
+transaction. No function here commits: the caller's transaction does."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import ColumnElement, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from jobs.events import record_epoch_event, record_status
 from jobs.tables import Checkpoint, EpochMetric, Job, JobStatus, utcnow
 
 # The reaper re-sends a queued job's message after lease_seconds, then waits twice as long each
@@ -68,6 +70,14 @@ def _transition(session: Session, job_id: int, *conditions: Any, **values: Any) 
     return result.rowcount == 1  # type: ignore[attr-defined]  # a CursorResult for UPDATE
 
 
+def _move(session: Session, job_id: int, *conditions: Any, **values: Any) -> bool:
+    """A status change: `_transition`, and a status event when it happened."""
+    moved = _transition(session, job_id, *conditions, **values)
+    if moved:
+        record_status(session, job_id)
+    return moved
+
+
 def _fenced(claim: Claim) -> tuple[ColumnElement[bool], ...]:
     return (Job.lease_token == claim.lease_token, Job.status == JobStatus.RUNNING)
 
@@ -99,7 +109,7 @@ def claim_job(session: Session, job_id: int, *, worker: str, lease_seconds: floa
     or finished already, or cancelled."""
     now = utcnow()
     token = uuid.uuid4().hex
-    claimed = _transition(
+    claimed = _move(
         session,
         job_id,
         Job.status == JobStatus.QUEUED,
@@ -136,16 +146,36 @@ def cancel_requested(session: Session, claim: Claim) -> bool | None:
     return None if row is None else bool(row)
 
 
-def _insert_ignoring_duplicates(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+def _insert_ignoring_duplicates(
+    session: Session, table: Any, rows: list[dict[str, Any]], *returning: Any
+) -> list[Any]:
+    """Insert the rows that do not exist yet; returns the `returning` columns of those inserted."""
     if not rows:
-        return
+        return []
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        session.execute(postgresql.insert(table).values(rows).on_conflict_do_nothing())
+        statement: Any = postgresql.insert(table).values(rows).on_conflict_do_nothing()
     elif dialect == "sqlite":
-        session.execute(sqlite.insert(table).values(rows).on_conflict_do_nothing())
+        statement = sqlite.insert(table).values(rows).on_conflict_do_nothing()
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        session.execute(insert(table).values(rows))
+        statement = insert(table).values(rows)
+    if not returning:
+        session.execute(statement)
+        return []
+    return list(session.execute(statement.returning(*returning)).all())
+
+
+def _record_new_epochs(session: Session, job_id: int, rows: list[dict[str, Any]]) -> list[int]:
+    """Store the epochs' metrics rows that are not stored yet, each with its epoch event (so an
+    epoch recorded again makes no second event); returns the epochs stored."""
+    inserted = _insert_ignoring_duplicates(session, EpochMetric, rows, EpochMetric.epoch)
+    stored = sorted(int(row.epoch) for row in inserted)
+    by_epoch = {int(row["epoch"]): row for row in rows}
+    for epoch in stored:
+        record_epoch_event(
+            session, job_id, {name: by_epoch[epoch][name] for name in METRIC_COLUMNS}
+        )
+    return stored
 
 
 def _summary_values(session: Session, job_id: int) -> dict[str, Any]:
@@ -179,9 +209,7 @@ def record_epoch(
         raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} lost its lease")
     epoch = int(metrics["epoch"])
     row = {name: metrics[name] for name in METRIC_COLUMNS}
-    _insert_ignoring_duplicates(
-        session, EpochMetric, [{**row, "job_id": claim.job_id, "recorded_at": now}]
-    )
+    _record_new_epochs(session, claim.job_id, [{**row, "job_id": claim.job_id, "recorded_at": now}])
     best = session.execute(select(Job.best_test_accuracy).where(Job.id == claim.job_id)).scalar()
     _transition(
         session,
@@ -217,9 +245,9 @@ def repair_history(session: Session, claim: Claim, history: list[dict[str, Any]]
         return []
     if not _transition(session, claim.job_id, *_fenced(claim)):
         raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} lost its lease")
-    _insert_ignoring_duplicates(session, EpochMetric, missing)
+    added = _record_new_epochs(session, claim.job_id, missing)
     _transition(session, claim.job_id, **_summary_values(session, claim.job_id))
-    return sorted(int(row["epoch"]) for row in missing)
+    return added
 
 
 def record_checkpoint(session: Session, claim: Claim, record: CheckpointRecord) -> None:
@@ -255,7 +283,7 @@ def finish_job(
     if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
         raise ValueError(f"{status} is not a final status")
     now = utcnow()
-    return _transition(
+    return _move(
         session,
         claim.job_id,
         *_fenced(claim),
@@ -274,7 +302,7 @@ def release_job(session: Session, claim: Claim) -> JobStatus | None:
     last checkpoint, and the attempt does not count against MAX_ATTEMPTS. A job whose cancel was
     asked meanwhile becomes cancelled instead. None if the lease was already lost."""
     now = utcnow()
-    released = _transition(
+    released = _move(
         session,
         claim.job_id,
         *_fenced(claim),
@@ -318,7 +346,7 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
             }
         else:
             values = {"status": JobStatus.QUEUED, "enqueued_at": None}
-        moved = _transition(
+        moved = _move(
             session,
             job.id,
             Job.status == JobStatus.RUNNING,

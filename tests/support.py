@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -404,3 +405,95 @@ def wait_for_status(
         return job if job["status"] in statuses else None
 
     return wait_for(done, timeout=timeout, interval=0.5, what=f"job {job_id} to be {statuses}")
+
+
+def is_keep_alive(event: Any) -> bool:
+    """httpx_sse reports a keep-alive comment as an event without data; EventSource dispatches
+    no event without data (the HTML standard's rule), so neither do the tests."""
+    return not event.data
+
+
+def read_event_stream(
+    client: httpx.Client,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    stop: Callable[[Any], bool] | None = None,
+) -> list[Any]:
+    """The events (httpx_sse.ServerSentEvent) of a text/event-stream until the server closes it,
+    or until `stop` is true of an event received (the client then disconnects)."""
+    from httpx_sse import connect_sse
+
+    received = []
+    with connect_sse(client, "GET", url, headers=headers or {}) as source:
+        assert source.response.status_code == 200, source.response.read()
+        for event in source.iter_sse():
+            if is_keep_alive(event):
+                continue
+            received.append(event)
+            if stop is not None and stop(event):
+                break
+    return received
+
+
+async def listen_to_events(
+    base_url: str, path: str, listeners: int, connected: threading.Event
+) -> list[list[tuple[float, Any]]]:
+    """`listeners` clients of one event stream at once (asyncio + httpx, one connection each),
+    each read to the stream's end: per client, (time.monotonic() at receipt, event) for every
+    event. `connected` is set once every client has received its first event."""
+    import asyncio
+
+    from httpx_sse import aconnect_sse
+
+    waiting = listeners
+    limits = httpx.Limits(max_connections=listeners + 10, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+
+        async def listen() -> list[tuple[float, Any]]:
+            nonlocal waiting
+            received = []
+            async with aconnect_sse(client, "GET", path) as source:
+                async for event in source.aiter_sse():
+                    if is_keep_alive(event):
+                        continue
+                    received.append((time.monotonic(), event))
+                    if len(received) == 1:
+                        waiting -= 1
+                        if waiting == 0:
+                            connected.set()
+            return received
+
+        return list(await asyncio.gather(*(listen() for _ in range(listeners))))
+
+
+def epoch_row(epoch: int, accuracy: float = 0.5) -> dict[str, Any]:
+    """One epoch's metrics as the trainer reports them."""
+    return {
+        "epoch": epoch,
+        "train_loss": 1.0 / epoch,
+        "train_accuracy": 0.4,
+        "test_loss": 1.2,
+        "test_accuracy": accuracy,
+        "learning_rate": 0.01,
+        "seconds": 1.0,
+        "images_per_second": 10.0,
+    }
+
+
+def add_experiment(job_ids: list[int], name: str = "experiment") -> int:
+    """Group existing jobs as one experiment, as if they had been submitted together: the
+    experiment row, and its id on the jobs and on the events they have so far."""
+    from sqlalchemy import update
+
+    from jobs.db import session_scope
+    from jobs.tables import Experiment, Job, JobEvent
+
+    with session_scope() as session:
+        experiment = Experiment(name=name, tags=[], spec={})
+        session.add(experiment)
+        session.flush()
+        grouped = {"experiment_id": experiment.id}
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(grouped))
+        session.execute(update(JobEvent).where(JobEvent.job_id.in_(job_ids)).values(grouped))
+        return experiment.id

@@ -298,7 +298,10 @@ def test_the_summary_has_each_jobs_figures_sorted_nulls_last(client: TestClient)
     assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "query.sort"
     missing = client.get("/experiments/999")
     assert missing.status_code == 404
-    assert missing.json() == {"error": "not_found", "detail": "No experiment with id 999."}
+    assert missing.json() == {
+        "error": "experiment_not_found",
+        "detail": "No experiment with id 999.",
+    }
 
 
 def test_reading_an_experiment_takes_the_same_queries_whatever_its_size(
@@ -381,7 +384,10 @@ def test_every_plot_is_a_png(client: TestClient) -> None:
         assert experiment["links"]["plots"][plot.replace("-", "_")] == (
             f"/experiments/{experiment['id']}/plots/{plot}.png"
         )
-        assert client.get(f"/experiments/999/plots/{plot}.png").json()["error"] == "not_found"
+        assert (
+            client.get(f"/experiments/999/plots/{plot}.png").json()["error"]
+            == "experiment_not_found"
+        )
     unknown = client.get(f"/experiments/{experiment['id']}/plots/loss.png")
     assert unknown.status_code == 404 and "train_loss.png" in unknown.json()["detail"]
 

@@ -25,21 +25,9 @@ from jobs.lifecycle import (
 )
 from jobs.settings import get_settings
 from jobs.tables import Checkpoint, EpochMetric, Job, utcnow
+from tests.support import epoch_row
 
 SPEC = JobCreate(block="mobile", hyperparameters={"epochs": 3}, train_samples=10)
-
-
-def epoch_row(epoch: int, accuracy: float = 0.5) -> dict:
-    return {
-        "epoch": epoch,
-        "train_loss": 1.0 / epoch,
-        "train_accuracy": 0.4,
-        "test_loss": 1.2,
-        "test_accuracy": accuracy,
-        "learning_rate": 0.01,
-        "seconds": 1.0,
-        "images_per_second": 10.0,
-    }
 
 
 @pytest.fixture

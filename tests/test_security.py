@@ -271,6 +271,9 @@ def every_protected_request(
         ("GET", f"{experiment}/summary.csv", {}, 200),
         ("GET", f"{experiment}/plots/test_accuracy.png", {}, 200),
         ("POST", f"{experiment}/cancel", {}, 200),
+        # An open stream would not end while its jobs run: a bad resume point answers at once.
+        ("GET", f"/jobs/{job_id}/events", {"params": {"last_event_id": "x"}}, 400),
+        ("GET", f"{experiment}/events", {"params": {"last_event_id": "x"}}, 400),
     ]
 
 
@@ -303,7 +306,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
             for template in schema["paths"]
             if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path)
         }
-        assert covered == declared and len(declared) == 17
+        assert covered == declared and len(declared) == 19
 
         jobs_before = client.get("/jobs", headers=good).json()["total"]
         for method, path, kwargs, _ in requests:

@@ -30,6 +30,7 @@ ExperimentId = Annotated[
     BeforeValidator(_canonical_id),
 ]
 
+
 IdempotencyKey = Annotated[
     str | None,
     Header(

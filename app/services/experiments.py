@@ -39,6 +39,7 @@ from app.schemas import (
 from app.services import jobs as job_service
 from app.services.idempotency import find_by_key
 from engine.config import Hyperparameters
+from jobs.events import experiment_status
 from jobs.settings import Settings
 from jobs.tables import TERMINAL_STATUSES, EpochMetric, Experiment, Job, utcnow
 
@@ -314,15 +315,8 @@ def status_counts(session: Session, experiment_ids: list[int]) -> dict[int, dict
 
 
 def overall_status(counts: dict[str, int]) -> StatusName:
-    """running if any job runs; else queued if any is queued; else succeeded if all succeeded;
-    else failed if any failed; else cancelled."""
-    if counts["running"]:
-        return "running"
-    if counts["queued"]:
-        return "queued"
-    if counts["succeeded"] == sum(counts.values()):
-        return "succeeded"
-    return "failed" if counts["failed"] else "cancelled"
+    """The experiment's status from its jobs' status counts (jobs.events.experiment_status)."""
+    return cast(StatusName, experiment_status(status for status, n in counts.items() if n))
 
 
 def seconds_per_epoch(session: Session, experiment_id: int) -> dict[int, float]:

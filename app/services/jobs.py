@@ -12,6 +12,7 @@ from app.errors import JobNotCancellable, JobNotFound, QueueFull
 from app.schemas import JobCreate
 from app.services.idempotency import find_by_key
 from engine.datasets import DATASETS
+from jobs.events import record_status
 from jobs.queue import enqueue_after_commit
 from jobs.settings import Settings
 from jobs.tables import EpochMetric, Job, JobStatus, utcnow
@@ -101,6 +102,7 @@ def add_job(
     )
     session.add(job)
     session.flush()
+    record_status(session, job.id)
     enqueue_after_commit(session, job.id)
     return job
 
@@ -174,13 +176,19 @@ def cancel_job(session: Session, job_id: int) -> Job:
         .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
+    asked_running = 0
     if not cancelled_queued:
-        session.execute(
+        asked_running = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+            # Asked again: nothing changes, so no event either.
+            .where(
+                Job.id == job_id, Job.status == JobStatus.RUNNING, Job.cancel_requested.is_(False)
+            )
             .values(cancel_requested=True, updated_at=now)
             .execution_options(synchronize_session=False)
-        )
+        ).rowcount  # type: ignore[attr-defined]
+    if cancelled_queued or asked_running:
+        record_status(session, job_id)
     session.refresh(job)
     if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise JobNotCancellable(f"Job {job_id} already {job.status}; it cannot be cancelled.")

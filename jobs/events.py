@@ -1,0 +1,213 @@
+"""The job event log behind the event streams: what happened to each job, in order.
+
+Every change a stream reports is written here in the same transaction as the change itself, so
+an event exists exactly when its change committed. `record_event` takes the job's next `seq` in
+an UPDATE of the job row; on PostgreSQL that row lock makes a second writer of the same job wait
+until the first commits, so each job's events become visible in seq order on every backend and
+"everything after seq N" is an exact resume point. Events of different jobs may commit in any
+order, which is why an experiment's cursor holds one seq per job rather than one number.
+
+On PostgreSQL each event also sends `NOTIFY job_events, '<job id>'` (delivered at commit) for the
+API processes' watchers; on SQLite they poll the newest event id instead."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, insert, not_, or_, select, update
+from sqlalchemy.orm import Session
+
+from jobs.tables import TERMINAL_STATUSES, Job, JobEvent, JobStatus, utcnow
+
+JOB_EVENTS_CHANNEL = "job_events"
+STATUS_EVENT = "status"
+EPOCH_EVENT = "epoch"
+# The job columns a status event carries, after the change it reports.
+STATUS_FIELDS = (
+    "status",
+    "epochs_done",
+    "epochs_total",
+    "attempt",
+    "cancel_requested",
+    "error_reason",
+    "error",
+    "best_test_accuracy",
+    "final_test_accuracy",
+    "final_train_loss",
+)
+# Job id -> the seq of the last event seen of that job (absent: none seen).
+Cursor = dict[int, int]
+_CURSOR_ENTRY = r"[1-9][0-9]{0,9}:(?:0|[1-9][0-9]{0,9})"
+_EXPERIMENT_CURSOR = re.compile(rf"{_CURSOR_ENTRY}(?:\.{_CURSOR_ENTRY})*")
+_JOB_CURSOR = re.compile(r"0|[1-9][0-9]{0,9}")
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """One row of the log, detached from any session (handed between tasks and threads)."""
+
+    job_id: int
+    seq: int
+    kind: str
+    data: dict[str, Any]
+
+    @property
+    def ended_status(self) -> str | None:
+        """The final status this event reports, if it is the job's last event."""
+        if self.kind == STATUS_EVENT and self.data.get("status") in TERMINAL_STATUSES:
+            return str(self.data["status"])
+        return None
+
+
+def _json_value(value: Any) -> Any:
+    # A diverged run's NaN loss is not JSON (PostgreSQL's json type refuses it): null instead.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def record_event(session: Session, job_id: int, kind: str, data: Mapping[str, Any]) -> int:
+    """Append one event to the job's log in the caller's transaction; returns its seq."""
+    bumped = session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(event_seq=Job.event_seq + 1)
+        .returning(Job.event_seq, Job.experiment_id)
+        .execution_options(synchronize_session=False)
+    ).one()
+    session.execute(
+        insert(JobEvent).values(
+            job_id=job_id,
+            experiment_id=bumped.experiment_id,
+            seq=bumped.event_seq,
+            kind=kind,
+            data={name: _json_value(value) for name, value in data.items()},
+            created_at=utcnow(),
+        )
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_notify(JOB_EVENTS_CHANNEL, str(job_id))))
+    return int(bumped.event_seq)
+
+
+def status_data(session: Session, job_id: int) -> dict[str, Any]:
+    """The payload of a status event: the job's status fields as they are now."""
+    row = session.execute(
+        select(*(getattr(Job, name) for name in STATUS_FIELDS)).where(Job.id == job_id)
+    ).one()
+    return {"job_id": job_id, **{name: getattr(row, name) for name in STATUS_FIELDS}}
+
+
+def record_status(session: Session, job_id: int) -> int:
+    """A status event for a change to the job row just made in this transaction."""
+    return record_event(session, job_id, STATUS_EVENT, status_data(session, job_id))
+
+
+def epoch_data(job_id: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload of an epoch event: the epoch's metrics row as stored."""
+    return {"job_id": job_id, **metrics}
+
+
+def record_epoch_event(session: Session, job_id: int, metrics: Mapping[str, Any]) -> int:
+    return record_event(session, job_id, EPOCH_EVENT, epoch_data(job_id, metrics))
+
+
+def events_after(
+    session: Session,
+    *,
+    job_ids: Collection[int] | None = None,
+    experiment_id: int | None = None,
+    cursor: Mapping[int, int] | None = None,
+) -> list[LoggedEvent]:
+    """The events of these jobs (or of every job of the experiment) that the cursor has not
+    seen, oldest first; each job's events in seq order."""
+    if (job_ids is None) == (experiment_id is None):
+        raise ValueError("give job_ids or experiment_id")
+    query = select(JobEvent.job_id, JobEvent.seq, JobEvent.kind, JobEvent.data)
+    if experiment_id is not None:
+        query = query.where(JobEvent.experiment_id == experiment_id)
+    else:
+        assert job_ids is not None
+        if not job_ids:
+            return []
+        query = query.where(JobEvent.job_id.in_(sorted(job_ids)))
+    seen = [
+        and_(JobEvent.job_id == job_id, JobEvent.seq <= seq)
+        for job_id, seq in (cursor or {}).items()
+        if seq > 0
+    ]
+    if seen:
+        query = query.where(not_(or_(*seen)))
+    # Within a job, id order is seq order: a job's next event is inserted only after the
+    # previous one's transaction released the job row (see record_event).
+    rows = session.execute(query.order_by(JobEvent.id)).all()
+    return [LoggedEvent(row.job_id, row.seq, row.kind, row.data) for row in rows]
+
+
+def ended_statuses(session: Session, job_ids: Collection[int]) -> dict[int, str]:
+    """The final status of each of these jobs that has ended. Read before the log in the same
+    session, a job ended here has its last event in what is read next."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(Job.id, Job.status).where(
+            Job.id.in_(sorted(job_ids)), Job.status.in_(sorted(TERMINAL_STATUSES))
+        )
+    )
+    return {row.id: str(row.status) for row in rows}
+
+
+def latest_event_id(session: Session) -> int:
+    """The newest event's id across all jobs (0 for none): what a polling watcher compares."""
+    return int(session.execute(select(func.max(JobEvent.id))).scalar() or 0)
+
+
+def event_counts(session: Session, job_ids: Collection[int]) -> dict[int, int]:
+    """Each job's number of events (its last seq), for the jobs that exist."""
+    if not job_ids:
+        return {}
+    rows = session.execute(select(Job.id, Job.event_seq).where(Job.id.in_(sorted(job_ids))))
+    return {row.id: int(row.event_seq) for row in rows}
+
+
+def encode_cursor(cursor: Mapping[int, int]) -> str:
+    """ "4:7.5:3": job 4 seen up to seq 7, job 5 up to seq 3 (jobs with nothing seen left out)."""
+    return ".".join(f"{job_id}:{seq}" for job_id, seq in sorted(cursor.items()) if seq > 0)
+
+
+def decode_cursor(text: str) -> Cursor:
+    """The inverse of encode_cursor; ValueError when the text is not one."""
+    if not _EXPERIMENT_CURSOR.fullmatch(text):
+        raise ValueError(f"not an event cursor: {text!r}")
+    cursor: Cursor = {}
+    for entry in text.split("."):
+        job_id, seq = (int(part) for part in entry.split(":"))
+        if job_id in cursor:
+            raise ValueError(f"job {job_id} appears twice in the event cursor")
+        cursor[job_id] = seq
+    return cursor
+
+
+def decode_job_event_id(text: str) -> int:
+    """A job stream's event id (its seq); ValueError when the text is not one."""
+    if not _JOB_CURSOR.fullmatch(text):
+        raise ValueError(f"not an event id: {text!r}")
+    return int(text)
+
+
+def experiment_status(statuses: Iterable[str]) -> str:
+    """An experiment's status from its jobs': running if any runs, else queued if any is
+    queued, else succeeded if all succeeded, else failed if any failed, else cancelled."""
+    present = set(statuses)
+    for status in (JobStatus.RUNNING, JobStatus.QUEUED):
+        if status in present:
+            return str(status)
+    if present <= {JobStatus.SUCCEEDED}:
+        return str(JobStatus.SUCCEEDED)
+    if JobStatus.FAILED in present:
+        return str(JobStatus.FAILED)
+    return str(JobStatus.CANCELLED)
