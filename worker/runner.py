@@ -155,6 +155,7 @@ class JobRun:
         )
         self.started = time.monotonic()
         self.timed_out = False
+        self.shutdown_seen = False
         self.history_repaired = False
 
     # -- callbacks from the trainer, on the training thread ---------------------------------
@@ -162,6 +163,11 @@ class JobRun:
     def should_stop(self) -> bool:
         if time.monotonic() - self.started > self.settings.max_job_seconds:
             self.timed_out = True
+        if shutting_down.is_set() and not self.shutdown_seen:
+            self.shutdown_seen = True
+            logger.info(
+                "job %s: the worker is shutting down; stopping at this batch", self.claim.job_id
+            )
         return self.timed_out or self.watcher.stop_reason is not None or shutting_down.is_set()
 
     def _write(self, work: Callable[[Any], object]) -> None:
@@ -305,6 +311,9 @@ class JobRun:
         if self.watcher.stop_reason == "cancelled":
             return self._finish(JobStatus.CANCELLED)
         if shutting_down.is_set() and self.watcher.stop_reason is None:
+            logger.info(
+                "job %s stopped for the worker's shutdown; handing it back", self.claim.job_id
+            )
             return self._release()
         return "lease_lost"
 
