@@ -35,9 +35,10 @@ migrate: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-## The pure and database tiers: no API, worker, Redis or PostgreSQL server is started.
+## The pure and database tiers without the slow tests, on two processes: no API, worker,
+## Redis or PostgreSQL server is started, no network is trained for long.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -n 2 -m "not e2e and not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

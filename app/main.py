@@ -95,6 +95,11 @@ def _field_name(location: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+# Every app this module creates has the same routes: its schema is built once per process (and
+# per whether a key is needed), not once per app.
+_SCHEMAS: dict[bool, dict[str, Any]] = {}
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     event_hub = EventHub()
@@ -177,13 +182,11 @@ def create_app() -> FastAPI:
     app.add_middleware(HeadAsGet)
 
     # The schema depends on whether a key is needed, which the settings say per request.
-    schemas: dict[bool, dict[str, Any]] = {}
-
     def openapi() -> dict[str, Any]:
         api_key_required = get_settings().api_key is not None
-        if api_key_required not in schemas:
-            schemas[api_key_required] = build_schema(app, api_key_required=api_key_required)
-        return schemas[api_key_required]
+        if api_key_required not in _SCHEMAS:
+            _SCHEMAS[api_key_required] = build_schema(app, api_key_required=api_key_required)
+        return _SCHEMAS[api_key_required]
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -10,6 +10,7 @@ import pytest
 from bench.train_throughput import main
 
 
+@pytest.mark.slow
 def test_benchmark_times_every_variant_in_every_round(tmp_path: Path) -> None:
     results_path = tmp_path / "results.json"
     main(

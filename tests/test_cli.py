@@ -31,6 +31,9 @@ from tests.support import (
     submitted_id,
 )
 
+# Each test runs the command as its own Python process.
+pytestmark = pytest.mark.slow
+
 TINY_JOB = ["--block", "mobile", "--epochs", "2", "--batch-size", "32"]
 TINY_JOB += ["--train-samples", "64", "--test-samples", "32", "--seed", "7"]
 # An epoch line of --follow: "      1/2      4.5953     0.00%  ..."

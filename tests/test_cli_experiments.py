@@ -16,6 +16,9 @@ import pytest
 from tests.conftest import CLI_API_KEY
 from tests.support import PNG_SIGNATURE, assert_one_line_error, run_cli, submitted_id
 
+# Each test runs the command as its own Python process.
+pytestmark = pytest.mark.slow
+
 # The report's figures that the preset's summary shows next to each block's results.
 REPORT_ACCURACY = {"plain": "70.55%", "residual": "72.56%", "mobile": "61.49%"}
 BLOCKS = tuple(REPORT_ACCURACY)

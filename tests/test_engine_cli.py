@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from engine.checkpoint import checkpoint_file_name
@@ -26,6 +27,7 @@ def _engine(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_generate_data_then_train_keeping_the_newest_and_best(tmp_path: Path) -> None:
     data_dir, out = tmp_path / "data", tmp_path / "run"
     _engine(
@@ -54,6 +56,7 @@ def test_generate_data_then_train_keeping_the_newest_and_best(tmp_path: Path) ->
         assert checkpoint_file_name(payload["epoch"]) == name
 
 
+@pytest.mark.slow
 def test_missing_data_fails_with_the_path(tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "engine", "train", "--data-dir", str(tmp_path), "--out",
@@ -64,6 +67,7 @@ def test_missing_data_fails_with_the_path(tmp_path: Path) -> None:
     assert str(tmp_path.resolve() / "cifar-100-python") in completed.stderr
 
 
+@pytest.mark.slow
 def test_architectures_table() -> None:
     output = _engine("architectures").stdout
     assert "11,050,212" in output and "11,224,932" in output and "1,326,052" in output

@@ -59,6 +59,7 @@ def _checkpoint_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("checkpoint")]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # about a minute on an idle 2-core CPU, several on a loaded one
 def test_learns_far_above_chance_and_reports_each_epoch(
     learning_data_dir: Path, tmp_path: Path
@@ -227,6 +228,7 @@ def _comparable(history: list[dict]) -> list[dict]:
     ]
 
 
+@pytest.mark.slow
 def test_resume_in_a_fresh_process_matches_a_straight_run(data_dir: Path, tmp_path: Path) -> None:
     straight = train(TINY, data_dir=data_dir, device="cpu", checkpoint_dir=tmp_path / "straight")
     one_epoch = TINY.model_copy(update={"epochs": 1})
@@ -318,6 +320,7 @@ def test_sgd_uses_foreach_kernels_on_the_cpu() -> None:
         assert group["foreach"] is True and not group.get("fused")
 
 
+@pytest.mark.slow
 def test_compiled_training_compiles_once(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three epochs with a last partial batch and evaluation: no recompiles after epoch 1."""
     from torch._dynamo.utils import counters

@@ -118,6 +118,7 @@ EVENT_STREAMS = {("GET", "/jobs/{job_id}/events"), ("GET", "/experiments/{experi
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app()).exclude(tag="events")
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(
     max_examples=15,
@@ -203,6 +204,7 @@ class JobWorkflow(schema.as_state_machine()):  # type: ignore[misc]
         )
 
 
+@pytest.mark.slow
 def test_job_workflows_conform_to_the_schema(seeded_database: str) -> None:
     JobWorkflow.run(
         settings=settings(
