@@ -3,6 +3,7 @@
 Starts the API (uvicorn) and one worker (`python -m worker`, DEVICE=cpu) as real processes in a
 temporary VAR_DIR with a generated dataset, records finished jobs with metrics through the
 worker's lifecycle calls, and submits one small training job. Once it has trained an epoch:
+every route of every job is fetched once (a service that has been up a while), then
 `--seconds` with no client (the epoch time alone), then `--seconds` with `--pollers` clients
 looping over GET /jobs/{id}, /jobs/{id}/metrics and /jobs plus one client fetching
 /jobs/{id}/plots/loss.png, each client waiting `--interval` seconds between rounds (a dashboard
@@ -118,6 +119,12 @@ def _poll(
             time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _epoch_seconds(metrics: list[dict[str, Any]], first: int, last: int) -> list[float]:
     return [row["seconds"] for row in metrics if first <= row["epoch"] <= last]
 
@@ -184,6 +191,12 @@ def run(seconds: float, pollers: int, interval: float, workdir: Path) -> dict[st
 
             # The first epoch carries the worker's start-up; both windows begin after it.
             _wait(lambda: epochs_done() >= 1, timeout=300, what="the first epoch")
+            # Steady state, as for a service that has been up a while: every route of every
+            # job answered once (a finished job's plot is drawn once per process, then cached).
+            for job_id in [*seeded, live]:
+                for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/metrics"):
+                    client.get(path)
+                client.get(f"/jobs/{job_id}/plots/loss.png")
             quiet_from = epochs_done()
             time.sleep(seconds)
             loaded_from = epochs_done()
@@ -192,6 +205,7 @@ def run(seconds: float, pollers: int, interval: float, workdir: Path) -> dict[st
             errors: list[str] = []
             lock = threading.Lock()
             deadline = time.monotonic() + seconds
+            api_cpu_before, clients_cpu_before = _cpu_seconds(api.pid), _cpu_seconds(os.getpid())
             job_ids = [*seeded, live]
             threads = [
                 threading.Thread(
@@ -214,6 +228,8 @@ def run(seconds: float, pollers: int, interval: float, workdir: Path) -> dict[st
                 thread.start()
             for thread in threads:
                 thread.join()
+            api_cpu = _cpu_seconds(api.pid) - api_cpu_before
+            clients_cpu = _cpu_seconds(os.getpid()) - clients_cpu_before
             loaded_to = epochs_done()
             metrics = client.get(f"/jobs/{live}/metrics").json()["metrics"]
             client.post(f"/jobs/{live}/cancel")
@@ -245,6 +261,8 @@ def run(seconds: float, pollers: int, interval: float, workdir: Path) -> dict[st
         "epoch_seconds_with_pollers": loaded,
         "epochs_finished_without_pollers": loaded_from - quiet_from,
         "epochs_finished_with_pollers": loaded_to - loaded_from,
+        "api_cpu_seconds_with_pollers": round(api_cpu, 2),
+        "clients_cpu_seconds_with_pollers": round(clients_cpu, 2),
     }
 
 
@@ -261,6 +279,11 @@ def _print(result: dict[str, Any]) -> None:
             f"{row['p99_ms']:>9.1f}{row['max_ms']:>9.1f}"
         )
     print(f"failed requests: {result['errors']} {result['error_examples']}")
+    print(
+        f"CPU seconds in the polled window: API {result['api_cpu_seconds_with_pollers']}, "
+        f"clients {result['clients_cpu_seconds_with_pollers']} "
+        f"(of {result['seconds'] * (os.cpu_count() or 1):.0f} on {os.cpu_count()} cores)"
+    )
     for label in ("without pollers", "with pollers"):
         key = label.replace(" ", "_")
         values = result[f"epoch_seconds_{key}"]
