@@ -254,6 +254,10 @@ def test_cancel_then_follow_exits_one(cli_keyed_api: str) -> None:
         _cancel_quietly(cli_keyed_api, job_id)
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_following_and_leaves_the_job_alone(cli_keyed_api: str) -> None:
     job_id = _submit_queued(cli_keyed_api)
     try:
@@ -264,6 +268,9 @@ def test_ctrl_c_stops_following_and_leaves_the_job_alone(cli_keyed_api: str) -> 
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # As from a terminal: a suite started in the background (`make test &`) passes
+            # SIGINT on as ignored, and Python then never raises KeyboardInterrupt.
+            preexec_fn=_interruptible,
         )
         assert process.stdout is not None
         first_line = process.stdout.readline()  # following has begun
