@@ -240,8 +240,7 @@ class Service:
         data_dir: Path,
         device: str,
         *,
-        workers: int = 1,
-        concurrency: int | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -252,9 +251,8 @@ class Service:
             "DEVICE": device,
             "ALLOW_DOWNLOAD": "false",
             "MAX_QUEUED_JOBS": "1000",
+            "WORKER_CONCURRENCY": str(concurrency),
         }
-        if concurrency is not None:
-            env["WORKER_CONCURRENCY"] = str(concurrency)
         var_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = var_dir / "serve.log"
         self._log = self.log_path.open("ab")
@@ -265,8 +263,6 @@ class Service:
                 "app.serve",
                 "--port",
                 str(self.port),
-                "--workers",
-                str(workers),
             ],
             cwd=ROOT,
             env=env,
@@ -434,7 +430,6 @@ def concurrency_step(
                 work_dir / f"concurrent-{count}",
                 data_dir,
                 sizes.device,
-                workers=1,
                 concurrency=count,
             )
             try:
