@@ -548,3 +548,51 @@ def test_openapi_lists_the_valid_names_and_ids(client: TestClient) -> None:
         }
     download = schema["paths"]["/jobs/{job_id}/checkpoints/{name}"]["get"]["responses"]
     assert {"200", "206", "304", "404", "412", "416"} <= set(download)
+
+
+def test_plots_and_downloads_do_their_slow_work_after_the_read_transaction(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drawing a chart and opening (hashing) a checkpoint file happen with no database
+    connection checked out: a read never holds a transaction while it does slow work."""
+    import app.routes.checkpoints as checkpoint_routes
+    import app.routes.plots as plot_routes
+    from jobs.db import get_engine
+
+    held: list[tuple[str, int]] = []
+
+    def observed(module: object, name: str) -> None:
+        real = getattr(module, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            held.append((name, get_engine(write=False).pool.checkedout()))  # type: ignore[attr-defined]
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    for name in ("line_chart_png", "png_bytes"):
+        observed(plot_routes, name)
+    observed(checkpoint_routes, "file_download")
+    job = submit(client)
+    drive_job(job["id"], 3, finish="succeeded", checkpoint=b"weights")
+    experiment = client.post(
+        "/experiments",
+        json={"name": "e", "blocks": ["mobile"], "hyperparameters": {"epochs": 1}},
+    )
+    assert experiment.status_code == 202, experiment.text
+    experiment_id = experiment.json()["id"]
+    for url in (
+        f"/jobs/{job['id']}/plots/loss.png",
+        f"/plots/compare.png?jobs={job['id']}",
+        f"/experiments/{experiment_id}/plots/test_accuracy.png",
+        f"/experiments/{experiment_id}/plots/accuracy-vs-macs.png",
+        f"/jobs/{job['id']}/checkpoints/final",
+    ):
+        assert client.get(url).status_code == 200, url
+    assert held == [
+        ("line_chart_png", 0),
+        ("line_chart_png", 0),
+        ("line_chart_png", 0),
+        ("png_bytes", 0),
+        ("file_download", 0),
+    ]

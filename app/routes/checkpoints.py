@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 from sqlalchemy.orm import Session
 
-from app.deps import ReadSessionDep, SettingsDep
+from app.deps import SettingsDep, read_session
 from app.downloads import file_download
 from app.errors import CheckpointDamaged, CheckpointNotFound
 from app.routes.common import error_responses
@@ -37,8 +37,9 @@ CheckpointName = Annotated[
     responses=error_responses(401, 404),
     summary="The job's checkpoints: latest, best and final",
 )
-def list_checkpoints(job_id: JobId, session: ReadSessionDep) -> list[CheckpointRead]:
-    return checkpoint_listing(session, job_service.get_job(session, job_id))
+def list_checkpoints(job_id: JobId) -> list[CheckpointRead]:
+    with read_session() as session:
+        return checkpoint_listing(session, job_service.get_job(session, job_id))
 
 
 def checkpoint_listing(session: Session, job: Job) -> list[CheckpointRead]:
@@ -122,7 +123,6 @@ def download_checkpoint(
     job_id: JobId,
     name: CheckpointName,
     request: Request,
-    session: ReadSessionDep,
     settings: SettingsDep,
 ) -> Response:
     """Resumable: `Range: bytes=start-end` (with `If-Range: "<sha256>"` to be sure the file has
@@ -131,12 +131,14 @@ def download_checkpoint(
         raise CheckpointNotFound(
             f"No checkpoint {name!r}; names are {', '.join(CHECKPOINT_NAMES)}."
         )
-    job = job_service.get_job(session, job_id)
-    row = checkpoint_pointers(session, job).get(name)
+    with read_session() as session:
+        job = job_service.get_job(session, job_id)
+        row = checkpoint_pointers(session, job).get(name)
     if row is None:
         if job.status in FINISHED:
             raise CheckpointNotFound(f"Job {job_id} {job.status} without a {name} checkpoint.")
         raise CheckpointNotFound(f"Job {job_id} has no {name} checkpoint yet.")
+    # The file is opened (and hashed when new) after the read transaction has ended.
     return file_download(
         request,
         _checkpoint_file(row, name, settings),

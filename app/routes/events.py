@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse
 
-from app.deps import ReadSessionDep
+from app.deps import read_session
 from app.methods import HEAD_REQUEST
 from app.routes.common import error_responses
 from app.routes.params import ExperimentId, JobId
@@ -75,15 +75,15 @@ def _hub(request: Request) -> EventHub:
 def job_events(
     job_id: JobId,
     request: Request,
-    session: ReadSessionDep,
     last_event_id_header: LastEventIdHeader = None,
     last_event_id: LastEventIdQuery = None,
 ) -> EventSourceResponse:
     """Every event so far (or only those after Last-Event-ID), then each new one; ids are the
     job's event numbers. Ends with an `end` event once the job has ended."""
-    resume, sent_as = _resume_point(last_event_id_header, last_event_id)
-    seen_seq = event_service.job_stream_start(session, job_id, resume, sent_as=sent_as)
-    return _stream(request, job_event_stream(_hub(request), job_id, seen_seq))
+    with read_session() as session:
+        resume, sent_as = _resume_point(last_event_id_header, last_event_id)
+        seen_seq = event_service.job_stream_start(session, job_id, resume, sent_as=sent_as)
+        return _stream(request, job_event_stream(_hub(request), job_id, seen_seq))
 
 
 @router.get(
@@ -95,14 +95,16 @@ def job_events(
 def experiment_events(
     experiment_id: ExperimentId,
     request: Request,
-    session: ReadSessionDep,
     last_event_id_header: LastEventIdHeader = None,
     last_event_id: LastEventIdQuery = None,
 ) -> EventSourceResponse:
     """Like a job's stream, for all the experiment's jobs; each id is an opaque cursor to send
     back as Last-Event-ID. Ends with an `end` event once every job has ended."""
-    resume, sent_as = _resume_point(last_event_id_header, last_event_id)
-    job_ids, cursor = event_service.experiment_stream_start(
-        session, experiment_id, resume, sent_as=sent_as
-    )
-    return _stream(request, experiment_event_stream(_hub(request), experiment_id, job_ids, cursor))
+    with read_session() as session:
+        resume, sent_as = _resume_point(last_event_id_header, last_event_id)
+        job_ids, cursor = event_service.experiment_stream_start(
+            session, experiment_id, resume, sent_as=sent_as
+        )
+        return _stream(
+            request, experiment_event_stream(_hub(request), experiment_id, job_ids, cursor)
+        )

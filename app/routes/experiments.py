@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
-from app.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.deps import SessionDep, SettingsDep, read_session
 from app.routes.common import error_responses
 from app.routes.params import ExperimentId, IdempotencyKey
 from app.schemas import (
@@ -212,18 +212,20 @@ def submit_experiment(
     summary="List experiments, newest first (without their job rows)",
 )
 def list_experiments(
-    session: ReadSessionDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> ExperimentList:
-    experiments, total = experiment_service.list_experiments(session, limit=limit, offset=offset)
-    counts = experiment_service.status_counts(session, [item.id for item in experiments])
-    return ExperimentList(
-        items=[render_experiment(item, counts[item.id]) for item in experiments],
-        total=total,
-        limit=limit,
-        offset=offset,
-    )
+    with read_session() as session:
+        experiments, total = experiment_service.list_experiments(
+            session, limit=limit, offset=offset
+        )
+        counts = experiment_service.status_counts(session, [item.id for item in experiments])
+        return ExperimentList(
+            items=[render_experiment(item, counts[item.id]) for item in experiments],
+            total=total,
+            limit=limit,
+            offset=offset,
+        )
 
 
 @router.get(
@@ -234,7 +236,6 @@ def list_experiments(
 )
 def get_experiment(
     experiment_id: ExperimentId,
-    session: ReadSessionDep,
     sort: Annotated[
         ExperimentSort,
         Query(
@@ -244,8 +245,9 @@ def get_experiment(
     ] = "job_id",
     order: SortOrder = "asc",
 ) -> ExperimentRead:
-    experiment = experiment_service.get_experiment(session, experiment_id)
-    return read_experiment(session, experiment, sort=sort, order=order)
+    with read_session() as session:
+        experiment = experiment_service.get_experiment(session, experiment_id)
+        return read_experiment(session, experiment, sort=sort, order=order)
 
 
 @router.get(
@@ -254,18 +256,19 @@ def get_experiment(
     responses={**CSV_RESPONSE, **error_responses(401, 404)},
     summary="The experiment's job rows as CSV",
 )
-def get_summary_csv(experiment_id: ExperimentId, session: ReadSessionDep) -> Response:
-    experiment = experiment_service.get_experiment(session, experiment_id)
-    return Response(
-        summary_csv(read_experiment(session, experiment)),
-        media_type="text/csv",  # Starlette adds "; charset=utf-8"
-        headers={
-            "Content-Disposition": (
-                f'attachment; filename="experiment-{experiment.id}-summary.csv"'
-            ),
-            "Cache-Control": "no-cache",
-        },
-    )
+def get_summary_csv(experiment_id: ExperimentId) -> Response:
+    with read_session() as session:
+        experiment = experiment_service.get_experiment(session, experiment_id)
+        return Response(
+            summary_csv(read_experiment(session, experiment)),
+            media_type="text/csv",  # Starlette adds "; charset=utf-8"
+            headers={
+                "Content-Disposition": (
+                    f'attachment; filename="experiment-{experiment.id}-summary.csv"'
+                ),
+                "Cache-Control": "no-cache",
+            },
+        )
 
 
 @router.post(

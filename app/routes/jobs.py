@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.deps import ReadSessionDep, SessionDep, SettingsDep
+from app.deps import SessionDep, SettingsDep, read_session
 from app.routes.common import error_responses, render_job
 from app.routes.params import MAX_JOB_ID, IdempotencyKey, JobId
 from app.schemas import JobCreate, JobList, JobMetrics, JobRead, StatusName
@@ -51,7 +51,6 @@ def submit_job(
     summary="List jobs, newest first",
 )
 def list_jobs(
-    session: ReadSessionDep,
     status: StatusName | None = None,
     block: BlockName | None = None,
     experiment_id: Annotated[
@@ -60,21 +59,22 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> JobList:
-    jobs, total = job_service.list_jobs(
-        session,
-        status=status,
-        block=block,
-        experiment_id=experiment_id,
-        limit=limit,
-        offset=offset,
-    )
-    positions = job_service.queue_positions(session, jobs)
-    return JobList(
-        items=[render_job(job, positions.get(job.id)) for job in jobs],
-        total=total,
-        limit=limit,
-        offset=offset,
-    )
+    with read_session() as session:
+        jobs, total = job_service.list_jobs(
+            session,
+            status=status,
+            block=block,
+            experiment_id=experiment_id,
+            limit=limit,
+            offset=offset,
+        )
+        positions = job_service.queue_positions(session, jobs)
+        return JobList(
+            items=[render_job(job, positions.get(job.id)) for job in jobs],
+            total=total,
+            limit=limit,
+            offset=offset,
+        )
 
 
 @router.get(
@@ -83,9 +83,10 @@ def list_jobs(
     responses=error_responses(401, 404),
     summary="One job's status and results",
 )
-def get_job(job_id: JobId, session: ReadSessionDep) -> JobRead:
-    job = job_service.get_job(session, job_id)
-    return render_job(job, job_service.queue_position(session, job))
+def get_job(job_id: JobId) -> JobRead:
+    with read_session() as session:
+        job = job_service.get_job(session, job_id)
+        return render_job(job, job_service.queue_position(session, job))
 
 
 @router.get(
@@ -96,21 +97,21 @@ def get_job(job_id: JobId, session: ReadSessionDep) -> JobRead:
 )
 def get_metrics(
     job_id: JobId,
-    session: ReadSessionDep,
     since_epoch: Annotated[int, Query(ge=0, le=10**6, description="Only epochs after this.")] = 0,
 ) -> JobMetrics:
-    job = job_service.get_job(session, job_id)
-    rows = job_service.epoch_metrics(session, job_id, since_epoch=since_epoch)
-    return JobMetrics.model_validate(
-        {
-            "job_id": job.id,
-            "status": job.status,
-            "epochs_done": job.epochs_done,
-            "epochs_total": job.epochs_total,
-            "metrics": rows,
-        },
-        from_attributes=True,
-    )
+    with read_session() as session:
+        job = job_service.get_job(session, job_id)
+        rows = job_service.epoch_metrics(session, job_id, since_epoch=since_epoch)
+        return JobMetrics.model_validate(
+            {
+                "job_id": job.id,
+                "status": job.status,
+                "epochs_done": job.epochs_done,
+                "epochs_total": job.epochs_total,
+                "metrics": rows,
+            },
+            from_attributes=True,
+        )
 
 
 @router.post(

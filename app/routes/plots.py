@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 from werkzeug.http import parse_etags
 
-from app.deps import ReadSessionDep
+from app.deps import read_session
 from app.errors import InvalidRequest, JobNotFound, NotFound
 from app.plots import METRIC_LABELS, Point, Series, line_chart_png, png_bytes, scatter_chart
 from app.routes.common import error_responses
@@ -77,14 +77,13 @@ def _empty_note(jobs: list[Job]) -> str:
     responses={**PNG, **error_responses(401, 404)},
     summary="loss.png (training loss) or accuracy.png (test accuracy) per epoch",
 )
-def job_plot(
-    request: Request, job_id: JobId, plot_name: PlotName, session: ReadSessionDep
-) -> Response:
+def job_plot(request: Request, job_id: JobId, plot_name: PlotName) -> Response:
     if plot_name not in JOB_PLOTS:
         raise NotFound(f"No plot {plot_name!r}; there are {', '.join(JOB_PLOTS)}.")
     metric, title = JOB_PLOTS[plot_name]
-    job = job_service.get_job(session, job_id)
-    rows = job_service.epoch_metrics(session, job_id)
+    with read_session() as session:
+        job = job_service.get_job(session, job_id)
+        rows = job_service.epoch_metrics(session, job_id)
     series = Series("", [row.epoch for row in rows], [getattr(row, metric) for row in rows])
     content = line_chart_png(
         [series],
@@ -103,7 +102,6 @@ def job_plot(
 )
 def compare_plot(
     request: Request,
-    session: ReadSessionDep,
     jobs: Annotated[
         str,
         Query(
@@ -116,19 +114,22 @@ def compare_plot(
     metric: Literal["train_loss", "test_accuracy", "test_loss", "train_accuracy"] = "train_loss",
 ) -> Response:
     # Checked here rather than by the Query's pattern, for a message that says what to send.
+    # Checked here rather than by the Query's pattern, for a message that says what to send.
     if not re.fullmatch(JOB_ID_LIST, jobs):
         raise InvalidRequest(
             f"jobs must be 1 to {MAX_COMPARED_JOBS} comma-separated job ids (positive integers "
             f"without spaces), e.g. 1,2,3; got {jobs!r}."
         )
-    compared = []
-    for job_id in dict.fromkeys(int(part) for part in jobs.split(",")):
+    job_ids = list(dict.fromkeys(int(part) for part in jobs.split(",")))
+    for job_id in job_ids:
         if job_id > MAX_JOB_ID:  # no such job, and beyond the database's integer column
             raise JobNotFound(job_id)
-        compared.append(job_service.get_job(session, job_id))
+    with read_session() as session:
+        compared = [job_service.get_job(session, job_id) for job_id in job_ids]
+        rows_by_job = {job.id: job_service.epoch_metrics(session, job.id) for job in compared}
     series, without_epochs = [], []
     for job in compared:
-        rows = job_service.epoch_metrics(session, job.id)
+        rows = rows_by_job[job.id]
         label = f"{job.block} (job {job.id})"
         series.append(Series(label, [r.epoch for r in rows], [getattr(r, metric) for r in rows]))
         if not rows:
@@ -147,18 +148,23 @@ def compare_plot(
     summary="An experiment's jobs on one chart: a metric per epoch, or accuracy against size",
 )
 def experiment_plot(
-    request: Request, experiment_id: ExperimentId, plot: ExperimentPlotName, session: ReadSessionDep
+    request: Request, experiment_id: ExperimentId, plot: ExperimentPlotName
 ) -> Response:
     """Each job is labelled by its block and varied values; jobs without epochs yet are named
     in a note instead of the legend."""
     if plot not in EXPERIMENT_PLOTS:
         names = ", ".join(f"{name}.png" for name in EXPERIMENT_PLOTS)
         raise NotFound(f"No plot {plot + '.png'!r}; there are {names}.")
-    experiment = experiment_service.get_experiment(session, experiment_id)
-    jobs = experiment_service.experiment_jobs(session, experiment.id)
+    with read_session() as session:
+        experiment = experiment_service.get_experiment(session, experiment_id)
+        jobs = experiment_service.experiment_jobs(session, experiment.id)
+        metrics = (
+            experiment_service.epoch_metrics_by_job(session, experiment.id)
+            if plot in EXPERIMENT_METRIC_PLOTS
+            else {}
+        )
     labels = experiment_service.job_labels(experiment, jobs)
     if plot in EXPERIMENT_METRIC_PLOTS:
-        metrics = experiment_service.epoch_metrics_by_job(session, experiment.id)
         series = [
             Series(
                 labels[job.id],

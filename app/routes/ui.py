@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.auth import SIGN_IN_COOKIE, SIGN_IN_PATH, key_matches, safe_next, sign_in_token
-from app.deps import ReadSessionDep, SettingsDep
+from app.deps import SettingsDep, read_session
 from app.routes.checkpoints import checkpoint_listing
 from app.routes.common import render_job
 from app.routes.params import CANONICAL_ID, MAX_JOB_ID
@@ -54,7 +54,6 @@ def _not_found(request: Request, message: str) -> HTMLResponse:
 @router.get("/", response_class=HTMLResponse)
 def jobs_page(
     request: Request,
-    session: ReadSessionDep,
     status: str = "",
     block: str = "",
     offset: str = "0",
@@ -70,9 +69,14 @@ def jobs_page(
     jobs: list[Job] = []
     total = 0
     if not problems:
-        jobs, total = job_service.list_jobs(
-            session, status=status or None, block=block or None, limit=JOBS_PER_PAGE, offset=start
-        )
+        with read_session() as session:
+            jobs, total = job_service.list_jobs(
+                session,
+                status=status or None,
+                block=block or None,
+                limit=JOBS_PER_PAGE,
+                offset=start,
+            )
 
     def page_link(new_offset: int) -> str:
         query = {"status": status, "block": block, "offset": str(new_offset) if new_offset else ""}
@@ -110,17 +114,17 @@ def _spec_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 @router.get("/ui/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: str, request: Request, session: ReadSessionDep) -> HTMLResponse:
+def job_page(job_id: str, request: Request) -> HTMLResponse:
     """One job: status, complexity, spec, curves and metrics (growing live), checkpoints."""
     found = _id_or_none(job_id)
-    job = session.get(Job, found) if found is not None else None
-    if job is None:
-        return _not_found(request, f"There is no job {job_id}.")
-    job_read = render_job(job, job_service.queue_position(session, job))
-    metrics = [
-        EpochMetricRead.model_validate(row) for row in job_service.epoch_metrics(session, job.id)
-    ]
-    checkpoints = checkpoint_listing(session, job)
+    with read_session() as session:
+        job = session.get(Job, found) if found is not None else None
+        if job is None:
+            return _not_found(request, f"There is no job {job_id}.")
+        job_read = render_job(job, job_service.queue_position(session, job))
+        rows = job_service.epoch_metrics(session, job.id)
+        checkpoints = checkpoint_listing(session, job)
+    metrics = [EpochMetricRead.model_validate(row) for row in rows]
     return page(
         request,
         "job.html",
@@ -141,11 +145,12 @@ def job_page(job_id: str, request: Request, session: ReadSessionDep) -> HTMLResp
 
 
 @router.get("/ui/experiments/{experiment_id}", response_class=HTMLResponse)
-def experiment_page(experiment_id: str, request: Request, session: ReadSessionDep) -> HTMLResponse:
+def experiment_page(experiment_id: str, request: Request) -> HTMLResponse:
     """One experiment; its summary, curves and charts come from GET /experiments/{id} and its
     event stream."""
     found = _id_or_none(experiment_id)
-    experiment = session.get(Experiment, found) if found is not None else None
+    with read_session() as session:
+        experiment = session.get(Experiment, found) if found is not None else None
     if experiment is None:
         return _not_found(request, f"There is no experiment {experiment_id}.")
     return page(
