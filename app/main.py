@@ -45,9 +45,11 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = error_response(
-            413, BodyTooLarge.code, f"Request body larger than {self.max_bytes} bytes."
-        )
+
+        async def too_large(scope: Scope, receive: Receive, send: Send) -> None:
+            message = f"Request body larger than {self.max_bytes} bytes."
+            await error_response(413, BodyTooLarge.code, message)(scope, receive, send)
+
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:

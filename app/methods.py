@@ -25,6 +25,14 @@ class Operations:
             (re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)) + "$"), methods)
             for path, methods in schema.get("paths", {}).items()
         ]
+        # Most requests are GETs: a method no operation takes a JSON body with is answered
+        # without matching the path against every pattern.
+        self._json_body_methods = {
+            method.upper()
+            for methods in schema.get("paths", {}).values()
+            for method, operation in methods.items()
+            if _takes_json(operation)
+        }
 
     def _operations(self, path: str) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -42,8 +50,13 @@ class Operations:
         return sorted(methods, key=lambda method: (order.get(method, len(order)), method))
 
     def takes_json_body(self, method: str, path: str) -> bool:
-        operation = self._operations(path).get(method.upper(), {})
-        return "application/json" in operation.get("requestBody", {}).get("content", {})
+        if method.upper() not in self._json_body_methods:
+            return False
+        return _takes_json(self._operations(path).get(method.upper(), {}))
+
+
+def _takes_json(operation: dict[str, Any]) -> bool:
+    return "application/json" in operation.get("requestBody", {}).get("content", {})
 
 
 class HeadAsGet:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -49,18 +49,20 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @property
+    # Resolved once per settings object: the path lookup is a few system calls, and the
+    # database URL is read for every request.
+    @cached_property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.var_dir / 'jobs.sqlite3').resolve()}"
 
-    @property
+    @cached_property
     def resolved_broker_url(self) -> str:
         return (
             self.celery_broker_url
             or f"sqla+sqlite:///{(self.var_dir / 'broker.sqlite3').resolve()}"
         )
 
-    @property
+    @cached_property
     def resolved_artifact_dir(self) -> Path:
         return (self.artifact_dir or self.var_dir / "artifacts").resolve()
 

@@ -330,15 +330,18 @@ def seconds_per_epoch(session: Session, experiment_id: int) -> dict[int, float]:
     return {job_id: float(mean) for job_id, mean in rows}
 
 
-def epoch_metrics_by_job(session: Session, experiment_id: int) -> dict[int, list[EpochMetric]]:
-    """Every recorded epoch of the experiment's jobs, by job, in one query."""
-    by_job: dict[int, list[EpochMetric]] = defaultdict(list)
+def epoch_metrics_by_job(
+    session: Session, experiment_id: int
+) -> dict[int, list[job_service.MetricRow]]:
+    """Every recorded epoch of the experiment's jobs, by job, in one query (rows with the
+    attributes of `METRIC_COLUMNS`)."""
+    by_job: dict[int, list[job_service.MetricRow]] = defaultdict(list)
     rows = session.execute(
-        select(EpochMetric)
+        select(EpochMetric.job_id, *job_service.METRIC_COLUMNS)
         .join(Job, Job.id == EpochMetric.job_id)
         .where(Job.experiment_id == experiment_id)
         .order_by(EpochMetric.job_id, EpochMetric.epoch)
-    ).scalars()
+    )
     for row in rows:
         by_job[row.job_id].append(row)
     return by_job
