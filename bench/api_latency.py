@@ -2,21 +2,34 @@
 
 Starts the API (uvicorn) and one worker (`python -m worker`, DEVICE=cpu) as real processes in a
 temporary VAR_DIR with a generated dataset, records finished jobs with metrics through the
-worker's lifecycle calls, and submits one small training job. Once it has trained an epoch:
-every route of every job is fetched once (a service that has been up a while), then
-`--seconds` with no client (the epoch time alone), then `--seconds` with `--pollers` clients
-looping over GET /jobs/{id}, /jobs/{id}/metrics and /jobs plus one client fetching
-/jobs/{id}/plots/loss.png, each client waiting `--interval` seconds between rounds (a dashboard
-or CLI polling once a second; 0 for clients that never pause). Prints each route's latency
-percentiles and the job's seconds per epoch in both windows. Only 127.0.0.1 is contacted;
-every loop ends at its deadline.
+worker's lifecycle calls, and submits one small training job. Once it has trained an epoch,
+every route of every job is fetched once (a service that has been up a while). Then come
+`--rounds` rounds of three windows of `--seconds` each:
 
-    python -m bench.api_latency [--seconds 30] [--pollers 8] [--interval 1] [--json out.json]
+- quiet: no client (the epoch time alone);
+- loaded: `--pollers` clients looping over GET /jobs/{id}, /jobs/{id}/metrics and /jobs plus
+  one client fetching /jobs/{id}/plots/loss.png, each waiting `--interval` seconds between
+  polls (a dashboard or CLI polling once a second; 0 for clients that never pause);
+- control: no client, but a plain busy-loop process using as much CPU as the API and the
+  clients used in the loaded window. On a machine where training takes every core, any
+  process slows it; the control shows how much of the loaded window's slowdown is that CPU
+  share alone, and how much (the difference) is the service's reads getting in the way of the
+  worker's writes.
+
+The quiet window comes first in even rounds and last in odd ones, so a drift in machine speed
+lands on every kind. Prints each route's latency percentiles, the CPU seconds the API and the
+clients used, and the job's median seconds per epoch in each kind of window. Only 127.0.0.1 is
+contacted; every loop ends at its deadline.
+
+    python -m bench.api_latency [--seconds 30] [--rounds 3] [--pollers 8] [--interval 1]
+                                [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
 import json
 import os
 import statistics
@@ -95,8 +108,12 @@ def _poll(
             ("/jobs/{id}/metrics", lambda job_id: f"/jobs/{job_id}/metrics"),
             ("/jobs", lambda _job_id: "/jobs"),
         ]
+    # The standard library's client on one kept-alive connection: the load generator shares
+    # the machine with the service, so it should cost as little CPU as a client can.
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
     index = offset
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with contextlib.closing(connection):
         while time.monotonic() < deadline:
             job_id = job_ids[index % len(job_ids)]
             index += 1
@@ -105,8 +122,12 @@ def _poll(
                     break
                 start = time.perf_counter()
                 try:
-                    status = client.get(path(job_id)).status_code
-                except httpx.HTTPError as error:
+                    connection.request("GET", path(job_id))
+                    response = connection.getresponse()
+                    response.read()
+                    status = response.status
+                except (OSError, http.client.HTTPException) as error:
+                    connection.close()  # the next request opens a new connection
                     status, reason = 0, type(error).__name__
                 else:
                     reason = str(status)
@@ -119,6 +140,54 @@ def _poll(
             time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
 
 
+def _poll_window(
+    base: str,
+    job_ids: list[int],
+    seconds: float,
+    pollers: int,
+    interval: float,
+    latencies: dict[str, list[float]],
+    errors: list[str],
+    lock: threading.Lock,
+) -> None:
+    """`pollers` JSON clients and one plot client, polling for `seconds`."""
+    deadline = time.monotonic() + seconds
+    threads = [
+        threading.Thread(
+            target=_poll,
+            args=(base, job_ids, deadline, latencies, errors, lock, n, n == pollers, interval),
+        )
+        for n in range(pollers + 1)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+BURNER = """
+import sys, time
+share, seconds = float(sys.argv[1]), float(sys.argv[2])
+period = 0.01
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    start = time.process_time()
+    while time.process_time() - start < share * period:
+        pass
+    time.sleep(period * (1 - share))
+"""
+
+
+def _burn_cpu(share: float, seconds: float) -> None:
+    """A plain process that uses `share` of one core for `seconds` (a busy loop run in 10 ms
+    periods), touching neither the API nor the database: the control for the polled window."""
+    subprocess.run([sys.executable, "-c", BURNER, str(min(share, 1.0)), str(seconds)], check=True)
+
+
+def _progress(message: str) -> None:
+    print(f"[api_latency] {message}", file=sys.stderr, flush=True)
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -129,7 +198,9 @@ def _epoch_seconds(metrics: list[dict[str, Any]], first: int, last: int) -> list
     return [row["seconds"] for row in metrics if first <= row["epoch"] <= last]
 
 
-def run(seconds: float, pollers: int, interval: float, workdir: Path) -> dict[str, Any]:
+def run(
+    seconds: float, rounds: int, pollers: int, interval: float, workdir: Path
+) -> dict[str, Any]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DATABASE_URL"))},
         "VAR_DIR": str(workdir / "var"),
@@ -197,40 +268,37 @@ def run(seconds: float, pollers: int, interval: float, workdir: Path) -> dict[st
                 for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/metrics"):
                     client.get(path)
                 client.get(f"/jobs/{job_id}/plots/loss.png")
-            quiet_from = epochs_done()
-            time.sleep(seconds)
-            loaded_from = epochs_done()
-
             latencies: dict[str, list[float]] = defaultdict(list)
             errors: list[str] = []
             lock = threading.Lock()
-            deadline = time.monotonic() + seconds
-            api_cpu_before, clients_cpu_before = _cpu_seconds(api.pid), _cpu_seconds(os.getpid())
             job_ids = [*seeded, live]
-            threads = [
-                threading.Thread(
-                    target=_poll,
-                    args=(
-                        base,
-                        job_ids,
-                        deadline,
-                        latencies,
-                        errors,
-                        lock,
-                        n,
-                        n == pollers,
-                        interval,
-                    ),
-                )
-                for n in range(pollers + 1)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            api_cpu = _cpu_seconds(api.pid) - api_cpu_before
-            clients_cpu = _cpu_seconds(os.getpid()) - clients_cpu_before
-            loaded_to = epochs_done()
+            windows: list[tuple[str, int, int]] = []
+            api_cpu = clients_cpu = window_cpu = 0.0
+            for round_number in range(rounds):
+                # The control window follows the loaded one, whose CPU use it repeats; the
+                # quiet window comes first in even rounds and last in odd ones, so a drift in
+                # machine speed lands on every kind.
+                order = ("quiet", "loaded", "control")
+                if round_number % 2:
+                    order = ("loaded", "control", "quiet")
+                for kind in order:
+                    first = epochs_done()
+                    _progress(f"round {round_number + 1}/{rounds}: {kind} window, {seconds:g} s")
+                    if kind == "quiet":
+                        time.sleep(seconds)
+                    elif kind == "loaded":
+                        api_before = _cpu_seconds(api.pid)
+                        clients_before = _cpu_seconds(os.getpid())
+                        _poll_window(
+                            base, job_ids, seconds, pollers, interval, latencies, errors, lock
+                        )
+                        api_used = _cpu_seconds(api.pid) - api_before
+                        clients_used = _cpu_seconds(os.getpid()) - clients_before
+                        api_cpu, clients_cpu = api_cpu + api_used, clients_cpu + clients_used
+                        window_cpu = api_used + clients_used
+                    else:
+                        _burn_cpu(window_cpu / seconds, seconds)
+                    windows.append((kind, first, epochs_done()))
             metrics = client.get(f"/jobs/{live}/metrics").json()["metrics"]
             client.post(f"/jobs/{live}/cancel")
     finally:
@@ -244,10 +312,30 @@ def run(seconds: float, pollers: int, interval: float, workdir: Path) -> dict[st
         for log in logs:
             log.close()
     # An epoch counts for a window when it started and ended inside it.
-    quiet = _epoch_seconds(metrics, quiet_from + 2, loaded_from)
-    loaded = _epoch_seconds(metrics, loaded_from + 2, loaded_to)
+    per_window = [(kind, _epoch_seconds(metrics, first + 2, last)) for kind, first, last in windows]
+
+    def medians(number: int) -> dict[str, float]:
+        """The median seconds per epoch of each window of round `number`."""
+        windows_of_round = per_window[3 * number : 3 * number + 3]
+        return {kind: statistics.median(times) for kind, times in windows_of_round if times}
+
+    def median_of(kind: str) -> float | None:
+        times = [t for window_kind, times in per_window if window_kind == kind for t in times]
+        return statistics.median(times) if times else None
+
+    round_ratios = []
+    for number in range(rounds):
+        by_kind = medians(number)
+        if {"quiet", "loaded", "control"} <= by_kind.keys():
+            round_ratios.append(
+                {
+                    "loaded": by_kind["loaded"] / by_kind["quiet"],
+                    "control": by_kind["control"] / by_kind["quiet"],
+                }
+            )
     return {
         "seconds": seconds,
+        "rounds": rounds,
         "pollers": pollers,
         "plot_pollers": 1,
         "interval_seconds": interval,
@@ -257,10 +345,9 @@ def run(seconds: float, pollers: int, interval: float, workdir: Path) -> dict[st
         "latency": {name: _percentiles(samples) for name, samples in latencies.items()},
         "errors": len(errors),
         "error_examples": sorted(set(errors))[:5],
-        "epoch_seconds_without_pollers": quiet,
-        "epoch_seconds_with_pollers": loaded,
-        "epochs_finished_without_pollers": loaded_from - quiet_from,
-        "epochs_finished_with_pollers": loaded_to - loaded_from,
+        "windows": [{"kind": kind, "epoch_seconds": times} for kind, times in per_window],
+        "epoch_seconds_median": {kind: median_of(kind) for kind in ("quiet", "loaded", "control")},
+        "round_ratios": round_ratios,
         "api_cpu_seconds_with_pollers": round(api_cpu, 2),
         "clients_cpu_seconds_with_pollers": round(clients_cpu, 2),
     }
@@ -269,8 +356,9 @@ def run(seconds: float, pollers: int, interval: float, workdir: Path) -> dict[st
 def _print(result: dict[str, Any]) -> None:
     print(
         f"{result['pollers']} JSON pollers + 1 plot poller, {result['interval_seconds']:g} s "
-        f"between rounds, for {result['seconds']:.0f} s; "
-        f"{result['seeded_jobs']} finished jobs of {result['seeded_epochs']} epochs + 1 training"
+        f"between polls; {result['rounds']} rounds of a {result['seconds']:.0f} s window "
+        f"without clients and one with them; {result['seeded_jobs']} finished jobs of "
+        f"{result['seeded_epochs']} epochs + 1 training"
     )
     print(f"{'route':<28}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}")
     for name, row in sorted(result["latency"].items()):
@@ -279,37 +367,54 @@ def _print(result: dict[str, Any]) -> None:
             f"{row['p99_ms']:>9.1f}{row['max_ms']:>9.1f}"
         )
     print(f"failed requests: {result['errors']} {result['error_examples']}")
+    polled = result["seconds"] * result["rounds"]
     print(
-        f"CPU seconds in the polled window: API {result['api_cpu_seconds_with_pollers']}, "
+        f"CPU seconds in the polled windows: API {result['api_cpu_seconds_with_pollers']}, "
         f"clients {result['clients_cpu_seconds_with_pollers']} "
-        f"(of {result['seconds'] * (os.cpu_count() or 1):.0f} on {os.cpu_count()} cores)"
+        f"(of {polled * (os.cpu_count() or 1):.0f} on {os.cpu_count()} cores)"
     )
-    for label in ("without pollers", "with pollers"):
-        key = label.replace(" ", "_")
-        values = result[f"epoch_seconds_{key}"]
-        mean = f"{statistics.mean(values):.2f}" if values else "n/a"
-        shown = ", ".join(f"{value:.2f}" for value in values)
+    for window in result["windows"]:
+        values = window["epoch_seconds"]
+        shown = f"{statistics.median(values):.3f}" if values else "n/a"
         print(
-            f"training {label}: {result[f'epochs_finished_{key}']} epochs finished in the "
-            f"window; seconds per epoch wholly inside it: mean {mean} ({shown})"
+            f"  {window['kind']:<7} window: {len(values):>3} epochs wholly inside, "
+            f"median {shown} s per epoch"
         )
+    median = result["epoch_seconds_median"]
+    if all(median.values()):
+        quiet = median["quiet"]
+        print(
+            f"training, median seconds per epoch: quiet {quiet:.3f}; with the clients "
+            f"{median['loaded']:.3f} ({100 * (median['loaded'] / quiet - 1):+.1f} %); with a "
+            f"plain process using the same CPU {median['control']:.3f} "
+            f"({100 * (median['control'] / quiet - 1):+.1f} %)"
+        )
+        ratios = "; ".join(
+            f"{ratio['loaded']:.3f} / {ratio['control']:.3f}" for ratio in result["round_ratios"]
+        )
+        print(f"per round, clients / plain CPU load against quiet: {ratios}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="Length of each window.")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="Pairs of windows (without, with clients)."
+    )
     parser.add_argument("--pollers", type=int, default=8, help="JSON clients (plus one plot).")
     parser.add_argument(
-        "--interval", type=float, default=1.0, help="Seconds each client waits between rounds."
+        "--interval", type=float, default=1.0, help="Seconds each client waits between polls."
     )
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 600 or not 1 <= args.pollers <= 64:
         parser.error("--seconds must be 1-600 and --pollers 1-64")
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be 1-20")
     if not 0 <= args.interval <= 60:
         parser.error("--interval must be 0-60")
     with tempfile.TemporaryDirectory(prefix="api-latency-") as workdir:
-        result = run(args.seconds, args.pollers, args.interval, Path(workdir))
+        result = run(args.seconds, args.rounds, args.pollers, args.interval, Path(workdir))
     _print(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
