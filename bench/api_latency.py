@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,10 +199,9 @@ def _epoch_seconds(metrics: list[dict[str, Any]], first: int, last: int) -> list
     return [row["seconds"] for row in metrics if first <= row["epoch"] <= last]
 
 
-def run(
-    seconds: float, rounds: int, pollers: int, interval: float, workdir: Path
-) -> dict[str, Any]:
-    env = {
+def service_environment(workdir: Path) -> dict[str, str]:
+    """The environment of a benchmark's API and worker: the embedded default in `workdir`."""
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DATABASE_URL"))},
         "VAR_DIR": str(workdir / "var"),
         "DATA_DIR": str(workdir / "data"),
@@ -210,7 +210,45 @@ def run(
         "API_KEY": "",
         "PYTHONUNBUFFERED": "1",
     }
-    os.environ.update(env)  # this process records the seeded jobs in the same database
+
+
+@contextlib.contextmanager
+def this_process_uses(env: dict[str, str]) -> Iterator[None]:
+    """This process's settings and database engines follow `env` inside the block (the
+    benchmark records finished jobs in the service's database), and what they were after it."""
+    from jobs.db import dispose_engines
+    from jobs.settings import get_settings
+
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    get_settings.cache_clear()
+    dispose_engines()
+    try:
+        yield
+    finally:
+        dispose_engines()
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
+def run(
+    seconds: float, rounds: int, pollers: int, interval: float, workdir: Path
+) -> dict[str, Any]:
+    env = service_environment(workdir)
+    with this_process_uses(env):
+        return _run(seconds, rounds, pollers, interval, workdir, env)
+
+
+def _run(
+    seconds: float,
+    rounds: int,
+    pollers: int,
+    interval: float,
+    workdir: Path,
+    env: dict[str, str],
+) -> dict[str, Any]:
     from engine.synthetic import generate_cifar
     from jobs.migrations import upgrade
     from tests.support import drive_job
@@ -356,8 +394,8 @@ def run(
 def _print(result: dict[str, Any]) -> None:
     print(
         f"{result['pollers']} JSON pollers + 1 plot poller, {result['interval_seconds']:g} s "
-        f"between polls; {result['rounds']} rounds of a {result['seconds']:.0f} s window "
-        f"without clients and one with them; {result['seeded_jobs']} finished jobs of "
+        f"between polls; {result['rounds']} rounds of three {result['seconds']:.0f} s windows "
+        f"(quiet, loaded, control); {result['seeded_jobs']} finished jobs of "
         f"{result['seeded_epochs']} epochs + 1 training"
     )
     print(f"{'route':<28}{'requests':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}")

@@ -1,4 +1,5 @@
-"""The API latency benchmark: its three kinds of window, and the plain CPU load of the control."""
+"""The API benchmarks: latency while a job trains (its three kinds of window and the plain CPU
+load of the control), and CPU time per read request."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import api_cpu
 from bench.api_latency import _burn_cpu, main
 
 
@@ -38,3 +40,16 @@ def test_benchmark_runs_each_kind_of_window_in_each_round(tmp_path: Path) -> Non
     assert all(row["count"] > 0 for row in results["latency"].values())
     assert results["api_cpu_seconds_with_pollers"] > 0
     assert set(results["epoch_seconds_median"]) == {"quiet", "loaded", "control"}
+
+
+@pytest.mark.slow
+def test_cpu_benchmark_measures_every_read_route(tmp_path: Path) -> None:
+    results_path = tmp_path / "results.json"
+    arguments = ["--requests", "20", "--jobs", "2", "--epochs", "3", "--http", "h11"]
+    api_cpu.main([*arguments, "--json", str(results_path)])
+    results = json.loads(results_path.read_text())
+    assert results["http"] == "h11" and results["loop"] == "auto"
+    assert list(results["routes"]) == ["/jobs/{id}", "/jobs/{id}/metrics", "/jobs", "/health"]
+    for row in results["routes"].values():
+        assert row["api_cpu_ms_per_request"] > 0
+        assert row["wall_ms_per_request"] > 0
