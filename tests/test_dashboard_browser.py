@@ -202,7 +202,11 @@ def test_job_page_grows_live_and_cancels(
         "3",
         "4",
     ]
-    assert chart_points(page, "#loss-chart") == 8  # training and test loss, 4 epochs each
+    # Training and test loss, 4 epochs each. The curves are redrawn 50 ms after an epoch
+    # arrives, so the last epoch's points may land just after its table row.
+    page.wait_for_function(
+        "() => document.getElementById('loss-chart').dataset.points === '8'", timeout=5_000
+    )
     assert page.inner_text("#job-epochs") == "4/4"
     assert page.get_attribute("#cancel-job", "hidden") is not None
     final_link = page.get_attribute('#checkpoint-rows tr[data-name="final"] a', "href")
