@@ -17,8 +17,6 @@ import argparse
 import contextlib
 import http.client
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,13 +24,10 @@ from typing import Any
 
 from bench.api_latency import (
     _cpu_seconds,
-    _free_port,
-    _wait,
     service_environment,
     this_process_uses,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 ROUTES = ("/jobs/{id}", "/jobs/{id}/metrics", "/jobs", "/health")
 
 
@@ -61,32 +56,15 @@ def _run(
     env: dict[str, str],
 ) -> dict[str, Any]:
     from jobs.migrations import upgrade
-    from tests.support import drive_job
+    from tests.support import drive_job, free_port, start_api
 
     upgrade()
-    port = _free_port()
-    log = (workdir / "api.log").open("wb")
-    api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--log-level", "warning", "--http", parser, "--loop", loop],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    port = free_port()
+    api = start_api(env, workdir, port, ["--http", parser, "--loop", loop])
     results: dict[str, Any] = {}
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         with contextlib.closing(connection):
-
-            def healthy() -> bool:
-                try:
-                    return _get(connection, "/health") == 200
-                except OSError:
-                    connection.close()
-                    return False
-
-            _wait(healthy, timeout=60, what="the API")
             job_ids = []
             for number in range(jobs):
                 body = {"block": ("plain", "residual", "mobile")[number % 3]}
@@ -114,12 +92,7 @@ def _run(
                     "wall_ms_per_request": 1000 * wall / requests,
                 }
     finally:
-        api.terminate()
-        try:
-            api.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            api.kill()
-        log.close()
+        api.stop(timeout=30)
     return {
         "requests": requests,
         "jobs": jobs,

@@ -45,7 +45,6 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
 SEEDED_JOBS = 20
 SEEDED_EPOCHS = 50
 TRAINING_JOB = {
@@ -55,23 +54,6 @@ TRAINING_JOB = {
     "test_samples": 64,
     "name": "latency benchmark",
 }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(predicate: Any, *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.2)
-    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -251,34 +233,18 @@ def _run(
 ) -> dict[str, Any]:
     from engine.synthetic import generate_cifar
     from jobs.migrations import upgrade
-    from tests.support import drive_job
+    from tests.support import drive_job, free_port, start_api, start_worker, wait_for
 
     generate_cifar(
         workdir / "data", "cifar100", classes=10, train_per_class=40, test_per_class=10, seed=0
     )
     upgrade()
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    logs = (workdir / "api.log").open("wb"), (workdir / "worker.log").open("wb")
-    api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        env=env,
-        stdout=logs[0],
-        stderr=subprocess.STDOUT,
-    )
+    api = start_api(env, workdir, port)
     worker = None
     try:
         with httpx.Client(base_url=base, timeout=60) as client:
-
-            def healthy() -> bool:
-                try:
-                    return client.get("/health").status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            _wait(healthy, timeout=60, what="the API")
             seeded = []
             for number in range(SEEDED_JOBS):
                 spec = {"block": ("plain", "residual", "mobile")[number % 3]}
@@ -287,19 +253,13 @@ def _run(
             for job_id in seeded:
                 drive_job(job_id, SEEDED_EPOCHS, finish="succeeded")
             live = client.post("/jobs", json=TRAINING_JOB).json()["id"]
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "worker"],
-                cwd=ROOT,
-                env={**env, "WORKER_NAME": "bench"},
-                stdout=logs[1],
-                stderr=subprocess.STDOUT,
-            )
+            worker = start_worker(env, workdir, "bench")
 
             def epochs_done() -> int:
                 return int(client.get(f"/jobs/{live}").json()["epochs_done"])
 
             # The first epoch carries the worker's start-up; both windows begin after it.
-            _wait(lambda: epochs_done() >= 1, timeout=300, what="the first epoch")
+            wait_for(lambda: epochs_done() >= 1, timeout=300, what="the first epoch")
             # Steady state, as for a service that has been up a while: every route of every
             # job answered once (a finished job's plot is drawn once per process, then cached).
             for job_id in [*seeded, live]:
@@ -341,14 +301,8 @@ def _run(
             client.post(f"/jobs/{live}/cancel")
     finally:
         for process in (worker, api):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-        for log in logs:
-            log.close()
+            if process is not None:
+                process.stop(timeout=30)
     # An epoch counts for a window when it started and ended inside it.
     per_window = [(kind, _epoch_seconds(metrics, first + 2, last)) for kind, first, last in windows]
 

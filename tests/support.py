@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -95,7 +95,10 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker") -> Pr
     )
 
 
-def start_api(env: dict[str, str], log_dir: Path, port: int) -> Process:
+def start_api(
+    env: dict[str, str], log_dir: Path, port: int, uvicorn_args: Sequence[str] = ()
+) -> Process:
+    """The API under uvicorn on 127.0.0.1:`port`, once it answers /health."""
     process = Process(
         [
             sys.executable,
@@ -108,6 +111,7 @@ def start_api(env: dict[str, str], log_dir: Path, port: int) -> Process:
             str(port),
             "--log-level",
             "warning",
+            *uvicorn_args,
         ],
         env,
         log_dir / f"api-{port}.log",
