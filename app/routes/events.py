@@ -80,10 +80,10 @@ def job_events(
 ) -> EventSourceResponse:
     """Every event so far (or only those after Last-Event-ID), then each new one; ids are the
     job's event numbers. Ends with an `end` event once the job has ended."""
+    resume, sent_as = _resume_point(last_event_id_header, last_event_id)
     with read_session() as session:
-        resume, sent_as = _resume_point(last_event_id_header, last_event_id)
         seen_seq = event_service.job_stream_start(session, job_id, resume, sent_as=sent_as)
-        return _stream(request, job_event_stream(_hub(request), job_id, seen_seq))
+    return _stream(request, job_event_stream(_hub(request), job_id, seen_seq))
 
 
 @router.get(
@@ -100,11 +100,9 @@ def experiment_events(
 ) -> EventSourceResponse:
     """Like a job's stream, for all the experiment's jobs; each id is an opaque cursor to send
     back as Last-Event-ID. Ends with an `end` event once every job has ended."""
+    resume, sent_as = _resume_point(last_event_id_header, last_event_id)
     with read_session() as session:
-        resume, sent_as = _resume_point(last_event_id_header, last_event_id)
         job_ids, cursor = event_service.experiment_stream_start(
             session, experiment_id, resume, sent_as=sent_as
         )
-        return _stream(
-            request, experiment_event_stream(_hub(request), experiment_id, job_ids, cursor)
-        )
+    return _stream(request, experiment_event_stream(_hub(request), experiment_id, job_ids, cursor))
