@@ -1,20 +1,22 @@
-"""File downloads with HTTP's conditional requests (RFC 9110 section 13) and byte ranges
-(section 14), on Starlette's FileResponse.
+"""Downloads of stored objects with HTTP's conditional requests (RFC 9110 section 13) and byte
+ranges (section 14), from an artifact store's open object: the adapter reads byte ranges and
+never learns whether the object is a file.
 
-FileResponse serves Range (one range as 206, several as multipart/byteranges, overlapping ones
-merged), If-Range (a strong ETag or the exact Last-Modified date) and HEAD. What this module
-adds: If-Match, If-None-Match (weak comparison, lists, `*`), If-Modified-Since and
-If-Unmodified-Since in the RFC's order, an ETag chosen by the caller, a Range it cannot parse
-ignored (as the RFC allows) instead of a text/plain 400, the JSON 416 of the API, and HEAD
-requests that app.methods.HeadAsGet routes as GET."""
+Answered: Range (one range as 206, several as multipart/byteranges, overlapping ones merged;
+more than 100: the whole object), If-Range (a strong ETag or the exact Last-Modified date),
+If-Match, If-None-Match (weak comparison, lists, `*`), If-Modified-Since and If-Unmodified-Since
+in the RFC's order, an ETag chosen by the caller, a Range it cannot parse ignored (as the RFC
+allows), the JSON 416 of the API, and HEAD requests that app.methods.HeadAsGet routes as GET."""
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from email.utils import formatdate
-from pathlib import Path
+from secrets import token_hex
+from urllib.parse import quote
 
+import anyio
+import anyio.to_thread
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import FileResponse, MalformedRangeHeader, Response
@@ -25,37 +27,78 @@ from werkzeug.http import parse_date, parse_etags
 from app.errors import PreconditionFailed, RangeNotSatisfiable
 from app.methods import HEAD_REQUEST
 from app.responses import service_error_response
+from jobs.artifacts import ArtifactObject
 
 SAFE_METHODS = ("GET", "HEAD")
 
 
-class RangeFileResponse(FileResponse):
-    """FileResponse whose Range errors follow the API: an unparseable Range header is ignored
-    (the whole file, 200) and an unsatisfiable one is a JSON 416 with `Content-Range: bytes
-    */size`. Needs stat_result."""
+class ObjectResponse(Response):
+    """The bytes of an open ArtifactObject: the whole object (200), one range (206 with
+    Content-Range) or several (206 multipart/byteranges). An unparseable Range header is ignored
+    (the whole object, 200) and an unsatisfiable one is a JSON 416 with `Content-Range: bytes
+    */size`. The object is closed once the response is sent, or has failed."""
+
+    chunk_size = 256 * 1024
+
+    def __init__(
+        self,
+        opened: ArtifactObject,
+        *,
+        headers: dict[str, str],
+        media_type: str,
+        filename: str,
+    ) -> None:
+        self.opened = opened
+        quoted = quote(filename)
+        disposition = (
+            f'attachment; filename="{filename}"'
+            if quoted == filename
+            else f"attachment; filename*=utf-8''{quoted}"
+        )
+        super().__init__(
+            status_code=200,
+            headers={
+                **headers,
+                "Content-Length": str(opened.size),
+                "Accept-Ranges": "bytes",
+                "Content-Disposition": disposition,
+            },
+            media_type=media_type,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        assert self.stat_result is not None
-        if scope.get(HEAD_REQUEST):
-            # Routed as GET; FileResponse then sends the headers without reading the file.
-            scope = {**scope, "method": "HEAD"}
-        headers = Headers(scope=scope)
-        http_range = headers.get("range")
-        if_range = headers.get("if-range")
+        try:
+            await self._respond(scope, receive, send)
+        finally:
+            self.opened.close()
+
+    def _use_range(self, if_range: str | None) -> bool:
+        # Only a strong validator may apply a range: a weak one could join two objects' bytes.
+        if if_range is None:
+            return True
+        return not if_range.startswith("W/") and if_range in (
+            self.headers["etag"],
+            self.headers["last-modified"],
+        )
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Routed as GET; the headers are sent without reading the object.
+        head = bool(scope.get(HEAD_REQUEST)) or scope["method"] == "HEAD"
+        request_headers = Headers(scope=scope)
+        http_range = request_headers.get("range")
+        size = self.opened.size
+        ranges: list[tuple[int, int]] = []
         if (
             http_range is not None
-            and self.status_code == 200
             and scope["method"] in SAFE_METHODS
-            and (if_range is None or self._should_use_range(if_range))
+            and self._use_range(request_headers.get("if-range"))
         ):
-            size = self.stat_result.st_size
             try:
-                self._parse_range_header(http_range, size)
+                # Starlette's parser: ends past the object cut to it, overlaps merged, more
+                # than 100 ranges answered with the whole object ([]).
+                ranges = FileResponse._parse_range_header(http_range, size)
             except MalformedRangeHeader:
-                scope = {
-                    **scope,
-                    "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"range"],
-                }
+                ranges = []
             except UnsatisfiableRange:
                 error = RangeNotSatisfiable(
                     f"The range {http_range!r} is outside the file, which has {size} bytes.",
@@ -63,12 +106,80 @@ class RangeFileResponse(FileResponse):
                 )
                 await service_error_response(error)(scope, receive, send)
                 return
-        await super().__call__(scope, receive, send)
+
+        headers = self.headers.mutablecopy()
+        parts: list[tuple[bytes, int, int]] = []  # (part header, start, end exclusive)
+        closing = b""
+        if not ranges:
+            status = 200
+            parts = [(b"", 0, size)]
+        elif len(ranges) == 1:
+            status = 206
+            [(start, end)] = ranges
+            headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
+            headers["content-length"] = str(end - start)
+            parts = [(b"", start, end)]
+        else:
+            status = 206
+            boundary = token_hex(13)
+            part_type = headers["content-type"]
+            headers["content-type"] = f"multipart/byteranges; boundary={boundary}"
+            parts = [
+                (
+                    f"--{boundary}\r\nContent-Type: {part_type}\r\n"
+                    f"Content-Range: bytes {start}-{end - 1}/{size}\r\n\r\n".encode("latin-1"),
+                    start,
+                    end,
+                )
+                for start, end in ranges
+            ]
+            closing = f"--{boundary}--".encode("latin-1")
+            headers["content-length"] = str(
+                sum(len(part) + end - start + 2 for part, start, end in parts) + len(closing)
+            )
+        await send({"type": "http.response.start", "status": status, "headers": headers.raw})
+        if head:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+
+        async def send_body() -> None:
+            multipart = bool(closing)
+            for part, start, end in parts:
+                if part:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                while start < end:
+                    chunk = await anyio.to_thread.run_sync(
+                        self.opened.read, start, min(self.chunk_size, end - start)
+                    )
+                    if not chunk:
+                        raise RuntimeError(f"{self.opened.key} is shorter than {size} bytes")
+                    start += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if multipart:
+                    await send({"type": "http.response.body", "body": b"\r\n", "more_body": True})
+            await send({"type": "http.response.body", "body": closing, "more_body": False})
+
+        spec_version = tuple(map(int, scope.get("asgi", {}).get("spec_version", "2.0").split(".")))
+        if spec_version >= (2, 4):  # send raises once the client is gone
+            await send_body()
+            return
+        # Older servers drop what is sent after a disconnect: watch for it, so a client that
+        # went away does not keep this response reading the whole object.
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                await send_body()
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
 
 
-def _modified_at(stat_result: os.stat_result) -> datetime:
+def _modified_at(modified: float) -> datetime:
     # HTTP dates have whole seconds: compare at the precision of the Last-Modified header.
-    return datetime.fromtimestamp(int(stat_result.st_mtime), UTC)
+    return datetime.fromtimestamp(int(modified), UTC)
 
 
 def precondition_status(
@@ -96,39 +207,42 @@ def precondition_status(
     return None
 
 
-def file_download(
+def object_download(
     request: Request,
-    path: Path,
+    opened: ArtifactObject,
     *,
     etag: str,
     filename: str,
     headers: dict[str, str] | None = None,
     media_type: str = "application/octet-stream",
 ) -> Response:
-    """The file as an attachment with a strong ETag (`etag` unquoted), Last-Modified and
-    Accept-Ranges, answering conditional and range requests. PreconditionFailed for a failed
-    If-Match or If-Unmodified-Since."""
-    stat_result = path.stat()
-    last_modified = _modified_at(stat_result)
-    validators = {
-        "ETag": f'"{etag}"',
-        "Last-Modified": formatdate(last_modified.timestamp(), usegmt=True),
-    }
-    status = precondition_status(
-        request.headers, request.method, etag=etag, last_modified=last_modified
-    )
-    if status == 412:
-        raise PreconditionFailed(
-            "The file does not match the request's If-Match or If-Unmodified-Since: its ETag "
-            f"is {validators['ETag']}, last modified {validators['Last-Modified']}.",
-            headers=validators,
+    """The object as an attachment with a strong ETag (`etag` unquoted), Last-Modified and
+    Accept-Ranges, answering conditional and range requests; the response closes `opened`.
+    PreconditionFailed for a failed If-Match or If-Unmodified-Since."""
+    try:
+        last_modified = _modified_at(opened.modified)
+        validators = {
+            "ETag": f'"{etag}"',
+            "Last-Modified": formatdate(last_modified.timestamp(), usegmt=True),
+        }
+        status = precondition_status(
+            request.headers, request.method, etag=etag, last_modified=last_modified
         )
-    if status == 304:
-        return Response(status_code=304, headers={**(headers or {}), **validators})
-    return RangeFileResponse(
-        path,
-        media_type=media_type,
-        filename=filename,
-        stat_result=stat_result,
-        headers={**(headers or {}), **validators},
-    )
+        if status == 412:
+            raise PreconditionFailed(
+                "The file does not match the request's If-Match or If-Unmodified-Since: its "
+                f"ETag is {validators['ETag']}, last modified {validators['Last-Modified']}.",
+                headers=validators,
+            )
+        if status == 304:
+            opened.close()
+            return Response(status_code=304, headers={**(headers or {}), **validators})
+        return ObjectResponse(
+            opened,
+            headers={**(headers or {}), **validators},
+            media_type=media_type,
+            filename=filename,
+        )
+    except BaseException:
+        opened.close()
+        raise

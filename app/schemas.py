@@ -258,6 +258,7 @@ class CheckpointRead(BaseModel):
                     "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                     "recorded_at": "2026-11-27T08:04:09Z",
                     "url": "/jobs/1/checkpoints/latest",
+                    "state": "intact",
                 }
             ]
         }
@@ -269,6 +270,11 @@ class CheckpointRead(BaseModel):
     sha256: str
     recorded_at: datetime
     url: str
+    state: Literal["intact", "damaged", "missing"] = Field(
+        description="Whether the stored bytes match `size_bytes` and `sha256` (checked by the "
+        "API): only an `intact` checkpoint is served; a `damaged` or `missing` one answers "
+        "500 `checkpoint_damaged` or 404 `checkpoint_not_found`."
+    )
 
 
 class ArchitectureRead(BaseModel):

@@ -189,6 +189,21 @@ def epoch_figures(epoch: int) -> dict[str, float]:
     }
 
 
+def flip_bit_keeping_mtime(path: Path) -> None:
+    """Damage a file at rest the way a bad disk or an intruder covering their tracks would: one
+    bit in the middle flipped in place (same size, inode and volume), the mtime set back."""
+    before = path.stat()
+    with path.open("r+b") as file:
+        file.seek(before.st_size // 2)
+        byte = file.read(1)[0]
+        file.seek(before.st_size // 2)
+        file.write(bytes([byte ^ 0x10]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    kept = ("st_size", "st_mtime_ns", "st_ino", "st_dev")
+    assert [getattr(after, name) for name in kept] == [getattr(before, name) for name in kept]
+
+
 def drive_job(
     job_id: int,
     epochs: int,
@@ -203,6 +218,7 @@ def drive_job(
     0.05e; each checkpointed epoch (default: the last) gets a file holding ``checkpoint``."""
     import hashlib
 
+    from jobs.artifacts import artifact_store
     from jobs.db import session_scope
     from jobs.lifecycle import (
         CheckpointRecord,
@@ -217,19 +233,21 @@ def drive_job(
     with session_scope() as session:
         claim = claim_job(session, job_id, worker="test-worker", lease_seconds=600)
     assert claim is not None, f"job {job_id} is not claimable"
-    root = get_settings().resolved_artifact_dir
+    store = artifact_store(get_settings())
     checkpointed = (epochs,) if checkpoint_epochs is None else checkpoint_epochs
     for e in range(1, epochs + 1):
         with session_scope() as session:
             record_epoch(session, claim, epoch_figures(e), lease_seconds=600)
         if checkpoint is not None and e in checkpointed:
             content = checkpoint
-            path = root / "jobs" / str(job_id) / f"attempt-{claim.attempt}" / f"epoch-{e:04d}.pt"
+            key = store.checkpoint_key(job_id, claim.attempt, e)
+            path = store.staging_dir(job_id, claim.attempt) / Path(key).name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-            record = CheckpointRecord(
-                e, len(content), hashlib.sha256(content).hexdigest(), str(path.relative_to(root))
+            stored = store.put(
+                key, path, size_bytes=len(content), sha256=hashlib.sha256(content).hexdigest()
             )
+            record = CheckpointRecord(e, stored.size_bytes, stored.sha256, stored.key)
             with session_scope() as session:
                 record_checkpoint(session, claim, record)
     if finish:

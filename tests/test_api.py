@@ -8,8 +8,9 @@ import io
 import matplotlib.image
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
-from tests.support import drive_job
+from tests.support import drive_job, flip_bit_keeping_mtime
 
 JOB = {"block": "residual", "hyperparameters": {"epochs": 3}, "train_samples": 50}
 
@@ -318,6 +319,64 @@ def test_checkpoint_download_serves_the_file_of_the_row(client: TestClient) -> N
         assert response.json()["error"] == "checkpoint_not_found"
 
 
+def test_a_checkpoint_damaged_at_rest_is_never_served_even_with_its_mtime_restored(
+    client: TestClient,
+) -> None:
+    from sqlalchemy import update
+
+    from jobs.db import session_scope
+    from jobs.settings import get_settings
+    from jobs.tables import Checkpoint, EpochMetric
+
+    job = submit(client)
+    drive_job(job["id"], 3, finish="succeeded", checkpoint=CHECKPOINT, checkpoint_epochs=(1, 3))
+    with session_scope() as session:  # epoch 1 becomes `best`; 3 stays `latest` and `final`
+        session.execute(
+            update(EpochMetric)
+            .where(EpochMetric.job_id == job["id"], EpochMetric.epoch == 1)
+            .values(test_accuracy=0.99)
+        )
+        [relative_path] = session.execute(
+            select(Checkpoint.relative_path).where(
+                Checkpoint.job_id == job["id"], Checkpoint.epoch == 3
+            )
+        ).scalars()
+    base = f"/jobs/{job['id']}/checkpoints"
+    etag = f'"{hashlib.sha256(CHECKPOINT).hexdigest()}"'
+    first = client.get(f"{base}/final")  # verified once, and remembered
+    assert first.status_code == 200 and first.content == CHECKPOINT
+
+    flip_bit_keeping_mtime(get_settings().resolved_artifact_dir / relative_path)
+
+    for method, name, headers in (
+        ("GET", "final", {}),
+        ("GET", "latest", {}),
+        ("HEAD", "final", {}),
+        ("GET", "final", {"Range": "bytes=0-99"}),
+        ("GET", "final", {"Range": "bytes=5000-", "If-Range": etag}),
+        ("HEAD", "final", {"Range": "bytes=0-99"}),
+        ("GET", "final", {"If-None-Match": etag}),
+        ("GET", "final", {"If-Match": etag}),
+    ):
+        response = client.request(method, f"{base}/{name}", headers=headers)
+        assert response.status_code == 500, (method, name, headers, response.status_code)
+        assert response.headers["content-type"] == "application/json", (method, headers)
+        assert "etag" not in response.headers and "content-range" not in response.headers
+        if method == "GET":
+            assert response.json() == {
+                "error": "checkpoint_damaged",
+                "detail": f"The {name} checkpoint of job {job['id']} (epoch 3) no longer "
+                "matches its recorded size and sha256; it is not served.",
+            }
+        else:
+            assert response.content == b""
+    states = {row["name"]: row["state"] for row in client.get(base).json()}
+    assert states == {"latest": "damaged", "best": "intact", "final": "damaged"}
+    best = client.get(f"{base}/best")  # the job's other checkpoint is untouched
+    assert best.status_code == 200 and best.content == CHECKPOINT
+    assert best.headers["x-checkpoint-epoch"] == "1"
+
+
 def test_head_answers_every_read_like_get_without_a_body(
     client: TestClient, checkpoint_url: str
 ) -> None:
@@ -557,6 +616,7 @@ def test_plots_and_downloads_do_their_slow_work_after_the_read_transaction(
     connection checked out: a read never holds a transaction while it does slow work."""
     import app.routes.checkpoints as checkpoint_routes
     import app.routes.plots as plot_routes
+    from jobs.artifacts import ArtifactStore
     from jobs.db import get_engine
 
     held: list[tuple[str, int]] = []
@@ -572,7 +632,8 @@ def test_plots_and_downloads_do_their_slow_work_after_the_read_transaction(
 
     for name in ("line_chart_png", "png_bytes"):
         observed(plot_routes, name)
-    observed(checkpoint_routes, "file_download")
+    observed(checkpoint_routes, "object_download")
+    observed(ArtifactStore, "open_verified")  # where every backend hashes
     job = submit(client)
     drive_job(job["id"], 3, finish="succeeded", checkpoint=b"weights")
     experiment = client.post(
@@ -587,6 +648,7 @@ def test_plots_and_downloads_do_their_slow_work_after_the_read_transaction(
         f"/experiments/{experiment_id}/plots/test_accuracy.png",
         f"/experiments/{experiment_id}/plots/accuracy-vs-macs.png",
         f"/jobs/{job['id']}/checkpoints/final",
+        f"/jobs/{job['id']}/checkpoints",
     ):
         assert client.get(url).status_code == 200, url
     assert held == [
@@ -594,5 +656,7 @@ def test_plots_and_downloads_do_their_slow_work_after_the_read_transaction(
         ("line_chart_png", 0),
         ("line_chart_png", 0),
         ("png_bytes", 0),
-        ("file_download", 0),
+        ("open_verified", 0),
+        ("object_download", 0),
+        ("open_verified", 0),  # the listing's one checkpoint (latest = best = final)
     ]

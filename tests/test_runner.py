@@ -21,6 +21,7 @@ from app.services import jobs as job_service
 from jobs.db import session_scope
 from jobs.settings import get_settings
 from jobs.tables import Checkpoint, EpochMetric, Job
+from tests.support import flip_bit_keeping_mtime
 from worker import runner
 
 
@@ -69,11 +70,27 @@ class ScriptedTrainer:
     like the engine; writes a real checkpoint file per epoch; `hooks[epoch]` runs after the epoch
     is reported (to inject cancels, signals, failures)."""
 
-    def __init__(self, batches: int = 3, hooks: dict[int, Callable[[], None]] | None = None):
+    def __init__(
+        self,
+        batches: int = 3,
+        hooks: dict[int, Callable[[], None]] | None = None,
+        *,
+        test_accuracy: dict[int, float] | None = None,
+        padding: int = 0,
+    ):
         self.batches = batches
         self.hooks = hooks or {}
         self.batches_trained = 0
         self.resumed_from: Path | None = None
+        # An epoch's test accuracy other than metrics()'s (to make an older epoch the best).
+        self.test_accuracy = test_accuracy or {}
+        self.padding = padding  # spaces after the epoch number in each file
+
+    def metrics(self, epoch: int) -> Metrics:
+        figures = metrics(epoch)
+        if epoch in self.test_accuracy:
+            figures.test_accuracy = self.test_accuracy[epoch]
+        return figures
 
     def __call__(self, config: Any, **kwargs: Any) -> Result:
         self.resumed_from = kwargs["resume_from"]
@@ -81,17 +98,17 @@ class ScriptedTrainer:
         history: list[Metrics] = []
         if self.resumed_from is not None:
             start = int(self.resumed_from.read_text()) + 1
-            history = [metrics(e) for e in range(1, start)]
+            history = [self.metrics(e) for e in range(1, start)]
         for epoch in range(start, config.epochs + 1):
             for _ in range(self.batches):
                 if kwargs["should_stop"]():
                     return Result(history, epoch - 1, stopped=True)
                 self.batches_trained += 1
-            history.append(metrics(epoch))
+            history.append(self.metrics(epoch))
             kwargs["on_epoch"](Report(history[-1], list(history)))
             path = kwargs["checkpoint_dir"] / f"epoch-{epoch:04d}.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(str(epoch))
+            path.write_text(str(epoch) + " " * self.padding)
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             kwargs["on_checkpoint"](Written(epoch, path, path.stat().st_size, digest))
             if epoch in self.hooks:
@@ -309,4 +326,33 @@ def test_a_damaged_checkpoint_falls_back_to_an_older_intact_one(new_job) -> None
     trainer = ScriptedTrainer()
     assert run(job_id, trainer) == "succeeded"
     assert trainer.resumed_from is None  # no intact checkpoint: started over, said so in the log
+    assert epochs_recorded(job_id) == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_damaged_after_it_was_verified_is_not_resumed_from(new_job) -> None:  # type: ignore[no-untyped-def]
+    """The worker's store remembers verified files; a bit flipped in place with the mtime set
+    back must still make the next attempt fall back to the older intact checkpoint."""
+    from jobs.artifacts import ArtifactState, artifact_store
+
+    job_id = new_job(epochs=4)
+    # Epoch 1 is the best, epoch 2 the latest: both files are kept when it stops after epoch 2.
+    trainer = ScriptedTrainer(
+        hooks={2: runner.shutting_down.set}, test_accuracy={1: 0.9}, padding=4096
+    )
+    assert run(job_id, trainer) == "released"
+    runner.shutting_down.clear()
+    store = artifact_store(get_settings())
+    with session_scope() as session:
+        rows = session.execute(select(Checkpoint).where(Checkpoint.job_id == job_id)).scalars()
+        recorded = {row.epoch: (row.relative_path, row.size_bytes, row.sha256) for row in rows}
+    assert set(recorded) == {1, 2}
+    key, size_bytes, sha256 = recorded[2]
+    assert store.state(key, size_bytes=size_bytes, sha256=sha256) == ArtifactState.INTACT
+
+    flip_bit_keeping_mtime(get_settings().resolved_artifact_dir / key)
+
+    resumed = ScriptedTrainer(test_accuracy={1: 0.9})
+    assert run(job_id, resumed) == "succeeded"
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "epoch-0001.pt"
+    assert resumed.batches_trained == 3 * 3  # epochs 2, 3 and 4 trained again
     assert epochs_recorded(job_id) == [1, 2, 3, 4]

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.auth import SIGN_IN_COOKIE, sign_in_token
-from tests.support import drive_job
+from tests.support import drive_job, flip_bit_keeping_mtime
 
 SMALL_JOB = {"block": "mobile", "hyperparameters": {"epochs": 2}, "train_samples": 40}
 HOSTILE_NAME = "<script>alert(1)</script>"
@@ -95,6 +95,37 @@ def test_pages_render(client: TestClient) -> None:
     # None of the pages is part of the API's schema.
     paths = client.get("/openapi.json").json()["paths"]
     assert not [path for path in paths if path == "/" or path.startswith(("/ui", "/static"))]
+
+
+def checkpoint_rows(html: str) -> dict[str, str]:
+    """{name: row's HTML} of the job page's checkpoints table."""
+    return dict(re.findall(r'<tr data-name="(\w+)"(.*?)</tr>', html, re.S))
+
+
+def test_a_damaged_checkpoint_is_marked_and_not_offered(client: TestClient) -> None:
+    from sqlalchemy import select
+
+    from jobs.db import session_scope
+    from jobs.settings import get_settings
+    from jobs.tables import Checkpoint
+
+    job_id = submit(client)
+    drive_job(job_id, 2, checkpoint=CHECKPOINT_BYTES)
+    rows = checkpoint_rows(assert_html(client.get(f"/ui/jobs/{job_id}")))
+    assert set(rows) == {"latest", "best", "final"}
+    for row in rows.values():
+        assert 'data-state="intact"' in row and "<td>intact</td>" in row
+    assert f'href="/jobs/{job_id}/checkpoints/latest"' in rows["latest"]
+
+    with session_scope() as session:
+        [key] = session.execute(
+            select(Checkpoint.relative_path).where(Checkpoint.job_id == job_id)
+        ).scalars()
+    flip_bit_keeping_mtime(get_settings().resolved_artifact_dir / key)
+    rows = checkpoint_rows(assert_html(client.get(f"/ui/jobs/{job_id}")))
+    for name, row in rows.items():
+        assert 'data-state="damaged"' in row and '<td class="problem">damaged</td>' in row
+        assert "not served" in row and "href=" not in row, name
 
 
 def test_unknown_ids_are_html_404s(client: TestClient) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from jobs.artifacts import ArtifactRecord, artifact_store
 from jobs.checkpoints import prunable_checkpoints
 from jobs.db import session_scope
 from jobs.lifecycle import (
@@ -149,10 +150,8 @@ class JobRun:
         self.settings = settings
         self.watcher = watcher
         self.trainer = trainer
-        self.artifact_dir = settings.resolved_artifact_dir
-        self.attempt_dir = (
-            self.artifact_dir / "jobs" / str(claim.job_id) / f"attempt-{claim.attempt}"
-        )
+        self.store = artifact_store(settings)
+        self.attempt_dir = self.store.staging_dir(claim.job_id, claim.attempt)
         self.started = time.monotonic()
         self.timed_out = False
         self.shutdown_seen = False
@@ -196,49 +195,46 @@ class JobRun:
         self.history_repaired = True
 
     def on_checkpoint(self, written: Any) -> None:
-        record = CheckpointRecord(
-            epoch=written.epoch,
+        stored = self.store.put(
+            self.store.checkpoint_key(self.claim.job_id, self.claim.attempt, written.epoch),
+            Path(written.path),
             size_bytes=written.size_bytes,
             sha256=written.sha256,
-            relative_path=str(Path(written.path).resolve().relative_to(self.artifact_dir)),
         )
-        pruned: list[Path] = []
+        record = CheckpointRecord(
+            epoch=written.epoch,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            relative_path=stored.key,
+        )
+        pruned: list[str] = []
 
         def work(session: Any) -> None:
             pruned.clear()
             record_checkpoint(session, self.claim, record)
             job = session.get(Job, self.claim.job_id)
             for row in prunable_checkpoints(session, job):
-                pruned.append(self.artifact_dir / row.relative_path)
+                pruned.append(row.relative_path)
                 session.delete(row)
 
         self._write(work)
-        for path in pruned:  # only once no row points at them any more
-            path.unlink(missing_ok=True)
+        self.store.delete(pruned)  # only once no row points at them any more
 
     # -- the attempt -----------------------------------------------------------------------
 
     def resume_from(self) -> Path | None:
-        """The newest recorded checkpoint whose file is intact (sha256 as recorded)."""
-        from engine.checkpoint_files import verify_checkpoint
-
+        """The newest recorded checkpoint whose object is intact (size and sha256 as recorded)."""
         with session_scope(write=False) as session:
             rows = session.execute(
-                select(Checkpoint.epoch, Checkpoint.relative_path, Checkpoint.size_bytes,
-                       Checkpoint.sha256)
+                select(Checkpoint.relative_path, Checkpoint.size_bytes, Checkpoint.sha256)
                 .where(Checkpoint.job_id == self.claim.job_id)
                 .order_by(Checkpoint.epoch.desc())
-            ).all()  # fmt: skip
-        for row in rows:
-            path = (self.artifact_dir / row.relative_path).resolve()
-            if path.is_relative_to(self.artifact_dir) and verify_checkpoint(
-                path, row.sha256, row.size_bytes
-            ):
-                return path
-            logger.warning(
-                "job %s: checkpoint of epoch %s at %s is missing or damaged; trying an older one",
-                self.claim.job_id, row.epoch, path,
-            )  # fmt: skip
+            ).all()
+        # Hashed after the read transaction: no connection is held while files are read.
+        records = [ArtifactRecord(row.relative_path, row.size_bytes, row.sha256) for row in rows]
+        intact = self.store.newest_intact(records)
+        if intact is not None:
+            return self.store.local_file(intact.key)
         if rows:
             logger.warning("job %s: no intact checkpoint; starting over", self.claim.job_id)
         return None
@@ -291,7 +287,8 @@ class JobRun:
             return self._finish(
                 JobStatus.FAILED,
                 error_reason="storage_full",
-                error=f"ARTIFACT_DIR ({self.artifact_dir}) is full: {error.strerror}",
+                error=f"ARTIFACT_DIR ({self.settings.resolved_artifact_dir}) is full: "
+                f"{error.strerror}",
             )
         except Exception as error:
             logger.exception("job %s failed", self.claim.job_id)

@@ -1,25 +1,33 @@
-"""Checkpoint listing and downloads. Paths come from the job table, never from the client."""
+"""Checkpoint listing and downloads. Keys come from the job table, never from the client, and
+bytes from the artifact store, which checks them against the recorded size and sha256."""
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path as FilePath
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from sqlalchemy.orm import Session
 
 from app.deps import SettingsDep, read_session
-from app.downloads import file_download
+from app.downloads import object_download
 from app.errors import CheckpointDamaged, CheckpointNotFound
 from app.routes.common import error_responses
 from app.routes.params import JobId
-from app.schemas import CheckpointRead
+from app.schemas import CheckpointRead, ErrorRead
 from app.services import jobs as job_service
-from engine.checkpoint_files import file_sha256
+from jobs.artifacts import (
+    ArtifactDamaged,
+    ArtifactMissing,
+    ArtifactRecord,
+    ArtifactState,
+    ArtifactStore,
+    artifact_store,
+)
 from jobs.checkpoints import checkpoint_pointers
-from jobs.settings import Settings
-from jobs.tables import CHECKPOINT_NAMES, TERMINAL_STATUSES, Checkpoint, Job
+from jobs.settings import get_settings
+from jobs.tables import CHECKPOINT_NAMES, TERMINAL_STATUSES, Job
 
 router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
 FINISHED = TERMINAL_STATUSES
@@ -31,59 +39,66 @@ CheckpointName = Annotated[
 ]
 
 
-@router.get(
-    "",
-    response_model=list[CheckpointRead],
-    responses=error_responses(401, 404),
-    summary="The job's checkpoints: latest, best and final",
-)
-def list_checkpoints(job_id: JobId) -> list[CheckpointRead]:
-    with read_session() as session:
-        return checkpoint_listing(session, job_service.get_job(session, job_id))
+@dataclass(frozen=True)
+class NamedCheckpoint:
+    """A name's checkpoint row, read inside the transaction and used after it."""
+
+    name: str
+    job_id: int
+    epoch: int
+    recorded_at: datetime
+    stored: ArtifactRecord
 
 
-def checkpoint_listing(session: Session, job: Job) -> list[CheckpointRead]:
-    """The job's named checkpoints with their download URLs (the API's and the dashboard's)."""
+def named_checkpoints(session: Session, job: Job) -> list[NamedCheckpoint]:
+    """The job's named checkpoints, in CHECKPOINT_NAMES order."""
     return [
-        CheckpointRead(
-            name=name,
-            epoch=row.epoch,
-            size_bytes=row.size_bytes,
-            sha256=row.sha256,
-            recorded_at=row.recorded_at,
-            url=f"/jobs/{job.id}/checkpoints/{name}",
+        NamedCheckpoint(
+            name,
+            job.id,
+            row.epoch,
+            row.recorded_at,
+            ArtifactRecord(row.relative_path, row.size_bytes, row.sha256),
         )
         for name, row in checkpoint_pointers(session, job).items()
     ]
 
 
-# Files are immutable once recorded: a file whose size, mtime and inode have not changed since it
-# matched its sha256 is not hashed again.
-_VERIFIED: dict[tuple[str, int, int, int], str] = {}
-_VERIFIED_LOCK = threading.Lock()
+@router.get(
+    "",
+    response_model=list[CheckpointRead],
+    responses=error_responses(401, 404),
+    summary="The job's checkpoints: latest, best and final, each intact, damaged or missing",
+)
+def list_checkpoints(job_id: JobId) -> list[CheckpointRead]:
+    with read_session() as session:
+        named = named_checkpoints(session, job_service.get_job(session, job_id))
+    return checkpoint_listing(named, artifact_store(get_settings()))
 
 
-def _checkpoint_file(row: Checkpoint, name: str, settings: Settings) -> FilePath:
-    """The file the checkpoint row points to, inside ARTIFACT_DIR, checked against the recorded
-    sha256: CheckpointNotFound when it is gone (or, from a tampered row, outside),
-    CheckpointDamaged when its bytes are not the ones recorded."""
-    root = settings.resolved_artifact_dir
-    path = (root / row.relative_path).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
-        raise CheckpointNotFound(f"The {name} checkpoint of job {row.job_id} is no longer on disk.")
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    with _VERIFIED_LOCK:
-        verified = _VERIFIED.get(key) == row.sha256
-    if not verified:
-        if stat.st_size != row.size_bytes or file_sha256(path) != row.sha256:
-            raise CheckpointDamaged(
-                f"The {name} checkpoint of job {row.job_id} (epoch {row.epoch}) on disk no longer "
-                f"matches its recorded size and sha256; it is not served."
+def checkpoint_listing(named: list[NamedCheckpoint], store: ArtifactStore) -> list[CheckpointRead]:
+    """The named checkpoints with their state and download URLs (the API's and the
+    dashboard's). Checks each object (hashing one not seen before): call it after the read
+    transaction."""
+    states: dict[str, ArtifactState] = {}
+    for checkpoint in named:
+        stored = checkpoint.stored
+        if stored.key not in states:
+            states[stored.key] = store.state(
+                stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256
             )
-        with _VERIFIED_LOCK:
-            _VERIFIED[key] = row.sha256
-    return path
+    return [
+        CheckpointRead(
+            name=checkpoint.name,
+            epoch=checkpoint.epoch,
+            size_bytes=checkpoint.stored.size_bytes,
+            sha256=checkpoint.stored.sha256,
+            recorded_at=checkpoint.recorded_at,
+            url=f"/jobs/{checkpoint.job_id}/checkpoints/{checkpoint.name}",
+            state=states[checkpoint.stored.key],
+        )
+        for checkpoint in named
+    ]
 
 
 _FILE_HEADERS = {
@@ -116,6 +131,11 @@ _FILE_HEADERS = {
         },
         304: {"description": "Not modified: If-None-Match or If-Modified-Since matched."},
         **error_responses(401, 404, 412, 416),
+        500: {
+            "model": ErrorRead,
+            "description": "`checkpoint_damaged`: the stored bytes no longer match the recorded "
+            "size and sha256; nothing of them is sent.",
+        },
     },
     summary="Download a checkpoint (load it with torch.load(..., weights_only=True))",
 )
@@ -133,16 +153,33 @@ def download_checkpoint(
         )
     with read_session() as session:
         job = job_service.get_job(session, job_id)
-        row = checkpoint_pointers(session, job).get(name)
-    if row is None:
-        if job.status in FINISHED:
-            raise CheckpointNotFound(f"Job {job_id} {job.status} without a {name} checkpoint.")
+        found = {checkpoint.name: checkpoint for checkpoint in named_checkpoints(session, job)}
+        status = job.status
+    checkpoint = found.get(name)
+    if checkpoint is None:
+        if status in FINISHED:
+            raise CheckpointNotFound(f"Job {job_id} {status} without a {name} checkpoint.")
         raise CheckpointNotFound(f"Job {job_id} has no {name} checkpoint yet.")
-    # The file is opened (and hashed when new) after the read transaction has ended.
-    return file_download(
+    # Opened (and hashed when not seen before) after the read transaction has ended, and
+    # verified before any byte or validator is sent, whatever the request's headers.
+    stored = checkpoint.stored
+    try:
+        opened = artifact_store(settings).open_verified(
+            stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256
+        )
+    except ArtifactMissing:
+        raise CheckpointNotFound(
+            f"The {name} checkpoint of job {job_id} is no longer in the artifact store."
+        ) from None
+    except ArtifactDamaged:
+        raise CheckpointDamaged(
+            f"The {name} checkpoint of job {job_id} (epoch {checkpoint.epoch}) no longer "
+            "matches its recorded size and sha256; it is not served."
+        ) from None
+    return object_download(
         request,
-        _checkpoint_file(row, name, settings),
-        etag=row.sha256,
+        opened,
+        etag=stored.sha256,
         filename=f"job-{job_id}-{name}.pt",
-        headers={"X-Checkpoint-Epoch": str(row.epoch), "Cache-Control": "no-cache"},
+        headers={"X-Checkpoint-Epoch": str(checkpoint.epoch), "Cache-Control": "no-cache"},
     )

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.auth import SIGN_IN_COOKIE, SIGN_IN_PATH, key_matches, safe_next, sign_in_token
 from app.deps import SettingsDep, read_session
-from app.routes.checkpoints import checkpoint_listing
+from app.routes.checkpoints import checkpoint_listing, named_checkpoints
 from app.routes.common import render_job
 from app.routes.params import CANONICAL_ID, MAX_JOB_ID
 from app.schemas import EpochMetricRead
@@ -24,6 +24,8 @@ from app.services import jobs as job_service
 from app.templating import page
 from engine.config import Hyperparameters
 from engine.datasets import DATASETS
+from jobs.artifacts import artifact_store
+from jobs.settings import get_settings
 from jobs.tables import TERMINAL_STATUSES, Experiment, Job, JobStatus
 from models.catalog import BLOCK_NAMES
 
@@ -123,8 +125,9 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
             return _not_found(request, f"There is no job {job_id}.")
         job_read = render_job(job, job_service.queue_position(session, job))
         rows = job_service.epoch_metrics(session, job.id)
-        checkpoints = checkpoint_listing(session, job)
+        named = named_checkpoints(session, job)
     metrics = [EpochMetricRead.model_validate(row) for row in rows]
+    checkpoints = checkpoint_listing(named, artifact_store(get_settings()))
     return page(
         request,
         "job.html",

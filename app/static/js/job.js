@@ -99,15 +99,20 @@ async function refreshCheckpoints() {
   const rows = listing.map((checkpoint) =>
     el(
       "tr",
-      { dataset: { name: checkpoint.name } },
+      { dataset: { name: checkpoint.name, state: checkpoint.state } },
       el("td", {}, checkpoint.name),
       el("td", {}, checkpoint.epoch),
       el("td", {}, `${(checkpoint.size_bytes / 1e6).toFixed(1)} MB`),
       el("td", {}, el("code", {}, `${checkpoint.sha256.slice(0, 12)}…`)),
-      el("td", {}, el("a", { href: `/jobs/${jobId}/checkpoints/${encodeURIComponent(checkpoint.name)}`, download: true }, `job-${jobId}-${checkpoint.name}.pt`)),
+      ...(checkpoint.state === "intact"
+        ? [
+            el("td", {}, "intact"),
+            el("td", {}, el("a", { href: `/jobs/${jobId}/checkpoints/${encodeURIComponent(checkpoint.name)}`, download: true }, `job-${jobId}-${checkpoint.name}.pt`)),
+          ]
+        : [el("td", { class: "problem" }, checkpoint.state), el("td", { class: "muted" }, "not served")]),
     ),
   );
-  body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: 5 }, "No checkpoint yet."))]));
+  body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: 6 }, "No checkpoint yet."))]));
 }
 const scheduleCheckpoints = debounced(refreshCheckpoints, 500);
 

@@ -1,0 +1,253 @@
+"""Where a job's artifacts (checkpoints) live: one interface, one backend per URL scheme.
+
+Callers name objects by key (`jobs/7/attempt-2/epoch-0005.pt`), never by path, so the worker
+and the API work the same on a local directory or an object store. What makes a damaged object
+unusable (its size and sha256 checked against the record before it is served or resumed from,
+and a verification cache keyed by what a rewrite cannot keep unchanged) is here, shared by
+every backend, not in the callers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from jobs.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# The engine names the files it writes the same way (engine.checkpoint.checkpoint_file_name), so
+# the local backend stores a checkpoint where it was written, without a copy.
+CHECKPOINT_NAME_FORMAT = "epoch-{epoch:04d}.pt"
+
+# A backend is imported only when its scheme is used, so the local store needs no cloud SDK.
+BACKENDS: dict[str, str] = {"file": "jobs.artifacts.local:LocalArtifactStore"}
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """What is recorded of a stored object (a `checkpoint_files` row's relative_path is the
+    key), and what it is checked against."""
+
+    key: str
+    size_bytes: int
+    sha256: str
+
+
+class ArtifactState(StrEnum):
+    INTACT = "intact"  # present, with the recorded size and sha256
+    DAMAGED = "damaged"  # present, but its bytes are not the recorded ones
+    MISSING = "missing"  # no object under the key (or a key that names nothing in the store)
+
+
+class ArtifactMissing(LookupError):
+    """No object under this key."""
+
+
+class ArtifactDamaged(ValueError):
+    """The object's bytes do not match its recorded size and sha256."""
+
+
+class ArtifactObject(ABC):
+    """One stored object opened for reading: its size, modification time and byte ranges.
+
+    Reads return the bytes of the object as it was opened (the local backend holds the open
+    file, so a replacement of the key meanwhile does not mix two objects in one response).
+    """
+
+    chunk_size = 1024 * 1024
+
+    def __init__(self, key: str, size: int, modified: float) -> None:
+        self.key = key
+        self.size = size
+        self.modified = modified  # POSIX seconds
+
+    @property
+    @abstractmethod
+    def identity(self) -> Hashable:
+        """What identifies these exact bytes to the verification cache: it changes whenever the
+        object is written, and cannot be set back afterwards."""
+
+    @abstractmethod
+    def read(self, start: int, length: int) -> bytes:
+        """Up to `length` bytes from offset `start`; fewer only at the end of the object."""
+
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The bytes from `start` up to `end` (exclusive; default the end), in chunks."""
+        end = self.size if end is None else min(end, self.size)
+        while start < end:
+            chunk = self.read(start, min(self.chunk_size, end - start))
+            if not chunk:
+                raise ArtifactDamaged(f"{self.key} ended at byte {start} of {self.size}")
+            start += len(chunk)
+            yield chunk
+
+    # Not abstract: a backend that holds nothing open between reads has nothing to release.
+    def close(self) -> None:  # noqa: B027
+        """Release what reading needed."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ArtifactStore(ABC):
+    """Where checkpoint bytes live. Backends implement storing, deleting and opening objects;
+    the key layout and the integrity checks are shared."""
+
+    # Digests of recently hashed objects, by identity: a repeated download of an unchanged
+    # object is not hashed again. Bounded, as one entry per object version ever read.
+    max_cached_digests = 4096
+
+    def __init__(self) -> None:
+        self._digests: OrderedDict[Hashable, str] = OrderedDict()
+        self._digests_lock = threading.Lock()
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str) -> Self:
+        """The store at `url` (e.g. `file:///srv/artifacts`)."""
+
+    # -- key layout ------------------------------------------------------------------------
+
+    @staticmethod
+    def job_prefix(job_id: int) -> str:
+        return f"jobs/{job_id}/"
+
+    @classmethod
+    def attempt_prefix(cls, job_id: int, attempt: int) -> str:
+        # One prefix per attempt: a stale worker never overwrites its successor's objects.
+        return f"{cls.job_prefix(job_id)}attempt-{attempt}/"
+
+    @classmethod
+    def checkpoint_key(cls, job_id: int, attempt: int, epoch: int) -> str:
+        if epoch < 0:
+            raise ValueError(f"epoch must not be negative, got {epoch}")
+        return cls.attempt_prefix(job_id, attempt) + CHECKPOINT_NAME_FORMAT.format(epoch=epoch)
+
+    # -- what backends implement -----------------------------------------------------------
+
+    @abstractmethod
+    def staging_dir(self, job_id: int, attempt: int) -> Path:
+        """The local directory the engine writes an attempt's checkpoint files into before
+        `put` stores them."""
+
+    @abstractmethod
+    def put(self, key: str, source: Path, *, size_bytes: int, sha256: str) -> ArtifactRecord:
+        """Store the complete local file `source` (size and sha256 as hashed while it was
+        written) under `key`; the source is the store's afterwards. Returns what to record."""
+
+    @abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Remove these objects; a key with no object is skipped."""
+
+    @abstractmethod
+    def delete_job(self, job_id: int) -> None:
+        """Remove every object of the job, all attempts."""
+
+    @abstractmethod
+    def open(self, key: str) -> ArtifactObject:
+        """The object under `key`, unverified; ArtifactMissing when there is none."""
+
+    @abstractmethod
+    def local_file(self, key: str) -> Path:
+        """A local file holding the object's bytes, for the engine to load; ArtifactMissing
+        when there is none."""
+
+    # -- integrity, the same for every backend ---------------------------------------------
+
+    def open_verified(self, key: str, *, size_bytes: int, sha256: str) -> ArtifactObject:
+        """The object under `key`, once its size and sha256 are the recorded ones: hashed on
+        first sight of this identity, from the cache afterwards. ArtifactMissing, or
+        ArtifactDamaged (nothing of it is to be used)."""
+        opened = self.open(key)
+        try:
+            if opened.size != size_bytes or self._digest(opened) != sha256:
+                raise ArtifactDamaged(
+                    f"{key} does not match its recorded size ({size_bytes}) and sha256 ({sha256})"
+                )
+        except BaseException:
+            opened.close()
+            raise
+        return opened
+
+    def state(self, key: str, *, size_bytes: int, sha256: str) -> ArtifactState:
+        """Whether the object is intact, damaged or missing (hashing it unless cached)."""
+        try:
+            self.open_verified(key, size_bytes=size_bytes, sha256=sha256).close()
+        except ArtifactMissing:
+            return ArtifactState.MISSING
+        except ArtifactDamaged:
+            return ArtifactState.DAMAGED
+        return ArtifactState.INTACT
+
+    def newest_intact(self, records: Sequence[ArtifactRecord]) -> ArtifactRecord | None:
+        """The first intact one of `records` (give them newest first), or None."""
+        for record in records:
+            found = self.state(record.key, size_bytes=record.size_bytes, sha256=record.sha256)
+            if found == ArtifactState.INTACT:
+                return record
+            logger.warning("%s is %s; trying an older one", record.key, found)
+        return None
+
+    def _digest(self, opened: ArtifactObject) -> str:
+        identity = opened.identity
+        with self._digests_lock:
+            digest = self._digests.get(identity)
+            if digest is not None:
+                self._digests.move_to_end(identity)
+                return digest
+        hasher = hashlib.sha256()
+        for chunk in opened.chunks():
+            hasher.update(chunk)
+        digest = hasher.hexdigest()
+        with self._digests_lock:
+            self._digests[identity] = digest
+            while len(self._digests) > self.max_cached_digests:
+                self._digests.popitem(last=False)
+        return digest
+
+
+def artifact_url(settings: Settings) -> str:
+    """Where the settings keep artifacts, as a URL: today always the local ARTIFACT_DIR."""
+    return settings.resolved_artifact_dir.as_uri()
+
+
+@lru_cache(maxsize=16)
+def open_store(url: str) -> ArtifactStore:
+    """The store for `url`, by its scheme; one per URL per process, so its verification cache
+    lasts across requests."""
+    scheme = urlsplit(url).scheme
+    if scheme not in BACKENDS:
+        raise ValueError(
+            f"No artifact store for {scheme or 'a URL without a scheme'}:// ({url}); "
+            f"known: {', '.join(sorted(BACKENDS))}"
+        )
+    module, _, name = BACKENDS[scheme].partition(":")
+    backend: type[ArtifactStore] = getattr(importlib.import_module(module), name)
+    return backend.from_url(url)
+
+
+def artifact_store(settings: Settings) -> ArtifactStore:
+    """The configured store."""
+    return open_store(artifact_url(settings))
