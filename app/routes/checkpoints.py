@@ -11,18 +11,17 @@ from sqlalchemy.orm import Session
 
 from app.deps import SettingsDep, read_session
 from app.downloads import file_download
-from app.errors import CheckpointDamaged, CheckpointNotFound
 from app.routes.common import error_responses
 from app.routes.params import JobId
 from app.schemas import CheckpointRead
-from app.services import jobs as job_service
 from engine.checkpoint_files import file_sha256
 from jobs.checkpoints import checkpoint_pointers
+from jobs.errors import CheckpointDamaged, CheckpointNotFound
+from jobs.listing import get_job
 from jobs.settings import Settings
-from jobs.tables import CHECKPOINT_NAMES, TERMINAL_STATUSES, Checkpoint, Job
+from jobs.tables import CHECKPOINT_NAMES, Checkpoint, Job, JobStatus
 
 router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
-FINISHED = TERMINAL_STATUSES
 
 # The schema lists the names; the route checks them itself, so that a wrong one is a 404 naming
 # the valid ones rather than pydantic's message.
@@ -39,7 +38,7 @@ CheckpointName = Annotated[
 )
 def list_checkpoints(job_id: JobId) -> list[CheckpointRead]:
     with read_session() as session:
-        return checkpoint_listing(session, job_service.get_job(session, job_id))
+        return checkpoint_listing(session, get_job(session, job_id))
 
 
 def checkpoint_listing(session: Session, job: Job) -> list[CheckpointRead]:
@@ -132,10 +131,10 @@ def download_checkpoint(
             f"No checkpoint {name!r}; names are {', '.join(CHECKPOINT_NAMES)}."
         )
     with read_session() as session:
-        job = job_service.get_job(session, job_id)
+        job = get_job(session, job_id)
         row = checkpoint_pointers(session, job).get(name)
     if row is None:
-        if job.status in FINISHED:
+        if JobStatus(job.status).ended:
             raise CheckpointNotFound(f"Job {job_id} {job.status} without a {name} checkpoint.")
         raise CheckpointNotFound(f"Job {job_id} has no {name} checkpoint yet.")
     # The file is opened (and hashed when new) after the read transaction has ended.

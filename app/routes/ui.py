@@ -20,11 +20,13 @@ from app.routes.checkpoints import checkpoint_listing
 from app.routes.common import render_job
 from app.routes.params import CANONICAL_ID, MAX_JOB_ID
 from app.schemas import EpochMetricRead
-from app.services import jobs as job_service
 from app.templating import page
 from engine.config import Hyperparameters
 from engine.datasets import DATASETS
-from jobs.tables import TERMINAL_STATUSES, Experiment, Job, JobStatus
+from jobs.dispatch import queue_position
+from jobs.listing import list_jobs
+from jobs.metrics import epoch_metrics
+from jobs.tables import Experiment, Job, JobStatus
 from models.catalog import BLOCK_NAMES
 
 router = APIRouter(include_in_schema=False)
@@ -70,7 +72,7 @@ def jobs_page(
     total = 0
     if not problems:
         with read_session() as session:
-            jobs, total = job_service.list_jobs(
+            jobs, total = list_jobs(
                 session,
                 status=status or None,
                 block=block or None,
@@ -121,8 +123,8 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
         job = session.get(Job, found) if found is not None else None
         if job is None:
             return _not_found(request, f"There is no job {job_id}.")
-        job_read = render_job(job, job_service.queue_position(session, job))
-        rows = job_service.epoch_metrics(session, job.id)
+        job_read = render_job(job, queue_position(session, job.id))
+        rows = epoch_metrics(session, job.id)
         checkpoints = checkpoint_listing(session, job)
     metrics = [EpochMetricRead.model_validate(row) for row in rows]
     return page(
@@ -131,7 +133,7 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
         {
             "job": job_read,
             "experiment_id": job.experiment_id,
-            "ended": job.status in TERMINAL_STATUSES,
+            "ended": job_read.ended,
             "metrics": metrics,
             "checkpoints": checkpoints,
             "spec_rows": _spec_rows(job.spec),
