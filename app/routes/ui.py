@@ -24,9 +24,10 @@ from app.templating import page
 from engine.config import Hyperparameters
 from engine.datasets import DATASETS
 from jobs.dispatch import queue_position
-from jobs.listing import list_jobs
+from jobs.errors import ExperimentNotFound, JobNotFound
+from jobs.listing import get_experiment, get_job, list_jobs
 from jobs.metrics import epoch_metrics
-from jobs.tables import Experiment, Job, JobStatus
+from jobs.tables import Job, JobStatus
 from models.catalog import BLOCK_NAMES
 
 router = APIRouter(include_in_schema=False)
@@ -120,8 +121,9 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
     """One job: status, complexity, spec, curves and metrics (growing live), checkpoints."""
     found = _id_or_none(job_id)
     with read_session() as session:
-        job = session.get(Job, found) if found is not None else None
-        if job is None:
+        try:
+            job = get_job(session, found if found is not None else 0)
+        except JobNotFound:
             return _not_found(request, f"There is no job {job_id}.")
         job_read = render_job(job, queue_position(session, job.id))
         rows = epoch_metrics(session, job.id)
@@ -152,9 +154,10 @@ def experiment_page(experiment_id: str, request: Request) -> HTMLResponse:
     event stream."""
     found = _id_or_none(experiment_id)
     with read_session() as session:
-        experiment = session.get(Experiment, found) if found is not None else None
-    if experiment is None:
-        return _not_found(request, f"There is no experiment {experiment_id}.")
+        try:
+            experiment = get_experiment(session, found if found is not None else 0)
+        except ExperimentNotFound:
+            return _not_found(request, f"There is no experiment {experiment_id}.")
     return page(
         request,
         "experiment.html",
