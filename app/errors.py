@@ -1,75 +1,14 @@
-"""One typed error hierarchy; app.main renders each as JSON {error, detail}."""
+"""Errors of the HTTP protocol itself (body, media type, auth, ranges); the domain's errors are
+in jobs.errors, and app.main renders both as JSON {error, detail}."""
 
 from __future__ import annotations
 
-
-class ServiceError(Exception):
-    status_code = 400
-    code = "bad_request"
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        fields: list[dict[str, str]] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.headers = headers or {}
-        # For 422s: each bad field and why, like the validation handler's `fields`.
-        self.fields = fields
-
-
-class JobNotFound(ServiceError):
-    status_code = 404
-    code = "job_not_found"
-
-    def __init__(self, job_id: object) -> None:
-        super().__init__(f"No job with id {job_id}.")
-
-
-class ExperimentNotFound(ServiceError):
-    status_code = 404
-    code = "experiment_not_found"
-
-    def __init__(self, experiment_id: object) -> None:
-        super().__init__(f"No experiment with id {experiment_id}.")
-
-
-class CheckpointNotFound(ServiceError):
-    status_code = 404
-    code = "checkpoint_not_found"
-
-
-class CheckpointDamaged(ServiceError):
-    status_code = 500
-    code = "checkpoint_damaged"
+from jobs.errors import ServiceError
 
 
 class NotFound(ServiceError):
     status_code = 404
     code = "not_found"
-
-
-class JobNotCancellable(ServiceError):
-    status_code = 409
-    code = "job_not_cancellable"
-
-
-class ExperimentNotCancellable(ServiceError):
-    status_code = 409
-    code = "not_cancellable"
-
-
-class IdempotencyConflict(ServiceError):
-    status_code = 409
-    code = "idempotency_key_reused"
-
-
-class QueueFull(ServiceError):
-    status_code = 503
-    code = "queue_full"
 
 
 class BodyTooLarge(ServiceError):
@@ -87,33 +26,9 @@ class InvalidRequest(ServiceError):
     code = "invalid_request"
 
 
-class InvalidFields(ServiceError):
-    """Checks a request model cannot express (they need several fields, or the database): the
-    same answer as a validation error, naming each field."""
-
-    status_code = 422
-    code = "validation_error"
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        super().__init__(
-            "; ".join(f"{field}: {message}" for field, message in problems),
-            fields=[{"field": field, "message": message} for field, message in problems],
-        )
-
-
-class TooManyJobs(ServiceError):
-    status_code = 422
-    code = "too_many_jobs"
-
-
 class InvalidJson(ServiceError):
     status_code = 400
     code = "invalid_json"
-
-
-class InvalidLastEventId(ServiceError):
-    status_code = 400
-    code = "invalid_last_event_id"
 
 
 class UnsupportedMediaType(ServiceError):

@@ -1,84 +1,26 @@
-"""Request and response models (pydantic v2). Every route declares one of these."""
+"""Response models (pydantic v2): what the API answers. Every route declares one of these; the
+request models are the core's (jobs.specs)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    WithJsonSchema,
-    field_validator,
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.tables import FailureReason, JobStatus
+
+StatusCounts = dict[JobStatus, int]
+ENDED_DESCRIPTION = (
+    "True once the status is final ("
+    + ", ".join(status for status in JobStatus if status.ended)
+    + "): it never changes again."
 )
-
-from engine.config import (
-    STRICT,
-    Block,
-    Dataset,
-    Hyperparameters,
-    TestSamples,
-    TrainConfig,
-    TrainSamples,
+FAILURE_REASONS_DESCRIPTION = (
+    "Why the job failed: "
+    + "; ".join(f"{reason}: {reason.description}" for reason in FailureReason)
+    + "."
 )
-from models.catalog import BLOCK_NAMES, BlockName
-
-StatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
-
-
-def canonical_sha256(data: dict[str, Any]) -> str:
-    """sha256 of JSON data written canonically (sorted keys, no spaces): a request's identity
-    for idempotent submission."""
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-class JobCreate(BaseModel):
-    """A training job: which network, which data, which hyperparameters."""
-
-    model_config = ConfigDict(
-        **STRICT,
-        json_schema_extra={
-            "examples": [
-                {
-                    "block": "residual",
-                    "dataset": "cifar100",
-                    "hyperparameters": {"epochs": 2, "batch_size": 64},
-                    "train_samples": 300,
-                    "test_samples": 100,
-                    "name": "residual smoke run",
-                    "tags": ["demo"],
-                }
-            ]
-        },
-    )
-
-    block: Block
-    dataset: Dataset = "cifar100"
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    train_samples: TrainSamples = None
-    test_samples: TestSamples = None
-    name: str | None = Field(None, max_length=200)
-    tags: list[Tag] = Field(default_factory=list, max_length=20)
-
-    def fingerprint(self) -> str:
-        """sha256 of the canonical spec, for idempotent submission."""
-        return canonical_sha256(self.model_dump(mode="json"))
-
-    def train_config(self) -> TrainConfig:
-        """The engine's validated config for this job."""
-        return TrainConfig(
-            block=self.block,
-            dataset=self.dataset,
-            train_samples=self.train_samples,
-            test_samples=self.test_samples,
-            **self.hyperparameters.model_dump(),
-        )
 
 
 class JobLinks(BaseModel):
@@ -98,6 +40,7 @@ _JOB_EXAMPLE: dict[str, Any] = {
     "block": "residual",
     "dataset": "cifar100",
     "status": "running",
+    "ended": False,
     "spec": {
         "block": "residual",
         "dataset": "cifar100",
@@ -169,7 +112,8 @@ class JobRead(BaseModel):
     tags: list[str]
     block: str
     dataset: str
-    status: StatusName
+    status: JobStatus
+    ended: bool = Field(description=ENDED_DESCRIPTION)
     spec: dict[str, Any] = Field(description="The submitted job spec, defaults filled in.")
     epochs_done: int
     epochs_total: int
@@ -185,10 +129,7 @@ class JobRead(BaseModel):
     max_attempts: int
     worker: str | None
     cancel_requested: bool
-    error_reason: str | None = Field(
-        None,
-        description="dataset_unavailable, worker_lost, timeout, training_error or invalid_spec.",
-    )
+    error_reason: FailureReason | None = Field(None, description=FAILURE_REASONS_DESCRIPTION)
     error: str | None
     created_at: datetime
     started_at: datetime | None
@@ -232,6 +173,7 @@ class JobMetrics(BaseModel):
                 {
                     "job_id": 1,
                     "status": "running",
+                    "ended": False,
                     "epochs_done": 1,
                     "epochs_total": 100,
                     "metrics": [_EPOCH_EXAMPLE],
@@ -241,7 +183,8 @@ class JobMetrics(BaseModel):
     )
 
     job_id: int
-    status: StatusName
+    status: JobStatus
+    ended: bool = Field(description=ENDED_DESCRIPTION)
     epochs_done: int
     epochs_total: int
     metrics: list[EpochMetricRead]
@@ -299,157 +242,6 @@ class ArchitectureRead(BaseModel):
     gmacs: float = Field(description="macs / 1e9, rounded to 2 places (the seed's GMac).")
 
 
-MAX_EXPERIMENT_JOBS = 64
-# Every hyperparameter but the seed can be varied over a grid (`seeds` varies the seed).
-GRID_KEYS: tuple[str, ...] = tuple(name for name in Hyperparameters.model_fields if name != "seed")
-REPORT_PRESET = "report"
-REPORT_BLOCKS: tuple[BlockName, ...] = ("plain", "residual", "mobile")
-REPORT_DATASET = "cifar100"
-# The report's training settings are the spec's defaults (batch 128, SGD lr 0.01 momentum 0.9,
-# no schedule, augmentation); a report experiment may change only how long it trains.
-REPORT_HYPERPARAMETERS = Hyperparameters()
-REPORT_FREE_HYPERPARAMETERS = ("epochs",)
-
-
-def _values_schema(name: str) -> dict[str, Any]:
-    """JSON Schema of a list of values of one hyperparameter, each as Hyperparameters declares
-    it (the service validates them by building each job's Hyperparameters)."""
-    value = dict(Hyperparameters.model_json_schema()["properties"][name])
-    value.pop("default", None)
-    value.pop("title", None)
-    return {
-        "type": "array",
-        "items": value,
-        "minItems": 1,
-        "maxItems": MAX_EXPERIMENT_JOBS,
-        "uniqueItems": True,
-    }
-
-
-def _experiment_schema_extra(schema: dict[str, Any]) -> None:
-    """The example, and the rules of the preset in JSON Schema: with "report" only the fields
-    the report leaves open may differ from its settings; without a preset, blocks are needed."""
-    schema["examples"] = [
-        {
-            "name": "plain vs residual",
-            "blocks": ["plain", "residual"],
-            "hyperparameters": {"epochs": 2, "batch_size": 64},
-            "grid": {"learning_rate": [0.01, 0.1]},
-            "seeds": [0],
-            "train_samples": 300,
-            "test_samples": 100,
-            "tags": ["demo"],
-        }
-    ]
-    fixed = {
-        name: value
-        for name, value in REPORT_HYPERPARAMETERS.model_dump(mode="json").items()
-        if name not in REPORT_FREE_HYPERPARAMETERS
-    }
-    schema["if"] = {"properties": {"preset": {"const": REPORT_PRESET}}, "required": ["preset"]}
-    schema["then"] = {
-        "properties": {
-            "blocks": {
-                "anyOf": [
-                    {"type": "null"},
-                    {
-                        "type": "array",
-                        "items": {"enum": list(REPORT_BLOCKS)},
-                        "minItems": len(REPORT_BLOCKS),
-                    },
-                ]
-            },
-            "dataset": {"const": REPORT_DATASET},
-            "grid": {"maxProperties": 0},
-            "hyperparameters": {
-                # {"const": None} would be dropped from the schema as unset.
-                "properties": {
-                    name: {"type": "null"} if value is None else {"const": value}
-                    for name, value in fixed.items()
-                }
-            },
-        }
-    }
-    schema["else"] = {"required": ["blocks"], "properties": {"blocks": {"type": "array"}}}
-
-
-class ExperimentCreate(BaseModel):
-    """Several jobs submitted and read as one: one per block x grid combination x seed."""
-
-    model_config = ConfigDict(**STRICT, json_schema_extra=_experiment_schema_extra)
-
-    name: str = Field(min_length=1, max_length=200)
-    preset: Literal["report"] | None = Field(
-        None,
-        description='"report": the course report\'s comparison (plain, residual and mobile with '
-        "its settings); only hyperparameters.epochs, train_samples, test_samples, seeds, name "
-        "and tags may then be given.",
-    )
-    blocks: list[Block] | None = Field(
-        None,
-        min_length=1,
-        max_length=len(BLOCK_NAMES),
-        description="Distinct blocks, one job each (times the grid and seeds); needed unless a "
-        "preset gives them.",
-        json_schema_extra={"uniqueItems": True},
-    )
-    dataset: Dataset = "cifar100"
-    hyperparameters: Hyperparameters = Field(
-        default_factory=Hyperparameters, description="Shared by every job of the experiment."
-    )
-    grid: Annotated[
-        dict[str, Annotated[list[Any], Field(min_length=1, max_length=MAX_EXPERIMENT_JOBS)]],
-        WithJsonSchema(
-            {
-                "type": "object",
-                "properties": {name: _values_schema(name) for name in GRID_KEYS},
-                "additionalProperties": False,
-            }
-        ),
-    ] = Field(
-        default_factory=dict,
-        description="Hyperparameter name -> distinct values; one job per combination "
-        "(cartesian product), each value replacing the shared one.",
-    )
-    seeds: Annotated[
-        list[Any] | None,
-        Field(min_length=1, max_length=MAX_EXPERIMENT_JOBS),
-        WithJsonSchema({"anyOf": [_values_schema("seed"), {"type": "null"}]}),
-    ] = Field(None, description="Distinct seeds, one job each (replacing hyperparameters.seed).")
-    train_samples: TrainSamples = None
-    test_samples: TestSamples = None
-    tags: list[Tag] = Field(default_factory=list, max_length=20)
-
-    @field_validator("blocks")
-    @classmethod
-    def _distinct_blocks(cls, blocks: list[str] | None) -> list[str] | None:
-        if blocks is not None and len(set(blocks)) != len(blocks):
-            raise ValueError("blocks must be distinct")
-        return blocks
-
-
-ExperimentSort = Literal[
-    "job_id",
-    "block",
-    "status",
-    "best_test_accuracy",
-    "final_test_accuracy",
-    "final_train_loss",
-    "seconds_per_epoch",
-    "params",
-    "macs",
-]
-SortOrder = Literal["asc", "desc"]
-
-
-class StatusCounts(BaseModel):
-    queued: int = 0
-    running: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    cancelled: int = 0
-
-
 class ReportFigures(BaseModel):
     params: int | None = Field(description="As printed in the report; null where it gives none.")
     macs: int | None = Field(description="As printed in the report; null where it gives none.")
@@ -464,7 +256,8 @@ class ExperimentJobRow(BaseModel):
         description="This job's value of each of the experiment's varying fields."
     )
     seed: int
-    status: StatusName
+    status: JobStatus
+    ended: bool = Field(description=ENDED_DESCRIPTION)
     epochs_done: int
     epochs_total: int
     params: int
@@ -514,6 +307,7 @@ _EXPERIMENT_EXAMPLE: dict[str, Any] = {
     },
     "created_at": "2026-11-27T08:00:00Z",
     "status": "running",
+    "ended": False,
     "status_counts": {"queued": 2, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0},
     "job_count": 3,
     "varying": ["block"],
@@ -524,6 +318,7 @@ _EXPERIMENT_EXAMPLE: dict[str, Any] = {
             "varied": {"block": "plain"},
             "seed": 0,
             "status": "running",
+            "ended": False,
             "epochs_done": 12,
             "epochs_total": 100,
             "params": 11050212,
@@ -566,11 +361,12 @@ class ExperimentRead(BaseModel):
     tags: list[str]
     spec: dict[str, Any] = Field(description="The submitted experiment, defaults filled in.")
     created_at: datetime
-    status: StatusName = Field(
+    status: JobStatus = Field(
         description="running if any job runs; else queued if any is queued; else succeeded if "
         "all succeeded; else failed if any failed; else cancelled."
     )
-    status_counts: StatusCounts
+    ended: bool = Field(description="True once every job has ended.")
+    status_counts: StatusCounts = Field(description="How many jobs have each status.")
     job_count: int
     varying: list[str] = Field(
         description="The spec fields whose value differs between the jobs: block, grid "

@@ -48,9 +48,9 @@ from jobs.events import (
     ended_statuses,
     event_counts,
     events_after,
-    experiment_status,
     latest_event_id,
 )
+from jobs.experiments import experiment_status
 from jobs.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -475,4 +475,4 @@ async def experiment_event_stream(
     async for event in follower.events():
         yield _sse(event.kind, event.data, encode_cursor(follower.cursor))
     status = experiment_status(follower.ended.values())
-    yield _sse("end", {"experiment_id": experiment_id, "status": status})
+    yield _sse("end", {"experiment_id": experiment_id, "status": str(status)})

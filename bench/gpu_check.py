@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TERMINAL_STATUSES = {"succeeded", "failed", "cancelled"}
 
 
 @dataclass(frozen=True)
@@ -312,7 +311,7 @@ class Service:
         jobs: dict[int, dict[str, Any]] = {}
         while time.monotonic() < deadline:
             jobs = {job_id: self.job(job_id) for job_id in job_ids}
-            if all(job["status"] in TERMINAL_STATUSES for job in jobs.values()):
+            if all(job["ended"] for job in jobs.values()):
                 return jobs
             time.sleep(1)
         return jobs

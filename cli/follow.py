@@ -14,7 +14,6 @@ from cli.client import ApiClient, ApiUnavailable
 from cli.errors import EXIT_INTERRUPTED, CliError
 from cli.render import (
     EPOCH_LINE_HEADER,
-    TERMINAL_STATUSES,
     decimal,
     epoch_line,
     experiment_header,
@@ -140,7 +139,7 @@ def follow_job(
             if metrics is None:
                 continue
             note = _status_note(job)
-            if note != last_note and job["status"] not in TERMINAL_STATUSES:
+            if note != last_note and not job["ended"]:
                 console.print(note)
                 last_note = note
             for row in metrics["metrics"]:
@@ -155,7 +154,7 @@ def follow_job(
                     completed=max(metrics["epochs_done"], since_epoch),
                     status=job_status(job),
                 )
-            if job["status"] in TERMINAL_STATUSES:
+            if job["ended"]:
                 break
             poller.pause()
     except KeyboardInterrupt:
@@ -175,7 +174,7 @@ def _experiment_job_note(row: dict[str, Any]) -> str:
             f"{decimal(row.get('final_train_loss'))}, test accuracy "
             f"{percent(row.get('final_test_accuracy'))}"
         )
-    if row["status"] in TERMINAL_STATUSES:
+    if row["ended"]:
         return (
             f"{label}: {row['status']} after {row['epochs_done']}/{row['epochs_total']} epochs, "
             f"best test accuracy {percent(row.get('best_test_accuracy'))}"
@@ -227,7 +226,7 @@ def follow_experiment(
                     status=f"{experiment['status']}: "
                     f"{status_counts(experiment.get('status_counts') or {})}",
                 )
-            if experiment["status"] in TERMINAL_STATUSES:
+            if experiment["ended"]:
                 break
             poller.pause()
             polled = poller.call(api.get_json, path, subject=subject)

@@ -14,7 +14,6 @@ from rich.table import Table
 from rich.text import Text
 
 EMPTY = "-"
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 STATUS_STYLES = {
     "queued": "yellow",
     "running": "cyan",

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.abc import PQGen
 from psycopg.errors import _WaitTimeout
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -219,3 +219,9 @@ def session_scope(url: str | None = None, *, write: bool = True) -> Iterator[Ses
         raise
     finally:
         session.close()
+
+
+def ping_database() -> None:
+    """One round trip to the database (readiness); raises when it cannot be reached."""
+    with get_engine(write=False).connect() as connection:
+        connection.execute(text("SELECT 1"))

@@ -8,20 +8,23 @@ until the first commits, so each job's events become visible in seq order on eve
 order, which is why an experiment's cursor holds one seq per job rather than one number.
 
 On PostgreSQL each event also sends `NOTIFY job_events, '<job id>'` (delivered at commit) for the
-API processes' watchers; on SQLite they poll the newest event id instead."""
+API processes' watchers; on SQLite they poll the newest event id instead. Opening a stream checks
+that the job or experiment exists and that a Last-Event-ID names a point of its log, before the
+stream starts, so that the answer can still be a JSON error."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, insert, not_, or_, select, update
 from sqlalchemy.orm import Session
 
-from jobs.tables import TERMINAL_STATUSES, Job, JobEvent, JobStatus, utcnow
+from jobs.errors import ExperimentNotFound, InvalidLastEventId, JobNotFound
+from jobs.tables import TERMINAL_STATUSES, Experiment, Job, JobEvent, JobStatus, utcnow
 
 JOB_EVENTS_CHANNEL = "job_events"
 STATUS_EVENT = "status"
@@ -99,7 +102,9 @@ def status_data(session: Session, job_id: int) -> dict[str, Any]:
     row = session.execute(
         select(*(getattr(Job, name) for name in STATUS_FIELDS)).where(Job.id == job_id)
     ).one()
-    return {"job_id": job_id, **{name: getattr(row, name) for name in STATUS_FIELDS}}
+    data = {"job_id": job_id, **{name: getattr(row, name) for name in STATUS_FIELDS}}
+    data["ended"] = JobStatus(row.status).ended
+    return data
 
 
 def record_status(session: Session, job_id: int) -> int:
@@ -199,15 +204,56 @@ def decode_job_event_id(text: str) -> int:
     return int(text)
 
 
-def experiment_status(statuses: Iterable[str]) -> str:
-    """An experiment's status from its jobs': running if any runs, else queued if any is
-    queued, else succeeded if all succeeded, else failed if any failed, else cancelled."""
-    present = set(statuses)
-    for status in (JobStatus.RUNNING, JobStatus.QUEUED):
-        if status in present:
-            return str(status)
-    if present <= {JobStatus.SUCCEEDED}:
-        return str(JobStatus.SUCCEEDED)
-    if JobStatus.FAILED in present:
-        return str(JobStatus.FAILED)
-    return str(JobStatus.CANCELLED)
+def job_stream_start(
+    session: Session, job_id: int, last_event_id: str | None, *, sent_as: str
+) -> int:
+    """The seq after which the job's stream starts (0: its whole history)."""
+    counts = event_counts(session, [job_id])
+    if job_id not in counts:
+        raise JobNotFound(job_id)
+    if not last_event_id:
+        return 0
+    try:
+        seq = decode_job_event_id(last_event_id)
+    except ValueError:
+        raise InvalidLastEventId(
+            f"The {sent_as} {last_event_id!r} is not an event id of this stream: a job stream's "
+            "ids are its event numbers (1, 2, 3 ...); send the last one received."
+        ) from None
+    if seq > counts[job_id]:
+        raise InvalidLastEventId(
+            f"The {sent_as} {last_event_id!r} is beyond job {job_id}'s last event "
+            f"({counts[job_id]})."
+        )
+    return seq
+
+
+def experiment_stream_start(
+    session: Session, experiment_id: int, last_event_id: str | None, *, sent_as: str
+) -> tuple[list[int], Cursor]:
+    """The experiment's jobs and the cursor after which its stream starts (empty: the whole
+    history)."""
+    if session.get(Experiment, experiment_id) is None:
+        raise ExperimentNotFound(experiment_id)
+    counts = {
+        row.id: int(row.event_seq)
+        for row in session.execute(
+            select(Job.id, Job.event_seq).where(Job.experiment_id == experiment_id)
+        )
+    }
+    if not last_event_id:
+        return sorted(counts), {}
+    try:
+        cursor = decode_cursor(last_event_id)
+    except ValueError:
+        raise InvalidLastEventId(
+            f"The {sent_as} {last_event_id!r} is not an event id of this stream: send the id "
+            "of the last event received, as it was."
+        ) from None
+    for job_id, seq in cursor.items():
+        if job_id not in counts or seq > counts[job_id]:
+            raise InvalidLastEventId(
+                f"The {sent_as} {last_event_id!r} names no point of experiment "
+                f"{experiment_id}'s events (job {job_id}, event {seq})."
+            )
+    return sorted(counts), cursor

@@ -8,28 +8,46 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from jobs.dispatch import next_claimable
+from jobs.errors import JobNotCancellable
 from jobs.events import record_epoch_event, record_status
-from jobs.tables import Checkpoint, EpochMetric, Job, JobStatus, utcnow
+from jobs.listing import get_job
+from jobs.metrics import METRIC_NAMES
+from jobs.tables import Checkpoint, EpochMetric, FailureReason, Job, JobStatus, utcnow
 
 # The reaper re-sends a queued job's message after lease_seconds, then waits twice as long each
 # time, up to 2**RESEND_BACKOFF_CAP leases: a lost message is replaced, a long queue stays short.
 RESEND_BACKOFF_CAP = 6
-METRIC_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "learning_rate",
-    "seconds",
-    "images_per_second",
-)
+
+
+class StopReason(StrEnum):
+    """Why an attempt stops training before its last epoch."""
+
+    CANCELLED = "cancelled"  # a user asked
+    LEASE_LOST = "lease_lost"  # another attempt took the job over, or it ended
+    TIMEOUT = "timeout"  # longer than MAX_JOB_SECONDS
+    SHUTDOWN = "shutdown"  # the worker is stopping; the job goes back to the queue
+
+
+@dataclass(frozen=True)
+class EpochDecision:
+    """What happens after a recorded epoch: go on, or stop and why."""
+
+    stop: StopReason | None = None
+
+    @property
+    def go_on(self) -> bool:
+        return self.stop is None
+
+
+GO_ON = EpochDecision()
 
 
 class LeaseLost(Exception):
@@ -87,16 +105,12 @@ def _lease_values(now: datetime, lease_seconds: float) -> dict[str, Any]:
 
 
 def claim_next_job(session: Session, *, worker: str, lease_seconds: float) -> Claim | None:
-    """Take the oldest queued job. A queue message is a token that wakes one worker, whichever
-    job it names: so the oldest job always runs first, a re-sent message never jumps the queue,
-    and `queue_position` (count of older queued jobs) is the truth. None if nothing is queued."""
+    """Take the first queued job in the dispatch order (jobs.dispatch). A queue message is a
+    token that wakes one worker, whichever job it names: so the first job always runs first, a
+    re-sent message never jumps the queue, and `queue_position` is the truth. None if nothing
+    is queued."""
     while True:
-        job_id = session.execute(
-            select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
-            .order_by(Job.id)
-            .limit(1)
-        ).scalar()
+        job_id = session.execute(next_claimable()).scalar()
         if job_id is None:
             return None
         claim = claim_job(session, job_id, worker=worker, lease_seconds=lease_seconds)
@@ -172,9 +186,7 @@ def _record_new_epochs(session: Session, job_id: int, rows: list[dict[str, Any]]
     stored = sorted(int(row.epoch) for row in inserted)
     by_epoch = {int(row["epoch"]): row for row in rows}
     for epoch in stored:
-        record_epoch_event(
-            session, job_id, {name: by_epoch[epoch][name] for name in METRIC_COLUMNS}
-        )
+        record_epoch_event(session, job_id, {name: by_epoch[epoch][name] for name in METRIC_NAMES})
     return stored
 
 
@@ -201,14 +213,15 @@ def _summary_values(session: Session, job_id: int) -> dict[str, Any]:
 
 def record_epoch(
     session: Session, claim: Claim, metrics: dict[str, Any], *, lease_seconds: float
-) -> None:
+) -> EpochDecision:
     """Store one epoch's metrics row and extend the lease, in the caller's transaction: one row
-    written per epoch (recording an epoch again changes nothing). Raises LeaseLost."""
+    written per epoch (recording an epoch again changes nothing). Returns whether the attempt
+    goes on training; raises LeaseLost."""
     now = utcnow()
     if not _transition(session, claim.job_id, *_fenced(claim), **_lease_values(now, lease_seconds)):
         raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} lost its lease")
     epoch = int(metrics["epoch"])
-    row = {name: metrics[name] for name in METRIC_COLUMNS}
+    row = {name: metrics[name] for name in METRIC_NAMES}
     _record_new_epochs(session, claim.job_id, [{**row, "job_id": claim.job_id, "recorded_at": now}])
     best = session.execute(select(Job.best_test_accuracy).where(Job.id == claim.job_id)).scalar()
     _transition(
@@ -221,6 +234,8 @@ def record_epoch(
         final_train_loss=metrics["train_loss"],
         updated_at=now,
     )
+    cancel = session.execute(select(Job.cancel_requested).where(Job.id == claim.job_id)).scalar()
+    return EpochDecision(StopReason.CANCELLED) if cancel else GO_ON
 
 
 def repair_history(session: Session, claim: Claim, history: list[dict[str, Any]]) -> list[int]:
@@ -234,7 +249,7 @@ def repair_history(session: Session, claim: Claim, history: list[dict[str, Any]]
     now = utcnow()
     missing = [
         {
-            **{name: item[name] for name in METRIC_COLUMNS},
+            **{name: item[name] for name in METRIC_NAMES},
             "job_id": claim.job_id,
             "recorded_at": now,
         }
@@ -276,11 +291,11 @@ def finish_job(
     claim: Claim,
     status: JobStatus,
     *,
-    error_reason: str | None = None,
+    error_reason: FailureReason | None = None,
     error: str | None = None,
 ) -> bool:
-    """running → succeeded / failed / cancelled, only while this claim holds the lease."""
-    if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+    """running → a final status, only while this claim holds the lease."""
+    if not JobStatus(status).ended:
         raise ValueError(f"{status} is not a final status")
     now = utcnow()
     return _move(
@@ -323,6 +338,35 @@ def release_job(session: Session, claim: Claim) -> JobStatus | None:
     return None
 
 
+def cancel_job(session: Session, job_id: int) -> Job:
+    """A queued job is cancelled at once; a running one is asked to stop at its next batch (the
+    worker ends it `cancelled`). Cancelling twice is harmless; JobNotCancellable for a job that
+    ended otherwise."""
+    job = get_job(session, job_id)
+    now = utcnow()
+    if not _move(
+        session,
+        job_id,
+        Job.status == JobStatus.QUEUED,
+        status=JobStatus.CANCELLED,
+        cancel_requested=True,
+        finished_at=now,
+    ) and _transition(
+        session,
+        job_id,
+        Job.status == JobStatus.RUNNING,
+        # Asked again: nothing changes, so no event either.
+        Job.cancel_requested.is_(False),
+        cancel_requested=True,
+    ):
+        record_status(session, job_id)
+    session.refresh(job)
+    status = JobStatus(job.status)
+    if status.ended and status != JobStatus.CANCELLED:
+        raise JobNotCancellable(f"Job {job_id} already {status}; it cannot be cancelled.")
+    return job
+
+
 def reap_expired_leases(session: Session, *, now: datetime | None = None) -> list[int]:
     """Jobs whose worker stopped heartbeating: re-queue them (they resume from their last
     checkpoint), or end them when cancel was asked or the attempts are spent. Returns the ids
@@ -341,7 +385,7 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
             values = {
                 "status": JobStatus.FAILED,
                 "finished_at": now,
-                "error_reason": "worker_lost",
+                "error_reason": FailureReason.WORKER_LOST,
                 "error": f"The worker stopped responding on each of {job.attempt} attempts.",
             }
         else:

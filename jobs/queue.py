@@ -121,3 +121,9 @@ def _send_pending(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _drop_pending(session: Session) -> None:
     session.info.pop(_PENDING, None)
+
+
+def ping_broker(*, timeout_seconds: float) -> None:
+    """Connect to the broker once (readiness); raises when it cannot be reached."""
+    with get_celery().connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=timeout_seconds)

@@ -51,14 +51,45 @@ class Base(DeclarativeBase):
 
 
 class JobStatus(StrEnum):
+    """A job's status; the API, the dashboard and the command line take the list and which of
+    them are final (`ended`) from here."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    @property
+    def ended(self) -> bool:
+        """A final status: it never changes again."""
+        return self in TERMINAL_STATUSES
+
 
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class FailureReason(StrEnum):
+    """Why a job `failed` (its `error_reason`); `error` says more, for a person."""
+
+    DATASET_UNAVAILABLE = "dataset_unavailable"
+    STORAGE_FULL = "storage_full"
+    TRAINING_ERROR = "training_error"
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
+
+    @property
+    def description(self) -> str:
+        return FAILURE_REASON_DESCRIPTIONS[self]
+
+
+FAILURE_REASON_DESCRIPTIONS = {
+    FailureReason.DATASET_UNAVAILABLE: "the workers could neither find nor download the dataset",
+    FailureReason.STORAGE_FULL: "the checkpoint storage was full",
+    FailureReason.TRAINING_ERROR: "training raised an error (its type and message are in error)",
+    FailureReason.TIMEOUT: "the job ran longer than MAX_JOB_SECONDS",
+    FailureReason.WORKER_LOST: "the worker stopped responding on each of MAX_ATTEMPTS attempts",
+}
 # The names under which a job's checkpoint files are served; each points at one epoch's file.
 CHECKPOINT_NAMES = ("latest", "best", "final")
 

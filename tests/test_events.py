@@ -22,14 +22,13 @@ import httpx
 import pytest
 from sqlalchemy import event, select, text
 
-from app.schemas import JobCreate
-from app.services import jobs as job_service
 from app.streams import (
     WATCHER_APPLICATION_NAME,
     EventHub,
     experiment_event_stream,
     job_event_stream,
 )
+from jobs import lifecycle, metrics, submission
 from jobs.db import get_engine, session_scope
 from jobs.events import (
     STATUS_FIELDS,
@@ -37,11 +36,10 @@ from jobs.events import (
     decode_job_event_id,
     encode_cursor,
     events_after,
-    experiment_status,
     record_event,
 )
+from jobs.experiments import experiment_status
 from jobs.lifecycle import (
-    METRIC_COLUMNS,
     claim_job,
     finish_job,
     reap_expired_leases,
@@ -50,6 +48,7 @@ from jobs.lifecycle import (
     repair_history,
 )
 from jobs.settings import get_settings
+from jobs.specs import JobCreate
 from jobs.tables import Job, JobEvent, utcnow
 from tests.conftest import service_environment
 from tests.support import (
@@ -65,13 +64,13 @@ from tests.support import (
 )
 
 SPEC = JobCreate(block="mobile", hyperparameters={"epochs": 3}, train_samples=10)
-STATUS_KEYS = {"job_id", *STATUS_FIELDS}
-EPOCH_KEYS = {"job_id", *METRIC_COLUMNS}
+STATUS_KEYS = {"job_id", "ended", *STATUS_FIELDS}
+EPOCH_KEYS = {"job_id", *metrics.METRIC_NAMES}
 
 
 def create_job() -> int:
     with session_scope() as session:
-        return job_service.create_job(session, SPEC, settings=get_settings()).job.id
+        return submission.create_job(session, SPEC, settings=get_settings()).job.id
 
 
 def logged(job_id: int) -> list[tuple[int, str, dict[str, Any]]]:
@@ -132,6 +131,7 @@ def test_each_change_of_a_job_is_logged_once_in_order(db: str) -> None:
     assert events[4][2] | {"job_id": 0} == {
         "job_id": 0,
         "status": "succeeded",
+        "ended": True,
         "epochs_done": 2,
         "epochs_total": 3,
         "attempt": 1,
@@ -148,7 +148,7 @@ def test_cancel_is_logged_once(db: str) -> None:
     queued = create_job()
     for _ in range(2):  # cancelling twice is harmless and logs one change
         with session_scope() as session:
-            job_service.cancel_job(session, queued)
+            lifecycle.cancel_job(session, queued)
     assert statuses(queued) == ["queued", "cancelled"]
 
     running = create_job()
@@ -157,7 +157,7 @@ def test_cancel_is_logged_once(db: str) -> None:
     assert claim is not None
     for _ in range(2):
         with session_scope() as session:
-            job_service.cancel_job(session, running)
+            lifecycle.cancel_job(session, running)
     with session_scope() as session:
         assert release_job(session, claim) == "cancelled"
     events = logged(running)
@@ -217,7 +217,7 @@ def test_a_diverged_loss_is_logged_as_null(db: str) -> None:
     _, kind, data = logged(job_id)[-1]
     assert kind == "epoch" and data["train_loss"] is None and data["test_accuracy"] == 0.5
     with session_scope(write=False) as session:
-        assert job_service.epoch_metrics(session, job_id)[0].train_loss == math.inf
+        assert metrics.epoch_metrics(session, job_id)[0].train_loss == math.inf
 
 
 def test_concurrent_writers_of_one_job_get_consecutive_seqs(db: str) -> None:
@@ -556,7 +556,7 @@ def cancel_with_a_dead_worker(job_id: int) -> None:
             {"past": utcnow() - timedelta(seconds=1), "id": job_id},
         )
     with session_scope() as session:
-        job_service.cancel_job(session, job_id)
+        lifecycle.cancel_job(session, job_id)
     with session_scope() as session:
         reap_expired_leases(session)  # the cancelled job's dead worker: cancelled
 

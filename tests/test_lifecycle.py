@@ -7,8 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from app.schemas import JobCreate
-from app.services import jobs as job_service
+from jobs import lifecycle, submission
 from jobs.db import session_scope
 from jobs.lifecycle import (
     CheckpointRecord,
@@ -24,6 +23,7 @@ from jobs.lifecycle import (
     take_due_sends,
 )
 from jobs.settings import get_settings
+from jobs.specs import JobCreate
 from jobs.tables import Checkpoint, EpochMetric, Job, utcnow
 from tests.support import epoch_row
 
@@ -34,7 +34,7 @@ SPEC = JobCreate(block="mobile", hyperparameters={"epochs": 3}, train_samples=10
 def job_id(configure, database_url: str) -> int:  # type: ignore[no-untyped-def]
     configure(database_url, MAX_ATTEMPTS="2")
     with session_scope() as session:
-        return job_service.create_job(session, SPEC, settings=get_settings()).job.id
+        return submission.create_job(session, SPEC, settings=get_settings()).job.id
 
 
 def load(job_id: int) -> Job:
@@ -105,7 +105,7 @@ def test_terminal_states_never_change(job_id: int) -> None:
         assert claim_job(session, job_id, worker="b", lease_seconds=30) is None
         assert reap_expired_leases(session, now=utcnow() + timedelta(days=1)) == []
     with pytest.raises(Exception, match="cannot be cancelled"), session_scope() as session:
-        job_service.cancel_job(session, job_id)
+        lifecycle.cancel_job(session, job_id)
     job = load(job_id)
     assert (job.status, job.error_reason, job.error) == ("failed", "training_error", "boom")
 
@@ -125,7 +125,7 @@ def test_the_reaper_cancels_a_dead_job_whose_cancel_was_asked(job_id: int) -> No
     with session_scope() as session:
         assert claim_job(session, job_id, worker="a", lease_seconds=0.01) is not None
     with session_scope() as session:
-        assert job_service.cancel_job(session, job_id).status == "running"
+        assert lifecycle.cancel_job(session, job_id).status == "running"
     with session_scope() as session:
         assert reap_expired_leases(session, now=utcnow() + timedelta(seconds=1)) == []
     assert load(job_id).status == "cancelled"
@@ -133,9 +133,9 @@ def test_the_reaper_cancels_a_dead_job_whose_cancel_was_asked(job_id: int) -> No
 
 def test_a_cancelled_queued_job_is_never_claimed(job_id: int) -> None:
     with session_scope() as session:
-        assert job_service.cancel_job(session, job_id).status == "cancelled"
+        assert lifecycle.cancel_job(session, job_id).status == "cancelled"
     with session_scope() as session:
-        assert job_service.cancel_job(session, job_id).status == "cancelled"  # twice: harmless
+        assert lifecycle.cancel_job(session, job_id).status == "cancelled"  # twice: harmless
         assert claim_job(session, job_id, worker="a", lease_seconds=30) is None
 
 
@@ -163,7 +163,7 @@ def test_a_long_job_writes_one_metrics_row_per_epoch(configure, database_url: st
     configure(database_url)
     spec = JobCreate(block="mobile", hyperparameters={"epochs": 100})
     with session_scope() as session:
-        long_job = job_service.create_job(session, spec, settings=get_settings()).job.id
+        long_job = submission.create_job(session, spec, settings=get_settings()).job.id
     with session_scope() as session:
         claim = claim_job(session, long_job, worker="a", lease_seconds=30)
     assert claim is not None
@@ -210,7 +210,7 @@ def test_release_honours_a_cancel_that_landed_meanwhile(job_id: int) -> None:
         claim = claim_job(session, job_id, worker="a", lease_seconds=30)
         assert claim is not None
     with session_scope() as session:
-        assert job_service.cancel_job(session, job_id).cancel_requested
+        assert lifecycle.cancel_job(session, job_id).cancel_requested
     with session_scope() as session:
         assert release_job(session, claim) == "cancelled"
     job = load(job_id)
@@ -231,7 +231,7 @@ def test_the_reaper_does_not_requeue_over_a_concurrent_cancel(job_id: int) -> No
             if orm_execute_state.is_update and not cancelled:
                 cancelled.append(True)
                 with session_scope() as other:
-                    job_service.cancel_job(other, job_id)
+                    lifecycle.cancel_job(other, job_id)
 
         event.listen(session, "do_orm_execute", cancel_before_update)
         if session.get_bind().dialect.name == "sqlite":
@@ -248,10 +248,10 @@ def test_any_message_claims_the_oldest_queued_job(configure, database_url: str) 
     configure(database_url)
     with session_scope() as session:
         ids = [
-            job_service.create_job(session, SPEC, settings=get_settings()).job.id for _ in range(3)
+            submission.create_job(session, SPEC, settings=get_settings()).job.id for _ in range(3)
         ]
     with session_scope() as session:
-        job_service.cancel_job(session, ids[0])
+        lifecycle.cancel_job(session, ids[0])
     with session_scope() as session:
         first = claim_next_job(session, worker="a", lease_seconds=30)
         second = claim_next_job(session, worker="b", lease_seconds=30)

@@ -212,8 +212,8 @@ def test_cancel_while_the_worker_stops_on_sigterm_ends_cancelled(
     cancelled, never `queued` with `cancel_requested` (which nothing would ever claim)."""
     from sqlalchemy import text
 
-    from app.services.jobs import cancel_job
     from jobs.db import session_scope
+    from jobs.lifecycle import cancel_job
 
     with service(tmp_path, dataset_root) as svc:
         worker = svc.start_worker()

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from app.schemas import JobCreate
-from app.services import jobs as job_service
+from jobs import lifecycle, submission
 from jobs.db import session_scope
 from jobs.settings import get_settings
+from jobs.specs import JobCreate
 from jobs.tables import Checkpoint, EpochMetric, Job
 from tests.support import flip_bit_keeping_mtime
 from worker import runner
@@ -124,7 +124,7 @@ def new_job(configure, database_url: str):  # type: ignore[no-untyped-def]
     def create(epochs: int = 3) -> int:
         spec = JobCreate(block="mobile", hyperparameters={"epochs": epochs}, train_samples=10)
         with session_scope() as session:
-            return job_service.create_job(session, spec, settings=get_settings()).job.id
+            return submission.create_job(session, spec, settings=get_settings()).job.id
 
     yield create
     runner.shutting_down.clear()
@@ -155,7 +155,7 @@ def run(job_id: int, trainer: Any) -> str:
 
 def cancel(job_id: int) -> None:
     with session_scope() as session:
-        job_service.cancel_job(session, job_id)
+        lifecycle.cancel_job(session, job_id)
 
 
 def test_success_records_every_epoch_and_keeps_latest_and_best_files(new_job) -> None:  # type: ignore[no-untyped-def]
@@ -302,10 +302,10 @@ def test_a_transient_database_error_is_retried_not_fatal(new_job, monkeypatch) -
     failures = iter([True, True])
     real_record = runner.record_epoch
 
-    def flaky_record(*args: Any, **kwargs: Any) -> None:
+    def flaky_record(*args: Any, **kwargs: Any) -> Any:
         if next(failures, False):
             raise OperationalError("UPDATE jobs", {}, Exception("server closed the connection"))
-        real_record(*args, **kwargs)
+        return real_record(*args, **kwargs)
 
     monkeypatch.setattr(runner, "record_epoch", flaky_record)
     assert run(job_id, ScriptedTrainer()) == "succeeded"

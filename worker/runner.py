@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from jobs.lifecycle import (
     CheckpointRecord,
     Claim,
     LeaseLost,
+    StopReason,
     cancel_requested,
     claim_next_job,
     finish_job,
@@ -34,7 +36,7 @@ from jobs.lifecycle import (
 from jobs.queue import enqueue_after_commit
 from jobs.retry import TransientDatabaseError, retry_transient
 from jobs.settings import Settings
-from jobs.tables import Checkpoint, Job, JobStatus
+from jobs.tables import Checkpoint, FailureReason, Job, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,19 @@ shutting_down = threading.Event()
 CANCEL_POLL_SECONDS = 0.5
 
 Trainer = Callable[..., Any]
+
+
+class Outcome(StrEnum):
+    """How run_job ended, for the task's result and the log; the job row holds the truth."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RELEASED = "released"  # handed back to the queue by a stopping worker
+    LEASE_LOST = "lease_lost"  # another attempt owns the job now
+    DATABASE_UNAVAILABLE = "database_unavailable"  # the lease will expire; the reaper requeues
+    SKIPPED = "skipped"  # nothing was left to claim (a duplicate message)
+
 
 _running: set[int] = set()
 _running_lock = threading.Lock()
@@ -64,30 +79,30 @@ def worker_name(settings: Settings) -> str:
 
 class LeaseWatcher(threading.Thread):
     """Renews the lease every HEARTBEAT_SECONDS and reads cancel_requested every
-    CANCEL_POLL_SECONDS; `stop_reason` becomes "cancelled" or "lease_lost"."""
+    CANCEL_POLL_SECONDS; `stop_reason` becomes CANCELLED or LEASE_LOST."""
 
     def __init__(self, claim: Claim, settings: Settings) -> None:
         super().__init__(name=f"lease-{claim.job_id}", daemon=True)
         self.claim = claim
         self.settings = settings
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self._done = threading.Event()
 
     def check_cancel(self) -> None:
         with session_scope(write=False) as session:
             state = cancel_requested(session, self.claim)
         if state is None:
-            self.stop_reason = "lease_lost"
+            self.stop_reason = StopReason.LEASE_LOST
         elif state:
-            self.stop_reason = "cancelled"
+            self.stop_reason = StopReason.CANCELLED
 
     def renew(self) -> None:
         with session_scope() as session:
             state = renew_lease(session, self.claim, lease_seconds=self.settings.lease_seconds)
         if not state.held:
-            self.stop_reason = "lease_lost"
+            self.stop_reason = StopReason.LEASE_LOST
         elif state.cancel_requested:
-            self.stop_reason = "cancelled"
+            self.stop_reason = StopReason.CANCELLED
 
     def run(self) -> None:
         interval = min(CANCEL_POLL_SECONDS, self.settings.heartbeat_seconds)
@@ -106,7 +121,7 @@ class LeaseWatcher(threading.Thread):
         self._done.set()
 
 
-def run_job(job_id: int, *, settings: Settings, trainer: Trainer | None = None) -> str:
+def run_job(job_id: int, *, settings: Settings, trainer: Trainer | None = None) -> Outcome:
     """A message for ``job_id`` arrived: claim the oldest queued job (usually that one) and
     train it. Returns the outcome; 'skipped' when nothing is left to claim (a duplicate)."""
     name = worker_name(settings)
@@ -114,7 +129,7 @@ def run_job(job_id: int, *, settings: Settings, trainer: Trainer | None = None) 
         claim = claim_next_job(session, worker=name, lease_seconds=settings.lease_seconds)
     if claim is None:
         logger.info("message for job %s: no queued job left to claim", job_id)
-        return "skipped"
+        return Outcome.SKIPPED
     with _running_lock:
         _running.add(claim.job_id)
     try:
@@ -124,7 +139,7 @@ def run_job(job_id: int, *, settings: Settings, trainer: Trainer | None = None) 
             _running.discard(claim.job_id)
 
 
-def _run_claimed(claim: Claim, settings: Settings, trainer: Trainer | None) -> str:
+def _run_claimed(claim: Claim, settings: Settings, trainer: Trainer | None) -> Outcome:
     job_id = claim.job_id
     name = claim.worker
     logger.info("job %s attempt %s claimed by %s", job_id, claim.attempt, name)
@@ -155,6 +170,8 @@ class JobRun:
         self.started = time.monotonic()
         self.timed_out = False
         self.shutdown_seen = False
+        # What the last recorded epoch decided (record_epoch), if it said stop.
+        self.epoch_stop: StopReason | None = None
         self.history_repaired = False
 
     # -- callbacks from the trainer, on the training thread ---------------------------------
@@ -167,7 +184,28 @@ class JobRun:
             logger.info(
                 "job %s: the worker is shutting down; stopping at this batch", self.claim.job_id
             )
-        return self.timed_out or self.watcher.stop_reason is not None or shutting_down.is_set()
+        return (
+            self.timed_out
+            or self.epoch_stop is not None
+            or self.watcher.stop_reason is not None
+            or shutting_down.is_set()
+        )
+
+    @property
+    def stop_reason(self) -> StopReason | None:
+        """Why training stopped early, most binding first: a lost lease ends all writing."""
+        watched = self.watcher.stop_reason
+        if watched == StopReason.LEASE_LOST:
+            return watched
+        if self.timed_out:
+            return StopReason.TIMEOUT
+        if self.epoch_stop is not None:
+            return self.epoch_stop
+        if watched is not None:
+            return watched
+        if shutting_down.is_set():
+            return StopReason.SHUTDOWN
+        return None
 
     def _write(self, work: Callable[[Any], object]) -> None:
         """One transaction, retried while the database error is transient."""
@@ -189,7 +227,10 @@ class JobRun:
                     logger.info(
                         "job %s: recorded epochs %s from its checkpoint", self.claim.job_id, added
                     )
-            record_epoch(session, self.claim, metrics, lease_seconds=self.settings.lease_seconds)
+            decision = record_epoch(
+                session, self.claim, metrics, lease_seconds=self.settings.lease_seconds
+            )
+            self.epoch_stop = decision.stop
 
         self._write(work)
         self.history_repaired = True
@@ -239,7 +280,7 @@ class JobRun:
             logger.warning("job %s: no intact checkpoint; starting over", self.claim.job_id)
         return None
 
-    def run(self) -> str:
+    def run(self) -> Outcome:
         from engine.checkpoint import StorageFull
         from engine.config import TrainConfig
         from engine.data import DatasetUnavailable
@@ -273,20 +314,20 @@ class JobRun:
                 self._write(lambda session: repair_history(session, self.claim, history))
         except LeaseLost:
             logger.warning("job %s attempt %s was taken over; stopping", *self._ids())
-            return "lease_lost"
+            return Outcome.LEASE_LOST
         except TransientDatabaseError as error:
             logger.warning("job %s: the database stayed unavailable (%s)", self.claim.job_id, error)
             return self._release()
         except DatasetUnavailable as error:
             return self._finish(
                 JobStatus.FAILED,
-                error_reason="dataset_unavailable",
+                error_reason=FailureReason.DATASET_UNAVAILABLE,
                 error=dataset_help(config.dataset, self.settings, error),
             )
         except StorageFull as error:
             return self._finish(
                 JobStatus.FAILED,
-                error_reason="storage_full",
+                error_reason=FailureReason.STORAGE_FULL,
                 error=f"ARTIFACT_DIR ({self.settings.resolved_artifact_dir}) is full: "
                 f"{error.strerror}",
             )
@@ -294,32 +335,37 @@ class JobRun:
             logger.exception("job %s failed", self.claim.job_id)
             return self._finish(
                 JobStatus.FAILED,
-                error_reason="training_error",
+                error_reason=FailureReason.TRAINING_ERROR,
                 error=f"{type(error).__name__}: {error}",
             )
         if not result.stopped:
             return self._finish(JobStatus.SUCCEEDED)
-        if self.timed_out:
+        reason = self.stop_reason
+        if reason == StopReason.TIMEOUT:
             return self._finish(
                 JobStatus.FAILED,
-                error_reason="timeout",
+                error_reason=FailureReason.TIMEOUT,
                 error=f"The job ran longer than MAX_JOB_SECONDS={self.settings.max_job_seconds:g}.",
             )
-        if self.watcher.stop_reason == "cancelled":
+        if reason == StopReason.CANCELLED:
             return self._finish(JobStatus.CANCELLED)
-        if shutting_down.is_set() and self.watcher.stop_reason is None:
+        if reason == StopReason.SHUTDOWN:
             logger.info(
                 "job %s stopped for the worker's shutdown; handing it back", self.claim.job_id
             )
             return self._release()
-        return "lease_lost"
+        return Outcome.LEASE_LOST
 
     def _ids(self) -> tuple[int, int]:
         return self.claim.job_id, self.claim.attempt
 
     def _finish(
-        self, status: JobStatus, *, error_reason: str | None = None, error: str | None = None
-    ) -> str:
+        self,
+        status: JobStatus,
+        *,
+        error_reason: FailureReason | None = None,
+        error: str | None = None,
+    ) -> Outcome:
         done: list[bool] = []
 
         def work(session: Any) -> None:
@@ -332,16 +378,16 @@ class JobRun:
             logger.warning(
                 "job %s: could not record %s; the lease will expire", self.claim.job_id, status
             )
-            return "database_unavailable"
+            return Outcome.DATABASE_UNAVAILABLE
         if not done[0]:
             logger.warning("job %s attempt %s lost its lease before finishing", *self._ids())
-            return "lease_lost"
+            return Outcome.LEASE_LOST
         logger.info(
             "job %s %s%s", self.claim.job_id, status, f" ({error_reason})" if error_reason else ""
         )
-        return str(status)
+        return Outcome(str(status))
 
-    def _release(self) -> str:
+    def _release(self) -> Outcome:
         outcome: list[JobStatus | None] = []
 
         def work(session: Any) -> None:
@@ -353,14 +399,14 @@ class JobRun:
         try:
             self._write(work)
         except TransientDatabaseError:
-            return "database_unavailable"
+            return Outcome.DATABASE_UNAVAILABLE
         if outcome[0] is None:
-            return "lease_lost"
+            return Outcome.LEASE_LOST
         if outcome[0] == JobStatus.CANCELLED:
             logger.info("job %s cancelled while its worker was stopping", self.claim.job_id)
-            return "cancelled"
+            return Outcome.CANCELLED
         logger.info("job %s released for another worker", self.claim.job_id)
-        return "released"
+        return Outcome.RELEASED
 
 
 def dataset_help(dataset: str, settings: Settings, error: Exception) -> str:

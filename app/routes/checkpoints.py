@@ -12,11 +12,9 @@ from sqlalchemy.orm import Session
 
 from app.deps import SettingsDep, read_session
 from app.downloads import object_download
-from app.errors import CheckpointDamaged, CheckpointNotFound
 from app.routes.common import error_responses
 from app.routes.params import JobId
 from app.schemas import CheckpointRead, ErrorRead
-from app.services import jobs as job_service
 from jobs.artifacts import (
     ArtifactDamaged,
     ArtifactMissing,
@@ -26,11 +24,12 @@ from jobs.artifacts import (
     artifact_store,
 )
 from jobs.checkpoints import checkpoint_pointers
+from jobs.errors import CheckpointDamaged, CheckpointNotFound
+from jobs.listing import get_job
 from jobs.settings import get_settings
-from jobs.tables import CHECKPOINT_NAMES, TERMINAL_STATUSES, Job
+from jobs.tables import CHECKPOINT_NAMES, Job, JobStatus
 
 router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
-FINISHED = TERMINAL_STATUSES
 
 # The schema lists the names; the route checks them itself, so that a wrong one is a 404 naming
 # the valid ones rather than pydantic's message.
@@ -72,7 +71,7 @@ def named_checkpoints(session: Session, job: Job) -> list[NamedCheckpoint]:
 )
 def list_checkpoints(job_id: JobId) -> list[CheckpointRead]:
     with read_session() as session:
-        named = named_checkpoints(session, job_service.get_job(session, job_id))
+        named = named_checkpoints(session, get_job(session, job_id))
     return checkpoint_listing(named, artifact_store(get_settings()))
 
 
@@ -152,12 +151,12 @@ def download_checkpoint(
             f"No checkpoint {name!r}; names are {', '.join(CHECKPOINT_NAMES)}."
         )
     with read_session() as session:
-        job = job_service.get_job(session, job_id)
+        job = get_job(session, job_id)
         found = {checkpoint.name: checkpoint for checkpoint in named_checkpoints(session, job)}
-        status = job.status
+        status = JobStatus(job.status)
     checkpoint = found.get(name)
     if checkpoint is None:
-        if status in FINISHED:
+        if status.ended:
             raise CheckpointNotFound(f"Job {job_id} {status} without a {name} checkpoint.")
         raise CheckpointNotFound(f"Job {job_id} has no {name} checkpoint yet.")
     # Opened (and hashed when not seen before) after the read transaction has ended, and

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.schemas import ErrorRead, JobLinks, JobRead
-from jobs.tables import Job
+from jobs.tables import Job, JobStatus
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -43,8 +43,9 @@ def render_job(job: Job, queue_position: int | None = None) -> JobRead:
             **{
                 field: getattr(job, field)
                 for field in JobRead.model_fields
-                if field not in ("links", "queue_position")
+                if field not in ("links", "queue_position", "ended")
             },
+            "ended": JobStatus(job.status).ended,
             "queue_position": queue_position,
             "links": job_links(job.id),
         }

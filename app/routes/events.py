@@ -13,8 +13,8 @@ from app.methods import HEAD_REQUEST
 from app.routes.common import error_responses
 from app.routes.params import ExperimentId, JobId
 from app.schemas import ErrorRead
-from app.services import events as event_service
 from app.streams import EventHub, experiment_event_stream, job_event_stream
+from jobs.events import experiment_stream_start, job_stream_start
 
 router = APIRouter(tags=["events"])
 KEEP_ALIVE_SECONDS = 15
@@ -82,7 +82,7 @@ def job_events(
     job's event numbers. Ends with an `end` event once the job has ended."""
     resume, sent_as = _resume_point(last_event_id_header, last_event_id)
     with read_session() as session:
-        seen_seq = event_service.job_stream_start(session, job_id, resume, sent_as=sent_as)
+        seen_seq = job_stream_start(session, job_id, resume, sent_as=sent_as)
     return _stream(request, job_event_stream(_hub(request), job_id, seen_seq))
 
 
@@ -102,7 +102,5 @@ def experiment_events(
     back as Last-Event-ID. Ends with an `end` event once every job has ended."""
     resume, sent_as = _resume_point(last_event_id_header, last_event_id)
     with read_session() as session:
-        job_ids, cursor = event_service.experiment_stream_start(
-            session, experiment_id, resume, sent_as=sent_as
-        )
+        job_ids, cursor = experiment_stream_start(session, experiment_id, resume, sent_as=sent_as)
     return _stream(request, experiment_event_stream(_hub(request), experiment_id, job_ids, cursor))

@@ -4,32 +4,27 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import Counter
 from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
-from sqlalchemy.orm import Session
 
 from app.deps import SessionDep, SettingsDep, read_session
 from app.routes.common import error_responses
 from app.routes.params import ExperimentId, IdempotencyKey
 from app.schemas import (
-    REPORT_PRESET,
-    ExperimentCreate,
     ExperimentJobRow,
     ExperimentLinks,
     ExperimentList,
     ExperimentPlotLinks,
     ExperimentRead,
-    ExperimentSort,
     ReportFigures,
-    SortOrder,
-    StatusCounts,
 )
-from app.services import experiments as experiment_service
-from jobs.tables import Experiment, Job
-from models.catalog import BLOCK_NAMES, REPORT_RESULTS
+from jobs import experiments, listing, submission
+from jobs.experiments import ExperimentSummary
+from jobs.specs import REPORT_PRESET, ExperimentCreate, ExperimentSort, SortOrder
+from jobs.tables import Experiment, Job, JobStatus
+from models.catalog import REPORT_RESULTS
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -59,11 +54,6 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
         },
     }
 }
-# Blocks and statuses sort in their natural order (the registry's, the lifecycle's).
-SORT_RANKS: dict[str, dict[str, int]] = {
-    "block": {name: rank for rank, name in enumerate(BLOCK_NAMES)},
-    "status": {name: rank for rank, name in enumerate(experiment_service.STATUS_NAMES)},
-}
 
 
 def experiment_links(experiment_id: int) -> ExperimentLinks:
@@ -85,8 +75,11 @@ def experiment_links(experiment_id: int) -> ExperimentLinks:
 
 
 def render_experiment(
-    experiment: Experiment, counts: dict[str, int], jobs: list[ExperimentJobRow] | None = None
+    experiment: Experiment,
+    counts: dict[JobStatus, int],
+    jobs: list[ExperimentJobRow] | None = None,
 ) -> ExperimentRead:
+    status = experiments.counts_status(counts)
     return ExperimentRead(
         id=experiment.id,
         name=experiment.name,
@@ -94,10 +87,11 @@ def render_experiment(
         tags=experiment.tags,
         spec=experiment.spec,
         created_at=experiment.created_at,
-        status=experiment_service.overall_status(counts),
-        status_counts=StatusCounts(**counts),
+        status=status,
+        ended=status.ended,
+        status_counts=counts,
         job_count=sum(counts.values()),
-        varying=experiment_service.varying_fields(experiment.spec),
+        varying=experiments.varying_fields(experiment.spec),
         jobs=jobs or [],
         links=experiment_links(experiment.id),
     )
@@ -110,9 +104,10 @@ def _job_row(
     return ExperimentJobRow(
         job_id=job.id,
         block=job.block,
-        varied=experiment_service.varied_values(job, varying),
+        varied=experiments.varied_values(job, varying),
         seed=job.spec["hyperparameters"]["seed"],
         status=job.status,
+        ended=JobStatus(job.status).ended,
         epochs_done=job.epochs_done,
         epochs_total=job.epochs_total,
         params=job.params,
@@ -125,40 +120,12 @@ def _job_row(
     )
 
 
-def sort_rows(
-    rows: list[ExperimentJobRow], sort: ExperimentSort, order: SortOrder
-) -> list[ExperimentJobRow]:
-    """Rows by one column, ties by job id, rows without a value last in either order."""
-    ranks = SORT_RANKS.get(sort)
-
-    def value(row: ExperimentJobRow) -> Any:
-        cell = getattr(row, sort)
-        if cell is not None and ranks is not None:
-            return ranks.get(cell, len(ranks))
-        return cell
-
-    by_id = sorted(rows, key=lambda row: row.job_id)
-    present = [row for row in by_id if value(row) is not None]
-    missing = [row for row in by_id if value(row) is None]
-    # sorted() is stable with reverse=True too: ties keep their job id order.
-    return sorted(present, key=value, reverse=order == "desc") + missing
-
-
-def read_experiment(
-    session: Session,
-    experiment: Experiment,
-    *,
-    sort: ExperimentSort = "job_id",
-    order: SortOrder = "asc",
-) -> ExperimentRead:
-    """The experiment with a row per job (three queries whatever the number of jobs)."""
-    jobs = experiment_service.experiment_jobs(session, experiment.id)
-    seconds = experiment_service.seconds_per_epoch(session, experiment.id)
-    varying = experiment_service.varying_fields(experiment.spec)
-    rows = [_job_row(job, experiment, varying, seconds.get(job.id)) for job in jobs]
-    counts: dict[str, int] = dict.fromkeys(experiment_service.STATUS_NAMES, 0)
-    counts.update(Counter(job.status for job in jobs))
-    return render_experiment(experiment, counts, sort_rows(rows, sort, order))
+def render_summary(summary: ExperimentSummary) -> ExperimentRead:
+    rows = [
+        _job_row(job, summary.experiment, summary.varying, summary.seconds_per_epoch.get(job.id))
+        for job in summary.jobs
+    ]
+    return render_experiment(summary.experiment, summary.counts, rows)
 
 
 def summary_csv(summary: ExperimentRead) -> str:
@@ -168,7 +135,7 @@ def summary_csv(summary: ExperimentRead) -> str:
     writer = csv.writer(buffer)
     writer.writerow([*SUMMARY_COLUMNS_BEFORE, *hyperparameters, *SUMMARY_COLUMNS_AFTER])
     for row in summary.jobs:
-        varied = [experiment_service.format_value(row.varied[name]) for name in hyperparameters]
+        varied = [experiments.format_value(row.varied[name]) for name in hyperparameters]
         writer.writerow(
             [
                 *(getattr(row, column) for column in SUMMARY_COLUMNS_BEFORE),
@@ -195,14 +162,14 @@ def submit_experiment(
 ) -> ExperimentRead:
     """Queue every job of the experiment in one transaction (all or none); the jobs' ids are
     sent to the workers once it has committed. At most 64 jobs."""
-    submission = experiment_service.create_experiment(
+    made = submission.create_experiment(
         session, spec, settings=settings, idempotency_key=idempotency_key
     )
-    experiment = submission.experiment
-    if not submission.created:
+    experiment = made.experiment
+    if not made.created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/experiments/{experiment.id}"
-    return read_experiment(session, experiment)
+    return render_summary(experiments.summarize(session, experiment))
 
 
 @router.get(
@@ -216,12 +183,10 @@ def list_experiments(
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> ExperimentList:
     with read_session() as session:
-        experiments, total = experiment_service.list_experiments(
-            session, limit=limit, offset=offset
-        )
-        counts = experiment_service.status_counts(session, [item.id for item in experiments])
+        page, total = listing.list_experiments(session, limit=limit, offset=offset)
+        counts = experiments.status_counts(session, [item.id for item in page])
         return ExperimentList(
-            items=[render_experiment(item, counts[item.id]) for item in experiments],
+            items=[render_experiment(item, counts[item.id]) for item in page],
             total=total,
             limit=limit,
             offset=offset,
@@ -246,8 +211,8 @@ def get_experiment(
     order: SortOrder = "asc",
 ) -> ExperimentRead:
     with read_session() as session:
-        experiment = experiment_service.get_experiment(session, experiment_id)
-        return read_experiment(session, experiment, sort=sort, order=order)
+        experiment = listing.get_experiment(session, experiment_id)
+        return render_summary(experiments.summarize(session, experiment, sort=sort, order=order))
 
 
 @router.get(
@@ -258,17 +223,18 @@ def get_experiment(
 )
 def get_summary_csv(experiment_id: ExperimentId) -> Response:
     with read_session() as session:
-        experiment = experiment_service.get_experiment(session, experiment_id)
-        return Response(
-            summary_csv(read_experiment(session, experiment)),
-            media_type="text/csv",  # Starlette adds "; charset=utf-8"
-            headers={
-                "Content-Disposition": (
-                    f'attachment; filename="experiment-{experiment.id}-summary.csv"'
-                ),
-                "Cache-Control": "no-cache",
-            },
-        )
+        experiment = listing.get_experiment(session, experiment_id)
+        summary = render_summary(experiments.summarize(session, experiment))
+    return Response(
+        summary_csv(summary),
+        media_type="text/csv",  # Starlette adds "; charset=utf-8"
+        headers={
+            "Content-Disposition": (
+                f'attachment; filename="experiment-{experiment.id}-summary.csv"'
+            ),
+            "Cache-Control": "no-cache",
+        },
+    )
 
 
 @router.post(
@@ -280,5 +246,5 @@ def get_summary_csv(experiment_id: ExperimentId) -> Response:
 def cancel_experiment(experiment_id: ExperimentId, session: SessionDep) -> ExperimentRead:
     """Each job as POST /jobs/{id}/cancel would: a queued one never starts, a running one stops
     at the next batch. 409 when every job had already ended."""
-    experiment = experiment_service.cancel_experiment(session, experiment_id)
-    return read_experiment(session, experiment)
+    experiment = experiments.cancel_experiment(session, experiment_id)
+    return render_summary(experiments.summarize(session, experiment))

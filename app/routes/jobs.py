@@ -10,8 +10,10 @@ from fastapi import APIRouter, Query, Response, status
 from app.deps import SessionDep, SettingsDep, read_session
 from app.routes.common import error_responses, render_job
 from app.routes.params import MAX_JOB_ID, IdempotencyKey, JobId
-from app.schemas import JobCreate, JobList, JobMetrics, JobRead, StatusName
-from app.services import jobs as job_service
+from app.schemas import JobList, JobMetrics, JobRead
+from jobs import dispatch, lifecycle, listing, metrics, submission
+from jobs.specs import JobCreate
+from jobs.tables import JobStatus
 from models.catalog import BlockName
 
 logger = logging.getLogger(__name__)
@@ -34,14 +36,12 @@ def submit_job(
 ) -> JobRead:
     """Queue a job. Parameters and MACs are computed now; the job row is committed before its
     id is sent to the workers."""
-    submission = job_service.create_job(
-        session, spec, settings=settings, idempotency_key=idempotency_key
-    )
-    job = submission.job
-    if not submission.created:
+    made = submission.create_job(session, spec, settings=settings, idempotency_key=idempotency_key)
+    job = made.job
+    if not made.created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/jobs/{job.id}"
-    return render_job(job, job_service.queue_position(session, job))
+    return render_job(job, dispatch.queue_position(session, job.id))
 
 
 @router.get(
@@ -51,7 +51,7 @@ def submit_job(
     summary="List jobs, newest first",
 )
 def list_jobs(
-    status: StatusName | None = None,
+    status: JobStatus | None = None,
     block: BlockName | None = None,
     experiment_id: Annotated[
         int | None, Query(ge=1, le=MAX_JOB_ID, description="Only this experiment's jobs.")
@@ -60,7 +60,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> JobList:
     with read_session() as session:
-        jobs, total = job_service.list_jobs(
+        jobs, total = listing.list_jobs(
             session,
             status=status,
             block=block,
@@ -68,7 +68,7 @@ def list_jobs(
             limit=limit,
             offset=offset,
         )
-        positions = job_service.queue_positions(session, jobs)
+        positions = dispatch.queue_positions(session, [job.id for job in jobs])
         return JobList(
             items=[render_job(job, positions.get(job.id)) for job in jobs],
             total=total,
@@ -85,8 +85,8 @@ def list_jobs(
 )
 def get_job(job_id: JobId) -> JobRead:
     with read_session() as session:
-        job = job_service.get_job(session, job_id)
-        return render_job(job, job_service.queue_position(session, job))
+        job = listing.get_job(session, job_id)
+        return render_job(job, dispatch.queue_position(session, job.id))
 
 
 @router.get(
@@ -100,12 +100,13 @@ def get_metrics(
     since_epoch: Annotated[int, Query(ge=0, le=10**6, description="Only epochs after this.")] = 0,
 ) -> JobMetrics:
     with read_session() as session:
-        job = job_service.get_job(session, job_id)
-        rows = job_service.epoch_metrics(session, job_id, since_epoch=since_epoch)
+        job = listing.get_job(session, job_id)
+        rows = metrics.epoch_metrics(session, job_id, since_epoch=since_epoch)
         return JobMetrics.model_validate(
             {
                 "job_id": job.id,
                 "status": job.status,
+                "ended": JobStatus(job.status).ended,
                 "epochs_done": job.epochs_done,
                 "epochs_total": job.epochs_total,
                 "metrics": rows,
@@ -123,5 +124,4 @@ def get_metrics(
 def cancel_job(job_id: JobId, session: SessionDep) -> JobRead:
     """A queued job never starts; a running one stops at the next batch and keeps its last
     checkpoint (its status reads `running` with `cancel_requested` until the worker stops)."""
-    job = job_service.cancel_job(session, job_id)
-    return render_job(job)
+    return render_job(lifecycle.cancel_job(session, job_id))

@@ -11,12 +11,14 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from werkzeug.http import parse_etags
 
 from app.deps import read_session
-from app.errors import InvalidRequest, JobNotFound, NotFound
+from app.errors import InvalidRequest, NotFound
 from app.plots import METRIC_LABELS, Point, Series, line_chart_png, png_bytes, scatter_chart
 from app.routes.common import error_responses
 from app.routes.params import MAX_JOB_ID, ExperimentId, JobId
-from app.services import experiments as experiment_service
-from app.services import jobs as job_service
+from jobs.errors import JobNotFound
+from jobs.experiments import experiment_jobs, job_labels
+from jobs.listing import get_experiment, get_job
+from jobs.metrics import epoch_metrics, epoch_metrics_by_job
 from jobs.tables import Job, JobStatus
 
 router = APIRouter(tags=["plots"])
@@ -30,7 +32,6 @@ JOB_PLOTS = {
 }
 MAX_COMPARED_JOBS = 12
 JOB_ID_LIST = f"^[1-9][0-9]*(,[1-9][0-9]*){{0,{MAX_COMPARED_JOBS - 1}}}$"
-FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 # An experiment's plots: a line per job for each metric, and best test accuracy against size.
 EXPERIMENT_METRIC_PLOTS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -67,7 +68,7 @@ def png_response(request: Request, content: bytes) -> Response:
 
 
 def _empty_note(jobs: list[Job]) -> str:
-    still_running = any(job.status not in FINISHED for job in jobs)
+    still_running = any(not JobStatus(job.status).ended for job in jobs)
     return "no epochs recorded yet" if still_running else "no epochs recorded"
 
 
@@ -82,8 +83,8 @@ def job_plot(request: Request, job_id: JobId, plot_name: PlotName) -> Response:
         raise NotFound(f"No plot {plot_name!r}; there are {', '.join(JOB_PLOTS)}.")
     metric, title = JOB_PLOTS[plot_name]
     with read_session() as session:
-        job = job_service.get_job(session, job_id)
-        rows = job_service.epoch_metrics(session, job_id)
+        job = get_job(session, job_id)
+        rows = epoch_metrics(session, job_id)
     series = Series("", [row.epoch for row in rows], [getattr(row, metric) for row in rows])
     content = line_chart_png(
         [series],
@@ -114,7 +115,6 @@ def compare_plot(
     metric: Literal["train_loss", "test_accuracy", "test_loss", "train_accuracy"] = "train_loss",
 ) -> Response:
     # Checked here rather than by the Query's pattern, for a message that says what to send.
-    # Checked here rather than by the Query's pattern, for a message that says what to send.
     if not re.fullmatch(JOB_ID_LIST, jobs):
         raise InvalidRequest(
             f"jobs must be 1 to {MAX_COMPARED_JOBS} comma-separated job ids (positive integers "
@@ -125,8 +125,8 @@ def compare_plot(
         if job_id > MAX_JOB_ID:  # no such job, and beyond the database's integer column
             raise JobNotFound(job_id)
     with read_session() as session:
-        compared = [job_service.get_job(session, job_id) for job_id in job_ids]
-        rows_by_job = {job.id: job_service.epoch_metrics(session, job.id) for job in compared}
+        compared = [get_job(session, job_id) for job_id in job_ids]
+        rows_by_job = {job.id: epoch_metrics(session, job.id) for job in compared}
     series, without_epochs = [], []
     for job in compared:
         rows = rows_by_job[job.id]
@@ -156,14 +156,12 @@ def experiment_plot(
         names = ", ".join(f"{name}.png" for name in EXPERIMENT_PLOTS)
         raise NotFound(f"No plot {plot + '.png'!r}; there are {names}.")
     with read_session() as session:
-        experiment = experiment_service.get_experiment(session, experiment_id)
-        jobs = experiment_service.experiment_jobs(session, experiment.id)
+        experiment = get_experiment(session, experiment_id)
+        jobs = experiment_jobs(session, experiment.id)
         metrics = (
-            experiment_service.epoch_metrics_by_job(session, experiment.id)
-            if plot in EXPERIMENT_METRIC_PLOTS
-            else {}
+            epoch_metrics_by_job(session, experiment.id) if plot in EXPERIMENT_METRIC_PLOTS else {}
         )
-    labels = experiment_service.job_labels(experiment, jobs)
+    labels = job_labels(experiment, jobs)
     if plot in EXPERIMENT_METRIC_PLOTS:
         series = [
             Series(

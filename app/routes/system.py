@@ -7,13 +7,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import APIRouter, Response, status
-from sqlalchemy import text
 
 from app.routes.common import error_responses
 from app.schemas import ArchitectureRead, Health, Readiness
 from app.unavailable import RETRY_AFTER_SECONDS
-from jobs.db import get_engine
-from jobs.queue import get_celery
+from jobs.db import ping_database
+from jobs.queue import ping_broker
 from models.catalog import BLOCK_NAMES, block_complexity
 
 READY_CHECK_SECONDS = 2.5
@@ -65,22 +64,15 @@ def health() -> Health:
 async def ready(response: Response) -> Readiness:
     """Checks the database and the broker at once, each within READY_CHECK_SECONDS; a backend
     that fails or does not answer in time is reported as `unavailable: <why>`."""
-    database, broker = await asyncio.gather(_check(_ping_database), _check(_ping_broker))
+    database, broker = await asyncio.gather(
+        _check(ping_database),
+        _check(lambda: ping_broker(timeout_seconds=READY_CHECK_SECONDS)),
+    )
     ok = database == "ok" and broker == "ok"
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return Readiness(status="ready" if ok else "not_ready", database=database, broker=broker)
-
-
-def _ping_database() -> None:
-    with get_engine(write=False).connect() as connection:
-        connection.execute(text("SELECT 1"))
-
-
-def _ping_broker() -> None:
-    with get_celery().connection_for_write() as connection:
-        connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=READY_CHECK_SECONDS)
 
 
 async def _check(ping: Callable[[], None]) -> str:

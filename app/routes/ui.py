@@ -20,13 +20,16 @@ from app.routes.checkpoints import checkpoint_listing, named_checkpoints
 from app.routes.common import render_job
 from app.routes.params import CANONICAL_ID, MAX_JOB_ID
 from app.schemas import EpochMetricRead
-from app.services import jobs as job_service
 from app.templating import page
 from engine.config import Hyperparameters
 from engine.datasets import DATASETS
 from jobs.artifacts import artifact_store
+from jobs.dispatch import queue_position
+from jobs.errors import ExperimentNotFound, JobNotFound
+from jobs.listing import get_experiment, get_job, list_jobs
+from jobs.metrics import epoch_metrics
 from jobs.settings import get_settings
-from jobs.tables import TERMINAL_STATUSES, Experiment, Job, JobStatus
+from jobs.tables import Job, JobStatus
 from models.catalog import BLOCK_NAMES
 
 router = APIRouter(include_in_schema=False)
@@ -72,7 +75,7 @@ def jobs_page(
     total = 0
     if not problems:
         with read_session() as session:
-            jobs, total = job_service.list_jobs(
+            jobs, total = list_jobs(
                 session,
                 status=status or None,
                 block=block or None,
@@ -120,11 +123,12 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
     """One job: status, complexity, spec, curves and metrics (growing live), checkpoints."""
     found = _id_or_none(job_id)
     with read_session() as session:
-        job = session.get(Job, found) if found is not None else None
-        if job is None:
+        try:
+            job = get_job(session, found if found is not None else 0)
+        except JobNotFound:
             return _not_found(request, f"There is no job {job_id}.")
-        job_read = render_job(job, job_service.queue_position(session, job))
-        rows = job_service.epoch_metrics(session, job.id)
+        job_read = render_job(job, queue_position(session, job.id))
+        rows = epoch_metrics(session, job.id)
         named = named_checkpoints(session, job)
     metrics = [EpochMetricRead.model_validate(row) for row in rows]
     checkpoints = checkpoint_listing(named, artifact_store(get_settings()))
@@ -134,7 +138,7 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
         {
             "job": job_read,
             "experiment_id": job.experiment_id,
-            "ended": job.status in TERMINAL_STATUSES,
+            "ended": job_read.ended,
             "metrics": metrics,
             "checkpoints": checkpoints,
             "spec_rows": _spec_rows(job.spec),
@@ -153,9 +157,10 @@ def experiment_page(experiment_id: str, request: Request) -> HTMLResponse:
     event stream."""
     found = _id_or_none(experiment_id)
     with read_session() as session:
-        experiment = session.get(Experiment, found) if found is not None else None
-    if experiment is None:
-        return _not_found(request, f"There is no experiment {experiment_id}.")
+        try:
+            experiment = get_experiment(session, found if found is not None else 0)
+        except ExperimentNotFound:
+            return _not_found(request, f"There is no experiment {experiment_id}.")
     return page(
         request,
         "experiment.html",

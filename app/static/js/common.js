@@ -3,7 +3,6 @@
 // event stream with a polling fallback.
 
 export const POLL_MILLISECONDS = 2000;
-export const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 
 export class ApiError extends Error {
   constructor(status, body) {

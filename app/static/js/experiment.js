@@ -4,7 +4,7 @@
 // the measured ones.
 
 import {
-  ENDED, POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, gmacs,
+  POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, gmacs,
   millions, percent, postButton, setLiveMode, setStatus,
 } from "./common.js";
 import {
@@ -173,7 +173,7 @@ function draw() {
   const counts = Object.entries(experiment.status_counts || {}).filter(([, count]) => count > 0);
   document.getElementById("experiment-counts").textContent =
     `${experiment.job_count} job${experiment.job_count === 1 ? "" : "s"}` + (counts.length ? `: ${counts.map(([name, count]) => `${count} ${name}`).join(", ")}` : "");
-  document.getElementById("cancel-experiment").hidden = ENDED.has(experiment.status);
+  document.getElementById("cancel-experiment").hidden = experiment.ended;
   drawSummary();
   if (isReport) drawReport();
   drawScatter();
@@ -221,7 +221,7 @@ async function poll() {
         showProblem(describeError(error));
       }
     }
-    if (ENDED.has(current.status)) {
+    if (current.ended) {
       setLiveMode("ended");
       return;
     }
@@ -238,7 +238,7 @@ postButton(document.getElementById("cancel-experiment"), `/experiments/${experim
 const first = await load();
 if (!first) {
   setLiveMode("offline");
-} else if (ENDED.has(first.status) && first.jobs.every((job) => job.epochs_done === 0)) {
+} else if (first.ended && first.jobs.every((job) => job.epochs_done === 0)) {
   setLiveMode("ended");
 } else {
   followEvents(`/experiments/${experimentId}/events`, {

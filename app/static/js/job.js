@@ -3,7 +3,7 @@
 // cancel button posts to /jobs/{id}/cancel.
 
 import {
-  ENDED, POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, percent,
+  POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, percent,
   postButton, setLiveMode, setStatus,
 } from "./common.js";
 import { epochChart, plotted, pointCount, setSeries } from "./charts.js";
@@ -11,7 +11,7 @@ import { epochChart, plotted, pointCount, setSeries } from "./charts.js";
 const initial = JSON.parse(document.getElementById("job-data").textContent);
 const jobId = initial.job.id;
 const epochs = new Map(); // epoch -> metric row
-let status = initial.job.status;
+let ended = initial.job.ended;
 
 const lossChart = epochChart(document.getElementById("loss-chart"), "loss");
 const accuracyChart = epochChart(document.getElementById("accuracy-chart"), "accuracy (%)", true);
@@ -67,7 +67,7 @@ function addEpoch(row) {
 
 /** The header from a JobRead or a status event (they share these fields). */
 function showState(state) {
-  status = state.status;
+  ended = state.ended;
   setStatus(document.getElementById("job-status"), state.status);
   const progress = document.getElementById("job-progress");
   progress.max = state.epochs_total;
@@ -80,7 +80,6 @@ function showState(state) {
     const attempt = document.getElementById("job-attempt");
     attempt.textContent = attempt.textContent.replace(/^\d+/, String(state.attempt));
   }
-  const ended = ENDED.has(state.status);
   document.getElementById("job-cancelling").hidden = !(state.cancel_requested && !ended);
   document.getElementById("cancel-job").hidden = ended || state.cancel_requested;
   const error = document.getElementById("job-error");
@@ -134,7 +133,7 @@ async function poll() {
     const since = Math.max(0, ...epochs.keys());
     const metrics = await api(`/jobs/${jobId}/metrics?since_epoch=${since}`);
     metrics.metrics.forEach(addEpoch);
-    if (ENDED.has(job.status)) {
+    if (job.ended) {
       finish();
       return;
     }
@@ -151,7 +150,7 @@ postButton(document.getElementById("cancel-job"), `/jobs/${jobId}/cancel`, (job)
 
 initial.metrics.forEach((row) => epochs.set(row.epoch, row));
 drawCurves();
-if (ENDED.has(status)) {
+if (ended) {
   setLiveMode("ended");
 } else {
   followEvents(`/jobs/${jobId}/events`, {

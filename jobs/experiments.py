@@ -1,30 +1,28 @@
-"""Experiment operations behind the API routes: expanding a request into jobs (blocks x grid x
-seeds), reading an experiment's jobs as one summary, cancelling them together."""
+"""Experiments: a request expanded into jobs (blocks x grid x seeds, or a preset), the labels
+that tell its jobs apart, its status from its jobs', its summary, and cancelling it."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
-from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, cast, get_args
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.errors import (
-    ExperimentNotCancellable,
-    ExperimentNotFound,
-    InvalidFields,
-    JobNotCancellable,
-    TooManyJobs,
-)
-from app.schemas import (
+from engine.config import Hyperparameters
+from jobs.errors import ExperimentNotCancellable, InvalidFields, JobNotCancellable, TooManyJobs
+from jobs.lifecycle import cancel_job
+from jobs.listing import get_experiment
+from jobs.metrics import seconds_per_epoch
+from jobs.specs import (
     GRID_KEYS,
+    JOB_NAME_MAX_CHARS,
     MAX_EXPERIMENT_JOBS,
     REPORT_BLOCKS,
     REPORT_DATASET,
@@ -32,19 +30,13 @@ from app.schemas import (
     REPORT_HYPERPARAMETERS,
     REPORT_PRESET,
     ExperimentCreate,
+    ExperimentSort,
     JobCreate,
-    StatusName,
+    SortOrder,
     canonical_sha256,
 )
-from app.services import jobs as job_service
-from app.services.idempotency import find_by_key
-from engine.config import Hyperparameters
-from jobs.events import experiment_status
-from jobs.settings import Settings
-from jobs.tables import TERMINAL_STATUSES, EpochMetric, Experiment, Job, utcnow
-
-STATUS_NAMES: tuple[StatusName, ...] = get_args(StatusName)
-JOB_NAME_MAX_CHARS = 200
+from jobs.tables import Experiment, Job, JobStatus
+from models.catalog import BLOCK_NAMES
 
 
 @dataclass(frozen=True)
@@ -57,12 +49,6 @@ class ExperimentPlan:
     def fingerprint(self) -> str:
         """sha256 of the canonical resolved spec, for idempotent submission."""
         return canonical_sha256(self.spec)
-
-
-@dataclass(frozen=True)
-class ExperimentSubmission:
-    experiment: Experiment
-    created: bool
 
 
 def format_value(value: Any) -> str:
@@ -228,67 +214,40 @@ def job_labels(experiment: Experiment, jobs: list[Job]) -> dict[int, str]:
     return {job.id: describe(job.block, varied_values(job, varying)) for job in jobs}
 
 
-def create_experiment(
-    session: Session,
-    spec: ExperimentCreate,
-    *,
-    settings: Settings,
-    idempotency_key: str | None = None,
-) -> ExperimentSubmission:
-    """Add the experiment and all its queued jobs to the caller's transaction (all or none);
-    the job ids are sent to the queue once it commits. The same Idempotency-Key and body give
-    back the experiment made first."""
-    plan = plan_experiment(spec)
-    fingerprint = plan.fingerprint()
-    if idempotency_key is not None:
-        existing = find_by_key(session, Experiment, idempotency_key, fingerprint)
-        if existing is not None:
-            return ExperimentSubmission(existing, created=False)
-    job_service.ensure_queue_room(session, settings=settings, adding=len(plan.jobs))
-    experiment = Experiment(
-        name=spec.name,
-        preset=spec.preset,
-        tags=list(spec.tags),
-        spec=plan.spec,
-        idempotency_key=idempotency_key,
-        request_sha256=fingerprint,
-        created_at=utcnow(),
+def experiment_status(statuses: Iterable[str]) -> JobStatus:
+    """An experiment's status from its jobs': running if any runs, else queued if any is
+    queued, else succeeded if all succeeded, else failed if any failed, else cancelled."""
+    present = set(statuses)
+    for status in (JobStatus.RUNNING, JobStatus.QUEUED):
+        if status in present:
+            return status
+    if present <= {JobStatus.SUCCEEDED}:
+        return JobStatus.SUCCEEDED
+    if JobStatus.FAILED in present:
+        return JobStatus.FAILED
+    return JobStatus.CANCELLED
+
+
+def empty_counts() -> dict[JobStatus, int]:
+    return dict.fromkeys(JobStatus, 0)
+
+
+def status_counts(session: Session, experiment_ids: list[int]) -> dict[int, dict[JobStatus, int]]:
+    """Each experiment's job count per status (every status present), in one query."""
+    counts = {experiment_id: empty_counts() for experiment_id in experiment_ids}
+    rows = session.execute(
+        select(Job.experiment_id, Job.status, func.count())
+        .where(Job.experiment_id.in_(experiment_ids))
+        .group_by(Job.experiment_id, Job.status)
     )
-    try:
-        with session.begin_nested():
-            session.add(experiment)
-            session.flush()
-    except IntegrityError:
-        # Another request with the same Idempotency-Key committed first.
-        if idempotency_key is None:
-            raise
-        existing = find_by_key(session, Experiment, idempotency_key, fingerprint)
-        if existing is None:
-            raise
-        return ExperimentSubmission(existing, created=False)
-    for job_spec in plan.jobs:
-        job_service.add_job(session, job_spec, settings=settings, experiment_id=experiment.id)
-    return ExperimentSubmission(experiment, created=True)
+    for experiment_id, status, count in rows:
+        counts[cast(int, experiment_id)][JobStatus(status)] = count
+    return counts
 
 
-def get_experiment(session: Session, experiment_id: int) -> Experiment:
-    experiment = session.get(Experiment, experiment_id)
-    if experiment is None:
-        raise ExperimentNotFound(experiment_id)
-    return experiment
-
-
-def list_experiments(
-    session: Session, *, limit: int = 50, offset: int = 0
-) -> tuple[list[Experiment], int]:
-    total = session.execute(select(func.count()).select_from(Experiment)).scalar_one()
-    experiments = session.execute(
-        select(Experiment)
-        .order_by(Experiment.created_at.desc(), Experiment.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).scalars()
-    return list(experiments), total
+def counts_status(counts: dict[JobStatus, int]) -> JobStatus:
+    """The experiment's status from its jobs' status counts."""
+    return experiment_status(status for status, n in counts.items() if n)
 
 
 def experiment_jobs(session: Session, experiment_id: int) -> list[Job]:
@@ -299,64 +258,83 @@ def experiment_jobs(session: Session, experiment_id: int) -> list[Job]:
     )
 
 
-def status_counts(session: Session, experiment_ids: list[int]) -> dict[int, dict[str, int]]:
-    """Each experiment's job count per status (every status present), in one query."""
-    counts: dict[int, dict[str, int]] = {
-        experiment_id: dict.fromkeys(STATUS_NAMES, 0) for experiment_id in experiment_ids
-    }
-    rows = session.execute(
-        select(Job.experiment_id, Job.status, func.count())
-        .where(Job.experiment_id.in_(experiment_ids))
-        .group_by(Job.experiment_id, Job.status)
+# Blocks and statuses sort in their natural order (the registry's, the lifecycle's).
+SORT_RANKS: dict[str, dict[str, int]] = {
+    "block": {name: rank for rank, name in enumerate(BLOCK_NAMES)},
+    "status": {str(status): rank for rank, status in enumerate(JobStatus)},
+}
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """An experiment with its jobs (sorted as asked) and what its summary shows of them."""
+
+    experiment: Experiment
+    jobs: list[Job]
+    counts: dict[JobStatus, int]
+    varying: list[str]
+    seconds_per_epoch: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def status(self) -> JobStatus:
+        return counts_status(self.counts)
+
+
+def _sort_value(job: Job, sort: ExperimentSort, seconds: dict[int, float]) -> Any:
+    if sort == "job_id":
+        return job.id
+    if sort == "seconds_per_epoch":
+        return seconds.get(job.id)
+    value = getattr(job, sort)
+    ranks = SORT_RANKS.get(sort)
+    if value is not None and ranks is not None:
+        return ranks.get(str(value), len(ranks))
+    return value
+
+
+def sort_jobs(
+    jobs: Sequence[Job], sort: ExperimentSort, order: SortOrder, seconds: dict[int, float]
+) -> list[Job]:
+    """Jobs by one column, ties by job id, jobs without a value last in either order."""
+    by_id = sorted(jobs, key=lambda job: job.id)
+    present = [job for job in by_id if _sort_value(job, sort, seconds) is not None]
+    missing = [job for job in by_id if _sort_value(job, sort, seconds) is None]
+    # sorted() is stable with reverse=True too: ties keep their job id order.
+    present.sort(key=lambda job: _sort_value(job, sort, seconds), reverse=order == "desc")
+    return present + missing
+
+
+def summarize(
+    session: Session,
+    experiment: Experiment,
+    *,
+    sort: ExperimentSort = "job_id",
+    order: SortOrder = "asc",
+) -> ExperimentSummary:
+    """The experiment with every job (two queries whatever the number of jobs)."""
+    jobs = experiment_jobs(session, experiment.id)
+    seconds = seconds_per_epoch(session, experiment.id)
+    counts = empty_counts()
+    counts.update(Counter(JobStatus(job.status) for job in jobs))
+    return ExperimentSummary(
+        experiment=experiment,
+        jobs=sort_jobs(jobs, sort, order, seconds),
+        counts=counts,
+        varying=varying_fields(experiment.spec),
+        seconds_per_epoch=seconds,
     )
-    for experiment_id, status, count in rows:
-        counts[cast(int, experiment_id)][status] = count
-    return counts
-
-
-def overall_status(counts: dict[str, int]) -> StatusName:
-    """The experiment's status from its jobs' status counts (jobs.events.experiment_status)."""
-    return cast(StatusName, experiment_status(status for status, n in counts.items() if n))
-
-
-def seconds_per_epoch(session: Session, experiment_id: int) -> dict[int, float]:
-    """Each job's mean recorded epoch time, for all the experiment's jobs in one query."""
-    rows = session.execute(
-        select(EpochMetric.job_id, func.avg(EpochMetric.seconds))
-        .join(Job, Job.id == EpochMetric.job_id)
-        .where(Job.experiment_id == experiment_id)
-        .group_by(EpochMetric.job_id)
-    )
-    return {job_id: float(mean) for job_id, mean in rows}
-
-
-def epoch_metrics_by_job(
-    session: Session, experiment_id: int
-) -> dict[int, list[job_service.MetricRow]]:
-    """Every recorded epoch of the experiment's jobs, by job, in one query (rows with the
-    attributes of `METRIC_COLUMNS`)."""
-    by_job: dict[int, list[job_service.MetricRow]] = defaultdict(list)
-    rows = session.execute(
-        select(EpochMetric.job_id, *job_service.METRIC_COLUMNS)
-        .join(Job, Job.id == EpochMetric.job_id)
-        .where(Job.experiment_id == experiment_id)
-        .order_by(EpochMetric.job_id, EpochMetric.epoch)
-    )
-    for row in rows:
-        by_job[row.job_id].append(row)
-    return by_job
 
 
 def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
-    """Cancel every job that has not ended, as POST /jobs/{id}/cancel would; not cancellable
+    """Cancel every job that has not ended, as cancelling each job would; not cancellable
     when every job had already ended."""
     experiment = get_experiment(session, experiment_id)
     cancelled = 0
     for job in experiment_jobs(session, experiment_id):
-        if job.status in TERMINAL_STATUSES:
+        if JobStatus(job.status).ended:
             continue
         try:
-            job_service.cancel_job(session, job.id)
+            cancel_job(session, job.id)
         except JobNotCancellable:  # it ended meanwhile
             continue
         cancelled += 1

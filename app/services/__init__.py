@@ -1,1 +1,0 @@
-"""Services: the job operations, each taking a SQLAlchemy session keyword-only."""

@@ -1,0 +1,174 @@
+"""Making jobs, for any adapter: idempotency, room in the queue, every row in the caller's one
+transaction, and each job's id sent to the queue only once that transaction has committed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from engine.datasets import DATASETS
+from jobs.errors import IdempotencyConflict, QueueFull
+from jobs.events import record_status
+from jobs.experiments import plan_experiment
+from jobs.queue import enqueue_after_commit
+from jobs.settings import Settings
+from jobs.specs import ExperimentCreate, JobCreate
+from jobs.tables import Experiment, Job, JobStatus, utcnow
+from models.catalog import block_complexity
+
+Submitted = TypeVar("Submitted", Job, Experiment)
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True)
+class ExperimentSubmission:
+    experiment: Experiment
+    created: bool
+
+
+def find_by_key(
+    session: Session, kind: type[Submitted], key: str, fingerprint: str
+) -> Submitted | None:
+    """The row submitted with this Idempotency-Key, if any; IdempotencyConflict when it was
+    submitted with another body."""
+    row = session.execute(select(kind).where(kind.idempotency_key == key)).scalar_one_or_none()
+    if row is not None and row.request_sha256 != fingerprint:
+        noun = "job" if kind is Job else "experiment"
+        raise IdempotencyConflict(
+            f"Idempotency-Key {key!r} was already used for {noun} {row.id} with a different body."
+        )
+    return row
+
+
+def create_job(
+    session: Session, spec: JobCreate, *, settings: Settings, idempotency_key: str | None = None
+) -> Submission:
+    """Add a queued job to the session; its id is sent to the queue once the caller's
+    transaction commits. A concurrent request with the same Idempotency-Key gets that job."""
+    fingerprint = spec.fingerprint()
+    if idempotency_key is not None:
+        existing = find_by_key(session, Job, idempotency_key, fingerprint)
+        if existing is not None:
+            return Submission(existing, created=False)
+    ensure_queue_room(session, settings=settings, adding=1)
+    try:
+        with session.begin_nested():
+            job = add_job(session, spec, settings=settings, idempotency_key=idempotency_key)
+    except IntegrityError:
+        # Another request with the same Idempotency-Key committed first.
+        if idempotency_key is None:
+            raise
+        existing = find_by_key(session, Job, idempotency_key, fingerprint)
+        if existing is None:
+            raise
+        return Submission(existing, created=False)
+    return Submission(job, created=True)
+
+
+def create_experiment(
+    session: Session,
+    spec: ExperimentCreate,
+    *,
+    settings: Settings,
+    idempotency_key: str | None = None,
+) -> ExperimentSubmission:
+    """Add the experiment and all its queued jobs to the caller's transaction (all or none);
+    the job ids are sent to the queue once it commits. The same Idempotency-Key and body give
+    back the experiment made first."""
+    plan = plan_experiment(spec)
+    fingerprint = plan.fingerprint()
+    if idempotency_key is not None:
+        existing = find_by_key(session, Experiment, idempotency_key, fingerprint)
+        if existing is not None:
+            return ExperimentSubmission(existing, created=False)
+    ensure_queue_room(session, settings=settings, adding=len(plan.jobs))
+    experiment = Experiment(
+        name=spec.name,
+        preset=spec.preset,
+        tags=list(spec.tags),
+        spec=plan.spec,
+        idempotency_key=idempotency_key,
+        request_sha256=fingerprint,
+        created_at=utcnow(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(experiment)
+            session.flush()
+    except IntegrityError:
+        # Another request with the same Idempotency-Key committed first.
+        if idempotency_key is None:
+            raise
+        existing = find_by_key(session, Experiment, idempotency_key, fingerprint)
+        if existing is None:
+            raise
+        return ExperimentSubmission(existing, created=False)
+    for job_spec in plan.jobs:
+        add_job(session, job_spec, settings=settings, experiment_id=experiment.id)
+    return ExperimentSubmission(experiment, created=True)
+
+
+def ensure_queue_room(session: Session, *, settings: Settings, adding: int) -> None:
+    """QueueFull (503 with Retry-After) unless `adding` more queued jobs stay within
+    MAX_QUEUED_JOBS."""
+    queued = session.execute(
+        select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
+    ).scalar_one()
+    if queued + adding > settings.max_queued_jobs:
+        adds = "" if adding == 1 else f" and this request adds {adding}"
+        raise QueueFull(
+            f"{queued} jobs are already queued{adds} (limit {settings.max_queued_jobs}); "
+            "retry later.",
+            headers={"Retry-After": str(int(max(settings.lease_seconds, 30)))},
+        )
+
+
+def add_job(
+    session: Session,
+    spec: JobCreate,
+    *,
+    settings: Settings,
+    experiment_id: int | None = None,
+    idempotency_key: str | None = None,
+) -> Job:
+    """The one way a job row is made: a queued job built from `spec`, added and flushed (so
+    its id is known), and sent to the queue once the caller's transaction commits."""
+    complexity = block_complexity(spec.block, DATASETS[spec.dataset].num_classes)
+    now = utcnow()
+    job = Job(
+        experiment_id=experiment_id,
+        name=spec.name,
+        tags=list(spec.tags),
+        block=spec.block,
+        dataset=spec.dataset,
+        spec=spec.model_dump(mode="json"),
+        config=spec.train_config().model_dump(mode="json"),
+        status=JobStatus.QUEUED,
+        cancel_requested=False,
+        params=complexity.params,
+        macs=complexity.macs,
+        epochs_total=spec.hyperparameters.epochs,
+        epochs_done=0,
+        attempt=0,
+        max_attempts=settings.max_attempts,
+        enqueued_at=now,
+        enqueue_count=1,
+        idempotency_key=idempotency_key,
+        request_sha256=spec.fingerprint(),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    record_status(session, job.id)
+    enqueue_after_commit(session, job.id)
+    return job
