@@ -31,6 +31,34 @@ class InvalidJson(ServiceError):
     code = "invalid_json"
 
 
+class JsonTooDeep(ServiceError):
+    """Arrays and objects nested deeper than app.json_body.MAX_JSON_DEPTH."""
+
+    status_code = 400
+    code = "json_too_deep"
+
+
+class JsonNumberTooLong(ServiceError):
+    """A number literal longer than app.json_body.MAX_NUMBER_LENGTH characters."""
+
+    status_code = 400
+    code = "number_too_long"
+
+
+class InvalidJsonString(ServiceError):
+    """A string (value or key) with an unpaired surrogate or a NUL character."""
+
+    status_code = 400
+    code = "invalid_string"
+
+
+class DuplicateJsonKey(ServiceError):
+    """An object that names the same key twice."""
+
+    status_code = 400
+    code = "duplicate_key"
+
+
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     code = "unsupported_media_type"

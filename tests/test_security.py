@@ -563,3 +563,372 @@ def test_an_empty_idempotency_key_is_refused(client: TestClient) -> None:
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
+
+
+# --- hostile JSON: deep, long or strange bodies ----------------------------------------------
+
+MAX_BODY = 16 * 1024  # MAX_BODY_BYTES's default, which these tests run with
+JOB_PREFIX = '{"block": "mobile", "hyperparameters": '  # the top-level object is level 1
+
+
+def opening(levels: int, kinds: str = "[") -> str:
+    """The first half of deep(levels, ..., kinds)."""
+    return "".join('{"a": ' if kinds[i % len(kinds)] == "{" else "[" for i in range(levels))
+
+
+def deep(levels: int, kinds: str = "[", inner: str = "1") -> str:
+    """`levels` arrays and/or objects (taking turns as `kinds` says), one inside the other."""
+    closing = "".join("}" if kinds[i % len(kinds)] == "{" else "]" for i in range(levels))
+    return opening(levels, kinds) + inner + closing[::-1]
+
+
+def at(text: str) -> str:
+    """How a detail names the character just after `text` (one line)."""
+    return f"line 1, column {len(text) + 1} (character {len(text)})"
+
+
+TOO_DEEP = "nests arrays and objects more than 64 levels deep: level 65 opens at "
+LONG_INTEGER = "1" * 10_000
+
+# (test id, body, error code, what the detail says). Each is refused by the JSON check before
+# FastAPI parses the body, with the same answer on every route that takes a JSON body.
+HOSTILE_JSON: list[tuple[str, bytes, str, list[str]]] = [
+    (
+        "5000 nested arrays",
+        (JOB_PREFIX + deep(5000) + "}").encode(),
+        "json_too_deep",
+        [TOO_DEEP + at(JOB_PREFIX + opening(63))],
+    ),
+    (
+        "5000 nested arrays, never closed",
+        (JOB_PREFIX + "[" * 5000).encode(),
+        "json_too_deep",
+        [TOO_DEEP + at(JOB_PREFIX + opening(63))],
+    ),
+    (
+        "2000 nested objects",
+        (JOB_PREFIX + deep(2000, "{") + "}").encode(),
+        "json_too_deep",
+        [TOO_DEEP + at(JOB_PREFIX + opening(63, "{"))],
+    ),
+    (
+        "2000 levels of arrays and objects in turn",
+        (JOB_PREFIX + deep(2000, "[{") + "}").encode(),
+        "json_too_deep",
+        [TOO_DEEP + at(JOB_PREFIX + opening(63, "[{"))],
+    ),
+    (
+        "a top-level array one level too deep",
+        deep(65).encode(),
+        "json_too_deep",
+        [TOO_DEEP + at(opening(64))],
+    ),
+    (
+        "too deep after brackets inside strings",
+        (JOB_PREFIX + '["]]]]\\"]]", "}}", ' + deep(63) + "]}").encode(),
+        "json_too_deep",
+        [TOO_DEEP + at(JOB_PREFIX + '["]]]]\\"]]", "}}", ' + opening(62))],
+    ),
+    (
+        "a 10000-digit integer",
+        ('{"block": "mobile", "train_samples": ' + LONG_INTEGER + "}").encode(),
+        "number_too_long",
+        [
+            "a number 10000 characters long (11111111111111111111...) in train_samples at "
+            + at('{"block": "mobile", "train_samples": '),
+            "at most 100 characters",
+        ],
+    ),
+    (
+        "a negative 10000-digit integer in an array",
+        ('{"block": "mobile", "tags": ["a", -' + LONG_INTEGER + "]}").encode(),
+        "number_too_long",
+        ["a number 10001 characters long (-1111111111111111111...) in tags.1 at "],
+    ),
+    (
+        "a 5000-digit fraction",
+        (JOB_PREFIX + '{"learning_rate": 0.' + "0" * 4999 + "1}}").encode(),
+        "number_too_long",
+        [
+            "a number 5002 characters long (0.000000000000000000...) in "
+            "hyperparameters.learning_rate at "
+        ],
+    ),
+    (
+        "a 200-digit exponent",
+        (JOB_PREFIX + '{"learning_rate": 1e' + "9" * 200 + "}}").encode(),
+        "number_too_long",
+        ["a number 202 characters long", "hyperparameters.learning_rate"],
+    ),
+    (
+        "an escaped lone high surrogate",
+        b'{"block": "mobile", "name": "run \\ud800"}',
+        "invalid_string",
+        [
+            "an unpaired surrogate (\\ud800) in name, in the string at "
+            + at('{"block": "mobile", "name": ')
+        ],
+    ),
+    (
+        "an escaped lone low surrogate in a tag",
+        b'{"block": "mobile", "tags": ["ok", "\\udc00"]}',
+        "invalid_string",
+        ["an unpaired surrogate (\\udc00) in tags.1"],
+    ),
+    (
+        "a surrogate pair the wrong way round",
+        b'{"block": "mobile", "name": "\\ude00\\ud83d"}',
+        "invalid_string",
+        ["an unpaired surrogate (\\ude00) in name"],
+    ),
+    (
+        "a lone surrogate in a key",
+        b'{"block": "mobile", "\\ud800": 1}',
+        "invalid_string",
+        ["an unpaired surrogate (\\ud800) in a key of the top-level object"],
+    ),
+    (
+        "an escaped NUL",
+        b'{"block": "mobile", "name": "a\\u0000b"}',
+        "invalid_string",
+        ["a NUL character (\\u0000) in name"],
+    ),
+    (
+        "a NUL in a nested key",
+        b'{"block": "mobile", "hyperparameters": {"epochs\\u0000": 2}}',
+        "invalid_string",
+        ["a NUL character (\\u0000) in a key of the object hyperparameters"],
+    ),
+    (
+        "a duplicate key",
+        b'{"block": "plain", "block": "mobile"}',
+        "duplicate_key",
+        [
+            'the key "block" twice in the top-level object, the second time at '
+            + at('{"block": "plain", '),
+            "only once",
+        ],
+    ),
+    (
+        "a duplicate nested key",
+        b'{"block": "mobile", "hyperparameters": {"epochs": 1, "lr": 0.1, "epochs": 900}}',
+        "duplicate_key",
+        ['the key "epochs" twice in the object hyperparameters'],
+    ),
+    (
+        "a duplicate key written with an escape",
+        b'{"block": "plain", "\\u0062lock": "mobile"}',
+        "duplicate_key",
+        ['the key "block" twice in the top-level object'],
+    ),
+    (
+        "a duplicate key in an array's object",
+        b'{"name": "x", "blocks": ["mobile"], "grid": {"epochs": [{"a": 1, "b": 2, "a": 3}]}}',
+        "duplicate_key",
+        ['the key "a" twice in the object grid.epochs.0'],
+    ),
+    (
+        "a NUL byte in a string",
+        b'{"block": "mobile", "name": "a\x00b"}',
+        "invalid_json",
+        ["Invalid control character at " + at('{"block": "mobile", "name": "a')],
+    ),
+    (
+        "a NUL byte after the value",
+        b'{"block": "mobile"}\x00',
+        "invalid_json",
+        ["Extra data at " + at('{"block": "mobile"}')],
+    ),
+    (
+        "a byte order mark before a deep body",
+        b"\xef\xbb\xbf" + deep(5000).encode(),
+        "invalid_json",
+        ["Unexpected UTF-8 BOM"],
+    ),
+    (
+        "invalid UTF-8 inside a deep body",
+        b"[" * 100 + b'"\xc0\xaf"' + b"]" * 100,
+        "invalid_json",
+        ["not UTF-8 text: byte 101 (0xc0) invalid start byte"],
+    ),
+    (
+        "a surrogate encoded in UTF-8 bytes (CESU-8)",
+        b'{"block": "mobile", "name": "\xed\xa0\x80"}',
+        "invalid_json",
+        ["not UTF-8 text: byte 29 (0xed) invalid continuation byte"],
+    ),
+]
+
+
+def json_routes(client: TestClient) -> list[str]:
+    """The path of every operation that takes a JSON body (all are POSTs), from the schema."""
+    schema = client.get("/openapi.json").json()
+    found = {
+        (method.upper(), path)
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    }
+    # A new route with a JSON body must be added here (and to every_protected_request).
+    assert found == {("POST", "/jobs"), ("POST", "/experiments")}, found
+    return sorted(path for _, path in found)
+
+
+def assert_refused(response: httpx.Response, status: int, code: str, says: list[str]) -> None:
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"] == "application/json"
+    document = response.json()
+    assert set(document) == {"error", "detail"}, document
+    assert document["error"] == code, document
+    for words in says:
+        assert words in document["detail"], (words, document["detail"][:500])
+    assert "Traceback" not in response.text and 'File "' not in response.text
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "says"),
+    [case[1:] for case in HOSTILE_JSON],
+    ids=[case[0] for case in HOSTILE_JSON],
+)
+def test_hostile_json_is_a_400_naming_the_problem(
+    configure, sqlite_url: str, body: bytes, code: str, says: list[str]
+) -> None:  # type: ignore[no-untyped-def]
+    configure(sqlite_url)
+    from app.main import create_app
+
+    assert len(body) <= MAX_BODY
+    with TestClient(create_app()) as client:  # a server exception would be raised here
+        for path in json_routes(client):
+            response = client.post(path, content=body, headers=JSON)
+            assert_refused(response, 400, code, says)
+        assert client.get("/jobs").json()["total"] == 0
+        assert client.post("/jobs", json=SMALL_JOB).status_code == 202
+    assert broker_messages() == 1
+
+
+def test_json_at_the_depth_limit_reaches_validation(client: TestClient) -> None:
+    """64 levels parse, and the schema's answer names the field; brackets in strings do not
+    count; numbers of 100 characters are numbers."""
+    for body, field in (
+        (JOB_PREFIX + deep(63) + "}", "hyperparameters"),
+        (JOB_PREFIX + deep(63, "{") + "}", "hyperparameters.a"),
+        ('{"block": "mobile", "tags": ' + deep(63, "[{") + "}", "tags.0"),
+        ('{"block": "mobile", "colour": ' + deep(63, "{[") + "}", "colour"),
+        ('{"block": "mobile", "train_samples": ' + "9" * 100 + "}", "train_samples"),
+        ('{"name": "x", "blocks": ["mobile"], "seeds": ' + deep(63) + "}", "seeds[0]"),
+        (
+            '{"name": "x", "blocks": ["mobile"], "grid": {"epochs": [' + deep(61) + "]}}",
+            "grid.epochs[0]",
+        ),
+        ('{"name": "x", "blocks": ["mobile"], "seeds": [1' + "0" * 99 + "]}", "seeds[0]"),
+        # A string may be long; the schema's limit on the field answers.
+        ('{"block": "mobile", "name": "' + "n" * 16_000 + '"}', "name"),
+        ('{"block": "mobile", "' + "k" * 16_000 + '": 1}', "k" * 16_000),
+        # A float out of range is infinity, which the schema refuses.
+        (JOB_PREFIX + '{"learning_rate": 1e400}}', "hyperparameters.learning_rate"),
+        (JOB_PREFIX + '{"learning_rate": -1' + "0" * 98 + "}}", "hyperparameters.learning_rate"),
+    ):
+        assert len(body) <= MAX_BODY
+        path = "/experiments" if '"blocks"' in body else "/jobs"
+        response = client.post(path, content=body.encode(), headers=JSON)
+        assert response.status_code == 422, (body[:80], response.text[:300])
+        document = response.json()
+        assert document["error"] == "validation_error"
+        assert field in [problem["field"] for problem in document["fields"]], body[:80]
+    # Brackets and escaped quotes inside strings are text: this one is accepted.
+    name = '[[{{"\\]]' * 20
+    accepted = client.post("/jobs", json={**SMALL_JOB, "name": name})
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["name"] == name
+    # ... and a surrogate pair is one character.
+    emoji = client.post(
+        "/jobs", content=b'{"block": "mobile", "name": "\\ud83d\\ude00"}', headers=JSON
+    )
+    assert emoji.status_code == 202 and emoji.json()["name"] == "\U0001f600"
+    assert client.get("/jobs").json()["total"] == 2
+
+
+def padded(body: str, size: int) -> bytes:
+    """`body` (an object) with spaces before its closing brace: exactly `size` bytes."""
+    assert body.endswith("}") and len(body) <= size
+    return (body[:-1] + " " * (size - len(body)) + "}").encode()
+
+
+def test_hostile_json_at_and_over_the_size_limit(client: TestClient) -> None:
+    deep_body = JOB_PREFIX + deep(5000) + "}"
+    for path in json_routes(client):
+        at_limit = padded(deep_body, MAX_BODY)
+        assert len(at_limit) == MAX_BODY
+        assert_refused(
+            client.post(path, content=at_limit, headers=JSON), 400, "json_too_deep", [TOO_DEEP]
+        )
+        over = padded(deep_body, MAX_BODY + 1)
+        assert_too_large(client.post(path, content=over, headers=JSON))
+        assert_too_large(client.post(path, content=chunks(over), headers=JSON))
+        duplicate = padded('{"block": "mobile", "block": "plain"}', MAX_BODY)
+        assert_refused(
+            client.post(path, content=duplicate, headers=JSON), 400, "duplicate_key", ['"block"']
+        )
+        number = padded('{"block": "mobile", "train_samples": ' + "1" * 16_000 + "}", MAX_BODY)
+        assert_refused(
+            client.post(path, content=number, headers=JSON),
+            400,
+            "number_too_long",
+            ["16000 characters"],
+        )
+    assert client.get("/jobs").json()["total"] == 0
+    # A good body at exactly the limit is taken; one byte more is not.
+    job = json.dumps(SMALL_JOB)
+    assert client.post("/jobs", content=padded(job, MAX_BODY), headers=JSON).status_code == 202
+    assert_too_large(client.post("/jobs", content=padded(job, MAX_BODY + 1), headers=JSON))
+    experiment = padded(json.dumps(SMALL_EXPERIMENT), MAX_BODY)
+    assert client.post("/experiments", content=experiment, headers=JSON).status_code == 202
+    assert client.get("/jobs").json()["total"] == 2
+
+
+def test_hostile_json_on_the_live_server(live_api: tuple[int, Process]) -> None:
+    """The bytes over a real socket, with Content-Length and chunked: still 400, and the server
+    logs no traceback."""
+    port, process = live_api
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
+        before = api.get("/jobs").json()["total"]
+        for _, body, code, says in HOSTILE_JSON:
+            for path in ("/jobs", "/experiments"):
+                for content in (body, chunks(body, 512)):
+                    response = api.post(path, content=content, headers=JSON)
+                    assert_refused(response, 400, code, says)
+        assert api.get("/jobs").json()["total"] == before
+        assert api.post("/jobs", json=SMALL_JOB).status_code == 202
+    log = process.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "RecursionError" not in log
+    assert process.alive()
+
+
+def test_the_json_check_is_linear_and_quick() -> None:
+    """The worst bodies of MAX_BODY_BYTES for the scan (a token every byte or two) take
+    milliseconds; growing a body 16 times grows the time about 16 times, not 256."""
+    import time
+
+    from app.json_body import json_problem
+
+    def fill(head: str, unit: str, tail: str, size: int) -> bytes:
+        return (head + unit * ((size - len(head) - len(tail)) // len(unit)) + tail).encode()
+
+    def seconds(body: bytes) -> float:
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            json_problem(body)
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    for head, unit, tail in (
+        ("[", "[],", "[]]"),
+        ("[", '"",', '""]'),
+        ("[", "1,", "1]"),
+        ('{"a": ' * 60 + "[", '"[{",', "1]" + "}" * 60),
+    ):
+        small = seconds(fill(head, unit, tail, MAX_BODY))
+        large = seconds(fill(head, unit, tail, 16 * MAX_BODY))
+        assert small < 0.25, (unit, small)
+        assert large < 16 * 4 * small + 0.05, (unit, small, large)

@@ -11,7 +11,9 @@ from jobs.tables import Job, JobStatus
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the JSON errors a route can answer with."""
     descriptions = {
-        400: "The request body is not UTF-8 JSON text; `detail` says where it breaks.",
+        400: "The request body is not UTF-8 JSON text, or is JSON nested over 64 levels deep, "
+        "with a number over 100 characters, an unpaired surrogate or NUL in a string, or a "
+        "duplicate key; `error` says which, `detail` where.",
         401: "Missing or wrong API key (only when API_KEY is set).",
         404: "No such job, checkpoint or file.",
         409: "Conflict with the job's state or an earlier request.",
