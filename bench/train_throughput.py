@@ -8,17 +8,25 @@ same optimizer settings, batch size and images on the same device; warm-up batch
 timed. Each round times the same number of batches of the naive loop and of every engine
 variant back to back, in alternating order, so a change of machine load lands in both sides
 of that round's ratio rather than in one.
+
+With ``--concurrent-jobs N`` it measures instead what the worker does with WORKER_CONCURRENCY=N:
+N small jobs (``engine.train``, one epoch each) trained at once in N threads of this process,
+each with the worker's per-job CPU threads, against the same N jobs one after the other with
+every usable CPU each, and against the N jobs at once with a thread per core each (the worker
+before it split the CPUs). Rounds alternate the order of the three.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,8 +47,10 @@ from engine.trainer import (
     make_optimizer,
     prepare_model,
     resolve_device,
+    train,
     train_epoch,
 )
+from worker.cpus import available_cpus, threads_per_job
 
 WARMUP_BATCHES = 2
 
@@ -305,6 +315,191 @@ def run_benchmark(
     return rows
 
 
+# The modes of the concurrency benchmark: the jobs one after the other with every usable CPU
+# each; at once with the worker's per-job threads; at once with a thread per core each.
+SEQUENTIAL = "one after the other"
+SHARED = "together, per-job threads"
+UNLIMITED = "together, thread per core"
+CONCURRENCY_MODES = (SEQUENTIAL, SHARED, UNLIMITED)
+
+
+@dataclass
+class ConcurrencyRow:
+    """N jobs, one after the other and at once, over every round."""
+
+    block: str
+    jobs: int
+    images_per_job: int
+    usable_cpus: int
+    threads: dict[str, int]  # intra-op threads per job, per mode
+    rounds: dict[str, list[Timing]] = field(
+        default_factory=lambda: {mode: [] for mode in CONCURRENCY_MODES}
+    )
+    # Per mode: the counts the engine reported from the jobs' training threads.
+    threads_used: dict[str, set[int]] = field(
+        default_factory=lambda: {mode: set() for mode in CONCURRENCY_MODES}
+    )
+
+    def ratios(self, mode: str) -> list[float]:
+        """Per round: the jobs' wall seconds one after the other over at once in ``mode``;
+        1 or more means training them at once took no longer."""
+        return [
+            sequential.wall_seconds / together.wall_seconds
+            for sequential, together in zip(self.rounds[SEQUENTIAL], self.rounds[mode], strict=True)
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        modes = {}
+        for mode in CONCURRENCY_MODES:
+            timings = self.rounds[mode]
+            entry: dict[str, Any] = {
+                "threads_per_job": self.threads[mode],
+                "threads_used": sorted(self.threads_used[mode]),
+                "wall_seconds_median": statistics.median(t.wall_seconds for t in timings),
+                "cpu_seconds_median": statistics.median(t.cpu_seconds for t in timings),
+                "rounds": [asdict(t) for t in timings],
+            }
+            if mode != SEQUENTIAL:
+                ratios = self.ratios(mode)
+                entry |= {
+                    "ratio_min": min(ratios),
+                    "ratio_median": statistics.median(ratios),
+                    "ratio_max": max(ratios),
+                }
+            modes[mode] = entry
+        return {
+            "block": self.block,
+            "jobs": self.jobs,
+            "images_per_job": self.images_per_job,
+            "usable_cpus": self.usable_cpus,
+            "rounds": len(self.rounds[SEQUENTIAL]),
+            "modes": modes,
+        }
+
+
+def _train_jobs(
+    configs: list[TrainConfig],
+    data_dir: Path,
+    device: torch.device,
+    cpu_threads: int,
+    *,
+    at_once: bool,
+    threads_used: set[int],
+) -> None:
+    """Train ``configs`` as the worker would: each in a thread of its own, all started at once,
+    or one after the other on one thread; each sets ``cpu_threads`` on its training thread and
+    adds the count it ran with to ``threads_used``."""
+    errors: list[BaseException] = []
+
+    def run(batch: list[TrainConfig]) -> None:
+        try:
+            for config in batch:
+                result = train(config, data_dir=data_dir, device=device, cpu_threads=cpu_threads)
+                threads_used.add(result.cpu_threads)
+        except BaseException as error:
+            errors.append(error)
+
+    batches = [[config] for config in configs] if at_once else [configs]
+    threads = [threading.Thread(target=run, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def run_concurrency_benchmark(
+    *,
+    device: torch.device,
+    blocks: list[str],
+    jobs: int,
+    images: int,
+    rounds: int,
+    batch_size: int,
+    data_dir: Path | None = None,
+    report: Callable[[ConcurrencyRow], None] | None = None,
+) -> list[ConcurrencyRow]:
+    """Time ``jobs`` one-epoch jobs of ``images`` training images per block in every mode, in
+    ``rounds`` rounds whose order of modes rotates."""
+    images = max(batch_size, images // batch_size * batch_size)  # full batches only
+    cpus = available_cpus()
+    # What each job got before the worker split the CPUs: PyTorch's default, a thread per core.
+    per_core = torch.get_num_threads()
+    threads = {
+        SEQUENTIAL: threads_per_job(cpus, 1),
+        SHARED: threads_per_job(cpus, jobs),
+        UNLIMITED: per_core,
+    }
+    rows: list[ConcurrencyRow] = []
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as temp_dir:
+        if data_dir is None:
+            data_dir = Path(temp_dir)
+            generate_cifar(
+                data_dir, "cifar100", train_per_class=math.ceil(images / 100), test_per_class=1
+            )
+        for block in blocks:
+            configs = [
+                TrainConfig.model_validate(
+                    {
+                        "block": block,
+                        "epochs": 1,
+                        "batch_size": batch_size,
+                        "seed": seed,
+                        "train_samples": images,
+                        "test_samples": batch_size,
+                        "compile": False,
+                    }
+                )
+                for seed in range(jobs)
+            ]
+            warm_up = [configs[0].model_copy(update={"train_samples": batch_size})]
+            row = ConcurrencyRow(block, jobs, images, cpus, threads)
+            for mode in CONCURRENCY_MODES:
+                _train_jobs(
+                    warm_up, data_dir, device, threads[mode], at_once=False, threads_used=set()
+                )
+            for round_index in range(rounds):
+                start = round_index % len(CONCURRENCY_MODES)
+                for mode in CONCURRENCY_MODES[start:] + CONCURRENCY_MODES[:start]:
+                    run = functools.partial(
+                        _train_jobs,
+                        configs,
+                        data_dir,
+                        device,
+                        threads[mode],
+                        at_once=mode != SEQUENTIAL,
+                        threads_used=row.threads_used[mode],
+                    )
+                    row.rounds[mode].append(_timed(device, run))
+            rows.append(row)
+            if report is not None:
+                report(row)
+    return rows
+
+
+def format_concurrency_row(row: ConcurrencyRow) -> str:
+    s = row.summary()
+    lines = [
+        f"{row.block}: {row.jobs} jobs of {row.images_per_job} images, {row.usable_cpus} usable "
+        f"CPUs, {s['rounds']} rounds",
+        f"  {'mode':<27} {'threads/job':>11} {'wall s':>8} {'CPU s':>8} "
+        f"{'one after the other / this, min/med/max':>40}",
+    ]
+    for mode, entry in s["modes"].items():
+        ratios = (
+            "-"
+            if mode == SEQUENTIAL
+            else f"{entry['ratio_min']:.2f}/{entry['ratio_median']:.2f}/{entry['ratio_max']:.2f}"
+        )
+        used = ",".join(str(count) for count in entry["threads_used"])
+        lines.append(
+            f"  {mode:<27} {used:>11} {entry['wall_seconds_median']:>8.1f} "
+            f"{entry['cpu_seconds_median']:>8.1f} {ratios:>40}"
+        )
+    return "\n".join(lines)
+
+
 TABLE_HEADER = (
     f"{'block':<9} {'prec':<5} {'compile':<7} {'naive img/s':>11} {'engine img/s':>12} "
     f"{'ratio min/med/max':>19} {'CPU s naive':>11} {'CPU s engine':>12} {'1st step s':>10}"
@@ -373,11 +568,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="naive DataLoader workers")
     parser.add_argument("--data-dir", type=Path, default=None, help="default: generated")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--concurrent-jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N one-epoch jobs at once in threads of this process, as a worker with "
+        "WORKER_CONCURRENCY=N trains them, against one after the other (--images per job)",
+    )
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
     images = args.images or (512 if device.type == "cpu" else 10_000)
     info = environment(device)
+    if args.concurrent_jobs > 0:
+        return concurrency_main(args, device, images, info)
     print(
         f"{info['date']} {device} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, "
         f"{info['threads']} threads; {images} timed images per loop per round, "
@@ -399,6 +604,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         results = {"environment": info, "rows": [row.summary() for row in rows]}
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def concurrency_main(
+    args: argparse.Namespace, device: torch.device, images: int, info: dict[str, Any]
+) -> int:
+    print(
+        f"{info['date']} {device} ({info.get('gpu', info['cpu'])}), torch {info['torch']}, "
+        f"{info['threads']} threads by default; {args.concurrent_jobs} jobs of {images} "
+        f"training images, {args.rounds} rounds, batch {args.batch_size}",
+        flush=True,
+    )
+    rows = run_concurrency_benchmark(
+        device=device,
+        blocks=_split(args.blocks),
+        jobs=args.concurrent_jobs,
+        images=images,
+        rounds=args.rounds,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        report=lambda row: print(format_concurrency_row(row), flush=True),
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        results = {"environment": info, "concurrency": [row.summary() for row in rows]}
         args.json.write_text(json.dumps(results, indent=2))
     return 0
 

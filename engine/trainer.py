@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ class TrainResult:
     epochs_done: int
     stopped: bool
     best_test_accuracy: float | None
+    cpu_threads: int  # torch.get_num_threads() on the training thread during the run
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -265,6 +267,42 @@ def _load_splits(
 _GLOBAL_RNG = threading.Lock()
 
 
+# The intra-op threads of this process before any run set its own: torch.set_num_threads also
+# sets the count that threads pick up at their first parallel operation, for the whole process.
+_process_threads: int | None = None
+_process_threads_lock = threading.Lock()
+
+
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[int]:
+    """Run the block with ``threads`` intra-op CPU threads (None: as they are) and yield the
+    count in effect.
+
+    It must be entered on the thread that trains: with PyTorch's OpenMP backend the count is
+    the calling thread's own, so jobs trained in different threads of one process (the
+    worker's WORKER_CONCURRENCY) each get their own, and a count set on another thread does
+    not reach this one. Afterwards the calling thread, and threads that have not run parallel
+    work yet, are back on the process's count from before the first run that set one.
+    Inter-op threads are left alone: the training step never hands work to them, and their
+    pool can be sized only once per process, before any parallel work.
+    """
+    global _process_threads
+    if threads is None:
+        yield torch.get_num_threads()
+        return
+    if threads < 1:
+        raise ValueError(f"cpu_threads must be at least 1, got {threads}")
+    with _process_threads_lock:
+        if _process_threads is None:
+            _process_threads = torch.get_num_threads()
+        restore = _process_threads
+    torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(restore)
+
+
 def seeded_model(config: TrainConfig, device: torch.device) -> nn.Module:
     """The job's network with its seed's initial weights, whatever other threads are doing."""
     with _GLOBAL_RNG:
@@ -286,6 +324,7 @@ def train(
     download_url: str | None = None,
     download_md5: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    cpu_threads: int | None = None,
 ) -> TrainResult:
     """Train ``config`` and return its history.
 
@@ -297,150 +336,167 @@ def train(
     (``StorageFull``, any OSError) raises here too. ``should_stop`` is polled between batches;
     when it returns True the run stops at once with ``stopped=True`` and no partial-epoch
     checkpoint. ``on_batch(batches_done, batches_per_epoch)`` is for progress bars.
+    ``cpu_threads``: the intra-op CPU threads of this run (see ``intra_op_threads``); None
+    leaves the calling thread's setting as it is. The result records the count in effect.
     """
-    device = resolve_device(device)
-    bf16 = config.precision == "bf16"
+    with intra_op_threads(cpu_threads) as threads_used:
+        device = resolve_device(device)
+        bf16 = config.precision == "bf16"
 
-    resume_payload: dict[str, Any] | None = None
-    history: list[EpochMetrics] = []
-    best_test_accuracy: float | None = None
-    start_epoch = 1
-    if resume_from is not None:
-        resume_payload = load_checkpoint(resume_from)
-        _check_resumable(resume_payload["config"], config)
-        history = [EpochMetrics.from_dict(item) for item in resume_payload["history"]]
-        best_test_accuracy = resume_payload["best_test_accuracy"]
-        done = int(resume_payload["epoch"])
-        if done > config.epochs:
-            raise ValueError(f"checkpoint is at epoch {done}, beyond epochs={config.epochs}")
-        if done == config.epochs:
-            return TrainResult(history, done, stopped=False, best_test_accuracy=best_test_accuracy)
-        start_epoch = done + 1
-
-    train_split, test_split = _load_splits(
-        config, Path(data_dir), download, download_url, download_md5
-    )
-    loader_generator = torch.Generator(device=device).manual_seed(config.seed)
-    model = seeded_model(config, device)
-    optimizer = make_optimizer(config, model)
-    scheduler = make_scheduler(config, optimizer)
-    channels_last = True  # matches prepare_model
-    train_loader = DeviceLoader(
-        train_split.images,
-        train_split.labels,
-        dataset=config.dataset,
-        batch_size=config.batch_size,
-        device=device,
-        generator=loader_generator,
-        shuffle=True,
-        augment=config.augment,
-        channels_last=channels_last,
-    )
-    eval_batch_size = CUDA_EVAL_BATCH_SIZE if device.type == "cuda" else CPU_EVAL_BATCH_SIZE
-    test_loader = DeviceLoader(
-        test_split.images,
-        test_split.labels,
-        dataset=config.dataset,
-        batch_size=max(config.batch_size, eval_batch_size),
-        device=device,
-        channels_last=channels_last,
-    )
-    compiled_forward_loss = (
-        compile_forward_loss(model, bf16=bf16) if resolve_compile(config, device) else None
-    )
-
-    if resume_payload is not None:
-        model.load_state_dict(resume_payload["model"])
-        optimizer.load_state_dict(resume_payload["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resume_payload["scheduler"])
-        rng = resume_payload["rng"]
-        torch.set_rng_state(rng["torch"])
-        loader_generator.set_state(rng["loader"])
-        if device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"], device)
-
-    writer = CheckpointWriter() if checkpoint_dir is not None else None
-
-    def deliver(files: list[CheckpointFile]) -> None:
-        for file in files:
-            if on_checkpoint is not None:
-                on_checkpoint(file)
-
-    def poll() -> bool:
-        """Between batches: report finished checkpoint writes, then ask ``should_stop``."""
-        if writer is not None:
-            deliver(writer.completed())
-        return should_stop is not None and should_stop()
-
-    epochs_done = start_epoch - 1
-    stopped = False
-    try:
-        for epoch in range(start_epoch, config.epochs + 1):
-            learning_rate = float(optimizer.param_groups[0]["lr"])
-            epoch_start = time.perf_counter()
-            outcome = train_epoch(
-                model,
-                train_loader,
-                optimizer,
-                bf16=bf16,
-                should_stop=poll,
-                on_batch=on_batch,
-                compiled_forward_loss=compiled_forward_loss,
-            )
-            if outcome is None:
-                stopped = True
-                break
-            train_seconds = time.perf_counter() - epoch_start
-            train_loss, train_accuracy = outcome
-            test_loss, test_accuracy = evaluate(model, test_loader, bf16=bf16)
-            if scheduler is not None:
-                scheduler.step()
-            metrics = EpochMetrics(
-                epoch=epoch,
-                train_loss=train_loss,
-                train_accuracy=train_accuracy,
-                test_loss=test_loss,
-                test_accuracy=test_accuracy,
-                learning_rate=learning_rate,
-                seconds=time.perf_counter() - epoch_start,
-                images_per_second=train_loader.num_images / train_seconds,
-            )
-            history.append(metrics)
-            epochs_done = epoch
-            if best_test_accuracy is None or test_accuracy > best_test_accuracy:
-                best_test_accuracy = test_accuracy
-            if on_epoch is not None:
-                on_epoch(EpochReport(metrics=metrics, history=list(history)))
-            if writer is not None and checkpoint_dir is not None:
-                state = copy_to_cpu(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "rng": {
-                            "torch": torch.get_rng_state(),
-                            "loader": loader_generator.get_state(),
-                            "cuda": torch.cuda.get_rng_state(device)
-                            if device.type == "cuda"
-                            else None,
-                        },
-                    }
+        resume_payload: dict[str, Any] | None = None
+        history: list[EpochMetrics] = []
+        best_test_accuracy: float | None = None
+        start_epoch = 1
+        if resume_from is not None:
+            resume_payload = load_checkpoint(resume_from)
+            _check_resumable(resume_payload["config"], config)
+            history = [EpochMetrics.from_dict(item) for item in resume_payload["history"]]
+            best_test_accuracy = resume_payload["best_test_accuracy"]
+            done = int(resume_payload["epoch"])
+            if done > config.epochs:
+                raise ValueError(f"checkpoint is at epoch {done}, beyond epochs={config.epochs}")
+            if done == config.epochs:
+                return TrainResult(
+                    history,
+                    done,
+                    stopped=False,
+                    best_test_accuracy=best_test_accuracy,
+                    cpu_threads=threads_used,
                 )
-                payload = {
-                    **state,
-                    "epoch": epoch,
-                    "config": config.model_dump(),
-                    "history": [item.to_dict() for item in history],
-                    "best_test_accuracy": best_test_accuracy,
-                    "block": config.block,
-                    "num_classes": config.num_classes,
-                }
+            start_epoch = done + 1
+
+        train_split, test_split = _load_splits(
+            config, Path(data_dir), download, download_url, download_md5
+        )
+        loader_generator = torch.Generator(device=device).manual_seed(config.seed)
+        model = seeded_model(config, device)
+        optimizer = make_optimizer(config, model)
+        scheduler = make_scheduler(config, optimizer)
+        channels_last = True  # matches prepare_model
+        train_loader = DeviceLoader(
+            train_split.images,
+            train_split.labels,
+            dataset=config.dataset,
+            batch_size=config.batch_size,
+            device=device,
+            generator=loader_generator,
+            shuffle=True,
+            augment=config.augment,
+            channels_last=channels_last,
+        )
+        eval_batch_size = CUDA_EVAL_BATCH_SIZE if device.type == "cuda" else CPU_EVAL_BATCH_SIZE
+        test_loader = DeviceLoader(
+            test_split.images,
+            test_split.labels,
+            dataset=config.dataset,
+            batch_size=max(config.batch_size, eval_batch_size),
+            device=device,
+            channels_last=channels_last,
+        )
+        compiled_forward_loss = (
+            compile_forward_loss(model, bf16=bf16) if resolve_compile(config, device) else None
+        )
+
+        if resume_payload is not None:
+            model.load_state_dict(resume_payload["model"])
+            optimizer.load_state_dict(resume_payload["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(resume_payload["scheduler"])
+            rng = resume_payload["rng"]
+            torch.set_rng_state(rng["torch"])
+            loader_generator.set_state(rng["loader"])
+            if device.type == "cuda" and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state(rng["cuda"], device)
+
+        writer = CheckpointWriter() if checkpoint_dir is not None else None
+
+        def deliver(files: list[CheckpointFile]) -> None:
+            for file in files:
+                if on_checkpoint is not None:
+                    on_checkpoint(file)
+
+        def poll() -> bool:
+            """Between batches: report finished checkpoint writes, then ask ``should_stop``."""
+            if writer is not None:
                 deliver(writer.completed())
-                writer.submit(epoch, Path(checkpoint_dir) / checkpoint_file_name(epoch), payload)
-        if writer is not None:
-            deliver(writer.flush())
-    finally:
-        if writer is not None:
-            writer.close()
-    return TrainResult(history, epochs_done, stopped=stopped, best_test_accuracy=best_test_accuracy)
+            return should_stop is not None and should_stop()
+
+        epochs_done = start_epoch - 1
+        stopped = False
+        try:
+            for epoch in range(start_epoch, config.epochs + 1):
+                learning_rate = float(optimizer.param_groups[0]["lr"])
+                epoch_start = time.perf_counter()
+                outcome = train_epoch(
+                    model,
+                    train_loader,
+                    optimizer,
+                    bf16=bf16,
+                    should_stop=poll,
+                    on_batch=on_batch,
+                    compiled_forward_loss=compiled_forward_loss,
+                )
+                if outcome is None:
+                    stopped = True
+                    break
+                train_seconds = time.perf_counter() - epoch_start
+                train_loss, train_accuracy = outcome
+                test_loss, test_accuracy = evaluate(model, test_loader, bf16=bf16)
+                if scheduler is not None:
+                    scheduler.step()
+                metrics = EpochMetrics(
+                    epoch=epoch,
+                    train_loss=train_loss,
+                    train_accuracy=train_accuracy,
+                    test_loss=test_loss,
+                    test_accuracy=test_accuracy,
+                    learning_rate=learning_rate,
+                    seconds=time.perf_counter() - epoch_start,
+                    images_per_second=train_loader.num_images / train_seconds,
+                )
+                history.append(metrics)
+                epochs_done = epoch
+                if best_test_accuracy is None or test_accuracy > best_test_accuracy:
+                    best_test_accuracy = test_accuracy
+                if on_epoch is not None:
+                    on_epoch(EpochReport(metrics=metrics, history=list(history)))
+                if writer is not None and checkpoint_dir is not None:
+                    state = copy_to_cpu(
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                            "rng": {
+                                "torch": torch.get_rng_state(),
+                                "loader": loader_generator.get_state(),
+                                "cuda": torch.cuda.get_rng_state(device)
+                                if device.type == "cuda"
+                                else None,
+                            },
+                        }
+                    )
+                    payload = {
+                        **state,
+                        "epoch": epoch,
+                        "config": config.model_dump(),
+                        "history": [item.to_dict() for item in history],
+                        "best_test_accuracy": best_test_accuracy,
+                        "block": config.block,
+                        "num_classes": config.num_classes,
+                    }
+                    deliver(writer.completed())
+                    writer.submit(
+                        epoch, Path(checkpoint_dir) / checkpoint_file_name(epoch), payload
+                    )
+            if writer is not None:
+                deliver(writer.flush())
+        finally:
+            if writer is not None:
+                writer.close()
+        return TrainResult(
+            history,
+            epochs_done,
+            stopped=stopped,
+            best_test_accuracy=best_test_accuracy,
+            cpu_threads=threads_used,
+        )

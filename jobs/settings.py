@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         1, ge=1, le=16, description="Jobs one worker process trains at once on its device."
     )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="CPU threads (PyTorch intra-op) per training job; 0: the CPUs the worker "
+        "may use (affinity, cgroup quota) divided by WORKER_CONCURRENCY, at least 1.",
+    )
 
     @field_validator("api_key", "database_url", "celery_broker_url", mode="before")
     @classmethod

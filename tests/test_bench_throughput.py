@@ -41,3 +41,42 @@ def test_benchmark_times_every_variant_in_every_round(tmp_path: Path) -> None:
         assert row["first_step_seconds"] is None  # compile off
     # Both variants were paired with the same naive timing in each round.
     assert rows[0]["naive_rounds"] == rows[1]["naive_rounds"]
+
+
+@pytest.mark.slow
+def test_concurrency_mode_times_jobs_together_and_one_after_the_other(tmp_path: Path) -> None:
+    import torch
+
+    from worker.cpus import available_cpus, threads_per_job
+
+    results_path = tmp_path / "results.json"
+    main(
+        [
+            "--device", "cpu", "--blocks", "mobile", "--concurrent-jobs", "2",
+            "--images", "12", "--batch-size", "8", "--rounds", "2", "--json", str(results_path),
+        ]
+    )  # fmt: skip
+    results = json.loads(results_path.read_text())
+    (row,) = results["concurrency"]
+    cpus = available_cpus()
+    assert (row["block"], row["jobs"], row["images_per_job"], row["rounds"]) == ("mobile", 2, 8, 2)
+    assert row["usable_cpus"] == cpus
+    modes = row["modes"]
+    # The jobs ran with the threads each mode gives them, as their training threads reported.
+    expected = {
+        "one after the other": threads_per_job(cpus, 1),
+        "together, per-job threads": threads_per_job(cpus, 2),
+        "together, thread per core": torch.get_num_threads(),
+    }
+    assert {mode: entry["threads_used"] for mode, entry in modes.items()} == {
+        mode: [count] for mode, count in expected.items()
+    }
+    sequential = [timing["wall_seconds"] for timing in modes["one after the other"]["rounds"]]
+    for mode in ("together, per-job threads", "together, thread per core"):
+        entry = modes[mode]
+        assert len(entry["rounds"]) == 2
+        ratios = [s / t["wall_seconds"] for s, t in zip(sequential, entry["rounds"], strict=True)]
+        assert entry["ratio_min"] == pytest.approx(min(ratios))
+        assert entry["ratio_min"] <= entry["ratio_median"] <= entry["ratio_max"]
+    for entry in modes.values():
+        assert all(t["wall_seconds"] > 0 and t["cpu_seconds"] > 0 for t in entry["rounds"])

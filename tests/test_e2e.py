@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import service_environment
 from tests.support import free_port, start_api, start_worker, wait_for_status
+from worker.cpus import available_cpus, threads_per_job
 
 pytestmark = pytest.mark.e2e
 
@@ -103,7 +104,7 @@ def test_job_runs_end_to_end_on_redis_and_postgres(
 
 def test_one_worker_trains_several_jobs_at_once(tmp_path: Path, dataset_root: Path) -> None:
     """WORKER_CONCURRENCY=2: one worker process runs two jobs at the same time, each to the end
-    with all its epochs, and a third waits for a free slot."""
+    with all its epochs and half the CPUs, and a third waits for a free slot."""
     from datetime import datetime
 
     from jobs.migrations import upgrade
@@ -139,6 +140,11 @@ def test_one_worker_trains_several_jobs_at_once(tmp_path: Path, dataset_root: Pa
                 api.get(f"/jobs/{job_id}/metrics").json()["metrics"] for job_id in ids[:2]
             )
             assert [r["train_loss"] for r in first] == [r["train_loss"] for r in second]
+        # Each job trained with its share of the CPUs, not a thread per core.
+        threads = threads_per_job(available_cpus(), 2)
+        log = worker.log_path.read_text(errors="replace")
+        for job_id in ids:
+            assert f"job {job_id} attempt 1 trains with {threads} CPU threads" in log, log[-3000:]
     finally:
         worker.stop()
         api_process.stop()

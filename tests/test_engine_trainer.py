@@ -53,6 +53,9 @@ LEARNING = TrainConfig(
 TINY = TrainConfig(
     block="mobile", dataset="cifar10", batch_size=32, epochs=2, train_samples=64, test_samples=32
 )
+QUICK = TrainConfig(
+    block="mobile", dataset="cifar10", batch_size=16, epochs=1, train_samples=32, test_samples=16
+)
 
 
 def _checkpoint_threads() -> list[threading.Thread]:
@@ -376,3 +379,50 @@ def test_networks_built_in_parallel_threads_get_their_own_seeds_weights() -> Non
     for seed in seeds:
         assert torch.equal(alone[seed], together[seed]), f"seed {seed} got another job's weights"
     assert not torch.equal(alone[3], alone[4])
+
+
+def test_each_training_thread_runs_with_its_own_cpu_threads(data_dir: Path) -> None:
+    """Jobs trained at once in threads of one process (WORKER_CONCURRENCY): each runs its
+    parallel operations with the intra-op threads it was given, whatever the other sets, and
+    afterwards the process's count is as it was."""
+    before = torch.get_num_threads()
+    wanted = {"a": 1, "b": before + 1}  # both differ from the default, and from each other
+    seen: dict[str, set[int]] = {name: set() for name in wanted}
+    results: dict[str, trainer.TrainResult] = {}
+    both_training = threading.Barrier(len(wanted), timeout=120)
+    errors: list[BaseException] = []
+
+    def job(name: str) -> None:
+        def on_batch(done: int, total: int) -> None:
+            if not seen[name]:
+                both_training.wait()  # the other job has set its count too
+            seen[name].add(torch.get_num_threads())
+
+        try:
+            results[name] = train(
+                QUICK, data_dir=data_dir, device="cpu", on_batch=on_batch, cpu_threads=wanted[name]
+            )
+        except BaseException as error:
+            errors.append(error)
+            both_training.abort()
+
+    threads = [threading.Thread(target=job, args=(name,)) for name in wanted]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for name, count in wanted.items():
+        assert seen[name] == {count}, (name, seen)
+        assert results[name].cpu_threads == count
+    assert torch.get_num_threads() == before
+    fresh: list[int] = []  # a thread yet to run parallel work takes the process's count
+    fresh_thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    fresh_thread.start()
+    fresh_thread.join()
+    assert fresh == [before]
+
+    result = train(QUICK, data_dir=data_dir, device="cpu", cpu_threads=1)
+    assert result.cpu_threads == 1
+    assert torch.get_num_threads() == before  # restored on the calling thread
+    assert train(QUICK, data_dir=data_dir, device="cpu").cpu_threads == before

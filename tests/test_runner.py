@@ -1,6 +1,7 @@
 """Every outcome of the job runner, in-process and in milliseconds: a scripted trainer stands in
 for the engine (which has its own tests) and drives the runner's callbacks against a real
-migrated database, as the engine would."""
+migrated database, as the engine would. The CPU threads of jobs trained at once are seen only
+inside the engine's training threads, so that test trains with the real engine."""
 
 from __future__ import annotations
 
@@ -356,3 +357,58 @@ def test_a_checkpoint_damaged_after_it_was_verified_is_not_resumed_from(new_job)
     assert resumed.resumed_from is not None and resumed.resumed_from.name == "epoch-0001.pt"
     assert resumed.batches_trained == 3 * 3  # epochs 2, 3 and 4 trained again
     assert epochs_recorded(job_id) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_jobs_trained_at_once_each_get_their_share_of_the_cpus(
+    configure, database_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    """WORKER_CONCURRENCY=2: two jobs train in two threads of one process, here with the real
+    engine, and inside each training thread PyTorch runs on the usable CPUs divided by 2, not
+    on every core (two jobs with a thread per core each slow each other down)."""
+    import torch
+
+    from engine.trainer import train
+    from worker.cpus import available_cpus, threads_per_job
+
+    configure(database_url, WORKER_CONCURRENCY="2")
+    expected = threads_per_job(available_cpus(), 2)
+    spec = JobCreate(
+        block="mobile",
+        hyperparameters={"epochs": 1, "batch_size": 8},
+        train_samples=16,
+        test_samples=8,
+    )
+    with session_scope() as session:
+        ids = [submission.create_job(session, spec, settings=get_settings()).job.id for _ in "ab"]
+
+    seen: dict[int, set[int]] = {}  # per job: torch.get_num_threads() at each batch
+    recorded: dict[int, int] = {}  # per job: the count the engine reports
+    both_training = threading.Barrier(2, timeout=120)
+
+    def watched_engine(config: Any, **kwargs: Any) -> Any:
+        job = threading.get_ident()
+        seen[job] = set()
+
+        def on_batch(done: int, total: int) -> None:
+            if not seen[job]:
+                both_training.wait()  # the other job is training too
+            seen[job].add(torch.get_num_threads())
+
+        result = train(config, on_batch=on_batch, **kwargs)
+        recorded[job] = result.cpu_threads
+        return result
+
+    outcomes: list[str] = []
+    threads = [
+        threading.Thread(target=lambda job_id=job_id: outcomes.append(run(job_id, watched_engine)))
+        for job_id in ids
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert list(seen.values()) == [{expected}, {expected}]
+    assert outcomes == ["succeeded", "succeeded"]
+    assert [job_row(job_id).status for job_id in ids] == ["succeeded", "succeeded"]
+    assert list(recorded.values()) == [expected, expected]

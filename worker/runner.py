@@ -37,6 +37,7 @@ from jobs.queue import enqueue_after_commit
 from jobs.retry import TransientDatabaseError, retry_transient
 from jobs.settings import Settings
 from jobs.tables import Checkpoint, FailureReason, Job, JobStatus
+from worker.cpus import available_cpus, threads_per_job
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,16 @@ class LeaseWatcher(threading.Thread):
 
     def stop(self) -> None:
         self._done.set()
+
+
+def job_cpu_threads(settings: Settings) -> tuple[int, str]:
+    """The intra-op CPU threads of each job this worker process trains, and where the number
+    comes from: TORCH_THREADS when set, else the CPUs it may use divided by WORKER_CONCURRENCY."""
+    cpus = available_cpus()
+    threads = threads_per_job(cpus, settings.worker_concurrency, settings.torch_threads)
+    if settings.torch_threads > 0:
+        return threads, "TORCH_THREADS"
+    return threads, f"{cpus} usable CPUs, WORKER_CONCURRENCY={settings.worker_concurrency}"
 
 
 def run_job(job_id: int, *, settings: Settings, trainer: Trainer | None = None) -> Outcome:
@@ -296,6 +307,10 @@ class JobRun:
             if resume is not None:
                 logger.info("job %s resuming from %s", self.claim.job_id, resume)
             url, md5 = self.settings.download_source(config.dataset)
+            cpu_threads, why = job_cpu_threads(self.settings)
+            logger.info(
+                "job %s attempt %s trains with %s CPU threads (%s)", *self._ids(), cpu_threads, why
+            )
             result = trainer(
                 config,
                 data_dir=self.settings.data_dir,
@@ -308,6 +323,7 @@ class JobRun:
                 download=self.settings.allow_download,
                 download_url=url,
                 download_md5=md5,
+                cpu_threads=cpu_threads,
             )
             if not self.history_repaired and result.history:
                 history = [item.to_dict() for item in result.history]
