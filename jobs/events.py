@@ -42,8 +42,11 @@ STATUS_FIELDS = (
 # Job id -> the seq of the last event seen of that job (absent: none seen).
 Cursor = dict[int, int]
 _CURSOR_ENTRY = r"[1-9][0-9]{0,9}:(?:0|[1-9][0-9]{0,9})"
-_EXPERIMENT_CURSOR = re.compile(rf"{_CURSOR_ENTRY}(?:\.{_CURSOR_ENTRY})*")
-_JOB_CURSOR = re.compile(r"0|[1-9][0-9]{0,9}")
+# The form of each stream's ids (regular expressions to match in full), as the API documents it.
+EXPERIMENT_CURSOR_PATTERN = rf"{_CURSOR_ENTRY}(?:\.{_CURSOR_ENTRY})*"
+JOB_EVENT_ID_PATTERN = r"0|[1-9][0-9]{0,9}"
+_EXPERIMENT_CURSOR = re.compile(EXPERIMENT_CURSOR_PATTERN)
+_JOB_CURSOR = re.compile(JOB_EVENT_ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -179,9 +182,14 @@ def encode_cursor(cursor: Mapping[int, int]) -> str:
     return ".".join(f"{job_id}:{seq}" for job_id, seq in sorted(cursor.items()) if seq > 0)
 
 
+def is_cursor_form(text: str) -> bool:
+    """Whether the text has the form of an experiment stream's id (a job may still repeat)."""
+    return _EXPERIMENT_CURSOR.fullmatch(text) is not None
+
+
 def decode_cursor(text: str) -> Cursor:
     """The inverse of encode_cursor; ValueError when the text is not one."""
-    if not _EXPERIMENT_CURSOR.fullmatch(text):
+    if not is_cursor_form(text):
         raise ValueError(f"not an event cursor: {text!r}")
     cursor: Cursor = {}
     for entry in text.split("."):

@@ -9,6 +9,8 @@ from typing import Any
 
 import jsonschema_rs
 
+from tests.support import add_experiment, drive_job
+
 
 def openapi(client: Any) -> dict[str, Any]:
     response = client.get("/openapi.json")
@@ -71,3 +73,56 @@ def test_an_integer_written_with_a_zero_fraction_is_an_integer(client: Any) -> N
     response = client.post("/experiments", json={**experiment, "seeds": [1, 1.0]})
     assert response.status_code == 422
     assert response.json()["fields"][0]["field"] == "seeds[1]"
+
+
+def parameter_validator(
+    schema: dict[str, Any], path: str, name: str, location: str
+) -> jsonschema_rs.Validator:
+    [parameter] = [
+        parameter
+        for parameter in schema["paths"][path]["get"]["parameters"]
+        if parameter["name"] == name and parameter["in"] == location
+    ]
+    return jsonschema_rs.Draft202012Validator(parameter["schema"])
+
+
+def test_a_last_event_id_the_schema_allows_is_never_refused_as_malformed(client: Any) -> None:
+    """The schema allowed any string as Last-Event-ID, and the server answered 400 to "none"
+    and "null": now the schema gives the form of each stream's ids. An id in that form can
+    still name no event of the stream (409, like any other state the request disagrees with);
+    one not in that form is 400 from the header and the query parameter alike."""
+    job_id = client.post("/jobs", json={"block": "mobile", "hyperparameters": {"epochs": 1}})
+    job_id = job_id.json()["id"]
+    drive_job(job_id, 1, finish="succeeded")  # events 1-4; the stream ends
+    experiment_id = add_experiment([job_id])
+    schema = openapi(client)
+    cases = {
+        f"/jobs/{job_id}/events": (
+            "/jobs/{job_id}/events",
+            {"": 200, "0": 200, "3": 200, "4": 200, "5": 409, "9999999999": 409},
+            ["none", "null", "x", "01", "+1", "1.0", "1:2", "99999999999"],
+        ),
+        f"/experiments/{experiment_id}/events": (
+            "/experiments/{experiment_id}/events",
+            {
+                "": 200,
+                f"{job_id}:0": 200,
+                f"{job_id}:2": 200,
+                f"{job_id}:5": 409,
+                f"{job_id + 1}:1": 409,
+                f"{job_id}:1.{job_id}:2": 409,
+            },
+            ["none", "null", "1", f"{job_id}", f"{job_id}:", f"{job_id}:01", f"0{job_id}:1"],
+        ),
+    }
+    for url, (path, allowed, malformed) in cases.items():
+        header = parameter_validator(schema, path, "Last-Event-ID", "header")
+        query = parameter_validator(schema, path, "last_event_id", "query")
+        for value, status in [*allowed.items(), *((value, 400) for value in malformed)]:
+            assert header.is_valid(value) == query.is_valid(value) == (status != 400), value
+            by_header = client.get(url, headers={"Last-Event-ID": value})
+            by_query = client.get(url, params={"last_event_id": value})
+            for response in (by_header, by_query):
+                assert response.status_code == status, (url, value, response.text)
+                if status != 200:
+                    assert response.json()["error"] == "invalid_last_event_id"

@@ -15,6 +15,7 @@ from app.routes.params import ExperimentId, JobId
 from app.schemas import ErrorRead
 from app.services import events as event_service
 from app.streams import EventHub, experiment_event_stream, job_event_stream
+from jobs.events import EXPERIMENT_CURSOR_PATTERN, JOB_EVENT_ID_PATTERN
 
 router = APIRouter(tags=["events"])
 KEEP_ALIVE_SECONDS = 15
@@ -27,19 +28,52 @@ EVENT_STREAM: dict[int | str, dict[str, Any]] = {
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
     **error_responses(401, 404),
-    400: {"model": ErrorRead, "description": "Last-Event-ID names no event of this stream."},
+    400: {
+        "model": ErrorRead,
+        "description": "Last-Event-ID is not in the form of this stream's ids.",
+    },
+    409: {
+        "model": ErrorRead,
+        "description": "Last-Event-ID names no event of this stream (beyond its last event, or "
+        "a job outside the experiment).",
+    },
 }
-LastEventIdHeader = Annotated[
+
+
+def _whole(pattern: str) -> str:
+    """The pattern of a whole Last-Event-ID; empty is allowed and means no resume point."""
+    return f"^(?:{pattern})?$"
+
+
+# The form is checked by the route (400 naming the header or parameter), not by FastAPI (422).
+JOB_LAST_EVENT_ID = {"pattern": _whole(JOB_EVENT_ID_PATTERN)}
+EXPERIMENT_LAST_EVENT_ID = {"pattern": _whole(EXPERIMENT_CURSOR_PATTERN)}
+RESUME = (
+    "Resume after this event: the id of the last event received (EventSource sends it when it "
+    "reconnects). Without it (or empty) the whole history is sent first."
+)
+QUERY = "The same as the Last-Event-ID header, for clients that cannot set one."
+JobLastEventIdHeader = Annotated[
     str | None,
     Header(
         alias="Last-Event-ID",
-        description="Resume after this event: the id of the last event received (EventSource "
-        "sends it when it reconnects). Without it the whole history is sent first.",
+        description=f"{RESUME} A job stream's ids are its event numbers.",
+        json_schema_extra=JOB_LAST_EVENT_ID,
     ),
 ]
-LastEventIdQuery = Annotated[
+JobLastEventIdQuery = Annotated[
+    str | None, Query(description=QUERY, json_schema_extra=JOB_LAST_EVENT_ID)
+]
+ExperimentLastEventIdHeader = Annotated[
     str | None,
-    Query(description="The same as the Last-Event-ID header, for clients that cannot set one."),
+    Header(
+        alias="Last-Event-ID",
+        description=f"{RESUME} An experiment stream's ids are opaque cursors.",
+        json_schema_extra=EXPERIMENT_LAST_EVENT_ID,
+    ),
+]
+ExperimentLastEventIdQuery = Annotated[
+    str | None, Query(description=QUERY, json_schema_extra=EXPERIMENT_LAST_EVENT_ID)
 ]
 
 
@@ -75,8 +109,8 @@ def _hub(request: Request) -> EventHub:
 def job_events(
     job_id: JobId,
     request: Request,
-    last_event_id_header: LastEventIdHeader = None,
-    last_event_id: LastEventIdQuery = None,
+    last_event_id_header: JobLastEventIdHeader = None,
+    last_event_id: JobLastEventIdQuery = None,
 ) -> EventSourceResponse:
     """Every event so far (or only those after Last-Event-ID), then each new one; ids are the
     job's event numbers. Ends with an `end` event once the job has ended."""
@@ -95,8 +129,8 @@ def job_events(
 def experiment_events(
     experiment_id: ExperimentId,
     request: Request,
-    last_event_id_header: LastEventIdHeader = None,
-    last_event_id: LastEventIdQuery = None,
+    last_event_id_header: ExperimentLastEventIdHeader = None,
+    last_event_id: ExperimentLastEventIdQuery = None,
 ) -> EventSourceResponse:
     """Like a job's stream, for all the experiment's jobs; each id is an opaque cursor to send
     back as Last-Event-ID. Ends with an `end` event once every job has ended."""

@@ -1,14 +1,21 @@
 """Opening an event stream: the job or experiment must exist, and a Last-Event-ID must name a
 point of its log. Checked before the stream starts, so that the answer can still be a JSON
-error."""
+error: 400 for an id not in the form of the stream's ids (which the schema states), 409 for
+one in that form that names no point of this stream's log."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import ExperimentNotFound, InvalidLastEventId, JobNotFound
-from jobs.events import Cursor, decode_cursor, decode_job_event_id, event_counts
+from app.errors import ExperimentNotFound, InvalidLastEventId, JobNotFound, UnknownLastEventId
+from jobs.events import (
+    Cursor,
+    decode_cursor,
+    decode_job_event_id,
+    event_counts,
+    is_cursor_form,
+)
 from jobs.tables import Experiment, Job
 
 
@@ -29,7 +36,7 @@ def job_stream_start(
             "ids are its event numbers (1, 2, 3 ...); send the last one received."
         ) from None
     if seq > counts[job_id]:
-        raise InvalidLastEventId(
+        raise UnknownLastEventId(
             f"The {sent_as} {last_event_id!r} is beyond job {job_id}'s last event "
             f"({counts[job_id]})."
         )
@@ -51,16 +58,21 @@ def experiment_stream_start(
     }
     if not last_event_id:
         return sorted(counts), {}
-    try:
-        cursor = decode_cursor(last_event_id)
-    except ValueError:
+    if not is_cursor_form(last_event_id):
         raise InvalidLastEventId(
             f"The {sent_as} {last_event_id!r} is not an event id of this stream: send the id "
             "of the last event received, as it was."
+        )
+    try:
+        cursor = decode_cursor(last_event_id)
+    except ValueError:
+        raise UnknownLastEventId(
+            f"The {sent_as} {last_event_id!r} names a job twice: it is no id this stream sent; "
+            "send the id of the last event received, as it was."
         ) from None
     for job_id, seq in cursor.items():
         if job_id not in counts or seq > counts[job_id]:
-            raise InvalidLastEventId(
+            raise UnknownLastEventId(
                 f"The {sent_as} {last_event_id!r} names no point of experiment "
                 f"{experiment_id}'s events (job {job_id}, event {seq})."
             )
