@@ -335,6 +335,9 @@ def _experiment_schema_extra(schema: dict[str, Any]) -> None:
             "tags": ["demo"],
         }
     ]
+    # The job count is a product of list lengths, which JSON Schema cannot bound: the limit is
+    # stated here for tools, and a request over it is 422 too_many_jobs.
+    schema["x-max-jobs"] = MAX_EXPERIMENT_JOBS
     fixed = {
         name: value
         for name, value in REPORT_HYPERPARAMETERS.model_dump(mode="json").items()
@@ -368,7 +371,8 @@ def _experiment_schema_extra(schema: dict[str, Any]) -> None:
 
 
 class ExperimentCreate(BaseModel):
-    """Several jobs submitted and read as one: one per block x grid combination x seed."""
+    """Several jobs submitted and read as one: one per block x grid combination x seed, at most
+    64 (`x-max-jobs`); more is 422 too_many_jobs."""
 
     model_config = ConfigDict(**STRICT, json_schema_extra=_experiment_schema_extra)
 
