@@ -5,11 +5,19 @@ sends."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema_rs
+import pytest
 
-from tests.support import add_experiment, drive_job
+from jobs.db import is_postgresql, session_scope
+from jobs.lifecycle import claim_job, finish_job, record_epoch, release_job
+from jobs.settings import get_settings
+from tests.support import add_experiment, drive_job, epoch_row
 
 
 def openapi(client: Any) -> dict[str, Any]:
@@ -144,6 +152,8 @@ def test_a_last_event_id_the_schema_allows_is_never_refused_as_malformed(client:
     for url, (path, allowed, malformed) in cases.items():
         header = parameter_validator(schema, path, "Last-Event-ID", "header")
         query = parameter_validator(schema, path, "last_event_id", "query")
+        # Not null: a fuzzer sends that as the text "null".
+        assert not header.is_valid(None) and not query.is_valid(None)
         for value, status in [*allowed.items(), *((value, 400) for value in malformed)]:
             assert header.is_valid(value) == query.is_valid(value) == (status != 400), value
             by_header = client.get(url, headers={"Last-Event-ID": value})
@@ -152,3 +162,186 @@ def test_a_last_event_id_the_schema_allows_is_never_refused_as_malformed(client:
                 assert response.status_code == status, (url, value, response.text)
                 if status != 200:
                     assert response.json()["error"] == "invalid_last_event_id"
+
+    # Both given: each is checked; the header is used unless it is empty.
+    url = f"/jobs/{job_id}/events"
+    for header_value, query_value, status in (
+        ("", "\x84", 400),
+        ("3", "x", 400),
+        ("x", "3", 400),
+        ("", "3", 200),
+        ("3", "9", 200),
+        ("9", "3", 409),
+    ):
+        response = client.get(
+            url, headers={"Last-Event-ID": header_value}, params={"last_event_id": query_value}
+        )
+        assert response.status_code == status, (header_value, query_value, response.text)
+    resumed = client.get(url, headers={"Last-Event-ID": ""}, params={"last_event_id": "3"})
+    assert [line for line in resumed.text.splitlines() if line.startswith("id:")] == ["id: 4"]
+
+
+def parse_event_stream(text: str) -> tuple[list[dict[str, str]], list[str]]:
+    """The events of a text/event-stream as the HTML standard dispatches them (a block with
+    data; its id, or else the last id before it), each as {event, data, id}; and the comment
+    lines."""
+    events: list[dict[str, str]] = []
+    comments: list[str] = []
+    last_id: str | None = None
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        data: list[str] = []
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                comments.append(line)
+            elif line:
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                assert name in ("event", "data", "id"), f"undocumented field {name!r} in {block!r}"
+                if name == "data":
+                    data.append(value)
+                else:
+                    fields[name] = value
+        if "id" in fields:
+            last_id = fields["id"]
+        if data:
+            event = {"event": fields.get("event", "message"), "data": "\n".join(data)}
+            if last_id is not None:
+                event["id"] = last_id
+            events.append(event)
+    return events, comments
+
+
+def check_documented(schema: dict[str, Any], path: str, events: list[dict[str, str]]) -> set[str]:
+    """Each event matches exactly one of the stream's documented events, by name, and its JSON
+    data the component that event names; returns the names seen."""
+    media = schema["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"]
+    item_schema = media["itemSchema"]
+    envelope = jsonschema_rs.Draft202012Validator(
+        {**item_schema, "components": schema["components"]}, validate_formats=True
+    )
+    documented = {branch["properties"]["event"]["const"]: branch for branch in item_schema["oneOf"]}
+    for event in events:
+        assert event["event"] in documented, event
+        envelope.validate(event)
+        reference = documented[event["event"]]["properties"]["data"]["contentSchema"]["$ref"]
+        data = component_validator(schema, reference.rsplit("/", 1)[1])
+        data.validate(json.loads(event["data"]))
+    return {event["event"] for event in events}
+
+
+def end_every_job() -> None:
+    from sqlalchemy import select, update
+
+    from jobs.events import record_status
+    from jobs.tables import TERMINAL_STATUSES, Job
+
+    with session_scope() as session:
+        running = select(Job.id).where(Job.status.not_in(sorted(TERMINAL_STATUSES)))
+        for job_id in session.execute(running).scalars().all():
+            session.execute(update(Job).where(Job.id == job_id).values(status="failed"))
+            record_status(session, job_id)
+
+
+def stream_while(client: Any, url: str, changes: Callable[[], None]) -> str:
+    """The whole text of a stream, read while another thread makes the changes it reports (the
+    last of which ends it), after the stream has been idle for a while."""
+    failure: list[BaseException] = []
+
+    def change() -> None:
+        time.sleep(0.6)
+        try:
+            changes()
+        except BaseException as error:  # reported below, in the test's thread
+            failure.append(error)
+            end_every_job()  # so that the stream ends and the test fails rather than hangs
+
+    thread = threading.Thread(target=change)
+    thread.start()
+    try:
+        response = client.get(url)
+    finally:
+        thread.join()
+    assert not failure, failure
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    text: str = response.text
+    return text
+
+
+def test_every_event_a_stream_sends_is_documented(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every event of real streams (a job queued, started, released and started again, with a
+    diverged epoch, cancelled; an experiment's jobs succeeding and failing) validates against
+    the schema's description of that event's name, and the keep-alive comments are the only
+    other lines. The schema described the stream as a plain string."""
+    monkeypatch.setattr("app.routes.events.KEEP_ALIVE_SECONDS", 0.1)
+    schema = openapi(client)
+    media = schema["paths"]["/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]
+    assert set(media) == {"text/event-stream"}
+    assert media["text/event-stream"]["x-keep-alive"]["every_seconds"] == 15
+
+    job_id = client.post("/jobs", json={"block": "mobile", "hyperparameters": {"epochs": 3}})
+    job_id = job_id.json()["id"]
+
+    # A diverged epoch (a NaN loss) is stored on PostgreSQL (SQLite's NOT NULL refuses it).
+    diverges = is_postgresql(get_settings().resolved_database_url)
+    last_epoch = epoch_row(3)
+    if diverges:
+        last_epoch |= {"train_loss": float("nan"), "test_loss": float("inf")}
+
+    def train_then_cancel() -> None:
+        from app.services.jobs import cancel_job
+
+        for epoch in (1, 2):  # a worker that stops hands the job back; another takes it
+            with session_scope() as session:
+                claim = claim_job(session, job_id, worker="w", lease_seconds=60)
+            assert claim is not None
+            with session_scope() as session:
+                record_epoch(session, claim, epoch_row(epoch), lease_seconds=60)
+            if epoch == 1:
+                with session_scope() as session:
+                    assert release_job(session, claim) == "queued"
+        with session_scope() as session:
+            record_epoch(session, claim, last_epoch, lease_seconds=60)
+        with session_scope() as session:
+            cancel_job(session, job_id)
+        with session_scope() as session:
+            assert finish_job(session, claim, "cancelled")
+
+    text = stream_while(client, f"/jobs/{job_id}/events", train_then_cancel)
+    events, comments = parse_event_stream(text)
+    assert check_documented(schema, "/jobs/{job_id}/events", events) == {"status", "epoch", "end"}
+    assert [event["event"] for event in events].count("status") >= 5
+    assert json.loads(events[-1]["data"]) == {"job_id": job_id, "status": "cancelled"}
+    last = [json.loads(event["data"]) for event in events if event["event"] == "epoch"][-1]
+    assert last["epoch"] == 3
+    if diverges:
+        assert last["train_loss"] is None and last["test_loss"] is None
+    assert comments and all(comment.startswith(": ping") for comment in comments)
+
+    experiment = {"name": "e", "blocks": ["plain", "mobile"], "hyperparameters": {"epochs": 1}}
+    experiment_id = client.post("/experiments", json=experiment).json()["id"]
+    first, second = client.get(f"/jobs?experiment_id={experiment_id}").json()["items"]
+
+    def succeed_and_fail() -> None:
+        drive_job(first["id"], 1, finish="succeeded")
+        drive_job(second["id"], 1, finish="failed")
+
+    path = "/experiments/{experiment_id}/events"
+    text = stream_while(client, f"/experiments/{experiment_id}/events", succeed_and_fail)
+    events, comments = parse_event_stream(text)
+    assert check_documented(schema, path, events) == {"status", "epoch", "end"}
+    end = json.loads(events[-1]["data"])
+    assert end == {"experiment_id": experiment_id, "status": "failed"}
+    assert comments and all(comment.startswith(": ping") for comment in comments)
+
+    # An event that the schema does not describe is caught (the check is not vacuous).
+    for wrong in (
+        {"event": "heartbeat", "data": "{}", "id": "1"},
+        {**events[0], "data": json.dumps({**json.loads(events[0]["data"]), "extra": 1})},
+        {**events[0], "id": "x"},
+    ):
+        with pytest.raises((AssertionError, jsonschema_rs.ValidationError)):
+            check_documented(schema, path, [wrong])
