@@ -1,5 +1,6 @@
-"""The OpenAPI schema, made to say what the API does: which errors each operation can answer
-and, only when API_KEY is set, that every operation but /health needs the key."""
+"""The OpenAPI schema, made to say what the API does: which errors each operation can answer,
+what each event of the event streams carries, and, only when API_KEY is set, that every
+operation but /health needs the key."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
 
 from app.auth import API_KEY_HEADER, OPEN_PATHS
 from app.routes.common import error_responses
+from app.schemas import EVENT_DATA_MODELS
 
 SECURITY_SCHEME = "APIKeyHeader"
 ERROR_REF = {"$ref": "#/components/schemas/ErrorRead"}
@@ -33,6 +36,7 @@ def build_schema(app: FastAPI, *, api_key_required: bool) -> dict[str, Any]:
                 operation.pop("security", None)
                 responses.pop("401", None)
     components = schema.setdefault("components", {})
+    _add_event_data_schemas(components.setdefault("schemas", {}))
     if api_key_required:
         components["securitySchemes"] = {
             SECURITY_SCHEME: {
@@ -71,3 +75,14 @@ def _drop_unreachable_validation_errors(schema: dict[str, Any]) -> None:
         components = schema.get("components", {}).get("schemas", {})
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
+
+
+def _add_event_data_schemas(schemas: dict[str, Any]) -> None:
+    """The event streams' data models, which their `itemSchema`s name: FastAPI adds only the
+    models of JSON bodies to the components."""
+    _, definitions = models_json_schema(
+        [(model, "serialization") for model in EVENT_DATA_MODELS],
+        ref_template="#/components/schemas/{model}",
+    )
+    for name, definition in definitions.get("$defs", {}).items():
+        schemas.setdefault(name, definition)

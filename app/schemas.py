@@ -396,6 +396,72 @@ class ExperimentList(BaseModel):
     offset: int
 
 
+# The data of each event the event streams send (JSON text in the event's `data` field). Every
+# field is always present; a float that is not finite (a diverged run's loss) is null.
+class StatusEventData(BaseModel):
+    """`status`: the job's status fields just after a change (queued, started, a retry, a
+    cancel request, the end)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: int
+    status: JobStatus
+    ended: bool = Field(description=ENDED_DESCRIPTION)
+    epochs_done: int
+    epochs_total: int
+    attempt: int
+    cancel_requested: bool
+    error_reason: FailureReason | None
+    error: str | None
+    best_test_accuracy: float | None
+    final_test_accuracy: float | None
+    final_train_loss: float | None
+
+
+class EpochEventData(BaseModel):
+    """`epoch`: one epoch's metrics as stored, the row /jobs/{id}/metrics shows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: int
+    epoch: int
+    train_loss: float | None
+    train_accuracy: float | None = Field(description="Fraction in [0, 1].")
+    test_loss: float | None
+    test_accuracy: float | None = Field(description="Fraction in [0, 1].")
+    learning_rate: float | None
+    seconds: float | None
+    images_per_second: float | None
+
+
+class JobEndEventData(BaseModel):
+    """`end` of a job's stream: the job has ended; the server closes the stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: int
+    status: JobStatus = Field(description="The job's final status.")
+
+
+class ExperimentEndEventData(BaseModel):
+    """`end` of an experiment's stream: every job has ended; the server closes the stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment_id: int
+    status: JobStatus = Field(
+        description="succeeded if every job succeeded, else failed if any failed, else cancelled."
+    )
+
+
+EVENT_DATA_MODELS: tuple[type[BaseModel], ...] = (
+    StatusEventData,
+    EpochEventData,
+    JobEndEventData,
+    ExperimentEndEventData,
+)
+
+
 class ErrorRead(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"error": "job_not_found", "detail": "No job with id 7."}]}

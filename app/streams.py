@@ -452,6 +452,11 @@ class _Follower:
             self.hub.unsubscribe(subscription)
 
 
+# The last event of every stream, after which the server closes it (the log's own kinds are
+# jobs.events' STATUS_EVENT and EPOCH_EVENT).
+END_EVENT = "end"
+
+
 def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> ServerSentEvent:
     return ServerSentEvent(
         json.dumps(data, separators=(",", ":"), allow_nan=False), event=event, id=event_id
@@ -463,7 +468,7 @@ async def job_event_stream(hub: EventHub, job_id: int, seen_seq: int) -> AsyncIt
     follower = _Follower(hub, [job_id], {job_id: seen_seq}, experiment_id=None)
     async for event in follower.events():
         yield _sse(event.kind, event.data, str(event.seq))
-    yield _sse("end", {"job_id": job_id, "status": follower.ended[job_id]})
+    yield _sse(END_EVENT, {"job_id": job_id, "status": follower.ended[job_id]})
 
 
 async def experiment_event_stream(
@@ -475,4 +480,4 @@ async def experiment_event_stream(
     async for event in follower.events():
         yield _sse(event.kind, event.data, encode_cursor(follower.cursor))
     status = experiment_status(follower.ended.values())
-    yield _sse("end", {"experiment_id": experiment_id, "status": str(status)})
+    yield _sse(END_EVENT, {"experiment_id": experiment_id, "status": str(status)})

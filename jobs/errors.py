@@ -91,3 +91,11 @@ class TooManyJobs(ServiceError):
 class InvalidLastEventId(ServiceError):
     status_code = 400
     code = "invalid_last_event_id"
+
+
+class UnknownLastEventId(ServiceError):
+    """A Last-Event-ID of the right form that names no point of the stream: the client's idea of
+    the stream and the server's disagree (the state of the log, not the request's syntax)."""
+
+    status_code = 409
+    code = "invalid_last_event_id"

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, insert, not_, or_, select, update
 from sqlalchemy.orm import Session
 
-from jobs.errors import ExperimentNotFound, InvalidLastEventId, JobNotFound
+from jobs.errors import ExperimentNotFound, InvalidLastEventId, JobNotFound, UnknownLastEventId
 from jobs.tables import TERMINAL_STATUSES, Experiment, Job, JobEvent, JobStatus, utcnow
 
 JOB_EVENTS_CHANNEL = "job_events"
@@ -45,8 +45,11 @@ STATUS_FIELDS = (
 # Job id -> the seq of the last event seen of that job (absent: none seen).
 Cursor = dict[int, int]
 _CURSOR_ENTRY = r"[1-9][0-9]{0,9}:(?:0|[1-9][0-9]{0,9})"
-_EXPERIMENT_CURSOR = re.compile(rf"{_CURSOR_ENTRY}(?:\.{_CURSOR_ENTRY})*")
-_JOB_CURSOR = re.compile(r"0|[1-9][0-9]{0,9}")
+# The form of each stream's ids (regular expressions to match in full), as the API documents it.
+EXPERIMENT_CURSOR_PATTERN = rf"{_CURSOR_ENTRY}(?:\.{_CURSOR_ENTRY})*"
+JOB_EVENT_ID_PATTERN = r"0|[1-9][0-9]{0,9}"
+_EXPERIMENT_CURSOR = re.compile(EXPERIMENT_CURSOR_PATTERN)
+_JOB_CURSOR = re.compile(JOB_EVENT_ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -184,9 +187,14 @@ def encode_cursor(cursor: Mapping[int, int]) -> str:
     return ".".join(f"{job_id}:{seq}" for job_id, seq in sorted(cursor.items()) if seq > 0)
 
 
+def is_cursor_form(text: str) -> bool:
+    """Whether the text has the form of an experiment stream's id (a job may still repeat)."""
+    return _EXPERIMENT_CURSOR.fullmatch(text) is not None
+
+
 def decode_cursor(text: str) -> Cursor:
     """The inverse of encode_cursor; ValueError when the text is not one."""
-    if not _EXPERIMENT_CURSOR.fullmatch(text):
+    if not is_cursor_form(text):
         raise ValueError(f"not an event cursor: {text!r}")
     cursor: Cursor = {}
     for entry in text.split("."):
@@ -204,32 +212,52 @@ def decode_job_event_id(text: str) -> int:
     return int(text)
 
 
-def job_stream_start(
-    session: Session, job_id: int, last_event_id: str | None, *, sent_as: str
-) -> int:
+# A Last-Event-ID as given: (value, how it was sent: "Last-Event-ID header", ...).
+ResumePoint = tuple[str, str]
+
+
+def _resume_from(
+    points: Sequence[ResumePoint], is_form: Callable[[str], bool], form: str
+) -> ResumePoint | None:
+    """The point to resume from (the first not empty; None: the whole history), once every
+    value given has the form of the stream's ids (InvalidLastEventId names the first that has
+    not, used or not: the schema states the form of each)."""
+    for value, sent_as in points:
+        if value and not is_form(value):
+            raise InvalidLastEventId(
+                f"The {sent_as} {value!r} is not an event id of this stream: {form}."
+            )
+    return next(((value, sent_as) for value, sent_as in points if value), None)
+
+
+def _is_job_event_id(text: str) -> bool:
+    try:
+        decode_job_event_id(text)
+    except ValueError:
+        return False
+    return True
+
+
+def job_stream_start(session: Session, job_id: int, points: Sequence[ResumePoint]) -> int:
     """The seq after which the job's stream starts (0: its whole history)."""
     counts = event_counts(session, [job_id])
     if job_id not in counts:
         raise JobNotFound(job_id)
-    if not last_event_id:
+    form = "a job stream's ids are its event numbers (1, 2, 3 ...); send the last one received"
+    point = _resume_from(points, _is_job_event_id, form)
+    if point is None:
         return 0
-    try:
-        seq = decode_job_event_id(last_event_id)
-    except ValueError:
-        raise InvalidLastEventId(
-            f"The {sent_as} {last_event_id!r} is not an event id of this stream: a job stream's "
-            "ids are its event numbers (1, 2, 3 ...); send the last one received."
-        ) from None
+    resume, sent_as = point
+    seq = decode_job_event_id(resume)
     if seq > counts[job_id]:
-        raise InvalidLastEventId(
-            f"The {sent_as} {last_event_id!r} is beyond job {job_id}'s last event "
-            f"({counts[job_id]})."
+        raise UnknownLastEventId(
+            f"The {sent_as} {resume!r} is beyond job {job_id}'s last event ({counts[job_id]})."
         )
     return seq
 
 
 def experiment_stream_start(
-    session: Session, experiment_id: int, last_event_id: str | None, *, sent_as: str
+    session: Session, experiment_id: int, points: Sequence[ResumePoint]
 ) -> tuple[list[int], Cursor]:
     """The experiment's jobs and the cursor after which its stream starts (empty: the whole
     history)."""
@@ -241,19 +269,21 @@ def experiment_stream_start(
             select(Job.id, Job.event_seq).where(Job.experiment_id == experiment_id)
         )
     }
-    if not last_event_id:
+    form = "send the id of the last event received, as it was"
+    point = _resume_from(points, is_cursor_form, form)
+    if point is None:
         return sorted(counts), {}
+    resume, sent_as = point
     try:
-        cursor = decode_cursor(last_event_id)
+        cursor = decode_cursor(resume)
     except ValueError:
-        raise InvalidLastEventId(
-            f"The {sent_as} {last_event_id!r} is not an event id of this stream: send the id "
-            "of the last event received, as it was."
+        raise UnknownLastEventId(
+            f"The {sent_as} {resume!r} names a job twice: it is no id this stream sent; {form}."
         ) from None
     for job_id, seq in cursor.items():
         if job_id not in counts or seq > counts[job_id]:
-            raise InvalidLastEventId(
-                f"The {sent_as} {last_event_id!r} names no point of experiment "
+            raise UnknownLastEventId(
+                f"The {sent_as} {resume!r} names no point of experiment "
                 f"{experiment_id}'s events (job {job_id}, event {seq})."
             )
     return sorted(counts), cursor

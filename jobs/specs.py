@@ -29,6 +29,9 @@ from models.catalog import BLOCK_NAMES, BlockName
 
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
 JOB_NAME_MAX_CHARS = 200
+# Free text is any Unicode text but NUL, which PostgreSQL cannot store (the body guard refuses it
+# in any string; the schema says so for the fields that take free text).
+NO_NUL = r"^[^\x00]*$"
 
 
 def canonical_sha256(data: dict[str, Any]) -> str:
@@ -63,7 +66,7 @@ class JobCreate(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     train_samples: TrainSamples = None
     test_samples: TestSamples = None
-    name: str | None = Field(None, max_length=JOB_NAME_MAX_CHARS)
+    name: str | None = Field(None, max_length=JOB_NAME_MAX_CHARS, pattern=NO_NUL)
     tags: list[Tag] = Field(default_factory=list, max_length=20)
 
     def fingerprint(self) -> str:
@@ -123,6 +126,9 @@ def _experiment_schema_extra(schema: dict[str, Any]) -> None:
             "tags": ["demo"],
         }
     ]
+    # The job count is a product of list lengths, which JSON Schema cannot bound: the limit is
+    # stated here for tools, and a request over it is 422 too_many_jobs.
+    schema["x-max-jobs"] = MAX_EXPERIMENT_JOBS
     fixed = {
         name: value
         for name, value in REPORT_HYPERPARAMETERS.model_dump(mode="json").items()
@@ -156,11 +162,12 @@ def _experiment_schema_extra(schema: dict[str, Any]) -> None:
 
 
 class ExperimentCreate(BaseModel):
-    """Several jobs submitted and read as one: one per block x grid combination x seed."""
+    """Several jobs submitted and read as one: one per block x grid combination x seed, at most
+    64 (`x-max-jobs`); more is 422 too_many_jobs."""
 
     model_config = ConfigDict(**STRICT, json_schema_extra=_experiment_schema_extra)
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=JOB_NAME_MAX_CHARS, pattern=NO_NUL)
     preset: Literal["report"] | None = Field(
         None,
         description='"report": the course report\'s comparison (plain, residual and mobile with '

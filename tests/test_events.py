@@ -343,9 +343,10 @@ def test_stream_errors_are_json_and_name_the_header(client: Any) -> None:
         response = client.get(path)
         assert response.status_code == 404, path
         assert response.json()["error"] in ("job_not_found", "experiment_not_found", "not_found")
-    for value, problem in (("x", "is not an event id"), ("2", "beyond job")):
+    # Not in the form of the stream's ids: 400; in that form but naming no event: 409.
+    for value, problem, status in (("x", "is not an event id", 400), ("2", "beyond job", 409)):
         response = client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": value})
-        assert response.status_code == 400
+        assert response.status_code == status
         body = response.json()
         assert body["error"] == "invalid_last_event_id"
         assert "Last-Event-ID header" in body["detail"] and problem in body["detail"]
@@ -353,11 +354,16 @@ def test_stream_errors_are_json_and_name_the_header(client: Any) -> None:
     assert response.status_code == 400
     assert "last_event_id parameter" in response.json()["detail"]
     experiment_id = add_experiment([job_id])
-    for cursor in ("1", f"{job_id}:9", f"{job_id + 1}:1"):
+    for cursor, status in (
+        ("1", 400),
+        (f"{job_id}:9", 409),
+        (f"{job_id + 1}:1", 409),
+        (f"{job_id}:1.{job_id}:1", 409),
+    ):
         response = client.get(
             f"/experiments/{experiment_id}/events", headers={"Last-Event-ID": cursor}
         )
-        assert response.status_code == 400, cursor
+        assert response.status_code == status, cursor
         assert response.json()["error"] == "invalid_last_event_id"
 
 

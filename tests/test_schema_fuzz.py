@@ -1,38 +1,34 @@
 """Property-based fuzzing of every operation in the service's own OpenAPI schema (schemathesis,
-in process over ASGI, on SQLite): no 5xx; every status code, media type, body and declared
-header is the one the schema documents; schema-valid requests are accepted and invalid ones
-refused; undeclared methods are 405 with Allow. Schemathesis' coverage phase (boundary values,
-unexpected methods, wrong media types) runs alongside the generated examples. A stateful test
-follows the links schemathesis infers (submit, then read, cancel, plot, download)."""
+in process over ASGI, on SQLite), with every schemathesis check on: no 5xx; every status code,
+media type, body, declared header and streamed event is the one the schema documents;
+schema-valid requests are accepted and invalid ones refused; undeclared methods are 405 with
+Allow. Every phase runs: the schema's examples, the coverage phase (boundary values, unexpected
+methods, wrong media types), generated examples, and a stateful test that follows the links
+schemathesis infers (submit, then read, cancel, plot, download). The event streams are fuzzed on
+a database where every job has ended, so that each stream ends; tests/test_schema_agreement.py
+checks the events of live streams."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    ensure_resource_availability,
-    missing_required_header,
-    negative_data_rejection,
-    positive_data_acceptance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-    unsupported_method,
-    use_after_free,
-)
+from schemathesis.checks import CHECKS as REGISTERED_CHECKS
+from schemathesis.checks import load_all_checks, not_a_server_error
+from schemathesis.config import SchemathesisConfig
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app.main import create_app
+from jobs.specs import MAX_EXPERIMENT_JOBS, REPORT_BLOCKS, REPORT_PRESET
 from tests.support import drive_job
 
 
 def not_a_server_error_but_queue_full(ctx: Any, response: Any, case: Any) -> bool | None:
     """not_a_server_error, except the documented 503 queue_full of POST /jobs and POST
-    /experiments (the fixture's queue limit is reached on purpose; the other two checks still
+    /experiments (the stateful test reaches its queue limit on purpose; the other checks still
     validate that answer)."""
     submits = {("POST", "/jobs"), ("POST", "/experiments")}
     if (case.method.upper(), case.operation.path) in submits and response.status_code == 503:
@@ -42,51 +38,48 @@ def not_a_server_error_but_queue_full(ctx: Any, response: Any, case: Any) -> boo
     return not_a_server_error(ctx, response, case)
 
 
-def _integral_floats(value: Any) -> bool:
-    if isinstance(value, float):
-        return value.is_integer()
-    if isinstance(value, dict):
-        return any(_integral_floats(item) for item in value.values())
-    if isinstance(value, list):
-        return any(_integral_floats(item) for item in value)
-    return False
+def experiment_job_count(spec: dict[str, Any]) -> int:
+    """How many jobs an experiment spec makes: blocks x grid combinations x seeds."""
+    blocks = spec.get("blocks")
+    if blocks is None and spec.get("preset") == REPORT_PRESET:
+        blocks = REPORT_BLOCKS
+    combinations = math.prod(len(values) for values in (spec.get("grid") or {}).values())
+    return len(blocks or ()) * combinations * len(spec.get("seeds") or [None])
 
 
-def positive_data_acceptance_but_integral_floats(ctx: Any, response: Any, case: Any) -> bool | None:
-    """positive_data_acceptance, except for bodies with a float without fraction (4095.0) where
-    the schema says integer: JSON Schema counts 4095.0 as an integer, and the job spec's strict
-    models (engine.config) refuse it with a 422 naming the field. And except an experiment over
-    the job limit: a product of list lengths that JSON Schema cannot bound (422 too_many_jobs)."""
-    if response.status_code == 422 and _integral_floats(case.body):
-        messages = {problem["message"] for problem in response.json()["fields"]}
-        if messages == {"Input should be a valid integer"}:
-            return None
-    if response.status_code == 422 and response.json()["error"] == "too_many_jobs":
+def positive_data_acceptance_but_job_limit(ctx: Any, response: Any, case: Any) -> bool | None:
+    """positive_data_acceptance, except an experiment over the job limit: a product of list
+    lengths, which JSON Schema cannot bound, so the schema states it as ExperimentCreate's
+    x-max-jobs and documents the 422 too_many_jobs. The request must really be over it."""
+    is_submission = (case.method.upper(), case.operation.path) == ("POST", "/experiments")
+    if (
+        is_submission
+        and response.status_code == 422
+        and response.json()["error"] == "too_many_jobs"
+    ):
+        components = case.operation.schema.raw_schema["components"]["schemas"]
+        assert experiment_job_count(case.body) > components["ExperimentCreate"]["x-max-jobs"]
         return None
     return positive_data_acceptance(ctx, response, case)
 
 
-CHECKS = [
-    not_a_server_error_but_queue_full,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-    response_headers_conformance,
-    negative_data_rejection,
-    positive_data_acceptance_but_integral_floats,
-    missing_required_header,
-    unsupported_method,
-    use_after_free,
-    ensure_resource_availability,
-]
+# Every check schemathesis has, two of them narrowed to the documented answers above.
+load_all_checks()
+NARROWED = {
+    not_a_server_error: not_a_server_error_but_queue_full,
+    positive_data_acceptance: positive_data_acceptance_but_job_limit,
+}
+CHECKS = [NARROWED.get(check, check) for check in REGISTERED_CHECKS.get_all()]
 
 
-def seed_jobs() -> None:
-    """Jobs 1-3 exist, so small ids reach real rows: 1 succeeded with metrics and checkpoints,
-    2 running, 3 queued; and experiment 1, whose job 4 is running and job 5 queued."""
+SEEDED_JOBS = 5
+SEEDED_EXPERIMENTS = 1
+
+
+def submit_jobs(*, cancel: tuple[int, ...] = ()) -> None:
+    """Jobs 1-3 (plain, residual, mobile) and experiment 1 (jobs 4 and 5), all queued, then
+    the `cancel` ones cancelled."""
     from fastapi.testclient import TestClient
-
-    from app.main import create_app
 
     with TestClient(create_app()) as client:
         for block in ("plain", "residual", "mobile"):
@@ -95,40 +88,111 @@ def seed_jobs() -> None:
         experiment = {"name": "e", "blocks": ["plain", "mobile"], "hyperparameters": {"epochs": 2}}
         response = client.post("/experiments", json=experiment)
         assert response.status_code == 202, response.text
+        for job_id in cancel:
+            assert client.post(f"/jobs/{job_id}/cancel").status_code == 200
+
+
+def seed_jobs() -> None:
+    """Jobs 1-3 exist, so small ids reach real rows: 1 succeeded with metrics and checkpoints,
+    2 running, 3 queued; and experiment 1, whose job 4 is running and job 5 queued."""
+    submit_jobs()
     drive_job(1, 2, finish="succeeded", checkpoint=b"checkpoint" * 100)
     drive_job(2, 2)
     drive_job(4, 1)
+
+
+def seed_ended_jobs() -> None:
+    """The same jobs, every one ended, so that their event streams end: 1 succeeded and 2
+    failed (with epochs), 3 cancelled; experiment 1's job 4 succeeded and job 5 cancelled."""
+    submit_jobs(cancel=(3, 5))
+    drive_job(1, 2, finish="succeeded", checkpoint=b"checkpoint" * 100)
+    drive_job(2, 1, finish="failed")
+    drive_job(4, 1, finish="succeeded")
+
+
+def forget_submissions() -> None:
+    """Remove every job and experiment but the seeded ones."""
+    from sqlalchemy import delete
+
+    from jobs.db import session_scope
+    from jobs.tables import Experiment, Job
+
+    with session_scope() as session:
+        session.execute(delete(Job).where(Job.id > SEEDED_JOBS))
+        session.execute(delete(Experiment).where(Experiment.id > SEEDED_EXPERIMENTS))
 
 
 @pytest.fixture
 def seeded_database(configure, sqlite_url: str) -> str:  # type: ignore[no-untyped-def]
     """A fresh SQLite database per operation. The app reads its settings per request, so the
     module's app (built at import, as schemathesis needs the schema then) uses this database.
-    The queue limit is low enough for fuzzed submissions to reach it: 503 queue_full is a
-    documented answer of POST /jobs and has to conform too."""
+    The queue has room for the largest experiment, so that a valid submission is accepted."""
+    configure(sqlite_url, MAX_QUEUED_JOBS=str(MAX_EXPERIMENT_JOBS + SEEDED_JOBS))
+    seed_jobs()
+    return sqlite_url
+
+
+@pytest.fixture
+def crowded_database(configure, sqlite_url: str) -> str:  # type: ignore[no-untyped-def]
+    """The seeded database with a queue limit that a few submissions reach: 503 queue_full is
+    a documented answer of POST /jobs and POST /experiments and has to conform too."""
     configure(sqlite_url, MAX_QUEUED_JOBS="6")
     seed_jobs()
     return sqlite_url
 
 
+@pytest.fixture
+def ended_database(configure, sqlite_url: str) -> str:  # type: ignore[no-untyped-def]
+    """A fresh SQLite database per operation in which every job has ended."""
+    configure(sqlite_url)
+    seed_ended_jobs()
+    return sqlite_url
+
+
+# Every phase, stated rather than left to the defaults: the schema's examples and the coverage
+# phase run in Hypothesis' explicit phase, generated examples in its generate phase.
+CONFIG = SchemathesisConfig.from_dict(
+    {
+        "phases": {
+            name: {"enabled": True} for name in ("examples", "coverage", "fuzzing", "stateful")
+        }
+    }
+)
+PHASES = [Phase.explicit, Phase.generate]
 # Built at import from the real app (schemathesis's fixture-based loader does not work with
-# this pytest); nothing in the schema depends on the database. The event streams are left out:
-# the stream of a job that has not ended stays open (tests/test_events.py covers them).
+# this pytest); nothing in the schema depends on the database.
 EVENT_STREAMS = {("GET", "/jobs/{job_id}/events"), ("GET", "/experiments/{experiment_id}/events")}
-schema = schemathesis.openapi.from_asgi("/openapi.json", create_app()).exclude(tag="events")
+full_schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(), config=CONFIG)
+schema = full_schema.exclude(tag="events")
+# A stream of a job that has not ended stays open: the streams are fuzzed on ended jobs only.
+event_schema = full_schema.include(tag="events")
+
+
+FUZZ = settings(
+    max_examples=50,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    phases=PHASES,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(
-    max_examples=15,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 def test_every_operation_conforms_to_its_schema(case: Any, seeded_database: str) -> None:
+    if case.method.upper() == "POST" and case.operation.path in ("/jobs", "/experiments"):
+        forget_submissions()  # each submission meets the seeded queue, not earlier examples'
+    case.call_and_validate(checks=CHECKS)
+
+
+@pytest.mark.slow
+@event_schema.parametrize()
+@settings(FUZZ, max_examples=100)  # mostly ids that name nothing; a stream ends at once
+def test_every_event_stream_conforms_to_its_schema(case: Any, ended_database: str) -> None:
+    """Each streamed event too: schemathesis checks it against the event of that name in the
+    response's itemSchema, its JSON data against the component the event names."""
     case.call_and_validate(checks=CHECKS)
 
 
@@ -155,11 +219,26 @@ OPERATIONS = {
 
 
 def test_the_fuzzed_schema_covers_every_route() -> None:
-    """The fuzzer sees every operation, and each documented error is the JSON error body."""
+    """The fuzzer sees every operation with every check and phase on, and each documented
+    error is the JSON error body."""
     operations = {
         (result.ok().method.upper(), result.ok().path) for result in schema.get_all_operations()
     }
     assert operations == OPERATIONS
+    streams = {
+        (result.ok().method.upper(), result.ok().path)
+        for result in event_schema.get_all_operations()
+    }
+    assert streams == EVENT_STREAMS
+    assert [check.__name__ for check in CHECKS] == [
+        NARROWED.get(check, check).__name__ for check in REGISTERED_CHECKS.get_all()
+    ]
+    assert len(CHECKS) == len(REGISTERED_CHECKS.get_all_names()) >= 14
+    for result in full_schema.get_all_operations():
+        phases = full_schema.config.phases_for(operation=result.ok())
+        assert phases.examples.enabled and phases.coverage.enabled
+        assert phases.fuzzing.enabled and phases.stateful.enabled
+    assert Phase.explicit in PHASES and Phase.generate in PHASES
     declared = {
         (method.upper(), path)
         for path, methods in schema.raw_schema["paths"].items()
@@ -205,11 +284,11 @@ class JobWorkflow(schema.as_state_machine()):  # type: ignore[misc]
 
 
 @pytest.mark.slow
-def test_job_workflows_conform_to_the_schema(seeded_database: str) -> None:
+def test_job_workflows_conform_to_the_schema(crowded_database: str) -> None:
     JobWorkflow.run(
         settings=settings(
-            max_examples=12,
-            stateful_step_count=6,
+            max_examples=40,
+            stateful_step_count=8,
             derandomize=True,
             deadline=None,
             database=None,

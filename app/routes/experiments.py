@@ -13,6 +13,7 @@ from app.deps import SessionDep, SettingsDep, read_session
 from app.routes.common import error_responses
 from app.routes.params import ExperimentId, IdempotencyKey
 from app.schemas import (
+    ErrorRead,
     ExperimentJobRow,
     ExperimentLinks,
     ExperimentList,
@@ -22,7 +23,13 @@ from app.schemas import (
 )
 from jobs import experiments, listing, submission
 from jobs.experiments import ExperimentSummary
-from jobs.specs import REPORT_PRESET, ExperimentCreate, ExperimentSort, SortOrder
+from jobs.specs import (
+    MAX_EXPERIMENT_JOBS,
+    REPORT_PRESET,
+    ExperimentCreate,
+    ExperimentSort,
+    SortOrder,
+)
 from jobs.tables import Experiment, Job, JobStatus
 from models.catalog import REPORT_RESULTS
 
@@ -53,6 +60,12 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
             }
         },
     }
+}
+TOO_MANY_JOBS: dict[str, Any] = {
+    "model": ErrorRead,
+    "description": "Invalid input; `fields` names each bad field. `too_many_jobs` when the "
+    f"experiment would make more than {MAX_EXPERIMENT_JOBS} jobs (`x-max-jobs`): the number of "
+    "blocks times the grid's combinations times the number of seeds.",
 }
 
 
@@ -150,7 +163,7 @@ def summary_csv(summary: ExperimentRead) -> str:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExperimentRead,
-    responses=error_responses(400, 401, 409, 413, 422, 503),
+    responses={**error_responses(400, 401, 409, 413, 503), 422: TOO_MANY_JOBS},
     summary="Submit an experiment: one job per block, grid combination and seed",
 )
 def submit_experiment(
