@@ -43,7 +43,15 @@ def require_server(name: str, host: str, port: int) -> None:
 # Test tiers, applied to every test by the fixtures it uses: `pure` (no database, no server),
 # `db` (a migrated database, in-process), `e2e` (real API/worker/database/broker processes).
 # `make test-fast` runs `-m "not e2e"` and starts no server.
-SERVER_FIXTURES = {"live_api", "live_server", "cli_api", "cli_keyed_api", "s3_server", "s3_bucket"}
+SERVER_FIXTURES = {
+    "live_api",
+    "live_server",
+    "cli_api",
+    "cli_keyed_api",
+    "s3_server",
+    "s3_bucket",
+    "private_s3",
+}
 DATABASE_FIXTURES = {"database_url", "sqlite_url", "client", "configure", "postgres_template"}
 
 
@@ -170,6 +178,23 @@ def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     for key, value in S3_TEST_CREDENTIALS.items():
         monkeypatch.setenv(key, value)
     return s3_server.create_bucket(f"test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def private_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """An S3 server of this test's own, which it may freeze and thaw, with a bucket `jobs`;
+    this process has its credentials."""
+    require_s3_server_package()
+    from tests.support import S3_TEST_CREDENTIALS, S3Server, free_port
+
+    for key, value in S3_TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    server = S3Server(free_port(), tmp_path)
+    try:
+        server.create_bucket("jobs")
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -185,9 +185,11 @@ class S3ArtifactStore(ArtifactStore):
         config = Config(
             # botocore's standard retry mode: throttling, 5xx and dropped connections are
             # retried with exponential backoff and jitter; callers retry for longer on top.
-            retries={"mode": "standard", "max_attempts": 4},
+            # Bounded waits: a store that does not answer costs a download at most about a
+            # minute, and an upload a try of the caller's retry loop.
+            retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
-            read_timeout=60,
+            read_timeout=20,
             max_pool_connections=16,
             # Path-style addressing: S3-compatible servers rarely have a DNS name per bucket.
             s3={"addressing_style": "path"} if endpoint_url else {},
