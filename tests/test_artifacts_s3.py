@@ -280,3 +280,17 @@ def test_a_missing_bucket_or_an_unreachable_server_is_said_at_start_up(
     )
     with pytest.raises(ArtifactStoreUnavailable, match="checking the bucket"):
         nobody.check()
+
+
+def test_stale_staging_files_are_removed(store: S3ArtifactStore) -> None:
+    """What a killed worker leaves in its staging folder: removed once older than the limit."""
+    staged = store.staging_dir(4, 1) / "epoch-0002.pt"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(CONTENT)
+    fresh = store.staging_dir(5, 1) / "epoch-0001.pt"
+    fresh.parent.mkdir(parents=True)
+    fresh.write_bytes(CONTENT)
+    day_ago = staged.stat().st_mtime - 2 * 86400
+    os.utime(staged, (day_ago, day_ago))
+    assert store.discard_stale_staging(older_than_seconds=86400) == 1
+    assert not staged.exists() and not staged.parent.exists() and fresh.exists()

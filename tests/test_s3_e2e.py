@@ -183,7 +183,10 @@ def test_killed_mid_upload_nothing_is_recorded_and_another_worker_resumes_from_t
         log = second.output()
         assert f"job {job_id} resuming from {tmp_path / 'machine2' / 'staging'}" in log, log
         assert uploads() == []  # the abandoned upload was aborted
-        assert checkpoint_files(tmp_path) == []
+        # Only the killed machine keeps the file it was uploading (its sweep removes it after a
+        # day); the machine that finished the job keeps nothing.
+        assert checkpoint_files(tmp_path / "machine2") == []
+        assert [path.name for path in checkpoint_files(tmp_path)] == ["epoch-0002.pt"]
         listing = {row["name"]: row for row in svc.api.get(f"/jobs/{job_id}/checkpoints").json()}
         served = svc.api.get(listing["final"]["url"])
         assert hashlib.sha256(served.content).hexdigest() == listing["final"]["sha256"]

@@ -38,10 +38,13 @@ SWEEP_INTERVAL_SECONDS = 3600.0
 
 
 def abort_stale_uploads(settings: Settings) -> int:
-    """Abort the store's incomplete uploads older than STALE_UPLOAD_SECONDS; how many."""
-    aborted = artifact_store(settings).abort_incomplete_uploads(
-        older_than_seconds=STALE_UPLOAD_SECONDS
-    )
+    """Abort the store's incomplete uploads older than STALE_UPLOAD_SECONDS, and remove local
+    staging files as old (a killed worker's); how many uploads."""
+    store = artifact_store(settings)
+    removed = store.discard_stale_staging(older_than_seconds=STALE_UPLOAD_SECONDS)
+    if removed:
+        logger.info("removed %s abandoned staging file(s)", removed)
+    aborted = store.abort_incomplete_uploads(older_than_seconds=STALE_UPLOAD_SECONDS)
     if aborted:
         logger.info("aborted %s abandoned upload(s) in the artifact store", aborted)
     return aborted

@@ -278,6 +278,20 @@ class S3ArtifactStore(ArtifactStore):
     def discard_staging(self, job_id: int, attempt: int) -> None:
         shutil.rmtree(self.staging_dir(job_id, attempt), ignore_errors=True)
 
+    def discard_stale_staging(self, *, older_than_seconds: float) -> int:
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        if not self.staging_root.is_dir():
+            return 0
+        for path in sorted(self.staging_root.rglob("*"), reverse=True):  # files before folders
+            with contextlib.suppress(OSError):
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+                elif path.is_dir() and not any(path.iterdir()):
+                    path.rmdir()
+        return removed
+
     def put(self, key: str, source: Path, *, size_bytes: int, sha256: str) -> ArtifactRecord:
         source = Path(source)
         full_key = self.full_key(key)

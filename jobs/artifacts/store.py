@@ -205,6 +205,11 @@ class ArtifactStore(ABC):
         """Remove what an attempt left in local staging (files not stored, local copies made
         for it to resume from); nothing for a backend whose staging folder is the store."""
 
+    def discard_stale_staging(self, *, older_than_seconds: float) -> int:
+        """Remove local staging files older than this (left by a worker that was killed before
+        it could store them: its attempt resumed from the store, elsewhere); how many."""
+        return 0
+
     def abort_incomplete_uploads(self, prefix: str = "", *, older_than_seconds: float = 0) -> int:
         """Abandon unfinished uploads under `prefix` started more than `older_than_seconds`
         ago (a worker killed mid-upload leaves them); how many. None for a backend whose writes
