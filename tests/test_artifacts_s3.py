@@ -209,6 +209,7 @@ def test_an_interrupted_multipart_upload_is_never_an_object_and_is_aborted(
     assert store.state(key, size_bytes=1, sha256="0" * 64) == ArtifactState.MISSING
 
     assert store.abort_incomplete_uploads(store.job_prefix(6)) == 0  # another job's prefix
+    assert store.abort_incomplete_uploads(excluding=store.attempt_prefix(5, 1)) == 0
     assert store.abort_incomplete_uploads() == 1  # only under the store's prefix
     uploads = client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
     assert [item["UploadId"] for item in uploads] == [other["UploadId"]]

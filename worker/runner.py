@@ -326,7 +326,10 @@ class JobRun:
         """Earlier attempts of this job may have been killed mid-upload: their incomplete
         uploads will never be completed (those attempts no longer hold the lease)."""
         try:
-            aborted = self.store.abort_incomplete_uploads(self.store.job_prefix(self.claim.job_id))
+            aborted = self.store.abort_incomplete_uploads(
+                self.store.job_prefix(self.claim.job_id),
+                excluding=self.store.attempt_prefix(*self._ids()),  # this attempt's own
+            )
         except Exception as error:  # worth no failure: the worker's periodic sweep retries
             logger.warning("job %s: abandoned uploads not aborted: %s", self.claim.job_id, error)
             return

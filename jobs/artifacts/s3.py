@@ -407,7 +407,10 @@ class S3ArtifactStore(ArtifactStore):
         self._delete_full_keys(keys)
         self.abort_incomplete_uploads(self.job_prefix(job_id))
 
-    def abort_incomplete_uploads(self, prefix: str = "", *, older_than_seconds: float = 0) -> int:
+    def abort_incomplete_uploads(
+        self, prefix: str = "", *, older_than_seconds: float = 0, excluding: str | None = None
+    ) -> int:
+        kept = self.full_key(excluding.rstrip("/")) + "/" if excluding else None
         if prefix:
             full_prefix = self.full_key(prefix.rstrip("/")) + "/"
         else:
@@ -420,7 +423,7 @@ class S3ArtifactStore(ArtifactStore):
             )
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    if upload["Initiated"] > cutoff:
+                    if upload["Initiated"] > cutoff or (kept and upload["Key"].startswith(kept)):
                         continue
                     with contextlib.suppress(ClientError):  # already completed or aborted
                         self.client.abort_multipart_upload(

@@ -210,10 +210,12 @@ class ArtifactStore(ABC):
         it could store them: its attempt resumed from the store, elsewhere); how many."""
         return 0
 
-    def abort_incomplete_uploads(self, prefix: str = "", *, older_than_seconds: float = 0) -> int:
+    def abort_incomplete_uploads(
+        self, prefix: str = "", *, older_than_seconds: float = 0, excluding: str | None = None
+    ) -> int:
         """Abandon unfinished uploads under `prefix` started more than `older_than_seconds`
-        ago (a worker killed mid-upload leaves them); how many. None for a backend whose writes
-        leave nothing half-done behind."""
+        ago (a worker killed mid-upload leaves them), except those under `excluding`; how
+        many. None for a backend whose writes leave nothing half-done behind."""
         return 0
 
     def release_local_file(self, path: Path) -> None:  # noqa: B027
