@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -25,6 +26,7 @@ from app.responses import error_response, service_error_response
 from app.routes import checkpoints, events, experiments, jobs, plots, system, ui
 from app.streams import EventHub
 from app.templating import STATIC_DIR
+from jobs.artifacts.startup import check_artifact_store
 from jobs.settings import get_settings
 
 DESCRIPTION = """
@@ -108,6 +110,8 @@ def create_app() -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # A malformed ARTIFACT_URL or a missing bucket stops the start-up, saying which.
+        await anyio.to_thread.run_sync(check_artifact_store, settings)
         yield
         await event_hub.stop()
 

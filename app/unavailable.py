@@ -7,7 +7,9 @@ to the default handling (a 500: it is a bug, not an outage).
 
 The answer comes within a few seconds because every wait is bounded: see `jobs.db` (connect,
 statement and reply timeouts on PostgreSQL, the SQLite busy timeout set here for the API) and
-`jobs.queue` (socket timeouts and one publish retry on Redis)."""
+`jobs.queue` (socket timeouts and one publish retry on Redis). An artifact store (an S3 bucket)
+that cannot be reached is 503 `artifact_store_unavailable`, its waits bounded by the client's
+timeouts (`jobs.artifacts.s3`)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from jobs.artifacts import ArtifactStoreUnavailable
 from jobs.db import set_sqlite_busy_timeout
 from jobs.retry import TransientDatabaseError, is_transient
 
@@ -77,6 +80,14 @@ async def broker_unavailable(_request: Request, error: Exception) -> JSONRespons
     )
 
 
+async def artifact_store_unavailable(_request: Request, error: Exception) -> JSONResponse:
+    logger.warning("artifact store unavailable: %s", error)
+    return _unavailable(
+        "artifact_store_unavailable",
+        f"The checkpoint store is not available right now; try again in {RETRY_AFTER_SECONDS} s.",
+    )
+
+
 def install(app: FastAPI) -> None:
     """Register the 503 handlers and bound this process's wait for a locked SQLite file."""
     set_sqlite_busy_timeout(API_SQLITE_BUSY_TIMEOUT_MS)
@@ -84,3 +95,4 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(database_error, database_unavailable)
     for broker_error in BROKER_ERRORS:
         app.add_exception_handler(broker_error, broker_unavailable)
+    app.add_exception_handler(ArtifactStoreUnavailable, artifact_store_unavailable)

@@ -25,6 +25,24 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = Field(
         None, description="Checkpoints and other job files; default VAR_DIR/artifacts."
     )
+    artifact_url: str | None = Field(
+        None,
+        description="Where checkpoints are stored: a local directory (a path or file:// URL) or "
+        "s3://bucket/prefix; default ARTIFACT_DIR.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="An S3-compatible server's URL; default AWS. Credentials: AWS_*."
+    )
+    artifact_staging_dir: Path | None = Field(
+        None,
+        description="With an object store: where checkpoints wait for their upload and resumed "
+        "ones are downloaded to; default VAR_DIR/staging.",
+    )
+    artifact_upload_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="How long one checkpoint's upload may keep failing before the job fails.",
+    )
     allow_download: bool = Field(True, description="Fetch CIFAR from its official URL if missing.")
     cifar100_url: str | None = None
     cifar100_md5: str | None = None
@@ -51,7 +69,14 @@ class Settings(BaseSettings):
         "may use (affinity, cgroup quota) divided by WORKER_CONCURRENCY, at least 1.",
     )
 
-    @field_validator("api_key", "database_url", "celery_broker_url", mode="before")
+    @field_validator(
+        "api_key",
+        "database_url",
+        "celery_broker_url",
+        "artifact_url",
+        "s3_endpoint_url",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -72,6 +97,19 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_artifact_dir(self) -> Path:
         return (self.artifact_dir or self.var_dir / "artifacts").resolve()
+
+    @cached_property
+    def resolved_artifact_staging_dir(self) -> Path:
+        return (self.artifact_staging_dir or self.var_dir / "staging").resolve()
+
+    @property
+    def checkpoint_folder_setting(self) -> str:
+        """The setting that names where the engine writes checkpoint files (for messages)."""
+        if self.artifact_url is not None and "://" in self.artifact_url:
+            if not self.artifact_url.startswith("file://"):
+                return "ARTIFACT_STAGING_DIR"
+            return "ARTIFACT_URL"
+        return "ARTIFACT_URL" if self.artifact_url is not None else "ARTIFACT_DIR"
 
     @property
     def visibility_timeout_seconds(self) -> int:

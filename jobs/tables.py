@@ -77,6 +77,7 @@ class FailureReason(StrEnum):
     TRAINING_ERROR = "training_error"
     TIMEOUT = "timeout"
     WORKER_LOST = "worker_lost"
+    ARTIFACT_STORE_UNAVAILABLE = "artifact_store_unavailable"
 
     @property
     def description(self) -> str:
@@ -89,6 +90,8 @@ FAILURE_REASON_DESCRIPTIONS = {
     FailureReason.TRAINING_ERROR: "training raised an error (its type and message are in error)",
     FailureReason.TIMEOUT: "the job ran longer than MAX_JOB_SECONDS",
     FailureReason.WORKER_LOST: "the worker stopped responding on each of MAX_ATTEMPTS attempts",
+    FailureReason.ARTIFACT_STORE_UNAVAILABLE: "a checkpoint could not be stored in (or read "
+    "back from) the artifact store within ARTIFACT_UPLOAD_TIMEOUT_SECONDS",
 }
 # The names under which a job's checkpoint files are served; each points at one epoch's file.
 CHECKPOINT_NAMES = ("latest", "best", "final")

@@ -8,9 +8,13 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
+
+if TYPE_CHECKING:
+    from tests.support import S3Server
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -39,7 +43,15 @@ def require_server(name: str, host: str, port: int) -> None:
 # Test tiers, applied to every test by the fixtures it uses: `pure` (no database, no server),
 # `db` (a migrated database, in-process), `e2e` (real API/worker/database/broker processes).
 # `make test-fast` runs `-m "not e2e"` and starts no server.
-SERVER_FIXTURES = {"live_api", "live_server", "cli_api", "cli_keyed_api"}
+SERVER_FIXTURES = {
+    "live_api",
+    "live_server",
+    "cli_api",
+    "cli_keyed_api",
+    "s3_server",
+    "s3_bucket",
+    "private_s3",
+}
 DATABASE_FIXTURES = {"database_url", "sqlite_url", "client", "configure", "postgres_template"}
 
 
@@ -131,6 +143,58 @@ def sqlite_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
     upgrade(url)
     return url
+
+
+def require_s3_server_package() -> None:
+    """moto's server is a dev requirement: missing, the S3 tests skip, or fail under CI."""
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is not None and importlib.util.find_spec("flask"):
+        return
+    message = "moto[server] is not installed"
+    if IN_CI:
+        pytest.fail(f"{message}; CI needs it (pip install -r requirements-dev.txt).", pytrace=False)
+    pytest.skip(f"{message}: install requirements-dev.txt to run this test")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One S3 protocol server (moto's) for the session; tests take a bucket of their own."""
+    require_s3_server_package()
+    from tests.support import S3Server, free_port
+
+    server = S3Server(free_port(), tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket on `s3_server`; this process has the server's credentials."""
+    from tests.support import S3_TEST_CREDENTIALS
+
+    for key, value in S3_TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    return s3_server.create_bucket(f"test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def private_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """An S3 server of this test's own, which it may freeze and thaw, with a bucket `jobs`;
+    this process has its credentials."""
+    require_s3_server_package()
+    from tests.support import S3_TEST_CREDENTIALS, S3Server, free_port
+
+    for key, value in S3_TEST_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    server = S3Server(free_port(), tmp_path)
+    try:
+        server.create_bucket("jobs")
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

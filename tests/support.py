@@ -519,3 +519,75 @@ def add_experiment(job_ids: list[int], name: str = "experiment") -> int:
         session.execute(update(Job).where(Job.id.in_(job_ids)).values(grouped))
         session.execute(update(JobEvent).where(JobEvent.job_id.in_(job_ids)).values(grouped))
         return experiment.id
+
+
+# Credentials for the S3 test server (moto accepts any); set for the test process and the
+# service processes it starts, as the standard AWS variables a deployment would set.
+S3_TEST_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+class S3Server:
+    """moto's S3 server (`python -m moto.server`), a real S3 protocol endpoint on loopback that
+    keeps its buckets in memory: a test may freeze it (SIGSTOP: connections stay open, nothing
+    answers, its objects are kept) and thaw it."""
+
+    def __init__(self, port: int, log_dir: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = Process(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            {**os.environ, **S3_TEST_CREDENTIALS},
+            log_dir / f"moto-{port}.log",
+        )
+
+        def up() -> bool:
+            if not self.process.alive():
+                raise AssertionError(f"the S3 server exited:\n{self.process.output()}")
+            try:
+                return httpx.get(self.url, timeout=2).status_code < 500
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout=60, what=f"the S3 server on port {port}")
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, **_boto3_credentials())
+
+    def create_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def freeze(self) -> None:
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process.alive():
+            self.thaw()
+        self.process.kill()
+
+
+def _boto3_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": S3_TEST_CREDENTIALS["AWS_DEFAULT_REGION"],
+    }
+
+
+def s3_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    """{key: bytes} of every object in the bucket under `prefix`."""
+    client = server.client()
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            found[item["Key"]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+    return found

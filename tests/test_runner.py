@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -412,3 +413,111 @@ def test_jobs_trained_at_once_each_get_their_share_of_the_cpus(
     assert outcomes == ["succeeded", "succeeded"]
     assert [job_row(job_id).status for job_id in ids] == ["succeeded", "succeeded"]
     assert list(recorded.values()) == [expected, expected]
+
+
+# -- checkpoints in an S3 bucket (moto's server) -------------------------------------------
+
+
+@pytest.fixture
+def s3_job(configure, sqlite_url: str, private_s3, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Settings on SQLite and the bucket `jobs` of a private S3 server; returns a function
+    that applies extra settings and creates a job."""
+    runner.shutting_down.clear()
+
+    def create(epochs: int = 3, **extra: str) -> int:
+        configure(
+            sqlite_url,
+            HEARTBEAT_SECONDS="60",
+            LEASE_SECONDS="60",
+            ARTIFACT_URL="s3://jobs/ckpt",
+            S3_ENDPOINT_URL=private_s3.url,
+            ARTIFACT_STAGING_DIR=str(tmp_path / "staging"),
+            **extra,
+        )
+        spec = JobCreate(block="mobile", hyperparameters={"epochs": epochs}, train_samples=10)
+        with session_scope() as session:
+            return submission.create_job(session, spec, settings=get_settings()).job.id
+
+    yield create
+    runner.shutting_down.clear()
+
+
+def bucket_keys(server: Any) -> list[str]:
+    listed = server.client().list_objects_v2(Bucket="jobs").get("Contents", [])
+    return sorted(item["Key"] for item in listed)
+
+
+def local_files(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
+
+
+def test_on_s3_checkpoints_are_recorded_once_in_the_bucket_and_nothing_stays_local(
+    s3_job, private_s3, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    job_id = s3_job(epochs=3)
+    assert run(job_id, ScriptedTrainer()) == "succeeded"
+    assert checkpoint_epochs(job_id) == [3]  # latest = best = final; older ones pruned
+    assert bucket_keys(private_s3) == [f"ckpt/jobs/{job_id}/attempt-1/epoch-0003.pt"]
+    assert local_files(tmp_path / "staging") == []
+    assert local_files(get_settings().resolved_artifact_dir) == []
+
+
+def test_on_s3_training_goes_on_while_the_store_is_down_and_loses_nothing(
+    s3_job, private_s3
+) -> None:  # type: ignore[no-untyped-def]
+    job_id = s3_job(epochs=4)
+    seen: dict[str, list[int]] = {}
+
+    def outage() -> None:
+        # Epoch 2 is trained and reported while the store answers nothing; its checkpoint
+        # waits, and the outage lasts a few seconds more before the store comes back.
+        seen["epochs"] = epochs_recorded(job_id)
+        seen["checkpoints"] = checkpoint_epochs(job_id)
+        time.sleep(3)
+        private_s3.thaw()
+
+    trainer = ScriptedTrainer(hooks={1: private_s3.freeze, 2: outage}, test_accuracy={2: 0.9})
+    started = time.monotonic()
+    assert run(job_id, trainer) == "succeeded"
+    assert seen["epochs"] == [1, 2] and 2 not in seen["checkpoints"]
+    assert trainer.batches_trained == 4 * 3
+    # Epoch 2 (the best) and epoch 4 (latest, final) were both stored and recorded.
+    assert checkpoint_epochs(job_id) == [2, 4]
+    assert bucket_keys(private_s3) == [
+        f"ckpt/jobs/{job_id}/attempt-1/epoch-0002.pt",
+        f"ckpt/jobs/{job_id}/attempt-1/epoch-0004.pt",
+    ]
+    assert time.monotonic() - started < 30
+
+
+def test_on_s3_a_store_down_past_the_upload_timeout_fails_the_job(s3_job, private_s3) -> None:  # type: ignore[no-untyped-def]
+    job_id = s3_job(epochs=3, ARTIFACT_UPLOAD_TIMEOUT_SECONDS="2")
+    private_s3.freeze()
+    try:
+        started = time.monotonic()
+        assert run(job_id, ScriptedTrainer()) == "failed"
+        assert time.monotonic() - started < 20  # not held up by the hanging request
+    finally:
+        private_s3.thaw()
+    job = job_row(job_id)
+    assert job.status == "failed" and job.error_reason == "artifact_store_unavailable"
+    assert "ARTIFACT_UPLOAD_TIMEOUT_SECONDS" in (job.error or "")
+    assert checkpoint_epochs(job_id) == []
+
+
+def test_on_s3_a_replaced_object_is_not_resumed_from(s3_job, private_s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    job_id = s3_job(epochs=4)
+    trainer = ScriptedTrainer(hooks={2: runner.shutting_down.set}, test_accuracy={1: 0.9})
+    assert run(job_id, trainer) == "released"
+    runner.shutting_down.clear()
+    assert checkpoint_epochs(job_id) == [1, 2]
+    # Epoch 2's object replaced in the bucket by other bytes of the same size.
+    private_s3.client().put_object(
+        Bucket="jobs", Key=f"ckpt/jobs/{job_id}/attempt-1/epoch-0002.pt", Body=b"7"
+    )
+    resumed = ScriptedTrainer(test_accuracy={1: 0.9})
+    assert run(job_id, resumed) == "succeeded"
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "epoch-0001.pt"
+    assert resumed.resumed_from.is_relative_to(tmp_path / "staging")
+    assert resumed.batches_trained == 3 * 3
+    assert local_files(tmp_path / "staging") == []  # the downloaded copy is gone too

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from jobs.artifacts.startup import check_artifact_store
 from jobs.settings import get_settings
 from worker.runner import worker_name
 from worker.tasks import celery
@@ -16,6 +17,8 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = get_settings()
+    # A malformed ARTIFACT_URL or a missing bucket stops the worker here, saying which.
+    check_artifact_store(settings)
     # One job: Celery's solo pool runs it in the main thread. Several: one thread per job, all on
     # this process's device (PyTorch releases the GIL in its kernels).
     pool = "solo" if settings.worker_concurrency == 1 else "threads"

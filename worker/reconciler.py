@@ -1,10 +1,13 @@
-"""The reconciler: re-queues jobs whose worker died and re-sends messages the broker lost."""
+"""The reconciler: re-queues jobs whose worker died, re-sends messages the broker lost, and
+aborts uploads to the artifact store that were abandoned long ago."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
+from jobs.artifacts import artifact_store
 from jobs.db import session_scope
 from jobs.lifecycle import reap_expired_leases, take_due_sends
 from jobs.queue import enqueue_after_commit
@@ -27,6 +30,26 @@ def reconcile_once(settings: Settings, *, idle: bool = False) -> list[int]:
     return due
 
 
+# A multipart upload not completed after this long was abandoned (its worker was killed): each
+# new attempt aborts its own job's at once, this sweep catches the rest (deleted jobs, crashes
+# between attempts). An S3 lifecycle rule (AbortIncompleteMultipartUpload) does the same.
+STALE_UPLOAD_SECONDS = 24 * 3600.0
+SWEEP_INTERVAL_SECONDS = 3600.0
+
+
+def abort_stale_uploads(settings: Settings) -> int:
+    """Abort the store's incomplete uploads older than STALE_UPLOAD_SECONDS, and remove local
+    staging files as old (a killed worker's); how many uploads."""
+    store = artifact_store(settings)
+    removed = store.discard_stale_staging(older_than_seconds=STALE_UPLOAD_SECONDS)
+    if removed:
+        logger.info("removed %s abandoned staging file(s)", removed)
+    aborted = store.abort_incomplete_uploads(older_than_seconds=STALE_UPLOAD_SECONDS)
+    if aborted:
+        logger.info("aborted %s abandoned upload(s) in the artifact store", aborted)
+    return aborted
+
+
 class Reconciler(threading.Thread):
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="reconciler", daemon=True)
@@ -35,7 +58,14 @@ class Reconciler(threading.Thread):
 
     def run(self) -> None:
         interval = max(0.5, min(self.settings.heartbeat_seconds, self.settings.lease_seconds / 2))
+        next_sweep = time.monotonic()
         while not self._done.wait(interval):
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_INTERVAL_SECONDS
+                try:
+                    abort_stale_uploads(self.settings)
+                except Exception as error:  # the store may be down; the next sweep retries
+                    logger.warning("sweeping abandoned uploads failed: %s", error)
             try:
                 reconcile_once(self.settings, idle=not running_jobs())
             except Exception:  # the database or broker may be restarting; next pass retries

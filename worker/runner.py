@@ -16,7 +16,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from jobs.artifacts import ArtifactRecord, artifact_store
+from jobs.artifacts import (
+    ArtifactDamaged,
+    ArtifactMissing,
+    ArtifactRecord,
+    ArtifactStoreUnavailable,
+    artifact_store,
+)
 from jobs.checkpoints import prunable_checkpoints
 from jobs.db import session_scope
 from jobs.lifecycle import (
@@ -38,6 +44,7 @@ from jobs.retry import TransientDatabaseError, retry_transient
 from jobs.settings import Settings
 from jobs.tables import Checkpoint, FailureReason, Job, JobStatus
 from worker.cpus import available_cpus, threads_per_job
+from worker.uploads import FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, CheckpointUploads, UploadFailed
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +55,10 @@ shutting_down = threading.Event()
 # How often the watcher reads cancel_requested: a cancel reaches the job within this, or one
 # batch, whichever is longer, whatever HEARTBEAT_SECONDS is.
 CANCEL_POLL_SECONDS = 0.5
+
+# A worker that is stopping (SIGTERM) waits at most this long for checkpoints still uploading
+# before it hands the job back; the next attempt resumes from the last one recorded.
+SHUTDOWN_UPLOAD_GRACE_SECONDS = 10.0
 
 Trainer = Callable[..., Any]
 
@@ -178,6 +189,14 @@ class JobRun:
         self.trainer = trainer
         self.store = artifact_store(settings)
         self.attempt_dir = self.store.staging_dir(claim.job_id, claim.attempt)
+        # Checkpoints are stored and recorded on this thread while training goes on.
+        self.uploads = CheckpointUploads(
+            self.store,
+            lambda epoch: self.store.checkpoint_key(claim.job_id, claim.attempt, epoch),
+            self._record_checkpoint,
+            timeout_seconds=settings.artifact_upload_timeout_seconds,
+            name=f"upload-{claim.job_id}",
+        )
         self.started = time.monotonic()
         self.timed_out = False
         self.shutdown_seen = False
@@ -199,6 +218,7 @@ class JobRun:
             self.timed_out
             or self.epoch_stop is not None
             or self.watcher.stop_reason is not None
+            or self.uploads.failure is not None
             or shutting_down.is_set()
         )
 
@@ -206,8 +226,8 @@ class JobRun:
     def stop_reason(self) -> StopReason | None:
         """Why training stopped early, most binding first: a lost lease ends all writing."""
         watched = self.watcher.stop_reason
-        if watched == StopReason.LEASE_LOST:
-            return watched
+        if watched == StopReason.LEASE_LOST or isinstance(self.uploads.failure, LeaseLost):
+            return StopReason.LEASE_LOST
         if self.timed_out:
             return StopReason.TIMEOUT
         if self.epoch_stop is not None:
@@ -247,12 +267,12 @@ class JobRun:
         self.history_repaired = True
 
     def on_checkpoint(self, written: Any) -> None:
-        stored = self.store.put(
-            self.store.checkpoint_key(self.claim.job_id, self.claim.attempt, written.epoch),
-            Path(written.path),
-            size_bytes=written.size_bytes,
-            sha256=written.sha256,
-        )
+        """A checkpoint file is whole on local disk: hand it to the uploads and go on."""
+        self.uploads.submit(written)
+
+    def _record_checkpoint(self, written: Any, stored: ArtifactRecord) -> None:
+        """On the upload thread, once the store holds the checkpoint: record it (fenced by the
+        lease) and prune the files no name points at any more."""
         record = CheckpointRecord(
             epoch=written.epoch,
             size_bytes=stored.size_bytes,
@@ -275,7 +295,9 @@ class JobRun:
     # -- the attempt -----------------------------------------------------------------------
 
     def resume_from(self) -> Path | None:
-        """The newest recorded checkpoint whose object is intact (size and sha256 as recorded)."""
+        """A local file of the newest recorded checkpoint whose object is intact (size and
+        sha256 as recorded); a store that cannot be reached is retried for up to
+        ARTIFACT_UPLOAD_TIMEOUT_SECONDS."""
         with session_scope(write=False) as session:
             rows = session.execute(
                 select(Checkpoint.relative_path, Checkpoint.size_bytes, Checkpoint.sha256)
@@ -284,14 +306,88 @@ class JobRun:
             ).all()
         # Hashed after the read transaction: no connection is held while files are read.
         records = [ArtifactRecord(row.relative_path, row.size_bytes, row.sha256) for row in rows]
-        intact = self.store.newest_intact(records)
-        if intact is not None:
-            return self.store.local_file(intact.key)
+        for record in records:
+            try:
+                return self._local_file(record)
+            except (ArtifactMissing, ArtifactDamaged) as error:
+                logger.warning("%s: %s; trying an older one", record.key, error)
         if rows:
             logger.warning("job %s: no intact checkpoint; starting over", self.claim.job_id)
         return None
 
+    def _local_file(self, record: ArtifactRecord) -> Path:
+        started = time.monotonic()
+        wait = FIRST_RETRY_SECONDS
+        while True:
+            try:
+                return self.store.local_file(record)
+            except ArtifactStoreUnavailable as error:
+                elapsed = time.monotonic() - started
+                if elapsed + wait > self.settings.artifact_upload_timeout_seconds:
+                    raise StoreUnavailable(
+                        f"The checkpoint to resume from ({record.key}) could not be read from "
+                        f"the artifact store for {elapsed:.0f} s "
+                        f"(ARTIFACT_UPLOAD_TIMEOUT_SECONDS): {error}"
+                    ) from error
+                logger.warning("reading %s failed: %s; again in %.1f s", record.key, error, wait)
+                time.sleep(wait)
+                wait = min(wait * 2, MAX_RETRY_SECONDS)
+
+    def _abort_abandoned_uploads(self) -> None:
+        """Earlier attempts of this job may have been killed mid-upload: their incomplete
+        uploads will never be completed (those attempts no longer hold the lease)."""
+        try:
+            aborted = self.store.abort_incomplete_uploads(
+                self.store.job_prefix(self.claim.job_id),
+                excluding=self.store.attempt_prefix(*self._ids()),  # this attempt's own
+            )
+        except Exception as error:  # worth no failure: the worker's periodic sweep retries
+            logger.warning("job %s: abandoned uploads not aborted: %s", self.claim.job_id, error)
+            return
+        if aborted:
+            logger.info("job %s: aborted %s abandoned upload(s)", self.claim.job_id, aborted)
+
     def run(self) -> Outcome:
+        self.uploads.start()
+        try:
+            return self._run()
+        finally:
+            self.uploads.close()
+            self.store.discard_staging(self.claim.job_id, self.claim.attempt)
+
+    def _settle_uploads(self, timeout: float | None = None) -> Outcome | None:
+        """Wait for the checkpoints still uploading; an outcome when recording them showed that
+        the attempt cannot go on (its lease is lost, the database stayed unavailable)."""
+        self.uploads.drain(timeout)
+        failure = self.uploads.failure
+        if isinstance(failure, LeaseLost):
+            logger.warning("job %s attempt %s was taken over; stopping", *self._ids())
+            return Outcome.LEASE_LOST
+        if isinstance(failure, TransientDatabaseError):
+            logger.warning(
+                "job %s: the database stayed unavailable (%s)", self.claim.job_id, failure
+            )
+            return self._release()
+        return None
+
+    def _upload_failure(self) -> Outcome | None:
+        """Fail the job when one of its checkpoints could not be stored."""
+        failure = self.uploads.failure
+        if failure is None:
+            return None
+        if isinstance(failure, UploadFailed):
+            return self._finish(
+                JobStatus.FAILED,
+                error_reason=FailureReason.ARTIFACT_STORE_UNAVAILABLE,
+                error=str(failure),
+            )
+        return self._finish(
+            JobStatus.FAILED,
+            error_reason=FailureReason.TRAINING_ERROR,
+            error=f"{type(failure).__name__}: {failure}",
+        )
+
+    def _run(self) -> Outcome:
         from engine.checkpoint import StorageFull
         from engine.config import TrainConfig
         from engine.data import DatasetUnavailable
@@ -301,8 +397,13 @@ class JobRun:
             trainer = self.trainer
         else:
             from engine.trainer import train as trainer
+        resume: Path | None = None
         try:
             config = TrainConfig.model_validate(self.claim.config)
+            # In the background: a store that does not answer must not hold up training.
+            threading.Thread(
+                target=self._abort_abandoned_uploads, name=f"abort-{self.claim.job_id}", daemon=True
+            ).start()
             resume = self.resume_from()
             if resume is not None:
                 logger.info("job %s resuming from %s", self.claim.job_id, resume)
@@ -331,6 +432,12 @@ class JobRun:
         except LeaseLost:
             logger.warning("job %s attempt %s was taken over; stopping", *self._ids())
             return Outcome.LEASE_LOST
+        except StoreUnavailable as error:
+            return self._finish(
+                JobStatus.FAILED,
+                error_reason=FailureReason.ARTIFACT_STORE_UNAVAILABLE,
+                error=str(error),
+            )
         except TransientDatabaseError as error:
             logger.warning("job %s: the database stayed unavailable (%s)", self.claim.job_id, error)
             return self._release()
@@ -344,7 +451,7 @@ class JobRun:
             return self._finish(
                 JobStatus.FAILED,
                 error_reason=FailureReason.STORAGE_FULL,
-                error=f"ARTIFACT_DIR ({self.settings.resolved_artifact_dir}) is full: "
+                error=f"{self.settings.checkpoint_folder_setting} ({self.attempt_dir}) is full: "
                 f"{error.strerror}",
             )
         except Exception as error:
@@ -354,9 +461,17 @@ class JobRun:
                 error_reason=FailureReason.TRAINING_ERROR,
                 error=f"{type(error).__name__}: {error}",
             )
+        finally:
+            if resume is not None:
+                self.store.release_local_file(resume)  # loaded by now, or never will be
         if not result.stopped:
+            # Succeeded only once every checkpoint, the final one included, is in the store.
             return self._finish(JobStatus.SUCCEEDED)
         reason = self.stop_reason
+        if reason != StopReason.LEASE_LOST:
+            upload_failed = self._upload_failure()  # settles the uploads first
+            if upload_failed is not None:
+                return upload_failed
         if reason == StopReason.TIMEOUT:
             return self._finish(
                 JobStatus.FAILED,
@@ -369,6 +484,8 @@ class JobRun:
             logger.info(
                 "job %s stopped for the worker's shutdown; handing it back", self.claim.job_id
             )
+            if not self.uploads.drain(SHUTDOWN_UPLOAD_GRACE_SECONDS):
+                logger.info("job %s: checkpoints still uploading are dropped", self.claim.job_id)
             return self._release()
         return Outcome.LEASE_LOST
 
@@ -382,6 +499,14 @@ class JobRun:
         error_reason: FailureReason | None = None,
         error: str | None = None,
     ) -> Outcome:
+        # The checkpoints written so far are recorded first (a failed job's too).
+        settled = self._settle_uploads()
+        if settled is not None:
+            return settled
+        if status == JobStatus.SUCCEEDED and self.uploads.failure is not None:
+            upload_failed = self._upload_failure()
+            assert upload_failed is not None
+            return upload_failed
         done: list[bool] = []
 
         def work(session: Any) -> None:
@@ -423,6 +548,10 @@ class JobRun:
             return Outcome.CANCELLED
         logger.info("job %s released for another worker", self.claim.job_id)
         return Outcome.RELEASED
+
+
+class StoreUnavailable(Exception):
+    """The artifact store could not be read for longer than the upload timeout."""
 
 
 def dataset_help(dataset: str, settings: Settings, error: Exception) -> str:

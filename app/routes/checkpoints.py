@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from sqlalchemy.orm import Session
 
 from app.deps import SettingsDep, read_session
@@ -30,6 +31,10 @@ from jobs.settings import get_settings
 from jobs.tables import CHECKPOINT_NAMES, Job, JobStatus
 
 router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
+
+# How long a presigned URL (`?redirect=true` on an object store) stays valid: enough to start a
+# large download; the client follows it at once.
+REDIRECT_EXPIRES_SECONDS = 3600
 
 # The schema lists the names; the route checks them itself, so that a wrong one is a 404 naming
 # the valid ones rather than pydantic's message.
@@ -129,6 +134,10 @@ _FILE_HEADERS = {
             },
         },
         304: {"description": "Not modified: If-None-Match or If-Modified-Since matched."},
+        307: {
+            "description": "With `redirect=true` on an object store: the verified object's "
+            "presigned URL (valid an hour) in `Location`; the ETag is its sha256.",
+        },
         **error_responses(401, 404, 412, 416),
         500: {
             "model": ErrorRead,
@@ -143,6 +152,14 @@ def download_checkpoint(
     name: CheckpointName,
     request: Request,
     settings: SettingsDep,
+    redirect: Annotated[
+        bool,
+        Query(
+            description="On an object store (ARTIFACT_URL=s3://...): answer 307 to a presigned "
+            "URL of the object, once verified, so the bytes do not pass through the API. "
+            "Ignored on a local directory."
+        ),
+    ] = False,
 ) -> Response:
     """Resumable: `Range: bytes=start-end` (with `If-Range: "<sha256>"` to be sure the file has
     not changed), `HEAD` for the size, `If-None-Match` for a cached copy."""
@@ -162,10 +179,9 @@ def download_checkpoint(
     # Opened (and hashed when not seen before) after the read transaction has ended, and
     # verified before any byte or validator is sent, whatever the request's headers.
     stored = checkpoint.stored
+    store = artifact_store(settings)
     try:
-        opened = artifact_store(settings).open_verified(
-            stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256
-        )
+        opened = store.open_verified(stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256)
     except ArtifactMissing:
         raise CheckpointNotFound(
             f"The {name} checkpoint of job {job_id} is no longer in the artifact store."
@@ -175,10 +191,15 @@ def download_checkpoint(
             f"The {name} checkpoint of job {job_id} (epoch {checkpoint.epoch}) no longer "
             "matches its recorded size and sha256; it is not served."
         ) from None
-    return object_download(
-        request,
-        opened,
-        etag=stored.sha256,
-        filename=f"job-{job_id}-{name}.pt",
-        headers={"X-Checkpoint-Epoch": str(checkpoint.epoch), "Cache-Control": "no-cache"},
-    )
+    filename = f"job-{job_id}-{name}.pt"
+    headers = {"X-Checkpoint-Epoch": str(checkpoint.epoch), "Cache-Control": "no-cache"}
+    if redirect:
+        url = store.download_url(
+            stored.key, expires_seconds=REDIRECT_EXPIRES_SECONDS, filename=filename
+        )
+        if url is not None:
+            opened.close()
+            return RedirectResponse(
+                url, status_code=307, headers={**headers, "ETag": f'"{stored.sha256}"'}
+            )
+    return object_download(request, opened, etag=stored.sha256, filename=filename, headers=headers)

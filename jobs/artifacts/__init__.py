@@ -8,7 +8,10 @@ from jobs.artifacts.store import (
     ArtifactRecord,
     ArtifactState,
     ArtifactStore,
+    ArtifactStoreUnavailable,
+    StoreOptions,
     artifact_store,
+    artifact_url,
     open_store,
 )
 
@@ -19,6 +22,9 @@ __all__ = [
     "ArtifactRecord",
     "ArtifactState",
     "ArtifactStore",
+    "ArtifactStoreUnavailable",
+    "StoreOptions",
     "artifact_store",
+    "artifact_url",
     "open_store",
 ]

@@ -22,6 +22,7 @@ from jobs.artifacts.store import (
     ArtifactObject,
     ArtifactRecord,
     ArtifactStore,
+    StoreOptions,
 )
 
 # Refuses a symbolic link swapped in as the last component after the path was resolved.
@@ -82,7 +83,7 @@ class LocalArtifactStore(ArtifactStore):
         self.root = Path(root).resolve()
 
     @classmethod
-    def from_url(cls, url: str) -> Self:
+    def from_url(cls, url: str, options: StoreOptions | None = None) -> Self:
         parts = urlsplit(url)
         if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
             raise ValueError(f"not a local file URL: {url}")
@@ -168,8 +169,10 @@ class LocalArtifactStore(ArtifactStore):
             raise
         return LocalArtifactObject(key, path, fd, status)
 
-    def local_file(self, key: str) -> Path:
-        path = self.path(key)
-        if not path.is_file():
-            raise ArtifactMissing(f"no object {key!r} in {self.root}")
-        return path
+    def local_file(self, record: ArtifactRecord) -> Path:
+        # The stored file itself: no copy (the check is cached for an unchanged file).
+        self.open_verified(record.key, size_bytes=record.size_bytes, sha256=record.sha256).close()
+        return self.path(record.key)
+
+    def describe(self) -> str:
+        return str(self.root)

@@ -34,7 +34,26 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME_FORMAT = "epoch-{epoch:04d}.pt"
 
 # A backend is imported only when its scheme is used, so the local store needs no cloud SDK.
-BACKENDS: dict[str, str] = {"file": "jobs.artifacts.local:LocalArtifactStore"}
+BACKENDS: dict[str, str] = {
+    "file": "jobs.artifacts.local:LocalArtifactStore",
+    "s3": "jobs.artifacts.s3:S3ArtifactStore",
+}
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """What a backend may need besides its URL (hashable: stores are cached per URL and
+    options). `endpoint_url`: an S3-compatible server other than AWS. `staging_root`: the local
+    folder where a remote backend's checkpoints wait for their upload and resumed ones are
+    downloaded to."""
+
+    endpoint_url: str | None = None
+    staging_root: Path | None = None
+
+
+class ArtifactStoreUnavailable(OSError):
+    """The store could not be reached (or answered with a server error); trying again later may
+    work."""
 
 
 @dataclass(frozen=True)
@@ -125,8 +144,9 @@ class ArtifactStore(ABC):
 
     @classmethod
     @abstractmethod
-    def from_url(cls, url: str) -> Self:
-        """The store at `url` (e.g. `file:///srv/artifacts`)."""
+    def from_url(cls, url: str, options: StoreOptions | None = None) -> Self:
+        """The store at `url` (e.g. `file:///srv/artifacts`); ValueError naming what is wrong
+        with a malformed one."""
 
     # -- key layout ------------------------------------------------------------------------
 
@@ -170,9 +190,48 @@ class ArtifactStore(ABC):
         """The object under `key`, unverified; ArtifactMissing when there is none."""
 
     @abstractmethod
-    def local_file(self, key: str) -> Path:
-        """A local file holding the object's bytes, for the engine to load; ArtifactMissing
-        when there is none."""
+    def local_file(self, record: ArtifactRecord) -> Path:
+        """A local file holding the object's bytes, checked against the record, for the engine
+        to load; ArtifactMissing when there is none, ArtifactDamaged when its bytes are not the
+        recorded ones."""
+
+    # -- what a backend may add (not abstract: a local directory needs none of it) -----------
+
+    def check(self) -> None:  # noqa: B027
+        """Fail at start-up, naming what is wrong, when the store cannot work as configured (a
+        bucket that does not exist); ArtifactStoreUnavailable when it cannot be reached now."""
+
+    def discard_staging(self, job_id: int, attempt: int) -> None:  # noqa: B027
+        """Remove what an attempt left in local staging (files not stored, local copies made
+        for it to resume from); nothing for a backend whose staging folder is the store."""
+
+    def discard_stale_staging(self, *, older_than_seconds: float) -> int:
+        """Remove local staging files older than this (left by a worker that was killed before
+        it could store them: its attempt resumed from the store, elsewhere); how many."""
+        return 0
+
+    def abort_incomplete_uploads(
+        self, prefix: str = "", *, older_than_seconds: float = 0, excluding: str | None = None
+    ) -> int:
+        """Abandon unfinished uploads under `prefix` started more than `older_than_seconds`
+        ago (a worker killed mid-upload leaves them), except those under `excluding`; how
+        many. None for a backend whose writes leave nothing half-done behind."""
+        return 0
+
+    def release_local_file(self, path: Path) -> None:  # noqa: B027
+        """The engine has loaded a file `local_file` returned: remove it if it was a copy."""
+
+    def download_url(
+        self, key: str, *, expires_seconds: int, filename: str | None = None
+    ) -> str | None:
+        """A URL a client can fetch the object from directly for `expires_seconds` (as an
+        attachment named `filename`), or None when the backend has none (the API then streams
+        the bytes itself)."""
+        return None
+
+    def describe(self) -> str:
+        """Where the objects are, for messages (no credentials)."""
+        return type(self).__name__
 
     # -- integrity, the same for every backend ---------------------------------------------
 
@@ -210,6 +269,15 @@ class ArtifactStore(ABC):
             logger.warning("%s is %s; trying an older one", record.key, found)
         return None
 
+    def remember_digest(self, identity: Hashable, digest: str) -> None:
+        """Record the sha256 of the object with this identity, hashed by the caller (a backend
+        that has just checked what it stored or downloaded), so it is not read again."""
+        with self._digests_lock:
+            self._digests[identity] = digest
+            self._digests.move_to_end(identity)
+            while len(self._digests) > self.max_cached_digests:
+                self._digests.popitem(last=False)
+
     def _digest(self, opened: ArtifactObject) -> str:
         identity = opened.identity
         with self._digests_lock:
@@ -221,22 +289,32 @@ class ArtifactStore(ABC):
         for chunk in opened.chunks():
             hasher.update(chunk)
         digest = hasher.hexdigest()
-        with self._digests_lock:
-            self._digests[identity] = digest
-            while len(self._digests) > self.max_cached_digests:
-                self._digests.popitem(last=False)
+        self.remember_digest(identity, digest)
         return digest
 
 
 def artifact_url(settings: Settings) -> str:
-    """Where the settings keep artifacts, as a URL: today always the local ARTIFACT_DIR."""
-    return settings.resolved_artifact_dir.as_uri()
+    """Where the settings keep artifacts, as a URL: ARTIFACT_URL (a local path is a file URL),
+    else the local ARTIFACT_DIR."""
+    url = settings.artifact_url
+    if url is None:
+        return settings.resolved_artifact_dir.as_uri()
+    if "://" not in url:
+        return Path(url).expanduser().resolve().as_uri()
+    return url
+
+
+def store_options(settings: Settings) -> StoreOptions:
+    return StoreOptions(
+        endpoint_url=settings.s3_endpoint_url,
+        staging_root=settings.resolved_artifact_staging_dir,
+    )
 
 
 @lru_cache(maxsize=16)
-def open_store(url: str) -> ArtifactStore:
-    """The store for `url`, by its scheme; one per URL per process, so its verification cache
-    lasts across requests."""
+def open_store(url: str, options: StoreOptions | None = None) -> ArtifactStore:
+    """The store for `url`, by its scheme; one per URL and options per process, so its
+    verification cache lasts across requests. ValueError for a URL no backend takes."""
     scheme = urlsplit(url).scheme
     if scheme not in BACKENDS:
         raise ValueError(
@@ -245,9 +323,9 @@ def open_store(url: str) -> ArtifactStore:
         )
     module, _, name = BACKENDS[scheme].partition(":")
     backend: type[ArtifactStore] = getattr(importlib.import_module(module), name)
-    return backend.from_url(url)
+    return backend.from_url(url, options)
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
     """The configured store."""
-    return open_store(artifact_url(settings))
+    return open_store(artifact_url(settings), store_options(settings))
