@@ -25,10 +25,16 @@ from engine.config import (
     TrainConfig,
     TrainSamples,
 )
+from jobs.dispatch import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN
 from models.catalog import BLOCK_NAMES, BlockName
 
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
 JOB_NAME_MAX_CHARS = 200
+PRIORITY_DESCRIPTION = (
+    f"{PRIORITY_MIN} to {PRIORITY_MAX}, default {DEFAULT_PRIORITY}: a free worker takes the "
+    "highest priority first; among equal priorities experiments and lone jobs take turns."
+)
+Priority = Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX, description=PRIORITY_DESCRIPTION)]
 
 
 def canonical_sha256(data: dict[str, Any]) -> str:
@@ -65,6 +71,7 @@ class JobCreate(BaseModel):
     test_samples: TestSamples = None
     name: str | None = Field(None, max_length=JOB_NAME_MAX_CHARS)
     tags: list[Tag] = Field(default_factory=list, max_length=20)
+    priority: Priority = DEFAULT_PRIORITY
 
     def fingerprint(self) -> str:
         """sha256 of the canonical spec, for idempotent submission."""
@@ -81,7 +88,7 @@ class JobCreate(BaseModel):
         )
 
 
-MAX_EXPERIMENT_JOBS = 64
+MAX_EXPERIMENT_JOBS = 1000
 # Every hyperparameter but the seed can be varied over a grid (`seeds` varies the seed).
 GRID_KEYS: tuple[str, ...] = tuple(name for name in Hyperparameters.model_fields if name != "seed")
 REPORT_PRESET = "report"
@@ -201,6 +208,7 @@ class ExperimentCreate(BaseModel):
     train_samples: TrainSamples = None
     test_samples: TestSamples = None
     tags: list[Tag] = Field(default_factory=list, max_length=20)
+    priority: Priority = Field(DEFAULT_PRIORITY, description="Every job's; " + PRIORITY_DESCRIPTION)
 
     @field_validator("blocks")
     @classmethod

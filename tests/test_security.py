@@ -215,7 +215,7 @@ def test_oversized_body_on_the_live_server(live_api: tuple[int, Process]) -> Non
     body = oversized_body()
     headers = {"content-type": "application/json"}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
-        before = api.get("/jobs").json()["total"]
+        before = len(api.get("/jobs").json()["items"])
 
         declared = api.post("/jobs", content=body, headers=headers)
         assert declared.request.headers["content-length"] == str(len(body))
@@ -227,13 +227,13 @@ def test_oversized_body_on_the_live_server(live_api: tuple[int, Process]) -> Non
         assert streamed.request.headers["transfer-encoding"] == "chunked"
         assert_too_large(streamed)
 
-        assert api.get("/jobs").json()["total"] == before
+        assert len(api.get("/jobs").json()["items"]) == before
         # A body under the cap, sent chunked, still works.
         small = api.post(
             "/jobs", content=chunks(json.dumps(SMALL_JOB).encode(), 8), headers=headers
         )
         assert small.status_code == 202, small.text
-        assert api.get("/jobs").json()["total"] == before + 1
+        assert len(api.get("/jobs").json()["items"]) == before + 1
     assert process.alive()
 
 
@@ -242,7 +242,7 @@ def test_oversized_body_in_process(client: TestClient) -> None:
     headers = {"content-type": "application/json"}
     assert_too_large(client.post("/jobs", content=body, headers=headers))
     assert_too_large(client.post("/jobs", content=chunks(body), headers=headers))
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
 
 
 # --- API key -------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
         }
         assert covered == declared and len(declared) == 19
 
-        jobs_before = client.get("/jobs", headers=good).json()["total"]
+        jobs_before = len(client.get("/jobs", headers=good).json()["items"])
         for method, path, kwargs, _ in requests:
             for headers in (
                 {},
@@ -346,7 +346,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
                 assert refused.json()["error"] == "unauthorized"
             answered = client.request(method, path, headers={**headers, **good}, **kwargs)
             assert answered.status_code == with_key, (method, path, answered.text)
-        assert client.get("/jobs", headers=good).json()["total"] == jobs_before == 2
+        assert len(client.get("/jobs", headers=good).json()["items"]) == jobs_before == 2
 
         for method, path, kwargs, expected in requests:
             response = client.request(method, path, headers=good, **kwargs)
@@ -455,7 +455,7 @@ def test_bad_input_is_a_422_naming_the_field(
         assert document["error"] == "validation_error"
         assert field in [problem["field"] for problem in document["fields"]], document
         assert field in document["detail"]
-        assert client.get("/jobs").json()["total"] == 0
+        assert len(client.get("/jobs").json()["items"]) == 0
     assert broker_messages() == 0
 
 
@@ -474,10 +474,10 @@ def test_bad_input_stores_and_queues_nothing(client: TestClient) -> None:
         response = client.post("/jobs", content=raw, headers=headers)
         assert response.status_code == status, (raw, headers, response.text)
     assert client.post("/jobs", json=SMALL_JOB, headers={"Idempotency-Key": ""}).status_code == 422
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
     assert broker_messages() == 0
     assert client.post("/jobs", json=SMALL_JOB).status_code == 202
-    assert client.get("/jobs").json()["total"] == 1
+    assert len(client.get("/jobs").json()["items"]) == 1
     assert broker_messages() == 1
 
 
@@ -501,7 +501,7 @@ def test_a_body_that_is_not_sent_as_json_is_415(client: TestClient) -> None:
     bare = client.post("/jobs", content=body)
     assert "content-type" not in bare.request.headers
     assert bare.status_code == 415 and "no Content-Type" in bare.json()["detail"]
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
     for content_type in (
         "application/json",
         "application/json; charset=utf-8",
@@ -510,7 +510,7 @@ def test_a_body_that_is_not_sent_as_json_is_415(client: TestClient) -> None:
     ):
         response = client.post("/jobs", content=body, headers={"content-type": content_type})
         assert response.status_code == 202, (content_type, response.text)
-    assert client.get("/jobs").json()["total"] == 4
+    assert len(client.get("/jobs").json()["items"]) == 4
     assert broker_messages() == 4
 
 
@@ -529,7 +529,7 @@ def test_broken_json_is_400_naming_where_it_breaks(client: TestClient) -> None:
         assert document["error"] == "invalid_json"
         assert document["detail"].startswith("The request body is not valid JSON: ")
         assert document["detail"].endswith(f" at {where}."), document["detail"]
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
 
 
 def test_a_body_that_is_not_utf8_is_always_400(client: TestClient) -> None:
@@ -546,7 +546,7 @@ def test_a_body_that_is_not_utf8_is_always_400(client: TestClient) -> None:
         document = response.json()
         assert document["error"] == "invalid_json", body
         assert document["detail"].startswith(f"The request body is not UTF-8 text: byte {byte} ")
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
 
 
 def test_an_empty_idempotency_key_is_refused(client: TestClient) -> None:
@@ -557,7 +557,7 @@ def test_an_empty_idempotency_key_is_refused(client: TestClient) -> None:
         document = response.json()
         assert document["error"] == "validation_error"
         assert [problem["field"] for problem in document["fields"]] == ["header.idempotency-key"]
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
     first = client.post("/jobs", json=SMALL_JOB, headers={"Idempotency-Key": "retry-1"})
     again = client.post("/jobs", json=SMALL_JOB, headers={"Idempotency-Key": "retry-1"})
     assert first.status_code == again.status_code == 202
@@ -801,7 +801,7 @@ def test_hostile_json_is_a_400_naming_the_problem(
         for path in json_routes(client):
             response = client.post(path, content=body, headers=JSON)
             assert_refused(response, 400, code, says)
-        assert client.get("/jobs").json()["total"] == 0
+        assert len(client.get("/jobs").json()["items"]) == 0
         assert client.post("/jobs", json=SMALL_JOB).status_code == 202
     assert broker_messages() == 1
 
@@ -845,7 +845,7 @@ def test_json_at_the_depth_limit_reaches_validation(client: TestClient) -> None:
         "/jobs", content=b'{"block": "mobile", "name": "\\ud83d\\ude00"}', headers=JSON
     )
     assert emoji.status_code == 202 and emoji.json()["name"] == "\U0001f600"
-    assert client.get("/jobs").json()["total"] == 2
+    assert len(client.get("/jobs").json()["items"]) == 2
 
 
 def padded(body: str, size: int) -> bytes:
@@ -876,14 +876,14 @@ def test_hostile_json_at_and_over_the_size_limit(client: TestClient) -> None:
             "number_too_long",
             ["16000 characters"],
         )
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
     # A good body at exactly the limit is taken; one byte more is not.
     job = json.dumps(SMALL_JOB)
     assert client.post("/jobs", content=padded(job, MAX_BODY), headers=JSON).status_code == 202
     assert_too_large(client.post("/jobs", content=padded(job, MAX_BODY + 1), headers=JSON))
     experiment = padded(json.dumps(SMALL_EXPERIMENT), MAX_BODY)
     assert client.post("/experiments", content=experiment, headers=JSON).status_code == 202
-    assert client.get("/jobs").json()["total"] == 2
+    assert len(client.get("/jobs").json()["items"]) == 2
 
 
 def test_hostile_json_on_the_live_server(live_api: tuple[int, Process]) -> None:
@@ -891,13 +891,13 @@ def test_hostile_json_on_the_live_server(live_api: tuple[int, Process]) -> None:
     logs no traceback."""
     port, process = live_api
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
-        before = api.get("/jobs").json()["total"]
+        before = len(api.get("/jobs").json()["items"])
         for _, body, code, says in HOSTILE_JSON:
             for path in ("/jobs", "/experiments"):
                 for content in (body, chunks(body, 512)):
                     response = api.post(path, content=content, headers=JSON)
                     assert_refused(response, 400, code, says)
-        assert api.get("/jobs").json()["total"] == before
+        assert len(api.get("/jobs").json()["items"]) == before
         assert api.post("/jobs", json=SMALL_JOB).status_code == 202
     log = process.log_path.read_text(errors="replace")
     assert "Traceback" not in log and "RecursionError" not in log
