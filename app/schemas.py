@@ -207,6 +207,20 @@ class JobMetrics(BaseModel):
     metrics: list[EpochMetricRead]
 
 
+class JobCurve(BaseModel):
+    job_id: int
+    metrics: list[EpochMetricRead]
+
+
+class ExperimentMetrics(BaseModel):
+    experiment_id: int
+    points_per_job: int = Field(
+        description="The most epochs given per job: max_points, or less so that the whole "
+        "answer stays within 100,000 points. Each curve keeps its first, last and best epoch."
+    )
+    jobs: list[JobCurve] = Field(description="The jobs that have recorded epochs, by id.")
+
+
 class CheckpointRead(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={

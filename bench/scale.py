@@ -183,13 +183,13 @@ def build(database_url: str, *, jobs: int, epochs: int, seed: int = 0) -> dict[s
             )
     with engine.begin() as connection:
         if experiments:
-            connection.execute(insert(Experiment.__table__), experiments)
+            connection.execute(insert(Experiment), experiments)
         for chunk in range(0, len(job_rows), 5000):
-            connection.execute(insert(Job.__table__), job_rows[chunk : chunk + 5000])
+            connection.execute(insert(Job), job_rows[chunk : chunk + 5000])
         if tag_rows:
-            connection.execute(insert(JobTag.__table__), tag_rows)
+            connection.execute(insert(JobTag), tag_rows)
         for chunk in range(0, len(event_rows), 20000):
-            connection.execute(insert(JobEvent.__table__), event_rows[chunk : chunk + 20000])
+            connection.execute(insert(JobEvent), event_rows[chunk : chunk + 20000])
     _insert_metrics(engine, finished_epochs, start, rng)
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":

@@ -16,12 +16,13 @@ from app.schemas import (
     ExperimentJobRow,
     ExperimentLinks,
     ExperimentList,
+    ExperimentMetrics,
     ExperimentPlotLinks,
     ExperimentRead,
     PriorityUpdate,
     ReportFigures,
 )
-from jobs import experiments, lifecycle, listing, retention, submission
+from jobs import experiments, lifecycle, listing, metrics, retention, submission
 from jobs.experiments import ExperimentSummary
 from jobs.specs import REPORT_PRESET, ExperimentCreate, ExperimentSort, SortOrder
 from jobs.tables import Experiment, Job, JobStatus
@@ -225,6 +226,39 @@ def get_experiment(
     with read_session() as session:
         experiment = listing.get_experiment(session, experiment_id)
         return render_summary(experiments.summarize(session, experiment, sort=sort, order=order))
+
+
+@router.get(
+    "/{experiment_id}/metrics",
+    response_model=ExperimentMetrics,
+    responses=error_responses(401, 404, 422),
+    summary="Every job's per-epoch curve, downsampled, for overlaid plots",
+)
+def get_experiment_metrics(
+    experiment_id: ExperimentId,
+    max_points: Annotated[
+        int,
+        Query(
+            ge=metrics.MIN_POINTS,
+            le=metrics.MAX_JOB_POINTS,
+            description="At most this many epochs per job (fewer for large experiments).",
+        ),
+    ] = 100,
+) -> ExperimentMetrics:
+    with read_session() as session:
+        experiment = listing.get_experiment(session, experiment_id)
+        curves = metrics.epoch_metrics_by_job(session, experiment.id, max_points=max_points)
+        jobs = experiments.status_counts(session, [experiment.id])[experiment.id]
+        return ExperimentMetrics.model_validate(
+            {
+                "experiment_id": experiment.id,
+                "points_per_job": metrics.points_per_job(sum(jobs.values()), max_points),
+                "jobs": [
+                    {"job_id": job_id, "metrics": rows} for job_id, rows in sorted(curves.items())
+                ],
+            },
+            from_attributes=True,
+        )
 
 
 @router.get(

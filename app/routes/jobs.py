@@ -123,10 +123,21 @@ def get_job(job_id: JobId) -> JobRead:
 def get_metrics(
     job_id: JobId,
     since_epoch: Annotated[int, Query(ge=0, le=10**6, description="Only epochs after this.")] = 0,
+    max_points: Annotated[
+        int,
+        Query(
+            ge=metrics.MIN_POINTS,
+            le=metrics.MAX_JOB_POINTS,
+            description="At most this many epochs: evenly spaced ones, always with the first, "
+            "the last and the best (highest test accuracy).",
+        ),
+    ] = metrics.MAX_JOB_POINTS,
 ) -> JobMetrics:
     with read_session() as session:
         job = listing.get_job(session, job_id)
-        rows = metrics.epoch_metrics(session, job_id, since_epoch=since_epoch)
+        rows = metrics.epoch_metrics(
+            session, job_id, since_epoch=since_epoch, max_points=max_points
+        )
         return JobMetrics.model_validate(
             {
                 "job_id": job.id,
