@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, select
+from sqlalchemy import ColumnElement, Select, and_, false, func, literal, select
 from sqlalchemy.orm import Session, aliased
 
 from jobs.tables import Job, JobStatus
@@ -32,7 +32,8 @@ DISPATCH_ORDER: tuple[tuple[str, bool], ...] = (
 
 
 def _claimable(table: type[Job] = Job) -> ColumnElement[bool]:
-    return and_(table.status == JobStatus.QUEUED, table.cancel_requested.is_(False))
+    # "= false", not "IS false": only an equality is a range of the index on PostgreSQL.
+    return and_(table.status == JobStatus.QUEUED, table.cancel_requested == false())
 
 
 def next_claimable() -> Select[int]:

@@ -264,16 +264,21 @@ def every_protected_request(
         ("GET", "/plots/compare.png", {"params": {"jobs": str(job_id)}}, 200),
         ("GET", f"/jobs/{job_id}/checkpoints", {}, 200),
         ("GET", f"/jobs/{job_id}/checkpoints/latest", {}, 200),
+        ("PATCH", f"/jobs/{job_id}", {"json": {"priority": 1}}, 409),  # it is running
+        ("DELETE", f"/jobs/{job_id}", {}, 409),  # not ended
         ("POST", f"/jobs/{job_id}/cancel", {}, 200),
         ("POST", "/experiments", {"json": SMALL_EXPERIMENT}, 202),
         ("GET", "/experiments", {}, 200),
         ("GET", experiment, {}, 200),
         ("GET", f"{experiment}/summary.csv", {}, 200),
+        ("GET", f"{experiment}/metrics", {}, 200),
+        ("PATCH", experiment, {"json": {"priority": 1}}, 200),
         ("GET", f"{experiment}/plots/test_accuracy.png", {}, 200),
         ("POST", f"{experiment}/cancel", {}, 200),
         # An open stream would not end while its jobs run: a bad resume point answers at once.
         ("GET", f"/jobs/{job_id}/events", {"params": {"last_event_id": "x"}}, 400),
         ("GET", f"{experiment}/events", {"params": {"last_event_id": "x"}}, 400),
+        ("DELETE", experiment, {}, 204),  # every job cancelled above
     ]
 
 
@@ -306,7 +311,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
             for template in schema["paths"]
             if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path)
         }
-        assert covered == declared and len(declared) == 19
+        assert covered == declared and len(declared) == 24
 
         jobs_before = len(client.get("/jobs", headers=good).json()["items"])
         for method, path, kwargs, _ in requests:
