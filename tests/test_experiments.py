@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -198,12 +197,10 @@ def test_an_experiment_is_capped_at_1000_jobs_made_in_one_transaction(client: Te
     assert response.json()["detail"] == "experiment would create 1008 jobs; the limit is 1000."
     assert {item["field"] for item in response.json()["fields"]} == {"blocks", "grid", "seeds"}
     assert nothing_created(client)
-    started = time.perf_counter()
+    # Its time is measured in docs/benchmarks.md, not here: a shared machine's load decides it.
     made = submit(client, {**too_many, "seeds": list(range(125))})
-    seconds = time.perf_counter() - started
     assert made["job_count"] == 1000 and len(made["jobs"]) == 1000
-    # The figure is 2 s on a quiet 2-core machine; the margin is for a loaded one.
-    assert seconds < 10, seconds
+    assert made["status_counts"]["queued"] == 1000
 
 
 @pytest.fixture
