@@ -765,8 +765,9 @@ HOSTILE_JSON: list[tuple[str, bytes, str, list[str]]] = [
 ]
 
 
-def json_routes(client: TestClient) -> list[str]:
-    """The path of every operation that takes a JSON body (all are POSTs), from the schema."""
+def json_routes(client: TestClient) -> list[tuple[str, str]]:
+    """(method, path) of every operation that takes a JSON body, from the schema; ids in a
+    path are 1 (the body is checked before the route looks anything up)."""
     schema = client.get("/openapi.json").json()
     found = {
         (method.upper(), path)
@@ -775,8 +776,13 @@ def json_routes(client: TestClient) -> list[str]:
         if "application/json" in operation.get("requestBody", {}).get("content", {})
     }
     # A new route with a JSON body must be added here (and to every_protected_request).
-    assert found == {("POST", "/jobs"), ("POST", "/experiments")}, found
-    return sorted(path for _, path in found)
+    assert found == {
+        ("POST", "/jobs"),
+        ("POST", "/experiments"),
+        ("PATCH", "/jobs/{job_id}"),
+        ("PATCH", "/experiments/{experiment_id}"),
+    }, found
+    return sorted((method, re.sub(r"\{[^}]+\}", "1", path)) for method, path in found)
 
 
 def assert_refused(response: httpx.Response, status: int, code: str, says: list[str]) -> None:
@@ -803,8 +809,8 @@ def test_hostile_json_is_a_400_naming_the_problem(
 
     assert len(body) <= MAX_BODY
     with TestClient(create_app()) as client:  # a server exception would be raised here
-        for path in json_routes(client):
-            response = client.post(path, content=body, headers=JSON)
+        for method, path in json_routes(client):
+            response = client.request(method, path, content=body, headers=JSON)
             assert_refused(response, 400, code, says)
         assert len(client.get("/jobs").json()["items"]) == 0
         assert client.post("/jobs", json=SMALL_JOB).status_code == 202
@@ -861,22 +867,28 @@ def padded(body: str, size: int) -> bytes:
 
 def test_hostile_json_at_and_over_the_size_limit(client: TestClient) -> None:
     deep_body = JOB_PREFIX + deep(5000) + "}"
-    for path in json_routes(client):
+    for method, path in json_routes(client):
         at_limit = padded(deep_body, MAX_BODY)
         assert len(at_limit) == MAX_BODY
         assert_refused(
-            client.post(path, content=at_limit, headers=JSON), 400, "json_too_deep", [TOO_DEEP]
+            client.request(method, path, content=at_limit, headers=JSON),
+            400,
+            "json_too_deep",
+            [TOO_DEEP],
         )
         over = padded(deep_body, MAX_BODY + 1)
-        assert_too_large(client.post(path, content=over, headers=JSON))
-        assert_too_large(client.post(path, content=chunks(over), headers=JSON))
+        assert_too_large(client.request(method, path, content=over, headers=JSON))
+        assert_too_large(client.request(method, path, content=chunks(over), headers=JSON))
         duplicate = padded('{"block": "mobile", "block": "plain"}', MAX_BODY)
         assert_refused(
-            client.post(path, content=duplicate, headers=JSON), 400, "duplicate_key", ['"block"']
+            client.request(method, path, content=duplicate, headers=JSON),
+            400,
+            "duplicate_key",
+            ['"block"'],
         )
         number = padded('{"block": "mobile", "train_samples": ' + "1" * 16_000 + "}", MAX_BODY)
         assert_refused(
-            client.post(path, content=number, headers=JSON),
+            client.request(method, path, content=number, headers=JSON),
             400,
             "number_too_long",
             ["16000 characters"],
