@@ -66,6 +66,7 @@ _JOB_EXAMPLE: dict[str, Any] = {
     },
     "epochs_done": 12,
     "epochs_total": 100,
+    "priority": 0,
     "queue_position": None,
     "best_test_accuracy": 0.5512,
     "final_test_accuracy": 0.5436,
@@ -117,6 +118,7 @@ class JobRead(BaseModel):
     spec: dict[str, Any] = Field(description="The submitted job spec, defaults filled in.")
     epochs_done: int
     epochs_total: int
+    priority: int = Field(description="A free worker takes the highest priority first.")
     queue_position: int | None = Field(
         None, description="1 for the next job to start; only while queued."
     )
@@ -138,17 +140,23 @@ class JobRead(BaseModel):
     links: JobLinks
 
 
+NEXT_DESCRIPTION = (
+    'The next page\'s URL (also in the Link header, rel="next"); null on the last page. Its '
+    "`cursor` is opaque: pass it back unchanged."
+)
+_NEXT_EXAMPLE = "/jobs?limit=50&cursor=eyJvZiI6ImpvYnM6Y3JlYXRlZCIsImlkIjoxMDB9"
+
+
 class JobList(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"items": [_JOB_EXAMPLE], "total": 1, "limit": 50, "offset": 0}]
+            "examples": [{"items": [_JOB_EXAMPLE], "limit": 50, "next": _NEXT_EXAMPLE}]
         }
     )
 
     items: list[JobRead]
-    total: int
     limit: int
-    offset: int
+    next: str | None = Field(description=NEXT_DESCRIPTION)
 
 
 class EpochMetricRead(BaseModel):
@@ -188,6 +196,20 @@ class JobMetrics(BaseModel):
     epochs_done: int
     epochs_total: int
     metrics: list[EpochMetricRead]
+
+
+class JobCurve(BaseModel):
+    job_id: int
+    metrics: list[EpochMetricRead]
+
+
+class ExperimentMetrics(BaseModel):
+    experiment_id: int
+    points_per_job: int = Field(
+        description="The most epochs given per job: max_points, or less so that the whole "
+        "answer stays within 100,000 points. Each curve keeps its first, last and best epoch."
+    )
+    jobs: list[JobCurve] = Field(description="The jobs that have recorded epochs, by id.")
 
 
 class CheckpointRead(BaseModel):
@@ -306,6 +328,7 @@ _EXPERIMENT_EXAMPLE: dict[str, Any] = {
         "tags": [],
     },
     "created_at": "2026-11-27T08:00:00Z",
+    "priority": 0,
     "status": "running",
     "ended": False,
     "status_counts": {"queued": 2, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0},
@@ -361,6 +384,7 @@ class ExperimentRead(BaseModel):
     tags: list[str]
     spec: dict[str, Any] = Field(description="The submitted experiment, defaults filled in.")
     created_at: datetime
+    priority: int = Field(description="The priority its jobs were given.")
     status: JobStatus = Field(
         description="running if any job runs; else queued if any is queued; else succeeded if "
         "all succeeded; else failed if any failed; else cancelled."
@@ -382,18 +406,16 @@ class ExperimentList(BaseModel):
             "examples": [
                 {
                     "items": [{**_EXPERIMENT_EXAMPLE, "jobs": []}],
-                    "total": 1,
                     "limit": 50,
-                    "offset": 0,
+                    "next": None,
                 }
             ]
         }
     )
 
     items: list[ExperimentRead]
-    total: int
     limit: int
-    offset: int
+    next: str | None = Field(description=NEXT_DESCRIPTION)
 
 
 # The data of each event the event streams send (JSON text in the event's `data` field). Every

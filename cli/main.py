@@ -77,6 +77,12 @@ def positive_id(text: str) -> int:
     return int(text)
 
 
+def positive_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a count is a positive integer, not {text!r}")
+    return int(text)
+
+
 def positive_seconds(text: str) -> float:
     try:
         seconds = float(text)
@@ -114,14 +120,37 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+# The most rows the API sends per page.
+API_PAGE_LIMIT = 200
+
+
+def _read_pages(
+    api: ApiClient, path: str, args: argparse.Namespace, **params: Any
+) -> dict[str, Any]:
+    """`--limit` rows of a list route (all with `--all`), following its cursors page by page:
+    {"items": [...], "next": the URL of the rest or None}."""
+    wanted = None if args.all else args.limit
+    items: list[Any] = []
+    page = api.get_json(path, **params, limit=min(wanted or API_PAGE_LIMIT, API_PAGE_LIMIT))
+    while True:
+        items += page["items"]
+        following = page["next"]
+        if following is None or (wanted is not None and len(items) >= wanted):
+            break
+        page = api.get_json(following)
+    if wanted is not None and len(items) > wanted:
+        items = items[:wanted]
+    return {"items": items, "next": following}
+
+
 def _print_page(
     page: dict[str, Any], args: argparse.Namespace, console: Console, table: Callable[..., Table]
 ) -> int:
-    """A page of a list route ({"items", "total", ...}) as JSON or as a table."""
+    """Rows of a list route as JSON or as a table."""
     if args.json:
         _print_json(page)
     else:
-        console.print(table(page["items"], page["total"], width=console.width))
+        console.print(table(page["items"], page["next"] is not None, width=console.width))
     return 0
 
 
@@ -165,13 +194,15 @@ def submit(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
 
 
 def list_jobs(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
-    page = api.get_json(
+    page = _read_pages(
+        api,
         "/jobs",
+        args,
         status=args.status,
         block=args.block,
         experiment_id=args.experiment,
-        limit=args.limit,
-        offset=args.offset,
+        tag=args.tag,
+        sort=args.sort,
     )
     return _print_page(page, args, console, jobs_table)
 
@@ -265,7 +296,7 @@ def submit_experiment(args: argparse.Namespace, api: ApiClient, console: Console
 
 
 def list_experiments(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
-    page = api.get_json("/experiments", limit=args.limit, offset=args.offset)
+    page = _read_pages(api, "/experiments", args)
     return _print_page(page, args, console, experiments_table)
 
 
@@ -387,9 +418,13 @@ def build_parser() -> Parser:
     sub.add_argument("--status", help="queued, running, succeeded, failed or cancelled")
     sub.add_argument("--block", help="plain, residual or mobile")
     sub.add_argument("--experiment", type=positive_id, metavar="ID", help="one experiment's jobs")
-    sub.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    sub.add_argument("--offset", type=int, default=0, help="skip this many")
-    sub.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    sub.add_argument("--tag", help="only the jobs with this tag")
+    sub.add_argument(
+        "--sort",
+        choices=("created", "best_test_accuracy"),
+        help="created (newest first, the default) or best_test_accuracy (highest first)",
+    )
+    _add_page_flags(sub, "jobs")
 
     sub = command(commands, "show", show_job, "one job's status, results and checkpoints")
     sub.add_argument("job_id", type=positive_id, metavar="ID")
@@ -445,9 +480,7 @@ def build_parser() -> Parser:
     _add_follow_flags(sub, flag=True)
 
     sub = command(experiments, "list", list_experiments, "list experiments, newest first")
-    sub.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    sub.add_argument("--offset", type=int, default=0, help="skip this many")
-    sub.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    _add_page_flags(sub, "experiments")
 
     sub = command(experiments, "show", show_experiment, "an experiment and its summary table")
     sub.add_argument("experiment_id", type=positive_id, metavar="ID")
@@ -468,6 +501,18 @@ def build_parser() -> Parser:
     sub.add_argument("experiment_id", type=positive_id, metavar="ID")
     _add_follow_flags(sub, flag=False)
     return parser
+
+
+def _add_page_flags(sub: argparse.ArgumentParser, noun: str) -> None:
+    sub.add_argument(
+        "--limit", type=positive_count, default=50, help=f"show this many {noun} (default 50)"
+    )
+    sub.add_argument(
+        "--all", action="store_true", help=f"every {noun[:-1]}, reading page after page"
+    )
+    sub.add_argument(
+        "--json", action="store_true", help='print {"items": [...], "next": URL of the rest}'
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,7 +156,13 @@ def fitted_table(
     return table
 
 
-def jobs_table(jobs: list[dict[str, Any]], total: int, *, width: int) -> Table:
+def page_caption(count: int, noun: str, more: bool) -> str:
+    """'3 jobs', or with more to read: '50 jobs, newest first; more with --limit N or --all'."""
+    caption = f"{count} {noun}{'' if count == 1 else 's'}"
+    return caption + ("; more with a larger --limit or --all" if more else "")
+
+
+def jobs_table(jobs: list[dict[str, Any]], more: bool, *, width: int) -> Table:
     headers = ["id", "name", "block", "status", "epochs", "best test acc", "final test acc"]
     rows: list[list[Cell]] = [
         [
@@ -178,7 +184,7 @@ def jobs_table(jobs: list[dict[str, Any]], total: int, *, width: int) -> Table:
         left=("name", "block", "status", "created"),
         wrap=("name",),
         optional=("created", "final test acc"),
-        caption=f"{len(jobs)} of {total} jobs",
+        caption=page_caption(len(jobs), "job", more),
     )
 
 
@@ -261,7 +267,7 @@ def status_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{count} {status}" for status, count in counts.items() if count) or "no jobs"
 
 
-def experiments_table(experiments: list[dict[str, Any]], total: int, *, width: int) -> Table:
+def experiments_table(experiments: list[dict[str, Any]], more: bool, *, width: int) -> Table:
     rows: list[list[Cell]] = [
         [
             str(experiment["id"]),
@@ -280,7 +286,7 @@ def experiments_table(experiments: list[dict[str, Any]], total: int, *, width: i
         left=("name", "preset", "status", "jobs", "created"),
         wrap=("name", "jobs"),
         optional=("created",),
-        caption=f"{len(experiments)} of {total} experiments",
+        caption=page_caption(len(experiments), "experiment", more),
     )
 
 

@@ -1,60 +1,99 @@
 """The order in which free workers take queued jobs, stated once: the claim takes the first job
-in it, and a queued job's position is the number of claimable jobs before it, plus one."""
+in it, and a queued job's position is the number of claimable jobs before it, plus one.
+
+The order is (priority, highest first; fair_share_key, lowest first; id, lowest first). The
+fair-share key is given when a job is submitted: the lowest key among the queued jobs of its
+priority (the head of that queue), and for an experiment's jobs that key plus 0, 1, 2, ... in job
+order. So a lone job submitted behind a 1,000-job experiment shares the head's key and starts
+after at most one more of the experiment's jobs, and two experiments queued together alternate
+(round robin between groups) instead of one waiting for the other to finish. Every key of the
+order is a column of one index (ix_jobs_dispatch): a claim is a seek, and a position counts the
+index entries ahead of the job, never reading a row of the queue."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, false, func, literal, select
 from sqlalchemy.orm import Session, aliased
 
 from jobs.tables import Job, JobStatus
 
-# The sort keys, first to last; each ascending. Job ids grow with submission: first in, first out.
-DISPATCH_ORDER: tuple[str, ...] = ("id",)
+PRIORITY_MIN = -100
+PRIORITY_MAX = 100
+DEFAULT_PRIORITY = 0
+
+# The sort keys, first to last, and whether each sorts highest first.
+DISPATCH_ORDER: tuple[tuple[str, bool], ...] = (
+    ("priority", True),
+    ("fair_share_key", False),
+    ("id", False),
+)
 
 
 def _claimable(table: type[Job] = Job) -> ColumnElement[bool]:
-    return and_(table.status == JobStatus.QUEUED, table.cancel_requested.is_(False))
+    # "= false", not "IS false": only an equality is a range of the index on PostgreSQL.
+    return and_(table.status == JobStatus.QUEUED, table.cancel_requested == false())
 
 
 def next_claimable() -> Select[int]:
-    """The id of the job a free worker takes next."""
+    """The id of the job a free worker takes next: the highest priority among the claimable
+    jobs (one seek), then the lowest (fair_share_key, id) at that priority (one more)."""
+    top = select(func.max(Job.priority)).where(_claimable()).scalar_subquery()
     return (
         select(Job.id)
-        .where(_claimable())
-        .order_by(*(getattr(Job, key) for key in DISPATCH_ORDER))
+        .where(_claimable(), Job.priority == top)
+        .order_by(Job.fair_share_key, Job.id)
         .limit(1)
     )
 
 
-def _ahead_of(ahead: type[Job], job: type[Job]) -> ColumnElement[bool]:
-    """`ahead` comes before `job` in DISPATCH_ORDER (a lexicographic comparison)."""
-    before: ColumnElement[bool] = false()
-    for index in reversed(range(len(DISPATCH_ORDER))):
-        key = DISPATCH_ORDER[index]
-        earlier_keys_equal = [
-            getattr(ahead, name) == getattr(job, name) for name in DISPATCH_ORDER[:index]
-        ]
-        this_key_first = and_(*earlier_keys_equal, getattr(ahead, key) < getattr(job, key))
-        before = or_(this_key_first, before)
-    return before
+def head_fair_share_key(session: Session, priority: int) -> int:
+    """The fair-share key a job submitted now at this priority starts from: the lowest key
+    queued at that priority, else the highest key of a running job (the queue has just
+    drained), else 0."""
+    queued = session.execute(
+        select(func.min(Job.fair_share_key)).where(_claimable(), Job.priority == priority)
+    ).scalar()
+    if queued is not None:
+        return int(queued)
+    running = session.execute(
+        select(func.max(Job.fair_share_key)).where(Job.status == JobStatus.RUNNING)
+    ).scalar()
+    return int(running) + 1 if running is not None else 0
+
+
+def _ahead_on_key(ahead: type[Job], job: type[Job], index: int) -> list[ColumnElement[bool]]:
+    """`ahead` equals `job` on the keys before DISPATCH_ORDER[index] and comes first on it."""
+    key, highest_first = DISPATCH_ORDER[index]
+    mine, theirs = getattr(ahead, key), getattr(job, key)
+    equal = [getattr(ahead, name) == getattr(job, name) for name, _ in DISPATCH_ORDER[:index]]
+    return [*equal, mine > theirs if highest_first else mine < theirs]
+
+
+def _count_ahead(job: type[Job]) -> ColumnElement[int]:
+    """The claimable jobs before `job` in DISPATCH_ORDER: one count per key (ahead on that key,
+    equal on those before), each a range of ix_jobs_dispatch; an OR of the terms would not be
+    one range on every backend."""
+    total: ColumnElement[int] = literal(0)
+    for index in range(len(DISPATCH_ORDER)):
+        ahead = aliased(Job)
+        total = total + (
+            select(func.count())
+            .select_from(ahead)
+            .where(_claimable(ahead), *_ahead_on_key(ahead, job, index))
+            .scalar_subquery()
+        )
+    return total
 
 
 def queue_positions(session: Session, job_ids: Sequence[int]) -> dict[int, int]:
     """{job id: position} for those of the jobs that are claimable; 1 is taken next. One query,
-    a count of the jobs ahead per job asked about (never a read of the whole queue)."""
+    counting index entries ahead of each job asked about (never a read of the whole queue)."""
     if not job_ids:
         return {}
-    ahead = aliased(Job)
-    count_ahead = (
-        select(func.count())
-        .select_from(ahead)
-        .where(_claimable(ahead), _ahead_of(ahead, Job))
-        .scalar_subquery()
-    )
     rows = session.execute(
-        select(Job.id, count_ahead).where(Job.id.in_(sorted(set(job_ids))), _claimable())
+        select(Job.id, _count_ahead(Job)).where(Job.id.in_(sorted(set(job_ids))), _claimable())
     )
     return {job_id: int(count) + 1 for job_id, count in rows}
 

@@ -54,6 +54,16 @@ class JobNotCancellable(ServiceError):
     code = "job_not_cancellable"
 
 
+class JobNotQueued(ServiceError):
+    status_code = 409
+    code = "job_not_queued"
+
+
+class NotFinished(ServiceError):
+    status_code = 409
+    code = "not_finished"
+
+
 class ExperimentNotCancellable(ServiceError):
     status_code = 409
     code = "not_cancellable"

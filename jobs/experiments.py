@@ -178,6 +178,7 @@ def plan_experiment(spec: ExperimentCreate) -> ExperimentPlan:
                 test_samples=spec.test_samples,
                 name=_job_name(spec.name, describe(block, varied)),
                 tags=spec.tags,
+                priority=spec.priority,
             )
         )
     return ExperimentPlan(stored, jobs)

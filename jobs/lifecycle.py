@@ -16,9 +16,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from jobs.dispatch import next_claimable
-from jobs.errors import JobNotCancellable
+from jobs.errors import JobNotCancellable, JobNotQueued
 from jobs.events import record_epoch_event, record_status
-from jobs.listing import get_job
+from jobs.listing import get_experiment, get_job
 from jobs.metrics import METRIC_NAMES
 from jobs.tables import Checkpoint, EpochMetric, FailureReason, Job, JobStatus, utcnow
 
@@ -365,6 +365,33 @@ def cancel_job(session: Session, job_id: int) -> Job:
     if status.ended and status != JobStatus.CANCELLED:
         raise JobNotCancellable(f"Job {job_id} already {status}; it cannot be cancelled.")
     return job
+
+
+def set_priority(session: Session, job_id: int, priority: int) -> Job:
+    """Change a queued job's priority; it keeps its fair-share key, so among its new peers it
+    takes its turn as if it had been queued there. JobNotQueued once it has started or ended."""
+    job = get_job(session, job_id)
+    if not _transition(session, job_id, Job.status == JobStatus.QUEUED, priority=priority):
+        session.refresh(job)
+        raise JobNotQueued(
+            f"Job {job_id} is {job.status}; only a queued job's priority can be changed."
+        )
+    session.refresh(job)
+    return job
+
+
+def set_experiment_priority(session: Session, experiment_id: int, priority: int) -> list[int]:
+    """The experiment's priority, and that of each of its queued jobs; returns their ids."""
+    experiment = get_experiment(session, experiment_id)
+    experiment.priority = priority
+    changed = session.execute(
+        update(Job)
+        .where(Job.experiment_id == experiment_id, Job.status == JobStatus.QUEUED)
+        .values(priority=priority, updated_at=utcnow())
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).scalars()
+    return sorted(changed)
 
 
 def reap_expired_leases(session: Session, *, now: datetime | None = None) -> list[int]:

@@ -4,9 +4,10 @@ experiment."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import ColumnElement, Row, func, or_, select
 from sqlalchemy.orm import Session
 
 from jobs.tables import EpochMetric, Job
@@ -30,25 +31,89 @@ METRIC_COLUMNS = tuple(getattr(EpochMetric, name) for name in METRIC_NAMES)
 MetricRow = Row[*tuple[Any, ...]]
 
 
-def epoch_metrics(session: Session, job_id: int, *, since_epoch: int = 0) -> list[MetricRow]:
-    """The job's epochs in order, as rows with the attributes of METRIC_NAMES."""
+# No response carries more epoch rows than these, whatever is asked: one job's curve, and the
+# curves of every job of an experiment together (1,000 jobs of 100 points each).
+MAX_JOB_POINTS = 1000
+MAX_EXPERIMENT_POINTS = 100_000
+MIN_POINTS = 3  # the first, the best and the last epoch
+
+
+def points_per_job(jobs: int, max_points: int | None = None) -> int:
+    """How many points each of an experiment's `jobs` curves may have."""
+    share = MAX_EXPERIMENT_POINTS // max(jobs, 1)
+    return max(MIN_POINTS, min(max_points or MAX_JOB_POINTS, MAX_JOB_POINTS, share))
+
+
+def _kept(rank: Any, count: Any, best_rank: Any, points: int) -> ColumnElement[bool]:
+    """Which of a job's rows a curve of at most `points` points keeps: all when they fit;
+    else the first, the last, the best (highest test accuracy, the earliest of equals) and
+    every `stride`-th, the stride chosen so that the total fits. Plain SQL arithmetic, the
+    same on SQLite and PostgreSQL (`//` is integer division on both)."""
+    stride = (count + (points - MIN_POINTS)) // (points - MIN_POINTS + 1)
+    return or_(
+        count <= points,
+        rank == 1,
+        rank == count,
+        best_rank == 1,
+        (rank - 1) % stride == 0,
+    )
+
+
+def _ranked(where: Sequence[ColumnElement[bool]], *, with_job: bool) -> Any:
+    """The rows with their rank by epoch, their count and their rank by accuracy, per job."""
+    by_job = EpochMetric.job_id
+    return (
+        select(
+            *([EpochMetric.job_id] if with_job else []),
+            *METRIC_COLUMNS,
+            func.row_number().over(partition_by=by_job, order_by=EpochMetric.epoch).label("rank"),
+            func.count().over(partition_by=by_job).label("count"),
+            func.row_number()
+            .over(
+                partition_by=by_job,
+                order_by=(EpochMetric.test_accuracy.desc(), EpochMetric.epoch),
+            )
+            .label("best_rank"),
+        )
+        .where(*where)
+        .subquery()
+    )
+
+
+def epoch_metrics(
+    session: Session, job_id: int, *, since_epoch: int = 0, max_points: int | None = None
+) -> list[MetricRow]:
+    """The job's epochs after `since_epoch` in order, as rows with the attributes of
+    METRIC_NAMES; at most `max_points` (and MAX_JOB_POINTS) of them, downsampled in SQL."""
+    points = max(MIN_POINTS, min(max_points or MAX_JOB_POINTS, MAX_JOB_POINTS))
+    ranked = _ranked(
+        [EpochMetric.job_id == job_id, EpochMetric.epoch > since_epoch], with_job=False
+    )
     return list(
         session.execute(
-            select(*METRIC_COLUMNS)
-            .where(EpochMetric.job_id == job_id, EpochMetric.epoch > since_epoch)
-            .order_by(EpochMetric.epoch)
+            select(*(ranked.c[name] for name in METRIC_NAMES))
+            .where(_kept(ranked.c.rank, ranked.c.count, ranked.c.best_rank, points))
+            .order_by(ranked.c.epoch)
         )
     )
 
 
-def epoch_metrics_by_job(session: Session, experiment_id: int) -> dict[int, list[MetricRow]]:
-    """Every recorded epoch of the experiment's jobs, by job, in one query."""
+def epoch_metrics_by_job(
+    session: Session, experiment_id: int, *, max_points: int | None = None
+) -> dict[int, list[MetricRow]]:
+    """The curves of every job of the experiment, by job, in one query: each downsampled to
+    points_per_job(), so that the whole answer stays within MAX_EXPERIMENT_POINTS."""
+    jobs = session.execute(
+        select(func.count()).select_from(Job).where(Job.experiment_id == experiment_id)
+    ).scalar_one()
+    points = points_per_job(jobs, max_points)
+    in_experiment = select(Job.id).where(Job.experiment_id == experiment_id)
+    ranked = _ranked([EpochMetric.job_id.in_(in_experiment)], with_job=True)
     by_job: dict[int, list[MetricRow]] = defaultdict(list)
     rows = session.execute(
-        select(EpochMetric.job_id, *METRIC_COLUMNS)
-        .join(Job, Job.id == EpochMetric.job_id)
-        .where(Job.experiment_id == experiment_id)
-        .order_by(EpochMetric.job_id, EpochMetric.epoch)
+        select(ranked.c.job_id, *(ranked.c[name] for name in METRIC_NAMES))
+        .where(_kept(ranked.c.rank, ranked.c.count, ranked.c.best_rank, points))
+        .order_by(ranked.c.job_id, ranked.c.epoch)
     )
     for row in rows:
         by_job[row.job_id].append(row)

@@ -12,17 +12,21 @@ import logging
 import sqlite3
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from kombu.transport import sqlalchemy as kombu_sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from jobs.dispatch import PRIORITY_MAX, PRIORITY_MIN
 from jobs.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
 TRAINING_QUEUE = "training"
+# Redis message priorities 0..9 (kombu's default steps), 0 first.
+BROKER_PRIORITY_STEPS = 10
 RUN_JOB_TASK = "worker.run_job"
 # A job sent to an idle worker on the embedded broker starts within about this.
 SQLITE_BROKER_POLL_SECONDS = 0.1
@@ -62,6 +66,9 @@ def make_celery(settings: Settings, *, include: tuple[str, ...] = ()) -> Celery:
         # A running job's message stays unacked until it ends: never let Redis redeliver it early.
         transport_options = {
             "visibility_timeout": settings.visibility_timeout_seconds,
+            # One Redis list per message priority, read highest first (broker_priority).
+            "priority_steps": list(range(BROKER_PRIORITY_STEPS)),
+            "queue_order_strategy": "priority",
             "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
             "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
             "socket_keepalive": True,
@@ -96,24 +103,37 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def enqueue_job(job_id: int) -> None:
-    """Send the job's id (and nothing else) to the training queue."""
-    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE)
+def broker_priority(priority: int) -> int:
+    """A job's priority as a Redis message priority: 0 is read first there, so the highest job
+    priority maps to 0 and the lowest to BROKER_PRIORITY_STEPS - 1."""
+    span = PRIORITY_MAX - PRIORITY_MIN
+    return round((PRIORITY_MAX - priority) * (BROKER_PRIORITY_STEPS - 1) / span)
+
+
+def enqueue_job(job_id: int, priority: int | None = None) -> None:
+    """Send the job's id (and nothing else) to the training queue. A message only wakes a
+    worker, which claims the first job in the database's dispatch order (jobs.dispatch); the
+    priority lets Redis hand out the wake-ups of higher-priority jobs first too. The embedded
+    broker has no message priorities."""
+    options: dict[str, Any] = {}
+    if priority is not None and not get_settings().resolved_broker_url.startswith("sqla+"):
+        options["priority"] = broker_priority(priority)
+    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=TRAINING_QUEUE, **options)
 
 
 _PENDING = "jobs_to_enqueue"
 
 
-def enqueue_after_commit(session: Session, job_id: int) -> None:
+def enqueue_after_commit(session: Session, job_id: int, *, priority: int | None = None) -> None:
     """Send ``job_id`` to the training queue once ``session`` commits (never if it rolls back)."""
-    session.info.setdefault(_PENDING, []).append(job_id)
+    session.info.setdefault(_PENDING, []).append((job_id, priority))
 
 
 @event.listens_for(Session, "after_commit")
 def _send_pending(session: Session) -> None:
-    for job_id in session.info.pop(_PENDING, []):
+    for job_id, priority in session.info.pop(_PENDING, []):
         try:
-            enqueue_job(job_id)
+            enqueue_job(job_id, priority)
         except Exception:  # the reconciler re-sends queued jobs whose message never arrived
             logger.exception("could not send job %s to the queue now; it will be re-sent", job_id)
 

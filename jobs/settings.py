@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=100)
     max_job_seconds: float = Field(48 * 3600.0, gt=0)
-    max_queued_jobs: int = Field(100, ge=1)
+    max_queued_jobs: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(16 * 1024, ge=1024)
     api_key: str | None = None
     device: str = Field("auto", description="Worker device: auto, cpu, cuda or cuda:N.")

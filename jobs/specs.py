@@ -21,10 +21,12 @@ from engine.config import (
     Block,
     Dataset,
     Hyperparameters,
+    IntegralNumber,
     TestSamples,
     TrainConfig,
     TrainSamples,
 )
+from jobs.dispatch import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN
 from models.catalog import BLOCK_NAMES, BlockName
 
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -32,6 +34,15 @@ JOB_NAME_MAX_CHARS = 200
 # Free text is any Unicode text but NUL, which PostgreSQL cannot store (the body guard refuses it
 # in any string; the schema says so for the fields that take free text).
 NO_NUL = r"^[^\x00]*$"
+PRIORITY_DESCRIPTION = (
+    f"{PRIORITY_MIN} to {PRIORITY_MAX}, default {DEFAULT_PRIORITY}: a free worker takes the "
+    "highest priority first; among equal priorities experiments and lone jobs take turns."
+)
+Priority = Annotated[
+    int,
+    Field(ge=PRIORITY_MIN, le=PRIORITY_MAX, description=PRIORITY_DESCRIPTION),
+    IntegralNumber,
+]
 
 
 def canonical_sha256(data: dict[str, Any]) -> str:
@@ -68,6 +79,7 @@ class JobCreate(BaseModel):
     test_samples: TestSamples = None
     name: str | None = Field(None, max_length=JOB_NAME_MAX_CHARS, pattern=NO_NUL)
     tags: list[Tag] = Field(default_factory=list, max_length=20)
+    priority: Priority = DEFAULT_PRIORITY
 
     def fingerprint(self) -> str:
         """sha256 of the canonical spec, for idempotent submission."""
@@ -84,7 +96,7 @@ class JobCreate(BaseModel):
         )
 
 
-MAX_EXPERIMENT_JOBS = 64
+MAX_EXPERIMENT_JOBS = 1000
 # Every hyperparameter but the seed can be varied over a grid (`seeds` varies the seed).
 GRID_KEYS: tuple[str, ...] = tuple(name for name in Hyperparameters.model_fields if name != "seed")
 REPORT_PRESET = "report"
@@ -208,6 +220,7 @@ class ExperimentCreate(BaseModel):
     train_samples: TrainSamples = None
     test_samples: TestSamples = None
     tags: list[Tag] = Field(default_factory=list, max_length=20)
+    priority: Priority = Field(DEFAULT_PRIORITY, description="Every job's; " + PRIORITY_DESCRIPTION)
 
     @field_validator("blocks")
     @classmethod
@@ -229,3 +242,11 @@ ExperimentSort = Literal[
     "macs",
 ]
 SortOrder = Literal["asc", "desc"]
+
+
+class PriorityUpdate(BaseModel):
+    """A queued job's or an experiment's new priority."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    priority: Priority

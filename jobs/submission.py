@@ -6,18 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.datasets import DATASETS
+from jobs.dispatch import head_fair_share_key
 from jobs.errors import IdempotencyConflict, QueueFull
 from jobs.events import record_status
 from jobs.experiments import plan_experiment
 from jobs.queue import enqueue_after_commit
 from jobs.settings import Settings
 from jobs.specs import ExperimentCreate, JobCreate
-from jobs.tables import Experiment, Job, JobStatus, utcnow
+from jobs.tables import Experiment, Job, JobStatus, JobTag, utcnow
 from models.catalog import block_complexity
 
 Submitted = TypeVar("Submitted", Job, Experiment)
@@ -60,9 +61,16 @@ def create_job(
         if existing is not None:
             return Submission(existing, created=False)
     ensure_queue_room(session, settings=settings, adding=1)
+    fair_share_key = head_fair_share_key(session, spec.priority)
     try:
         with session.begin_nested():
-            job = add_job(session, spec, settings=settings, idempotency_key=idempotency_key)
+            job = add_job(
+                session,
+                spec,
+                settings=settings,
+                idempotency_key=idempotency_key,
+                fair_share_key=fair_share_key,
+            )
     except IntegrityError:
         # Another request with the same Idempotency-Key committed first.
         if idempotency_key is None:
@@ -99,6 +107,7 @@ def create_experiment(
         idempotency_key=idempotency_key,
         request_sha256=fingerprint,
         created_at=utcnow(),
+        priority=spec.priority,
     )
     try:
         with session.begin_nested():
@@ -112,8 +121,16 @@ def create_experiment(
         if existing is None:
             raise
         return ExperimentSubmission(existing, created=False)
-    for job_spec in plan.jobs:
-        add_job(session, job_spec, settings=settings, experiment_id=experiment.id)
+    # The experiment's jobs take turns with the jobs queued before them (jobs.dispatch).
+    head = head_fair_share_key(session, spec.priority)
+    for index, job_spec in enumerate(plan.jobs):
+        add_job(
+            session,
+            job_spec,
+            settings=settings,
+            experiment_id=experiment.id,
+            fair_share_key=head + index,
+        )
     return ExperimentSubmission(experiment, created=True)
 
 
@@ -139,6 +156,7 @@ def add_job(
     settings: Settings,
     experiment_id: int | None = None,
     idempotency_key: str | None = None,
+    fair_share_key: int = 0,
 ) -> Job:
     """The one way a job row is made: a queued job built from `spec`, added and flushed (so
     its id is known), and sent to the queue once the caller's transaction commits."""
@@ -154,6 +172,8 @@ def add_job(
         config=spec.train_config().model_dump(mode="json"),
         status=JobStatus.QUEUED,
         cancel_requested=False,
+        priority=spec.priority,
+        fair_share_key=fair_share_key,
         params=complexity.params,
         macs=complexity.macs,
         epochs_total=spec.hyperparameters.epochs,
@@ -169,6 +189,10 @@ def add_job(
     )
     session.add(job)
     session.flush()
+    if spec.tags:
+        session.execute(
+            insert(JobTag), [{"tag": tag, "job_id": job.id} for tag in dict.fromkeys(spec.tags)]
+        )
     record_status(session, job.id)
-    enqueue_after_commit(session, job.id)
+    enqueue_after_commit(session, job.id, priority=spec.priority)
     return job

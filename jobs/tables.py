@@ -110,6 +110,8 @@ class Experiment(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The priority its jobs were given (see Job.priority).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     jobs: Mapped[list[Job]] = relationship(back_populates="experiment", order_by="Job.id")
 
@@ -119,7 +121,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     experiment_id: Mapped[int | None] = mapped_column(
-        ForeignKey("experiments.id", ondelete="SET NULL"), index=True
+        ForeignKey("experiments.id", ondelete="SET NULL")
     )
     name: Mapped[str | None] = mapped_column(String(200))
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -131,6 +133,10 @@ class Job(Base):
     error_reason: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A free worker takes the highest priority first (PRIORITY_MIN..PRIORITY_MAX, jobs.dispatch);
+    # among equal priorities the lowest fair_share_key, then the lowest id.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    fair_share_key: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     params: Mapped[int] = mapped_column(BigInteger)
     macs: Mapped[int] = mapped_column(BigInteger)
@@ -168,7 +174,42 @@ class Job(Base):
         back_populates="job", order_by="Checkpoint.epoch", cascade="all, delete-orphan"
     )
 
-    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+    # One index per list order and filter, so that each page is a range scan of an index (ids
+    # grow with submission: "newest first" is id order); and the dispatch order's, so that a
+    # claim is one seek and a queue position counts index entries only.
+    __table_args__ = (
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_block_id", "block", "id"),
+        Index("ix_jobs_experiment_id", "experiment_id", "id"),
+        Index("ix_jobs_best_accuracy", "best_test_accuracy", "id"),
+        Index("ix_jobs_status_best_accuracy", "status", "best_test_accuracy", "id"),
+        Index("ix_jobs_block_best_accuracy", "block", "best_test_accuracy", "id"),
+        Index("ix_jobs_experiment_best_accuracy", "experiment_id", "best_test_accuracy", "id"),
+        Index("ix_jobs_dispatch", "status", "cancel_requested", "priority", "fair_share_key", "id"),
+    )
+
+
+class JobTag(Base):
+    """A job's tags, one row each, so that listing the jobs with a tag is a range scan."""
+
+    __tablename__ = "job_tags"
+
+    tag: Mapped[str] = mapped_column(String(50), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+
+    # Deleting a job finds its tags by job id.
+    __table_args__ = (Index("ix_job_tags_job_id", "job_id"),)
+
+
+class ArtifactDeletion(Base):
+    """A deleted job whose files are still to be removed. Written in the transaction that
+    deletes the job's rows, and removed once the files are gone: a process killed in between
+    leaves this row, and the next sweep (jobs.retention) finishes the work."""
+
+    __tablename__ = "artifact_deletions"
+
+    job_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class EpochMetric(Base):

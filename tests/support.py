@@ -358,8 +358,11 @@ def redis_queue_job_ids(url: str, queue: str = "training") -> list[int]:
 
     import redis
 
+    client = redis.Redis.from_url(url)
+    # kombu keeps one list per message priority: the queue's name, then name + "\x06\x16" + step.
+    lists = [queue, *sorted(client.keys(queue.encode() + b"\x06\x16*"))]
     ids = []
-    for raw in redis.Redis.from_url(url).lrange(queue, 0, -1):
+    for raw in (item for name in lists for item in client.lrange(name, 0, -1)):
         envelope = json.loads(raw)
         args = json.loads(base64.b64decode(envelope["body"]))[0]
         ids.append(int(args[0]))

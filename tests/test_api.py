@@ -64,12 +64,19 @@ def test_cifar10_jobs_count_ten_classes(client: TestClient) -> None:
 def test_list_filters_newest_first_and_paginates(client: TestClient) -> None:
     ids = [submit(client, block=block)["id"] for block in ("plain", "mobile", "plain")]
     listing = client.get("/jobs").json()
-    assert [item["id"] for item in listing["items"]] == ids[::-1] and listing["total"] == 3
+    assert [item["id"] for item in listing["items"]] == ids[::-1] and listing["next"] is None
     assert [i["queue_position"] for i in listing["items"]] == [3, 2, 1]
     plain = client.get("/jobs", params={"block": "plain"}).json()
     assert [item["id"] for item in plain["items"]] == [ids[2], ids[0]]
-    page = client.get("/jobs", params={"limit": 1, "offset": 1}).json()
-    assert [item["id"] for item in page["items"]] == [ids[1]] and page["total"] == 3
+    first = client.get("/jobs", params={"limit": 1, "block": "plain"})
+    assert [item["id"] for item in first.json()["items"]] == [ids[2]]
+    following = first.json()["next"]
+    assert first.headers["Link"] == f'<{following}>; rel="next"'
+    page = client.get(following)
+    assert [item["id"] for item in page.json()["items"]] == [ids[0]]
+    assert page.json()["next"] is None and "Link" not in page.headers
+    offset = client.get("/jobs", params={"offset": 1})
+    assert offset.status_code == 422 and offset.json()["fields"][0]["field"] == "offset"
     client.post(f"/jobs/{ids[1]}/cancel")
     cancelled = client.get("/jobs", params={"status": "cancelled"}).json()
     assert [item["id"] for item in cancelled["items"]] == [ids[1]]
@@ -411,8 +418,7 @@ def test_a_wrong_method_is_405_listing_every_method_of_the_path(client: TestClie
     for method, path, allowed in (
         ("DELETE", "/jobs", "GET, HEAD, POST"),
         ("PUT", "/jobs", "GET, HEAD, POST"),
-        ("PATCH", f"/jobs/{job['id']}", "GET, HEAD"),
-        ("DELETE", f"/jobs/{job['id']}", "GET, HEAD"),
+        ("PUT", f"/jobs/{job['id']}", "GET, HEAD, PATCH, DELETE"),
         ("GET", f"/jobs/{job['id']}/cancel", "POST"),
         ("OPTIONS", "/health", "GET, HEAD"),
         ("POST", f"/jobs/{job['id']}/checkpoints/latest", "GET, HEAD"),

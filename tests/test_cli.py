@@ -155,7 +155,7 @@ def test_list_show_and_cancel_of_an_ended_job(
     listed = run_cli("list", "--status", "succeeded", url=cli_api)
     assert listed.returncode == 0, listed.stderr
     assert re.search(rf"^\s*{job_id}\s+cli follow\s+mobile\s+succeeded\s+2/2", listed.stdout, re.M)
-    assert "of" in listed.stdout.splitlines()[-1]
+    assert listed.stdout.splitlines()[-1].strip() == "1 job", listed.stdout
 
     none_failed = run_cli("list", "--status", "failed", "--json", url=cli_api)
     assert json.loads(none_failed.stdout)["items"] == []
@@ -474,3 +474,32 @@ def test_the_console_script_is_installed() -> None:
     assert result.stdout.startswith("usage: cifar-jobs")
     for command in ("submit", "follow", "download", "experiment"):
         assert command in result.stdout
+
+
+def test_list_reads_page_after_page_through_the_cursors() -> None:
+    """--limit and --all follow each page's `next` until enough rows are read."""
+    import argparse
+
+    from cli.main import _read_pages
+
+    pages = {
+        "/jobs": {"items": [{"id": 5}, {"id": 4}], "next": "/jobs?cursor=b"},
+        "/jobs?cursor=b": {"items": [{"id": 3}, {"id": 2}], "next": "/jobs?cursor=c"},
+        "/jobs?cursor=c": {"items": [{"id": 1}], "next": None},
+    }
+    asked: list[tuple[str, dict[str, object]]] = []
+
+    class Api:
+        def get_json(self, path: str, **params: object) -> object:
+            asked.append((path, params))
+            return pages[path]
+
+    everything = _read_pages(Api(), "/jobs", argparse.Namespace(all=True, limit=50), tag="t")  # type: ignore[arg-type]
+    assert [item["id"] for item in everything["items"]] == [5, 4, 3, 2, 1]
+    assert everything["next"] is None
+    assert asked[0] == ("/jobs", {"tag": "t", "limit": 200})
+    assert [path for path, _ in asked[1:]] == ["/jobs?cursor=b", "/jobs?cursor=c"]
+    asked.clear()
+    three = _read_pages(Api(), "/jobs", argparse.Namespace(all=False, limit=3))  # type: ignore[arg-type]
+    assert [item["id"] for item in three["items"]] == [5, 4, 3]
+    assert three["next"] == "/jobs?cursor=c" and len(asked) == 2

@@ -158,11 +158,13 @@ def test_experiment_errors_are_one_line(cli_keyed_api: str) -> None:
     assert assert_one_line_error(run("show", "9999"), 1) == "experiment 9999 not found"
     assert assert_one_line_error(run("follow", "9999"), 1) == "experiment 9999 not found"
 
-    # 2 blocks x 33 seeds: each list is short, their product over the limit.
-    seeds = ",".join(str(seed) for seed in range(33))
+    # 2 blocks x 501 seeds: each list is short, their product over the limit.
+    seeds = ",".join(str(seed) for seed in range(501))
     too_many = run("submit", "--name", "big", "--block", "mobile", "--block", "plain",
                    "--seeds", seeds)  # fmt: skip
-    assert "experiment would create 66 jobs; the limit is 64" in assert_one_line_error(too_many, 2)
+    assert "experiment would create 1002 jobs; the limit is 1000" in assert_one_line_error(
+        too_many, 2
+    )
 
     # The report's settings are fixed: a learning rate is refused, naming the field.
     fixed = run("submit", "--name", "r", "--preset", "report", "--lr", "0.1")

@@ -53,7 +53,8 @@ def refused(client: TestClient, body: dict[str, Any]) -> dict[str, str]:
 
 def nothing_created(client: TestClient) -> bool:
     return (
-        client.get("/experiments").json()["total"] == 0 and client.get("/jobs").json()["total"] == 0
+        len(client.get("/experiments").json()["items"]) == 0
+        and len(client.get("/jobs").json()["items"]) == 0
     )
 
 
@@ -69,7 +70,7 @@ def test_grid_times_seeds_makes_one_named_job_each(client: TestClient) -> None:
     assert experiment["status_counts"]["queued"] == 8
     assert experiment["varying"] == ["block", "learning_rate", "seed"]
     jobs = client.get("/jobs", params={"experiment_id": experiment["id"], "limit": 20}).json()
-    assert jobs["total"] == 8
+    assert len(jobs["items"]) == 8
     by_id = sorted(jobs["items"], key=lambda job: job["id"])
     assert [job["name"] for job in by_id] == [
         f"sweep / {block} learning_rate={rate} seed={seed}"
@@ -94,7 +95,7 @@ def test_grid_times_seeds_makes_one_named_job_each(client: TestClient) -> None:
     assert last["tags"] == ["sweep"] and last["spec"]["train_samples"] == 50
     assert (last["params"], last["macs"]) == (1_326_052, 71_919_716)
     assert queued_messages() == 9  # each job's id was sent once the transaction committed
-    assert client.get("/jobs", params={"experiment_id": 999}).json()["total"] == 0
+    assert len(client.get("/jobs", params={"experiment_id": 999}).json()["items"]) == 0
 
 
 def test_each_bad_value_is_named_and_nothing_is_created(client: TestClient) -> None:
@@ -184,19 +185,22 @@ def test_the_report_preset_runs_the_three_blocks_with_the_reports_settings(
     assert all(row["report"] is None for row in sweep["jobs"])
 
 
-def test_an_experiment_is_capped_at_64_jobs(client: TestClient) -> None:
+def test_an_experiment_is_capped_at_1000_jobs_made_in_one_transaction(client: TestClient) -> None:
     too_many = {
         **SWEEP,
         "grid": {"learning_rate": [0.01, 0.02, 0.05, 0.1]},
-        "seeds": list(range(9)),
+        "seeds": list(range(126)),
     }
     response = client.post("/experiments", json=too_many)
     assert response.status_code == 422
     assert response.json()["error"] == "too_many_jobs"
-    assert response.json()["detail"] == "experiment would create 72 jobs; the limit is 64."
+    assert response.json()["detail"] == "experiment would create 1008 jobs; the limit is 1000."
     assert {item["field"] for item in response.json()["fields"]} == {"blocks", "grid", "seeds"}
     assert nothing_created(client)
-    assert submit(client, {**too_many, "seeds": list(range(8))})["job_count"] == 64
+    # Its time is measured in docs/benchmarks.md, not here: a shared machine's load decides it.
+    made = submit(client, {**too_many, "seeds": list(range(125))})
+    assert made["job_count"] == 1000 and len(made["jobs"]) == 1000
+    assert made["status_counts"]["queued"] == 1000
 
 
 @pytest.fixture
@@ -215,11 +219,11 @@ def test_a_full_queue_refuses_the_whole_experiment(small_queue_client: TestClien
     assert response.status_code == 503 and response.json()["error"] == "queue_full"
     assert int(response.headers["retry-after"]) > 0
     assert "1 jobs are already queued and this request adds 4 (limit 4)" in response.text
-    assert client.get("/experiments").json()["total"] == 0
-    assert client.get("/jobs").json()["total"] == 1 and queued_messages() == 1
+    assert len(client.get("/experiments").json()["items"]) == 0
+    assert len(client.get("/jobs").json()["items"]) == 1 and queued_messages() == 1
     assert submit(client, {**SWEEP, "blocks": ["plain"], "seeds": [0]})["job_count"] == 2
     assert submit(client, {**SWEEP, "blocks": ["mobile"], "grid": {}})["job_count"] == 1
-    assert client.get("/jobs").json()["total"] == 4 and queued_messages() == 4
+    assert len(client.get("/jobs").json()["items"]) == 4 and queued_messages() == 4
 
 
 def test_a_repeated_idempotency_key_replays_or_conflicts(client: TestClient) -> None:
@@ -228,14 +232,14 @@ def test_a_repeated_idempotency_key_replays_or_conflicts(client: TestClient) -> 
     assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
     assert again.json()["id"] == first["id"] and again.json()["jobs"] == first["jobs"]
     assert again.headers["location"] == f"/experiments/{first['id']}"
-    assert client.get("/jobs").json()["total"] == 4 and queued_messages() == 4
+    assert len(client.get("/jobs").json()["items"]) == 4 and queued_messages() == 4
     other = client.post(
         "/experiments", json={**SWEEP, "name": "other"}, headers={"Idempotency-Key": "exp-1"}
     )
     assert other.status_code == 409 and other.json()["error"] == "idempotency_key_reused"
     new_key = client.post("/experiments", json=SWEEP, headers={"Idempotency-Key": "exp-2"})
     assert new_key.status_code == 202 and "idempotent-replayed" not in new_key.headers
-    assert client.get("/experiments").json()["total"] == 2
+    assert len(client.get("/experiments").json()["items"]) == 2
 
 
 def drive_sweep(client: TestClient) -> dict[str, Any]:
@@ -445,12 +449,14 @@ def test_experiments_are_listed_newest_first_without_job_rows(client: TestClient
     ids = [submit(client, {**SWEEP, "name": f"e{n}"})["id"] for n in range(3)]
     client.post(f"/experiments/{ids[1]}/cancel")
     listing = client.get("/experiments").json()
-    assert [item["id"] for item in listing["items"]] == ids[::-1] and listing["total"] == 3
+    assert [item["id"] for item in listing["items"]] == ids[::-1] and listing["next"] is None
     assert all(item["jobs"] == [] and item["job_count"] == 4 for item in listing["items"])
     assert [item["status"] for item in listing["items"]] == ["queued", "cancelled", "queued"]
     assert listing["items"][1]["status_counts"]["cancelled"] == 4
-    page = client.get("/experiments", params={"limit": 1, "offset": 1}).json()
-    assert [item["id"] for item in page["items"]] == [ids[1]] and page["total"] == 3
+    pages = [client.get("/experiments", params={"limit": 2}).json()]
+    pages.append(client.get(pages[0]["next"]).json())
+    assert [[item["id"] for item in page["items"]] for page in pages] == [ids[:0:-1], [ids[0]]]
+    assert pages[1]["next"] is None
     assert client.get("/jobs").json()["items"][0]["experiment_id"] == ids[2]
 
 

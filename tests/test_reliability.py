@@ -238,7 +238,7 @@ def test_cancel_while_the_worker_stops_on_sigterm_ends_cancelled(
         svc.start_worker()
         time.sleep(3)
         assert svc.job(job_id)["status"] == "cancelled"
-        assert svc.api.get("/jobs", params={"status": "queued"}).json()["total"] == 0
+        assert len(svc.api.get("/jobs", params={"status": "queued"}).json()["items"]) == 0
 
 
 def test_sigterm_hands_the_job_back_to_the_queue(tmp_path: Path, dataset_root: Path) -> None:

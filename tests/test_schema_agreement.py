@@ -17,6 +17,7 @@ import pytest
 from jobs.db import is_postgresql, session_scope
 from jobs.lifecycle import claim_job, finish_job, record_epoch, release_job
 from jobs.settings import get_settings
+from jobs.specs import MAX_EXPERIMENT_JOBS
 from tests.support import add_experiment, drive_job, epoch_row
 
 
@@ -86,27 +87,29 @@ def test_an_integer_written_with_a_zero_fraction_is_an_integer(client: Any) -> N
 def test_the_experiment_job_limit_that_json_schema_cannot_state_is_in_the_schema(
     client: Any,
 ) -> None:
-    """2 blocks x 2 learning rates x 63 seeds is valid JSON Schema and 252 jobs: the server's
-    422 too_many_jobs is documented (the limit as `x-max-jobs`, the answer under 422), and the
-    limit itself is exact."""
+    """2 blocks x 2 learning rates x (limit / 4 + 1) seeds is valid JSON Schema and over the
+    job limit: the server's 422 too_many_jobs is documented (the limit as `x-max-jobs`, the
+    answer under 422), and the limit itself is exact."""
     schema = openapi(client)
-    assert schema["components"]["schemas"]["ExperimentCreate"]["x-max-jobs"] == 64
+    assert schema["components"]["schemas"]["ExperimentCreate"]["x-max-jobs"] == MAX_EXPERIMENT_JOBS
     documented = schema["paths"]["/experiments"]["post"]["responses"]["422"]["description"]
-    assert "too_many_jobs" in documented and "64" in documented
+    assert "too_many_jobs" in documented and f"{MAX_EXPERIMENT_JOBS:,}" in documented
     experiment = {
         "name": "plain vs residual",
         "blocks": ["plain", "residual"],
         "grid": {"learning_rate": [0.01, 0.1]},
         "hyperparameters": {"epochs": 2},
-        "seeds": list(range(63)),
+        "seeds": list(range(MAX_EXPERIMENT_JOBS // 4 + 1)),
     }
     assert component_validator(schema, "ExperimentCreate").is_valid(experiment)
     response = client.post("/experiments", json=experiment)
     assert response.status_code == 422
     assert response.json()["error"] == "too_many_jobs"
     assert {item["field"] for item in response.json()["fields"]} == {"blocks", "grid", "seeds"}
-    response = client.post("/experiments", json={**experiment, "seeds": list(range(16))})
-    assert response.status_code == 202 and response.json()["job_count"] == 64
+    response = client.post(
+        "/experiments", json={**experiment, "seeds": list(range(MAX_EXPERIMENT_JOBS // 4))}
+    )
+    assert response.status_code == 202 and response.json()["job_count"] == MAX_EXPERIMENT_JOBS
 
 
 def parameter_validator(

@@ -215,7 +215,7 @@ def test_oversized_body_on_the_live_server(live_api: tuple[int, Process]) -> Non
     body = oversized_body()
     headers = {"content-type": "application/json"}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
-        before = api.get("/jobs").json()["total"]
+        before = len(api.get("/jobs").json()["items"])
 
         declared = api.post("/jobs", content=body, headers=headers)
         assert declared.request.headers["content-length"] == str(len(body))
@@ -227,13 +227,13 @@ def test_oversized_body_on_the_live_server(live_api: tuple[int, Process]) -> Non
         assert streamed.request.headers["transfer-encoding"] == "chunked"
         assert_too_large(streamed)
 
-        assert api.get("/jobs").json()["total"] == before
+        assert len(api.get("/jobs").json()["items"]) == before
         # A body under the cap, sent chunked, still works.
         small = api.post(
             "/jobs", content=chunks(json.dumps(SMALL_JOB).encode(), 8), headers=headers
         )
         assert small.status_code == 202, small.text
-        assert api.get("/jobs").json()["total"] == before + 1
+        assert len(api.get("/jobs").json()["items"]) == before + 1
     assert process.alive()
 
 
@@ -242,7 +242,7 @@ def test_oversized_body_in_process(client: TestClient) -> None:
     headers = {"content-type": "application/json"}
     assert_too_large(client.post("/jobs", content=body, headers=headers))
     assert_too_large(client.post("/jobs", content=chunks(body), headers=headers))
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
 
 
 # --- API key -------------------------------------------------------------------------------
@@ -264,16 +264,21 @@ def every_protected_request(
         ("GET", "/plots/compare.png", {"params": {"jobs": str(job_id)}}, 200),
         ("GET", f"/jobs/{job_id}/checkpoints", {}, 200),
         ("GET", f"/jobs/{job_id}/checkpoints/latest", {}, 200),
+        ("PATCH", f"/jobs/{job_id}", {"json": {"priority": 1}}, 409),  # it is running
+        ("DELETE", f"/jobs/{job_id}", {}, 409),  # not ended
         ("POST", f"/jobs/{job_id}/cancel", {}, 200),
         ("POST", "/experiments", {"json": SMALL_EXPERIMENT}, 202),
         ("GET", "/experiments", {}, 200),
         ("GET", experiment, {}, 200),
         ("GET", f"{experiment}/summary.csv", {}, 200),
+        ("GET", f"{experiment}/metrics", {}, 200),
+        ("PATCH", experiment, {"json": {"priority": 1}}, 200),
         ("GET", f"{experiment}/plots/test_accuracy.png", {}, 200),
         ("POST", f"{experiment}/cancel", {}, 200),
         # An open stream would not end while its jobs run: a bad resume point answers at once.
         ("GET", f"/jobs/{job_id}/events", {"params": {"last_event_id": "x"}}, 400),
         ("GET", f"{experiment}/events", {"params": {"last_event_id": "x"}}, 400),
+        ("DELETE", experiment, {}, 204),  # every job cancelled above
     ]
 
 
@@ -306,9 +311,9 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
             for template in schema["paths"]
             if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path)
         }
-        assert covered == declared and len(declared) == 19
+        assert covered == declared and len(declared) == 24
 
-        jobs_before = client.get("/jobs", headers=good).json()["total"]
+        jobs_before = len(client.get("/jobs", headers=good).json()["items"])
         for method, path, kwargs, _ in requests:
             for headers in (
                 {},
@@ -346,7 +351,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
                 assert refused.json()["error"] == "unauthorized"
             answered = client.request(method, path, headers={**headers, **good}, **kwargs)
             assert answered.status_code == with_key, (method, path, answered.text)
-        assert client.get("/jobs", headers=good).json()["total"] == jobs_before == 2
+        assert len(client.get("/jobs", headers=good).json()["items"]) == jobs_before == 2
 
         for method, path, kwargs, expected in requests:
             response = client.request(method, path, headers=good, **kwargs)
@@ -455,7 +460,7 @@ def test_bad_input_is_a_422_naming_the_field(
         assert document["error"] == "validation_error"
         assert field in [problem["field"] for problem in document["fields"]], document
         assert field in document["detail"]
-        assert client.get("/jobs").json()["total"] == 0
+        assert len(client.get("/jobs").json()["items"]) == 0
     assert broker_messages() == 0
 
 
@@ -474,10 +479,10 @@ def test_bad_input_stores_and_queues_nothing(client: TestClient) -> None:
         response = client.post("/jobs", content=raw, headers=headers)
         assert response.status_code == status, (raw, headers, response.text)
     assert client.post("/jobs", json=SMALL_JOB, headers={"Idempotency-Key": ""}).status_code == 422
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
     assert broker_messages() == 0
     assert client.post("/jobs", json=SMALL_JOB).status_code == 202
-    assert client.get("/jobs").json()["total"] == 1
+    assert len(client.get("/jobs").json()["items"]) == 1
     assert broker_messages() == 1
 
 
@@ -501,7 +506,7 @@ def test_a_body_that_is_not_sent_as_json_is_415(client: TestClient) -> None:
     bare = client.post("/jobs", content=body)
     assert "content-type" not in bare.request.headers
     assert bare.status_code == 415 and "no Content-Type" in bare.json()["detail"]
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
     for content_type in (
         "application/json",
         "application/json; charset=utf-8",
@@ -510,7 +515,7 @@ def test_a_body_that_is_not_sent_as_json_is_415(client: TestClient) -> None:
     ):
         response = client.post("/jobs", content=body, headers={"content-type": content_type})
         assert response.status_code == 202, (content_type, response.text)
-    assert client.get("/jobs").json()["total"] == 4
+    assert len(client.get("/jobs").json()["items"]) == 4
     assert broker_messages() == 4
 
 
@@ -529,7 +534,7 @@ def test_broken_json_is_400_naming_where_it_breaks(client: TestClient) -> None:
         assert document["error"] == "invalid_json"
         assert document["detail"].startswith("The request body is not valid JSON: ")
         assert document["detail"].endswith(f" at {where}."), document["detail"]
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
 
 
 def test_a_body_that_is_not_utf8_is_always_400(client: TestClient) -> None:
@@ -546,7 +551,7 @@ def test_a_body_that_is_not_utf8_is_always_400(client: TestClient) -> None:
         document = response.json()
         assert document["error"] == "invalid_json", body
         assert document["detail"].startswith(f"The request body is not UTF-8 text: byte {byte} ")
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
 
 
 def test_an_empty_idempotency_key_is_refused(client: TestClient) -> None:
@@ -557,7 +562,7 @@ def test_an_empty_idempotency_key_is_refused(client: TestClient) -> None:
         document = response.json()
         assert document["error"] == "validation_error"
         assert [problem["field"] for problem in document["fields"]] == ["header.idempotency-key"]
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
     first = client.post("/jobs", json=SMALL_JOB, headers={"Idempotency-Key": "retry-1"})
     again = client.post("/jobs", json=SMALL_JOB, headers={"Idempotency-Key": "retry-1"})
     assert first.status_code == again.status_code == 202
@@ -760,8 +765,9 @@ HOSTILE_JSON: list[tuple[str, bytes, str, list[str]]] = [
 ]
 
 
-def json_routes(client: TestClient) -> list[str]:
-    """The path of every operation that takes a JSON body (all are POSTs), from the schema."""
+def json_routes(client: TestClient) -> list[tuple[str, str]]:
+    """(method, path) of every operation that takes a JSON body, from the schema; ids in a
+    path are 1 (the body is checked before the route looks anything up)."""
     schema = client.get("/openapi.json").json()
     found = {
         (method.upper(), path)
@@ -770,8 +776,13 @@ def json_routes(client: TestClient) -> list[str]:
         if "application/json" in operation.get("requestBody", {}).get("content", {})
     }
     # A new route with a JSON body must be added here (and to every_protected_request).
-    assert found == {("POST", "/jobs"), ("POST", "/experiments")}, found
-    return sorted(path for _, path in found)
+    assert found == {
+        ("POST", "/jobs"),
+        ("POST", "/experiments"),
+        ("PATCH", "/jobs/{job_id}"),
+        ("PATCH", "/experiments/{experiment_id}"),
+    }, found
+    return sorted((method, re.sub(r"\{[^}]+\}", "1", path)) for method, path in found)
 
 
 def assert_refused(response: httpx.Response, status: int, code: str, says: list[str]) -> None:
@@ -798,10 +809,10 @@ def test_hostile_json_is_a_400_naming_the_problem(
 
     assert len(body) <= MAX_BODY
     with TestClient(create_app()) as client:  # a server exception would be raised here
-        for path in json_routes(client):
-            response = client.post(path, content=body, headers=JSON)
+        for method, path in json_routes(client):
+            response = client.request(method, path, content=body, headers=JSON)
             assert_refused(response, 400, code, says)
-        assert client.get("/jobs").json()["total"] == 0
+        assert len(client.get("/jobs").json()["items"]) == 0
         assert client.post("/jobs", json=SMALL_JOB).status_code == 202
     assert broker_messages() == 1
 
@@ -845,7 +856,7 @@ def test_json_at_the_depth_limit_reaches_validation(client: TestClient) -> None:
         "/jobs", content=b'{"block": "mobile", "name": "\\ud83d\\ude00"}', headers=JSON
     )
     assert emoji.status_code == 202 and emoji.json()["name"] == "\U0001f600"
-    assert client.get("/jobs").json()["total"] == 2
+    assert len(client.get("/jobs").json()["items"]) == 2
 
 
 def padded(body: str, size: int) -> bytes:
@@ -856,34 +867,40 @@ def padded(body: str, size: int) -> bytes:
 
 def test_hostile_json_at_and_over_the_size_limit(client: TestClient) -> None:
     deep_body = JOB_PREFIX + deep(5000) + "}"
-    for path in json_routes(client):
+    for method, path in json_routes(client):
         at_limit = padded(deep_body, MAX_BODY)
         assert len(at_limit) == MAX_BODY
         assert_refused(
-            client.post(path, content=at_limit, headers=JSON), 400, "json_too_deep", [TOO_DEEP]
+            client.request(method, path, content=at_limit, headers=JSON),
+            400,
+            "json_too_deep",
+            [TOO_DEEP],
         )
         over = padded(deep_body, MAX_BODY + 1)
-        assert_too_large(client.post(path, content=over, headers=JSON))
-        assert_too_large(client.post(path, content=chunks(over), headers=JSON))
+        assert_too_large(client.request(method, path, content=over, headers=JSON))
+        assert_too_large(client.request(method, path, content=chunks(over), headers=JSON))
         duplicate = padded('{"block": "mobile", "block": "plain"}', MAX_BODY)
         assert_refused(
-            client.post(path, content=duplicate, headers=JSON), 400, "duplicate_key", ['"block"']
+            client.request(method, path, content=duplicate, headers=JSON),
+            400,
+            "duplicate_key",
+            ['"block"'],
         )
         number = padded('{"block": "mobile", "train_samples": ' + "1" * 16_000 + "}", MAX_BODY)
         assert_refused(
-            client.post(path, content=number, headers=JSON),
+            client.request(method, path, content=number, headers=JSON),
             400,
             "number_too_long",
             ["16000 characters"],
         )
-    assert client.get("/jobs").json()["total"] == 0
+    assert len(client.get("/jobs").json()["items"]) == 0
     # A good body at exactly the limit is taken; one byte more is not.
     job = json.dumps(SMALL_JOB)
     assert client.post("/jobs", content=padded(job, MAX_BODY), headers=JSON).status_code == 202
     assert_too_large(client.post("/jobs", content=padded(job, MAX_BODY + 1), headers=JSON))
     experiment = padded(json.dumps(SMALL_EXPERIMENT), MAX_BODY)
     assert client.post("/experiments", content=experiment, headers=JSON).status_code == 202
-    assert client.get("/jobs").json()["total"] == 2
+    assert len(client.get("/jobs").json()["items"]) == 2
 
 
 def test_hostile_json_on_the_live_server(live_api: tuple[int, Process]) -> None:
@@ -891,13 +908,13 @@ def test_hostile_json_on_the_live_server(live_api: tuple[int, Process]) -> None:
     logs no traceback."""
     port, process = live_api
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
-        before = api.get("/jobs").json()["total"]
+        before = len(api.get("/jobs").json()["items"])
         for _, body, code, says in HOSTILE_JSON:
             for path in ("/jobs", "/experiments"):
                 for content in (body, chunks(body, 512)):
                     response = api.post(path, content=content, headers=JSON)
                     assert_refused(response, 400, code, says)
-        assert api.get("/jobs").json()["total"] == before
+        assert len(api.get("/jobs").json()["items"]) == before
         assert api.post("/jobs", json=SMALL_JOB).status_code == 202
     log = process.log_path.read_text(errors="replace")
     assert "Traceback" not in log and "RecursionError" not in log

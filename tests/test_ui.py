@@ -4,6 +4,7 @@ cookie while API clients keep the header and its JSON 401."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Iterator
@@ -165,9 +166,17 @@ def test_jobs_list_filters_by_status_and_block(client: TestClient) -> None:
     # The filter form shows the chosen values.
     page = client.get("/?status=cancelled").text
     assert '<option value="cancelled" selected>' in page
-    # Pages: the second of three, with a link back to the newest.
-    later = client.get("/?offset=1").text
-    assert listed_job_ids(later) == [plain, mobile] and 'href="/" rel="prev"' in later
+    # Pages of 2 through the API's cursors: the second has the last job and a link back to
+    # the newest; a damaged cursor is a page saying so.
+    first = client.get("/?limit=2").text
+    assert listed_job_ids(first) == [cancelled, plain]
+    older = re.search(r'href="([^"]+)" rel="next"', first)
+    assert older is not None and "cursor=" in older.group(1)
+    later = client.get(html.unescape(older.group(1))).text
+    assert listed_job_ids(later) == [mobile] and 'href="/?limit=2" rel="first"' in later
+    assert 'rel="next"' not in later
+    damaged = assert_html(client.get("/?cursor=not-a-cursor"), 400)
+    assert "page link is damaged" in damaged
 
     wrong = assert_html(client.get("/?status=finished&block=vgg"), 400)
     assert "There is no status &#39;finished&#39;" in wrong and "no block &#39;vgg&#39;" in wrong

@@ -11,6 +11,7 @@ from jobs.artifacts import artifact_store
 from jobs.db import session_scope
 from jobs.lifecycle import reap_expired_leases, take_due_sends
 from jobs.queue import enqueue_after_commit
+from jobs.retention import sweep_artifact_deletions
 from jobs.settings import Settings
 from worker.runner import running_jobs
 
@@ -27,6 +28,8 @@ def reconcile_once(settings: Settings, *, idle: bool = False) -> list[int]:
         due = take_due_sends(session, lease_seconds=settings.lease_seconds, idle=idle)
         for job_id in due:
             enqueue_after_commit(session, job_id)
+    # Files of jobs deleted by a process that was killed before removing them.
+    sweep_artifact_deletions(settings)
     return due
 
 

@@ -138,7 +138,7 @@ _FILE_HEADERS = {
             "description": "With `redirect=true` on an object store: the verified object's "
             "presigned URL (valid an hour) in `Location`; the ETag is its sha256.",
         },
-        **error_responses(401, 404, 412, 416),
+        **error_responses(401, 404, 412, 416, 422),
         500: {
             "model": ErrorRead,
             "description": "`checkpoint_damaged`: the stored bytes no longer match the recorded "

@@ -3,9 +3,37 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request, Response
 
 from app.schemas import ErrorRead, JobLinks, JobRead
+from jobs.errors import InvalidFields
 from jobs.tables import Job, JobStatus
+
+OFFSET_GONE = (
+    "pages are read with cursors: follow the page's `next` (or its Link header) instead of "
+    "skipping rows"
+)
+
+
+def refuse_offset(offset: object) -> None:
+    """A client still paging by offset gets a clear 422 rather than the first page again."""
+    if offset is not None:
+        raise InvalidFields([("offset", OFFSET_GONE)])
+
+
+def next_page(request: Request, response: Response, cursor: str | None) -> str | None:
+    """The next page's URL (this request's, with `cursor` replaced), also sent as an RFC 8288
+    `Link: <...>; rel="next"` header; None after the last page."""
+    if cursor is None:
+        return None
+    query = [
+        (name, value) for name, value in request.query_params.multi_items() if name != "cursor"
+    ]
+    url = f"{request.url.path}?{urlencode([*query, ('cursor', cursor)])}"
+    response.headers["Link"] = f'<{url}>; rel="next"'
+    return url
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -7,27 +7,29 @@ import io
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from app.deps import SessionDep, SettingsDep, read_session
-from app.routes.common import error_responses
+from app.routes.common import error_responses, next_page, refuse_offset
 from app.routes.params import ExperimentId, IdempotencyKey
 from app.schemas import (
     ErrorRead,
     ExperimentJobRow,
     ExperimentLinks,
     ExperimentList,
+    ExperimentMetrics,
     ExperimentPlotLinks,
     ExperimentRead,
     ReportFigures,
 )
-from jobs import experiments, listing, submission
+from jobs import experiments, lifecycle, listing, metrics, retention, submission
 from jobs.experiments import ExperimentSummary
 from jobs.specs import (
     MAX_EXPERIMENT_JOBS,
     REPORT_PRESET,
     ExperimentCreate,
     ExperimentSort,
+    PriorityUpdate,
     SortOrder,
 )
 from jobs.tables import Experiment, Job, JobStatus
@@ -64,7 +66,7 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
 TOO_MANY_JOBS: dict[str, Any] = {
     "model": ErrorRead,
     "description": "Invalid input; `fields` names each bad field. `too_many_jobs` when the "
-    f"experiment would make more than {MAX_EXPERIMENT_JOBS} jobs (`x-max-jobs`): the number of "
+    f"experiment would make more than {MAX_EXPERIMENT_JOBS:,} jobs (`x-max-jobs`): the number of "
     "blocks times the grid's combinations times the number of seeds.",
 }
 
@@ -100,6 +102,7 @@ def render_experiment(
         tags=experiment.tags,
         spec=experiment.spec,
         created_at=experiment.created_at,
+        priority=experiment.priority,
         status=status,
         ended=status.ended,
         status_counts=counts,
@@ -174,7 +177,7 @@ def submit_experiment(
     idempotency_key: IdempotencyKey = None,
 ) -> ExperimentRead:
     """Queue every job of the experiment in one transaction (all or none); the jobs' ids are
-    sent to the workers once it has committed. At most 64 jobs."""
+    sent to the workers once it has committed. At most 1,000 jobs."""
     made = submission.create_experiment(
         session, spec, settings=settings, idempotency_key=idempotency_key
     )
@@ -192,17 +195,27 @@ def submit_experiment(
     summary="List experiments, newest first (without their job rows)",
 )
 def list_experiments(
+    request: Request,
+    response: Response,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="Where the page starts: the `cursor` of the page "
+            "before's `next` URL. Opaque.",
+        ),
+    ] = None,
+    offset: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> ExperimentList:
+    refuse_offset(offset)
     with read_session() as session:
-        page, total = listing.list_experiments(session, limit=limit, offset=offset)
+        page, next_cursor = listing.list_experiments(session, limit=limit, cursor=cursor)
         counts = experiments.status_counts(session, [item.id for item in page])
         return ExperimentList(
             items=[render_experiment(item, counts[item.id]) for item in page],
-            total=total,
             limit=limit,
-            offset=offset,
+            next=next_page(request, response, next_cursor),
         )
 
 
@@ -229,6 +242,39 @@ def get_experiment(
 
 
 @router.get(
+    "/{experiment_id}/metrics",
+    response_model=ExperimentMetrics,
+    responses=error_responses(401, 404, 422),
+    summary="Every job's per-epoch curve, downsampled, for overlaid plots",
+)
+def get_experiment_metrics(
+    experiment_id: ExperimentId,
+    max_points: Annotated[
+        int,
+        Query(
+            ge=metrics.MIN_POINTS,
+            le=metrics.MAX_JOB_POINTS,
+            description="At most this many epochs per job (fewer for large experiments).",
+        ),
+    ] = 100,
+) -> ExperimentMetrics:
+    with read_session() as session:
+        experiment = listing.get_experiment(session, experiment_id)
+        curves = metrics.epoch_metrics_by_job(session, experiment.id, max_points=max_points)
+        jobs = experiments.status_counts(session, [experiment.id])[experiment.id]
+        return ExperimentMetrics.model_validate(
+            {
+                "experiment_id": experiment.id,
+                "points_per_job": metrics.points_per_job(sum(jobs.values()), max_points),
+                "jobs": [
+                    {"job_id": job_id, "metrics": rows} for job_id, rows in sorted(curves.items())
+                ],
+            },
+            from_attributes=True,
+        )
+
+
+@router.get(
     "/{experiment_id}/summary.csv",
     response_class=Response,
     responses={**CSV_RESPONSE, **error_responses(401, 404)},
@@ -248,6 +294,34 @@ def get_summary_csv(experiment_id: ExperimentId) -> Response:
             "Cache-Control": "no-cache",
         },
     )
+
+
+@router.patch(
+    "/{experiment_id}",
+    response_model=ExperimentRead,
+    responses=error_responses(400, 401, 404, 415, 422),
+    summary="Change the priority of the experiment and of its queued jobs",
+)
+def update_experiment(
+    experiment_id: ExperimentId, change: PriorityUpdate, session: SessionDep
+) -> ExperimentRead:
+    """Jobs already running or ended keep theirs."""
+    lifecycle.set_experiment_priority(session, experiment_id, change.priority)
+    experiment = listing.get_experiment(session, experiment_id)
+    return render_summary(experiments.summarize(session, experiment))
+
+
+@router.delete(
+    "/{experiment_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 404, 409),
+    summary="Delete an experiment whose jobs have all ended, with its jobs and their files",
+)
+def delete_experiment(experiment_id: ExperimentId, settings: SettingsDep) -> Response:
+    """409 not_finished while any of its jobs is queued or running (cancel it first)."""
+    retention.delete_experiment_now(settings, experiment_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(

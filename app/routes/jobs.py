@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from app.deps import SessionDep, SettingsDep, read_session
-from app.routes.common import error_responses, render_job
+from app.routes.common import error_responses, next_page, refuse_offset, render_job
 from app.routes.params import MAX_JOB_ID, IdempotencyKey, JobId
 from app.schemas import JobList, JobMetrics, JobRead
-from jobs import dispatch, lifecycle, listing, metrics, submission
-from jobs.specs import JobCreate
+from jobs import dispatch, lifecycle, listing, metrics, retention, submission
+from jobs.listing import JobSort
+from jobs.specs import JobCreate, PriorityUpdate, Tag
 from jobs.tables import JobStatus
 from models.catalog import BlockName
 
@@ -48,32 +49,56 @@ def submit_job(
     "",
     response_model=JobList,
     responses=error_responses(401, 422),
-    summary="List jobs, newest first",
+    summary="List jobs, a page at a time",
 )
 def list_jobs(
+    request: Request,
+    response: Response,
     status: JobStatus | None = None,
     block: BlockName | None = None,
     experiment_id: Annotated[
         int | None, Query(ge=1, le=MAX_JOB_ID, description="Only this experiment's jobs.")
     ] = None,
+    tag: Annotated[Tag | None, Query(description="Only the jobs with this tag.")] = None,
+    sort: Annotated[
+        JobSort,
+        Query(
+            description="created: newest first. best_test_accuracy: highest first, then the "
+            "jobs without one, newest first."
+        ),
+    ] = "created",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="Where the page starts: the `cursor` of the page "
+            "before's `next` URL. Opaque.",
+        ),
+    ] = None,
+    offset: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> JobList:
+    """Each job appears on exactly one page while jobs are being added and finished. There is
+    no total: counting every matching job would cost a scan of them on every page."""
+    refuse_offset(offset)
     with read_session() as session:
-        jobs, total = listing.list_jobs(
+        jobs, next_cursor = listing.list_jobs(
             session,
             status=status,
             block=block,
             experiment_id=experiment_id,
+            tag=tag,
+            sort=sort,
             limit=limit,
-            offset=offset,
+            cursor=cursor,
         )
-        positions = dispatch.queue_positions(session, [job.id for job in jobs])
+        positions = dispatch.queue_positions(
+            session, [job.id for job in jobs if job.status == JobStatus.QUEUED]
+        )
         return JobList(
             items=[render_job(job, positions.get(job.id)) for job in jobs],
-            total=total,
             limit=limit,
-            offset=offset,
+            next=next_page(request, response, next_cursor),
         )
 
 
@@ -98,10 +123,21 @@ def get_job(job_id: JobId) -> JobRead:
 def get_metrics(
     job_id: JobId,
     since_epoch: Annotated[int, Query(ge=0, le=10**6, description="Only epochs after this.")] = 0,
+    max_points: Annotated[
+        int,
+        Query(
+            ge=metrics.MIN_POINTS,
+            le=metrics.MAX_JOB_POINTS,
+            description="At most this many epochs: evenly spaced ones, always with the first, "
+            "the last and the best (highest test accuracy).",
+        ),
+    ] = metrics.MAX_JOB_POINTS,
 ) -> JobMetrics:
     with read_session() as session:
         job = listing.get_job(session, job_id)
-        rows = metrics.epoch_metrics(session, job_id, since_epoch=since_epoch)
+        rows = metrics.epoch_metrics(
+            session, job_id, since_epoch=since_epoch, max_points=max_points
+        )
         return JobMetrics.model_validate(
             {
                 "job_id": job.id,
@@ -113,6 +149,32 @@ def get_metrics(
             },
             from_attributes=True,
         )
+
+
+@router.patch(
+    "/{job_id}",
+    response_model=JobRead,
+    responses=error_responses(400, 401, 404, 409, 415, 422),
+    summary="Change a queued job's priority",
+)
+def update_job(job_id: JobId, change: PriorityUpdate, session: SessionDep) -> JobRead:
+    """Only while the job is queued (409 job_not_queued after it has started); its
+    queue_position follows at once."""
+    job = lifecycle.set_priority(session, job_id, change.priority)
+    return render_job(job, dispatch.queue_position(session, job.id))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(401, 404, 409),
+    summary="Delete a job that has ended, with its metrics and checkpoint files",
+)
+def delete_job(job_id: JobId, settings: SettingsDep) -> Response:
+    """409 not_finished while it is queued or running (cancel it first)."""
+    retention.delete_job_now(settings, job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(

@@ -25,7 +25,7 @@ from engine.config import Hyperparameters
 from engine.datasets import DATASETS
 from jobs.artifacts import artifact_store
 from jobs.dispatch import queue_position
-from jobs.errors import ExperimentNotFound, JobNotFound
+from jobs.errors import ExperimentNotFound, InvalidFields, JobNotFound
 from jobs.listing import get_experiment, get_job, list_jobs
 from jobs.metrics import epoch_metrics
 from jobs.settings import get_settings
@@ -35,6 +35,7 @@ from models.catalog import BLOCK_NAMES
 router = APIRouter(include_in_schema=False)
 
 JOBS_PER_PAGE = 50
+MAX_JOBS_PER_PAGE = 200
 STATUS_NAMES = tuple(status.value for status in JobStatus)
 SIGN_IN_SECONDS = 7 * 24 * 3600
 # The course report's results section, in its order: which blocks each problem compares.
@@ -61,30 +62,45 @@ def jobs_page(
     request: Request,
     status: str = "",
     block: str = "",
-    offset: str = "0",
+    cursor: str = "",
+    limit: str = "",
 ) -> HTMLResponse:
-    """Jobs, newest first, filtered by status and block; experiments below (from the API)."""
+    """Jobs, newest first, filtered by status and block, a page at a time (the API's cursors);
+    experiments below (from the API)."""
     # Query values are checked here, not by FastAPI, so that a wrong one is a page, not JSON.
     problems = []
     if status and status not in STATUS_NAMES:
         problems.append(f"There is no status {status!r}; statuses are {', '.join(STATUS_NAMES)}.")
     if block and block not in BLOCK_NAMES:
         problems.append(f"There is no block {block!r}; blocks are {', '.join(BLOCK_NAMES)}.")
-    start = int(offset) if offset.isdigit() and len(offset) <= 9 else 0
+    per_page = JOBS_PER_PAGE
+    if limit:
+        if limit.isdigit() and len(limit) <= 3 and 1 <= int(limit) <= MAX_JOBS_PER_PAGE:
+            per_page = int(limit)
+        else:
+            problems.append(f"A page shows 1 to {MAX_JOBS_PER_PAGE} jobs, not {limit!r}.")
     jobs: list[Job] = []
-    total = 0
+    next_cursor = None
     if not problems:
-        with read_session() as session:
-            jobs, total = list_jobs(
-                session,
-                status=status or None,
-                block=block or None,
-                limit=JOBS_PER_PAGE,
-                offset=start,
-            )
+        try:
+            with read_session() as session:
+                jobs, next_cursor = list_jobs(
+                    session,
+                    status=status or None,
+                    block=block or None,
+                    limit=per_page,
+                    cursor=cursor or None,
+                )
+        except InvalidFields:
+            problems.append("That page link is damaged; start again from the newest jobs.")
 
-    def page_link(new_offset: int) -> str:
-        query = {"status": status, "block": block, "offset": str(new_offset) if new_offset else ""}
+    def page_link(new_cursor: str | None) -> str:
+        query = {
+            "status": status,
+            "block": block,
+            "limit": limit,
+            "cursor": new_cursor or "",
+        }
         encoded = urlencode({name: value for name, value in query.items() if value})
         return f"/?{encoded}" if encoded else "/"
 
@@ -93,15 +109,13 @@ def jobs_page(
         "index.html",
         {
             "jobs": jobs,
-            "total": total,
-            "start": start,
             "status": status,
             "block": block,
             "statuses": STATUS_NAMES,
             "blocks": BLOCK_NAMES,
             "problems": problems,
-            "newer": page_link(max(start - JOBS_PER_PAGE, 0)) if start > 0 else None,
-            "older": page_link(start + JOBS_PER_PAGE) if start + len(jobs) < total else None,
+            "newest": page_link(None) if cursor else None,
+            "older": page_link(next_cursor) if next_cursor else None,
         },
         400 if problems else 200,
     )

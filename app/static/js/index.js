@@ -33,7 +33,7 @@ try {
       ? table(page.items)
       : el("p", { class: "muted" }, "No experiments yet: ", el("a", { href: "/ui/submit" }, "submit one"), "."),
   );
-  if (page.total > page.items.length) box.append(el("p", { class: "muted" }, `The newest ${page.items.length} of ${page.total}.`));
+  if (page.next) box.append(el("p", { class: "muted" }, `The newest ${page.items.length}; older ones: cifar-jobs experiment list --all, or GET ${page.next}.`));
 } catch (error) {
   const text = error.status === 404 ? "This server has no experiments API (GET /experiments answers 404)." : describeError(error);
   box.replaceChildren(el("p", { class: "muted" }, text));
