@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import unavailable
+from app import docs_pages, unavailable
 from app.auth import ApiKeyGuard
 from app.errors import BodyTooLarge, ServiceError
 from app.json_body import JsonBodyGuard
@@ -119,6 +119,9 @@ def create_app() -> FastAPI:
         description=DESCRIPTION,
         redirect_slashes=False,
         lifespan=lifespan,
+        # app/docs_pages.py serves both pages with their assets from this service.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.event_hub = event_hub
 
@@ -175,6 +178,7 @@ def create_app() -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(events.router)
     app.include_router(ui.router)
+    app.include_router(docs_pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # The last added runs first: HEAD, then the key (header or the dashboard's sign-in cookie),
     # then the body cap, then the JSON check.
