@@ -10,9 +10,17 @@ import subprocess
 import sys
 
 import uvicorn
+from sqlalchemy.engine import make_url
 
 from jobs.migrations import upgrade
 from jobs.settings import get_settings
+
+
+def hide_password(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: print nothing of it
+        return "(set)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{args.host}:{args.port}"
     print(f"\nCIFAR training jobs: {url}   (API docs: {url}/docs)", flush=True)
     print(
-        f"database {settings.resolved_database_url} | broker {settings.resolved_broker_url} | "
+        # Passwords in the URLs are not printed.
+        f"database {hide_password(settings.resolved_database_url)} | "
+        f"broker {hide_password(settings.resolved_broker_url)} | "
         f"data {settings.data_dir.resolve()} | artifacts {settings.resolved_artifact_dir}\n",
         flush=True,
     )

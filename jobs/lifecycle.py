@@ -61,6 +61,7 @@ class Claim:
     lease_token: str
     worker: str
     config: dict[str, Any]
+    experiment_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,10 @@ def claim_job(session: Session, job_id: int, *, worker: str, lease_seconds: floa
     )
     if not claimed:
         return None
-    job = session.execute(select(Job.attempt, Job.config).where(Job.id == job_id)).one()
-    return Claim(job_id, job.attempt, token, worker, job.config)
+    job = session.execute(
+        select(Job.attempt, Job.config, Job.experiment_id).where(Job.id == job_id)
+    ).one()
+    return Claim(job_id, job.attempt, token, worker, job.config, job.experiment_id)
 
 
 def renew_lease(session: Session, claim: Claim, *, lease_seconds: float) -> LeaseState:

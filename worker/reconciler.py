@@ -19,7 +19,9 @@ def reconcile_once(settings: Settings, *, idle: bool = False) -> list[int]:
     with session_scope() as session:
         requeued = reap_expired_leases(session)
     for job_id in requeued:
-        logger.warning("job %s: its worker stopped heartbeating; re-queued", job_id)
+        logger.warning(
+            "job %s: its worker stopped heartbeating; re-queued", job_id, extra={"job_id": job_id}
+        )
     with session_scope() as session:
         due = take_due_sends(session, lease_seconds=settings.lease_seconds, idle=idle)
         for job_id in due:

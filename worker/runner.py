@@ -4,6 +4,7 @@ is a parameter, so every outcome can be tested in-process in milliseconds."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -33,6 +34,7 @@ from jobs.lifecycle import (
     renew_lease,
     repair_history,
 )
+from jobs.logs import log_context
 from jobs.queue import enqueue_after_commit
 from jobs.retry import TransientDatabaseError, retry_transient
 from jobs.settings import Settings
@@ -83,6 +85,8 @@ class LeaseWatcher(threading.Thread):
 
     def __init__(self, claim: Claim, settings: Settings) -> None:
         super().__init__(name=f"lease-{claim.job_id}", daemon=True)
+        # A new thread starts with an empty context: carry the job's log ids over.
+        self._log_context = contextvars.copy_context()
         self.claim = claim
         self.settings = settings
         self.stop_reason: StopReason | None = None
@@ -105,6 +109,9 @@ class LeaseWatcher(threading.Thread):
             self.stop_reason = StopReason.CANCELLED
 
     def run(self) -> None:
+        self._log_context.run(self._watch)
+
+    def _watch(self) -> None:
         interval = min(CANCEL_POLL_SECONDS, self.settings.heartbeat_seconds)
         next_renewal = time.monotonic() + self.settings.heartbeat_seconds
         while not self._done.wait(interval):
@@ -133,7 +140,10 @@ def run_job(job_id: int, *, settings: Settings, trainer: Trainer | None = None) 
     with _running_lock:
         _running.add(claim.job_id)
     try:
-        return _run_claimed(claim, settings, trainer)
+        with log_context(
+            job_id=claim.job_id, experiment_id=claim.experiment_id, attempt=claim.attempt
+        ):
+            return _run_claimed(claim, settings, trainer)
     finally:
         with _running_lock:
             _running.discard(claim.job_id)
@@ -234,6 +244,14 @@ class JobRun:
 
         self._write(work)
         self.history_repaired = True
+        logger.info(
+            "job %s epoch %s recorded: test accuracy %.4f, %.1f s, %.0f images/s",
+            self.claim.job_id,
+            metrics["epoch"],
+            metrics["test_accuracy"],
+            metrics["seconds"],
+            metrics["images_per_second"],
+        )
 
     def on_checkpoint(self, written: Any) -> None:
         stored = self.store.put(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 
 from celery.exceptions import Reject
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import setup_logging, worker_ready, worker_shutdown, worker_shutting_down
 
+from jobs.logs import bind_process, configure_logging
 from jobs.queue import RUN_JOB_TASK, get_celery
 from jobs.settings import get_settings
 from worker.reconciler import Reconciler
-from worker.runner import run_job, shutting_down
+from worker.runner import run_job, shutting_down, worker_name
 
 logger = logging.getLogger(__name__)
 celery = get_celery()
@@ -26,6 +27,15 @@ def run_job_task(job_id: object) -> str:
         # Leave the message for another worker rather than claiming a job only to release it.
         raise Reject("worker shutting down", requeue=True)
     return run_job(job_id, settings=get_settings())
+
+
+@setup_logging.connect
+def _configure_logging(**_: object) -> None:
+    """The service's logging (LOG_FORMAT, LOG_LEVEL) instead of Celery's: a receiver of this
+    signal tells Celery to leave logging alone, so its own records go through the same handler."""
+    settings = get_settings()
+    bind_process(worker=worker_name(settings))
+    configure_logging(settings)
 
 
 @worker_ready.connect
