@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import docs_pages, unavailable
+from app import docs_pages, prometheus, unavailable
 from app.auth import ApiKeyGuard, sign_in_token
 from app.errors import BodyTooLarge, ServiceError
 from app.json_body import JsonBodyGuard
@@ -185,8 +185,9 @@ def create_app() -> FastAPI:
     app.include_router(events.router)
     app.include_router(ui.router)
     app.include_router(docs_pages.router)
+    app.include_router(prometheus.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # The last added runs first: the request id and access record, then HEAD, then the key
+    # The last added runs first: the request id, access record and metrics, then HEAD, then the key
     # (header or the dashboard's sign-in cookie), then the body cap, then the JSON check.
     app.add_middleware(JsonBodyGuard, operations=operations)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

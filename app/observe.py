@@ -1,7 +1,8 @@
 """What the API tells its operator about each request: a request id (taken from X-Request-ID
 when the client sends a usable one, made up otherwise, and returned in X-Request-ID), bound to
-every log record made while the request is handled; and one access record per request naming
-its route template."""
+every log record made while the request is handled; one access record per request naming its
+route template; and the HTTP metrics (app/prometheus.py) by route template, never by raw path, so
+that ids do not multiply the label values."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from fastapi import Request
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.prometheus import observe_request
 from jobs import logs
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -95,6 +97,7 @@ class Observe:
             finally:
                 seconds = time.perf_counter() - started
                 route = route_template(scope)
+                observe_request(method, route, status, seconds)
                 access_logger.info(
                     "%s %s %s %.1f ms",
                     method,

@@ -10,17 +10,10 @@ import subprocess
 import sys
 
 import uvicorn
-from sqlalchemy.engine import make_url
 
+from jobs.db import hide_password
 from jobs.migrations import upgrade
 from jobs.settings import get_settings
-
-
-def hide_password(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: print nothing of it
-        return "(set)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,16 +11,22 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from jobs.db import insert_ignoring_duplicates as _insert_ignoring_duplicates
 from jobs.dispatch import next_claimable
 from jobs.errors import JobNotCancellable
 from jobs.events import record_epoch_event, record_status
 from jobs.listing import get_job
 from jobs.metrics import METRIC_NAMES
 from jobs.tables import Checkpoint, EpochMetric, FailureReason, Job, JobStatus, utcnow
+from jobs.telemetry import (
+    EPOCHS_RECORDED,
+    MESSAGES_RESENT,
+    add_to_counter,
+    leases_reaped_counter,
+)
 
 # The reaper re-sends a queued job's message after lease_seconds, then waits twice as long each
 # time, up to 2**RESEND_BACKOFF_CAP leases: a lost message is replaced, a long queue stays short.
@@ -163,25 +169,6 @@ def cancel_requested(session: Session, claim: Claim) -> bool | None:
     return None if row is None else bool(row)
 
 
-def _insert_ignoring_duplicates(
-    session: Session, table: Any, rows: list[dict[str, Any]], *returning: Any
-) -> list[Any]:
-    """Insert the rows that do not exist yet; returns the `returning` columns of those inserted."""
-    if not rows:
-        return []
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        statement: Any = postgresql.insert(table).values(rows).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite.insert(table).values(rows).on_conflict_do_nothing()
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        statement = insert(table).values(rows)
-    if not returning:
-        session.execute(statement)
-        return []
-    return list(session.execute(statement.returning(*returning)).all())
-
-
 def _record_new_epochs(session: Session, job_id: int, rows: list[dict[str, Any]]) -> list[int]:
     """Store the epochs' metrics rows that are not stored yet, each with its epoch event (so an
     epoch recorded again makes no second event); returns the epochs stored."""
@@ -190,6 +177,7 @@ def _record_new_epochs(session: Session, job_id: int, rows: list[dict[str, Any]]
     by_epoch = {int(row["epoch"]): row for row in rows}
     for epoch in stored:
         record_epoch_event(session, job_id, {name: by_epoch[epoch][name] for name in METRIC_NAMES})
+    add_to_counter(session, EPOCHS_RECORDED, len(stored))
     return stored
 
 
@@ -406,7 +394,13 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
             lease_expires_at=None,
             updated_at=now,
         )
-        if moved and values["status"] == JobStatus.QUEUED:
+        if not moved:
+            continue
+        outcome = {JobStatus.QUEUED: "requeued", JobStatus.FAILED: "failed"}.get(
+            values["status"], "cancelled"
+        )
+        add_to_counter(session, leases_reaped_counter(outcome))
+        if values["status"] == JobStatus.QUEUED:
             requeued.append(job.id)
     return requeued
 
@@ -453,4 +447,5 @@ def take_due_sends(
             enqueue_count=job.enqueue_count + 1,
         ):
             due.append(job.id)
+    add_to_counter(session, MESSAGES_RESENT, len(due))
     return due

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of a worker's own /metrics; 0: none."
     )
+    worker_metrics_host: str = Field("0.0.0.0", description="Address that port listens on.")
     notify_secret: str | None = Field(
         None, description="Signs notification bodies (HMAC-SHA256); unset: notify is refused."
     )

@@ -229,3 +229,29 @@ class JobEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))  # "status" or "epoch"
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WorkerRecord(Base):
+    """A worker process, as it last reported itself: each one upserts its row every reconciler
+    pass (HEARTBEAT_SECONDS or faster) and deletes it when it stops, so a row whose heartbeat is
+    old is a worker that died. Read by /metrics; rows silent for a day are removed."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ServiceCounter(Base):
+    """A count that only grows (epochs recorded, leases reaped, messages re-sent), added to in the
+    transaction of what it counts: exact whichever process did it, and kept across restarts."""
+
+    __tablename__ = "service_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+

@@ -39,6 +39,7 @@ from jobs.queue import enqueue_after_commit
 from jobs.retry import TransientDatabaseError, retry_transient
 from jobs.settings import Settings
 from jobs.tables import Checkpoint, FailureReason, Job, JobStatus
+from worker import telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ class JobRun:
         # What the last recorded epoch decided (record_epoch), if it said stop.
         self.epoch_stop: StopReason | None = None
         self.history_repaired = False
+        self.block = str(claim.config.get("block", "unknown"))
 
     # -- callbacks from the trainer, on the training thread ---------------------------------
 
@@ -244,6 +246,7 @@ class JobRun:
 
         self._write(work)
         self.history_repaired = True
+        telemetry.observe_epoch(self.block, metrics)
         logger.info(
             "job %s epoch %s recorded: test accuracy %.4f, %.1f s, %.0f images/s",
             self.claim.job_id,
@@ -254,6 +257,7 @@ class JobRun:
         )
 
     def on_checkpoint(self, written: Any) -> None:
+        started = time.monotonic()
         stored = self.store.put(
             self.store.checkpoint_key(self.claim.job_id, self.claim.attempt, written.epoch),
             Path(written.path),
@@ -277,6 +281,7 @@ class JobRun:
                 session.delete(row)
 
         self._write(work)
+        telemetry.observe_checkpoint(self.block, stored.size_bytes, time.monotonic() - started)
         self.store.delete(pruned)  # only once no row points at them any more
 
     # -- the attempt -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from jobs.queue import RUN_JOB_TASK, get_celery
 from jobs.settings import get_settings
 from worker.reconciler import Reconciler
 from worker.runner import run_job, shutting_down, worker_name
+from worker.telemetry import serve_metrics
 
 logger = logging.getLogger(__name__)
 celery = get_celery()
@@ -41,7 +42,9 @@ def _configure_logging(**_: object) -> None:
 @worker_ready.connect
 def _start_reconciler(**_: object) -> None:
     global _reconciler
-    _reconciler = Reconciler(get_settings())
+    settings = get_settings()
+    serve_metrics(settings)
+    _reconciler = Reconciler(settings)
     _reconciler.start()
 
 
