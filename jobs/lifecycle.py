@@ -14,10 +14,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from jobs import notifications
 from jobs.db import insert_ignoring_duplicates as _insert_ignoring_duplicates
 from jobs.dispatch import next_claimable
 from jobs.errors import JobNotCancellable
-from jobs.events import record_epoch_event, record_status
+from jobs.events import STATUS_EVENT, record_epoch_event, record_event, record_status, status_data
 from jobs.listing import get_job
 from jobs.metrics import METRIC_NAMES
 from jobs.tables import Checkpoint, EpochMetric, FailureReason, Job, JobStatus, utcnow
@@ -96,10 +97,14 @@ def _transition(session: Session, job_id: int, *conditions: Any, **values: Any) 
 
 
 def _move(session: Session, job_id: int, *conditions: Any, **values: Any) -> bool:
-    """A status change: `_transition`, and a status event when it happened."""
+    """A status change: `_transition`, and a status event when it happened; a final status also
+    queues the notifications the job (or its experiment) asked for, in the same transaction."""
     moved = _transition(session, job_id, *conditions, **values)
     if moved:
-        record_status(session, job_id)
+        data = status_data(session, job_id)
+        record_event(session, job_id, STATUS_EVENT, data)
+        if data["ended"]:
+            notifications.job_ended(session, job_id, str(data["status"]))
     return moved
 
 

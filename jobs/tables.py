@@ -255,3 +255,32 @@ class ServiceCounter(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
 
+
+class NotificationDelivery(Base):
+    """One notification owed (jobs.notifications): made in the transaction that ended the job
+    (or an experiment's last job), holding the exact body to send, then retried by the sender
+    until delivered or failed."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        UniqueConstraint("subject", "subject_id", "event", name="uq_notification_deliveries_event"),
+        Index("ix_notification_deliveries_due", "state", "next_attempt_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[str] = mapped_column(String(32), unique=True)  # X-Notification-ID
+    subject: Mapped[str] = mapped_column(String(16))  # "job" or "experiment"
+    subject_id: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(16))  # the final status
+    url: Mapped[str] = mapped_column(String(2000))
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

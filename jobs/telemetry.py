@@ -111,6 +111,8 @@ class Snapshot:
 
 
 def read_snapshot(session: Session, *, now: datetime | None = None) -> Snapshot:
+    from jobs.notifications import delivery_counts
+
     now = now or utcnow()
     by_status = {status.value: 0 for status in JobStatus}
     for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
@@ -146,6 +148,7 @@ def read_snapshot(session: Session, *, now: datetime | None = None) -> Snapshot:
         running_by_worker=running,
         heartbeat_age_by_worker=heartbeats,
         counters=counters,
+        notifications_by_state=delivery_counts(session),
     )
 
 

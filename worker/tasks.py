@@ -10,6 +10,7 @@ from celery.signals import setup_logging, worker_ready, worker_shutdown, worker_
 from jobs.logs import bind_process, configure_logging
 from jobs.queue import RUN_JOB_TASK, get_celery
 from jobs.settings import get_settings
+from worker.notifier import Notifier
 from worker.reconciler import Reconciler
 from worker.runner import run_job, shutting_down, worker_name
 from worker.telemetry import serve_metrics
@@ -17,6 +18,7 @@ from worker.telemetry import serve_metrics
 logger = logging.getLogger(__name__)
 celery = get_celery()
 _reconciler: Reconciler | None = None
+_notifier: Notifier | None = None
 
 
 @celery.task(name=RUN_JOB_TASK)
@@ -41,11 +43,13 @@ def _configure_logging(**_: object) -> None:
 
 @worker_ready.connect
 def _start_reconciler(**_: object) -> None:
-    global _reconciler
+    global _reconciler, _notifier
     settings = get_settings()
     serve_metrics(settings)
     _reconciler = Reconciler(settings)
     _reconciler.start()
+    _notifier = Notifier(settings)
+    _notifier.start()
 
 
 @worker_shutting_down.connect
@@ -55,5 +59,7 @@ def _stop_training(**_: object) -> None:
 
 @worker_shutdown.connect
 def _stop_reconciler(**_: object) -> None:
+    if _notifier is not None:
+        _notifier.stop()
     if _reconciler is not None:
         _reconciler.stop()
