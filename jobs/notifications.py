@@ -272,8 +272,11 @@ def job_ended(session: Session, job_id: int, status: str) -> None:
 
 
 def _experiment_job_ended(session: Session, experiment_id: int) -> None:
-    # The experiment's row is locked first (PostgreSQL): two of its jobs ending at once then see
-    # each other's end, so exactly one of them finds the experiment ended.
+    spec = session.execute(select(Experiment.spec).where(Experiment.id == experiment_id)).scalar()
+    if not (spec or {}).get("notify"):
+        return  # nothing to tell: no lock taken
+    # The experiment's row is locked (PostgreSQL): two of its jobs ending at once then see each
+    # other's end, so exactly one of them finds the experiment ended.
     experiment = session.execute(
         select(Experiment).where(Experiment.id == experiment_id).with_for_update()
     ).scalar_one_or_none()
