@@ -19,7 +19,13 @@ import os
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -28,6 +34,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth import METRICS_PATH
 from jobs.telemetry import PREFIX, DatabaseCollector
+
+# No `_created` series: a timestamp per label set that no query here uses.
+disable_created_metrics()
 
 # Not the library's global registry: what /metrics shows is chosen below, per scrape.
 HTTP_REGISTRY = CollectorRegistry(auto_describe=True)

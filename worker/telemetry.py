@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Histogram, start_http_server
+from prometheus_client import Histogram, disable_created_metrics, start_http_server
 
 from jobs.settings import Settings
 from jobs.telemetry import PREFIX
 
 logger = logging.getLogger(__name__)
+
+# No `_created` series: a timestamp per label set that no query here uses.
+disable_created_metrics()
 
 EPOCH_SECONDS = Histogram(
     f"{PREFIX}_epoch_duration_seconds",
