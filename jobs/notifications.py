@@ -29,6 +29,7 @@ import hmac
 import ipaddress
 import json
 import math
+import re
 import socket
 import time
 import uuid
@@ -60,6 +61,9 @@ PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 STATES = (PENDING, DELIVERED, FAILED)
 MAX_BACKOFF_SECONDS = 3600.0
 MAX_URL_CHARS = 2000
+# What the schema says of notify.url (printable ASCII: http or https, a host part, then path,
+# query or fragment); url_problem says the rest, which depends on the server's settings.
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[-A-Za-z0-9._~%!$&'()*+,;=:\[\]]+(?:[/?#][!-~]*)?$"
 # How many due rows one sender takes at a time.
 BATCH = 20
 
@@ -93,11 +97,13 @@ def url_problem(url: str, settings: Settings) -> str | None:
         return f"not a valid URL ({error})"
     if parts.scheme not in ("http", "https"):
         return "must be an http or https URL"
+    if parts.username is not None or parts.password is not None:
+        return "must not hold credentials (user:password@)"
+    if not re.fullmatch(URL_PATTERN, url):
+        return "must be printable ASCII without spaces (percent-encode the rest)"
     host = (parts.hostname or "").lower()
     if not host:
         return "must name a host"
-    if parts.username is not None or parts.password is not None:
-        return "must not hold credentials (user:password@)"
     if port == 0:
         return "port 0 is not a port"
     allowed = settings.notify_allowed_hosts

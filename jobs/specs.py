@@ -26,7 +26,7 @@ from engine.config import (
     TrainConfig,
     TrainSamples,
 )
-from jobs.notifications import MAX_URL_CHARS, url_problem
+from jobs.notifications import MAX_URL_CHARS, URL_PATTERN, url_problem
 from jobs.settings import get_settings
 from models.catalog import BLOCK_NAMES, BlockName
 
@@ -57,6 +57,7 @@ class NotifySpec(BaseModel):
         max_length=MAX_URL_CHARS,
         description="An http or https URL; by default hosts with only public addresses are "
         "accepted (the server's NOTIFY_ALLOWED_HOSTS may list others).",
+        json_schema_extra={"pattern": URL_PATTERN},
     )
     events: list[NotifyEvent] = Field(
         default_factory=lambda: list(NOTIFY_EVENTS),
