@@ -20,6 +20,7 @@ from app.responses import service_error_response
 from jobs.settings import get_settings
 
 API_KEY_HEADER = "X-API-Key"
+METRICS_PATH = "/metrics"
 SIGN_IN_COOKIE = "dashboard_sign_in"
 SIGN_IN_PATH = "/ui/login"
 SIGN_OUT_PATH = "/ui/logout"
@@ -64,6 +65,13 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def metrics_token_matches(headers: Headers, token: str) -> bool:
+    """`Authorization: Bearer <METRICS_TOKEN>`, what Prometheus sends with `authorization:
+    credentials:` (or `bearer_token`) in its scrape config."""
+    scheme, _, sent = headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and key_matches(sent.strip(), token)
+
+
 def authenticated(headers: Headers, expected: str) -> bool:
     """The right X-API-Key header, or the cookie the sign-in form set for this key."""
     if key_matches(headers.get(API_KEY_HEADER), expected):
@@ -82,6 +90,25 @@ class ApiKeyGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == METRICS_PATH:
+            # A scraper holds METRICS_TOKEN, not the key that can submit and cancel jobs. With
+            # the token set, /metrics needs it (or the key); without it, /metrics is a route
+            # like the others.
+            settings = get_settings()
+            token = settings.metrics_token
+            headers = Headers(scope=scope)
+            if token is not None and metrics_token_matches(headers, token):
+                await self.app(scope, receive, send)
+                return
+            if token is not None and (
+                settings.api_key is None or not authenticated(headers, settings.api_key)
+            ):
+                error = Unauthorized(
+                    "Missing or wrong METRICS_TOKEN (send Authorization: Bearer <token>).",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await service_error_response(error)(scope, receive, send)
+                return
         if scope["type"] == "http" and not is_open(scope["path"]):
             expected = get_settings().api_key
             if expected is not None and not authenticated(Headers(scope=scope), expected):

@@ -9,24 +9,26 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import unavailable
-from app.auth import ApiKeyGuard
+from app import docs_pages, prometheus, unavailable
+from app.auth import ApiKeyGuard, sign_in_token
 from app.errors import BodyTooLarge, ServiceError
 from app.json_body import JsonBodyGuard
 from app.methods import HEAD_REQUEST, METHOD_ORDER, HeadAsGet, Operations
+from app.observe import Observe, bind_route_ids
 from app.openapi import build_schema
 from app.responses import error_response, service_error_response
 from app.routes import checkpoints, events, experiments, jobs, plots, system, ui
 from app.streams import EventHub
 from app.templating import STATIC_DIR
 from jobs.artifacts.startup import check_artifact_store
+from jobs.logs import configure_logging
 from jobs.settings import get_settings
 
 DESCRIPTION = """
@@ -106,6 +108,9 @@ _SCHEMAS: dict[bool, dict[str, Any]] = {}
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    configure_logging(
+        settings, extra_secrets=[sign_in_token(settings.api_key) if settings.api_key else None]
+    )
     event_hub = EventHub()
 
     @asynccontextmanager
@@ -123,6 +128,10 @@ def create_app() -> FastAPI:
         description=DESCRIPTION,
         redirect_slashes=False,
         lifespan=lifespan,
+        # app/docs_pages.py serves both pages with their assets from this service.
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(bind_route_ids)],
     )
     app.state.event_hub = event_hub
 
@@ -179,13 +188,16 @@ def create_app() -> FastAPI:
     app.include_router(experiments.router)
     app.include_router(events.router)
     app.include_router(ui.router)
+    app.include_router(docs_pages.router)
+    app.include_router(prometheus.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # The last added runs first: HEAD, then the key (header or the dashboard's sign-in cookie),
-    # then the body cap, then the JSON check.
+    # The last added runs first: the request id, access record and metrics, then HEAD, then the key
+    # (header or the dashboard's sign-in cookie), then the body cap, then the JSON check.
     app.add_middleware(JsonBodyGuard, operations=operations)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyGuard)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(Observe)
 
     # The schema depends on whether a key is needed, which the settings say per request.
     def openapi() -> dict[str, Any]:

@@ -11,6 +11,7 @@ import sys
 
 import uvicorn
 
+from jobs.db import hide_password
 from jobs.migrations import upgrade
 from jobs.settings import get_settings
 
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{args.host}:{args.port}"
     print(f"\nCIFAR training jobs: {url}   (API docs: {url}/docs)", flush=True)
     print(
-        f"database {settings.resolved_database_url} | broker {settings.resolved_broker_url} | "
+        # Passwords in the URLs are not printed.
+        f"database {hide_password(settings.resolved_database_url)} | "
+        f"broker {hide_password(settings.resolved_broker_url)} | "
         f"data {settings.data_dir.resolve()} | artifacts {settings.resolved_artifact_dir}\n",
         flush=True,
     )

@@ -27,7 +27,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.abc import PQGen
 from psycopg.errors import _WaitTimeout
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, insert, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -112,6 +113,14 @@ def _is_sqlite(url: str) -> bool:
 
 def is_postgresql(url: str) -> bool:
     return make_url(url).get_backend_name() == "postgresql"
+
+
+def hide_password(url: str) -> str:
+    """A database or broker URL to show a person: its password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: show nothing of it
+        return "(set)"
 
 
 def psycopg_connect_arguments(url: str) -> tuple[str, dict[str, Any]]:
@@ -225,3 +234,22 @@ def ping_database() -> None:
     """One round trip to the database (readiness); raises when it cannot be reached."""
     with get_engine(write=False).connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def insert_ignoring_duplicates(
+    session: Session, table: Any, rows: list[dict[str, Any]], *returning: Any
+) -> list[Any]:
+    """Insert the rows that do not exist yet; returns the `returning` columns of those inserted."""
+    if not rows:
+        return []
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(table).values(rows).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        statement = sqlite.insert(table).values(rows).on_conflict_do_nothing()
+    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+        statement = insert(table).values(rows)
+    if not returning:
+        session.execute(statement)
+        return []
+    return list(session.execute(statement.returning(*returning)).all())

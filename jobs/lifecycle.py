@@ -11,16 +11,23 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from jobs import notifications
+from jobs.db import insert_ignoring_duplicates as _insert_ignoring_duplicates
 from jobs.dispatch import next_claimable
 from jobs.errors import JobNotCancellable, JobNotQueued
-from jobs.events import record_epoch_event, record_status
+from jobs.events import STATUS_EVENT, record_epoch_event, record_event, record_status, status_data
 from jobs.listing import get_experiment, get_job
 from jobs.metrics import METRIC_NAMES
 from jobs.tables import Checkpoint, EpochMetric, FailureReason, Job, JobStatus, utcnow
+from jobs.telemetry import (
+    EPOCHS_RECORDED,
+    MESSAGES_RESENT,
+    add_to_counter,
+    leases_reaped_counter,
+)
 
 # The reaper re-sends a queued job's message after lease_seconds, then waits twice as long each
 # time, up to 2**RESEND_BACKOFF_CAP leases: a lost message is replaced, a long queue stays short.
@@ -61,6 +68,7 @@ class Claim:
     lease_token: str
     worker: str
     config: dict[str, Any]
+    experiment_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,10 +97,14 @@ def _transition(session: Session, job_id: int, *conditions: Any, **values: Any) 
 
 
 def _move(session: Session, job_id: int, *conditions: Any, **values: Any) -> bool:
-    """A status change: `_transition`, and a status event when it happened."""
+    """A status change: `_transition`, and a status event when it happened; a final status also
+    queues the notifications the job (or its experiment) asked for, in the same transaction."""
     moved = _transition(session, job_id, *conditions, **values)
     if moved:
-        record_status(session, job_id)
+        data = status_data(session, job_id)
+        record_event(session, job_id, STATUS_EVENT, data)
+        if data["ended"]:
+            notifications.job_ended(session, job_id, str(data["status"]))
     return moved
 
 
@@ -138,8 +150,10 @@ def claim_job(session: Session, job_id: int, *, worker: str, lease_seconds: floa
     )
     if not claimed:
         return None
-    job = session.execute(select(Job.attempt, Job.config).where(Job.id == job_id)).one()
-    return Claim(job_id, job.attempt, token, worker, job.config)
+    job = session.execute(
+        select(Job.attempt, Job.config, Job.experiment_id).where(Job.id == job_id)
+    ).one()
+    return Claim(job_id, job.attempt, token, worker, job.config, job.experiment_id)
 
 
 def renew_lease(session: Session, claim: Claim, *, lease_seconds: float) -> LeaseState:
@@ -160,25 +174,6 @@ def cancel_requested(session: Session, claim: Claim) -> bool | None:
     return None if row is None else bool(row)
 
 
-def _insert_ignoring_duplicates(
-    session: Session, table: Any, rows: list[dict[str, Any]], *returning: Any
-) -> list[Any]:
-    """Insert the rows that do not exist yet; returns the `returning` columns of those inserted."""
-    if not rows:
-        return []
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        statement: Any = postgresql.insert(table).values(rows).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        statement = sqlite.insert(table).values(rows).on_conflict_do_nothing()
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        statement = insert(table).values(rows)
-    if not returning:
-        session.execute(statement)
-        return []
-    return list(session.execute(statement.returning(*returning)).all())
-
-
 def _record_new_epochs(session: Session, job_id: int, rows: list[dict[str, Any]]) -> list[int]:
     """Store the epochs' metrics rows that are not stored yet, each with its epoch event (so an
     epoch recorded again makes no second event); returns the epochs stored."""
@@ -187,6 +182,7 @@ def _record_new_epochs(session: Session, job_id: int, rows: list[dict[str, Any]]
     by_epoch = {int(row["epoch"]): row for row in rows}
     for epoch in stored:
         record_epoch_event(session, job_id, {name: by_epoch[epoch][name] for name in METRIC_NAMES})
+    add_to_counter(session, EPOCHS_RECORDED, len(stored))
     return stored
 
 
@@ -430,7 +426,13 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
             lease_expires_at=None,
             updated_at=now,
         )
-        if moved and values["status"] == JobStatus.QUEUED:
+        if not moved:
+            continue
+        outcome = {JobStatus.QUEUED: "requeued", JobStatus.FAILED: "failed"}.get(
+            values["status"], "cancelled"
+        )
+        add_to_counter(session, leases_reaped_counter(outcome))
+        if values["status"] == JobStatus.QUEUED:
             requeued.append(job.id)
     return requeued
 
@@ -477,4 +479,5 @@ def take_due_sends(
             enqueue_count=job.enqueue_count + 1,
         ):
             due.append(job.id)
+    add_to_counter(session, MESSAGES_RESENT, len(due))
     return due

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -69,17 +70,57 @@ class Settings(BaseSettings):
         "may use (affinity, cgroup quota) divided by WORKER_CONCURRENCY, at least 1.",
     )
 
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: readable lines; json: one JSON object per line."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_token: str | None = Field(
+        None, description="A bearer token that /metrics accepts besides the API key."
+    )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of a worker's own /metrics; 0: none."
+    )
+    worker_metrics_host: str = Field("0.0.0.0", description="Address that port listens on.")
+    notify_secret: str | None = Field(
+        None, description="Signs notification bodies (HMAC-SHA256); unset: notify is refused."
+    )
+    # A comma-separated list in the environment, not JSON.
+    notify_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts notify URLs may name; empty: any host with only public addresses.",
+    )
+    notify_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    notify_max_attempts: int = Field(12, ge=1, le=100)
+    notify_backoff_seconds: float = Field(5.0, gt=0, le=3600)
+
     @field_validator(
         "api_key",
         "database_url",
         "celery_broker_url",
         "artifact_url",
         "s3_endpoint_url",
+        "metrics_token",
+        "notify_secret",
         mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.lower() if value.lower() in ("text", "json") else value.upper()
+
+    @field_validator("notify_allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        # A comma-separated list in the environment ("hooks.example.org,127.0.0.1").
+        if isinstance(value, str):
+            return [host.strip().lower().strip("[]") for host in value.split(",") if host.strip()]
+        return value
 
     # Resolved once per settings object: the path lookup is a few system calls, and the
     # database URL is read for every request.

@@ -14,6 +14,7 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from engine.config import (
@@ -27,6 +28,8 @@ from engine.config import (
     TrainSamples,
 )
 from jobs.dispatch import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN
+from jobs.notifications import MAX_URL_CHARS, URL_PATTERN, url_problem
+from jobs.settings import get_settings
 from models.catalog import BLOCK_NAMES, BlockName
 
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
@@ -50,6 +53,62 @@ def canonical_sha256(data: dict[str, Any]) -> str:
     for idempotent submission."""
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# The final statuses (jobs.tables.TERMINAL_STATUSES; a test keeps the two the same).
+NotifyEvent = Literal["succeeded", "failed", "cancelled"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("succeeded", "failed", "cancelled")
+
+
+class NotifySpec(BaseModel):
+    """Where to POST a signed summary when the job (or the experiment) ends, and on which of
+    its final statuses."""
+
+    model_config = ConfigDict(**STRICT)
+
+    url: str = Field(
+        min_length=1,
+        max_length=MAX_URL_CHARS,
+        description="An http or https URL; by default hosts with only public addresses are "
+        "accepted (the server's NOTIFY_ALLOWED_HOSTS may list others).",
+        json_schema_extra={"pattern": URL_PATTERN},
+    )
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS),
+        min_length=1,
+        max_length=len(NOTIFY_EVENTS),
+        description="The final statuses to be told of; default: all of them.",
+        json_schema_extra={"uniqueItems": True},
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _allowed_url(cls, url: str) -> str:
+        problem = url_problem(url, get_settings())
+        if problem is not None:
+            raise ValueError(problem)
+        return url
+
+    @field_validator("events")
+    @classmethod
+    def _distinct_events(cls, events: list[str]) -> list[str]:
+        if len(set(events)) != len(events):
+            raise ValueError("events must be distinct")
+        return events
+
+    @model_validator(mode="after")
+    def _server_can_sign(self) -> NotifySpec:
+        if get_settings().notify_secret is None:
+            raise ValueError("notifications are off on this server (NOTIFY_SECRET is not set)")
+        return self
+
+
+NotifyField = Field(
+    None,
+    description="Be told, by a signed POST, when it ends (see the README's Operations).",
+    # Left out of the stored spec and of the request's fingerprint when absent.
+    exclude_if=lambda value: value is None,
+)
 
 
 class JobCreate(BaseModel):
@@ -80,6 +139,7 @@ class JobCreate(BaseModel):
     name: str | None = Field(None, max_length=JOB_NAME_MAX_CHARS, pattern=NO_NUL)
     tags: list[Tag] = Field(default_factory=list, max_length=20)
     priority: Priority = DEFAULT_PRIORITY
+    notify: NotifySpec | None = NotifyField
 
     def fingerprint(self) -> str:
         """sha256 of the canonical spec, for idempotent submission."""
@@ -221,6 +281,7 @@ class ExperimentCreate(BaseModel):
     test_samples: TestSamples = None
     tags: list[Tag] = Field(default_factory=list, max_length=20)
     priority: Priority = Field(DEFAULT_PRIORITY, description="Every job's; " + PRIORITY_DESCRIPTION)
+    notify: NotifySpec | None = NotifyField
 
     @field_validator("blocks")
     @classmethod

@@ -273,3 +273,58 @@ class JobEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))  # "status" or "epoch"
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WorkerRecord(Base):
+    """A worker process, as it last reported itself: each one upserts its row every reconciler
+    pass (HEARTBEAT_SECONDS or faster) and deletes it when it stops, so a row whose heartbeat is
+    old is a worker that died. Read by /metrics; rows silent for a day are removed."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ServiceCounter(Base):
+    """A count that only grows (epochs recorded, leases reaped, messages re-sent), added to in the
+    transaction of what it counts: exact whichever process did it, and kept across restarts."""
+
+    __tablename__ = "service_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class NotificationDelivery(Base):
+    """One notification owed (jobs.notifications): made in the transaction that ended the job
+    (or an experiment's last job), holding the exact body to send, then retried by the sender
+    until delivered or failed."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        UniqueConstraint("subject", "subject_id", "event", name="uq_notification_deliveries_event"),
+        Index("ix_notification_deliveries_due", "state", "next_attempt_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[str] = mapped_column(String(32), unique=True)  # X-Notification-ID
+    subject: Mapped[str] = mapped_column(String(16))  # "job" or "experiment"
+    subject_id: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(16))  # the final status
+    url: Mapped[str] = mapped_column(String(2000))
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))  # pending, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -4,6 +4,7 @@ is a parameter, so every outcome can be tested in-process in milliseconds."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -39,10 +40,12 @@ from jobs.lifecycle import (
     renew_lease,
     repair_history,
 )
+from jobs.logs import log_context
 from jobs.queue import enqueue_after_commit
 from jobs.retry import TransientDatabaseError, retry_transient
 from jobs.settings import Settings
 from jobs.tables import Checkpoint, FailureReason, Job, JobStatus
+from worker import telemetry
 from worker.cpus import available_cpus, threads_per_job
 from worker.uploads import FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, CheckpointUploads, UploadFailed
 
@@ -95,6 +98,8 @@ class LeaseWatcher(threading.Thread):
 
     def __init__(self, claim: Claim, settings: Settings) -> None:
         super().__init__(name=f"lease-{claim.job_id}", daemon=True)
+        # A new thread starts with an empty context: carry the job's log ids over.
+        self._log_context = contextvars.copy_context()
         self.claim = claim
         self.settings = settings
         self.stop_reason: StopReason | None = None
@@ -117,6 +122,9 @@ class LeaseWatcher(threading.Thread):
             self.stop_reason = StopReason.CANCELLED
 
     def run(self) -> None:
+        self._log_context.run(self._watch)
+
+    def _watch(self) -> None:
         interval = min(CANCEL_POLL_SECONDS, self.settings.heartbeat_seconds)
         next_renewal = time.monotonic() + self.settings.heartbeat_seconds
         while not self._done.wait(interval):
@@ -155,7 +163,10 @@ def run_job(job_id: int, *, settings: Settings, trainer: Trainer | None = None) 
     with _running_lock:
         _running.add(claim.job_id)
     try:
-        return _run_claimed(claim, settings, trainer)
+        with log_context(
+            job_id=claim.job_id, experiment_id=claim.experiment_id, attempt=claim.attempt
+        ):
+            return _run_claimed(claim, settings, trainer)
     finally:
         with _running_lock:
             _running.discard(claim.job_id)
@@ -203,6 +214,9 @@ class JobRun:
         # What the last recorded epoch decided (record_epoch), if it said stop.
         self.epoch_stop: StopReason | None = None
         self.history_repaired = False
+        self.block = str(claim.config.get("block", "unknown"))
+        # When each checkpoint file was handed to the uploads: its save time runs until recorded.
+        self._handed_over: dict[int, float] = {}
 
     # -- callbacks from the trainer, on the training thread ---------------------------------
 
@@ -265,14 +279,25 @@ class JobRun:
 
         self._write(work)
         self.history_repaired = True
+        telemetry.observe_epoch(self.block, metrics)
+        logger.info(
+            "job %s epoch %s recorded: test accuracy %.4f, %.1f s, %.0f images/s",
+            self.claim.job_id,
+            metrics["epoch"],
+            metrics["test_accuracy"],
+            metrics["seconds"],
+            metrics["images_per_second"],
+        )
 
     def on_checkpoint(self, written: Any) -> None:
         """A checkpoint file is whole on local disk: hand it to the uploads and go on."""
+        self._handed_over[written.epoch] = time.monotonic()
         self.uploads.submit(written)
 
     def _record_checkpoint(self, written: Any, stored: ArtifactRecord) -> None:
         """On the upload thread, once the store holds the checkpoint: record it (fenced by the
         lease) and prune the files no name points at any more."""
+        started = self._handed_over.pop(written.epoch, time.monotonic())
         record = CheckpointRecord(
             epoch=written.epoch,
             size_bytes=stored.size_bytes,
@@ -290,6 +315,7 @@ class JobRun:
                 session.delete(row)
 
         self._write(work)
+        telemetry.observe_checkpoint(self.block, stored.size_bytes, time.monotonic() - started)
         self.store.delete(pruned)  # only once no row points at them any more
 
     # -- the attempt -----------------------------------------------------------------------

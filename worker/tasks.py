@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 
 from celery.exceptions import Reject
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import setup_logging, worker_ready, worker_shutdown, worker_shutting_down
 
+from jobs.logs import bind_process, configure_logging
 from jobs.queue import RUN_JOB_TASK, get_celery
 from jobs.settings import get_settings
+from worker.notifier import Notifier
 from worker.reconciler import Reconciler
-from worker.runner import run_job, shutting_down
+from worker.runner import run_job, shutting_down, worker_name
+from worker.telemetry import serve_metrics
 
 logger = logging.getLogger(__name__)
 celery = get_celery()
 _reconciler: Reconciler | None = None
+_notifier: Notifier | None = None
 
 
 @celery.task(name=RUN_JOB_TASK)
@@ -28,11 +32,24 @@ def run_job_task(job_id: object) -> str:
     return run_job(job_id, settings=get_settings())
 
 
+@setup_logging.connect
+def _configure_logging(**_: object) -> None:
+    """The service's logging (LOG_FORMAT, LOG_LEVEL) instead of Celery's: a receiver of this
+    signal tells Celery to leave logging alone, so its own records go through the same handler."""
+    settings = get_settings()
+    bind_process(worker=worker_name(settings))
+    configure_logging(settings)
+
+
 @worker_ready.connect
 def _start_reconciler(**_: object) -> None:
-    global _reconciler
-    _reconciler = Reconciler(get_settings())
+    global _reconciler, _notifier
+    settings = get_settings()
+    serve_metrics(settings)
+    _reconciler = Reconciler(settings)
     _reconciler.start()
+    _notifier = Notifier(settings)
+    _notifier.start()
 
 
 @worker_shutting_down.connect
@@ -42,5 +59,7 @@ def _stop_training(**_: object) -> None:
 
 @worker_shutdown.connect
 def _stop_reconciler(**_: object) -> None:
+    if _notifier is not None:
+        _notifier.stop()
     if _reconciler is not None:
         _reconciler.stop()

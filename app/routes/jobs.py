@@ -39,7 +39,9 @@ def submit_job(
     id is sent to the workers."""
     made = submission.create_job(session, spec, settings=settings, idempotency_key=idempotency_key)
     job = made.job
-    if not made.created:
+    if made.created:
+        logger.info("job %s submitted", job.id, extra={"job_id": job.id})
+    else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/jobs/{job.id}"
     return render_job(job, dispatch.queue_position(session, job.id))

@@ -1,0 +1,218 @@
+"""What /metrics reports about the service as a whole, read from the database at scrape time.
+
+Every API process reads the same rows, so any of them answers the same: the jobs by status, the
+queue and the age of its oldest job, the running jobs of each worker and each worker's heartbeat
+(the `workers` table), and the counters (`service_counters`: epochs recorded, leases reaped,
+messages re-sent) that are added to in the very transaction of what they count. A scrape is a
+handful of aggregate queries over indexes (ix_jobs_status_created serves the first two), so it
+stays fast at 100,000 jobs whatever the number of epoch rows.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from jobs.db import insert_ignoring_duplicates
+from jobs.tables import Job, JobStatus, ServiceCounter, WorkerRecord, utcnow
+
+PREFIX = "cifar_jobs"
+EPOCHS_RECORDED = "epochs_recorded"
+MESSAGES_RESENT = "reconciler_messages_resent"
+# reap_expired_leases' outcomes: the job went back to the queue, failed (attempts spent) or
+# ended cancelled (a cancel was asked while its worker was gone).
+LEASES_REAPED = "reconciler_leases_reaped"
+REAP_OUTCOMES = ("requeued", "failed", "cancelled")
+# A worker row silent this long is removed (its process is long gone).
+FORGET_WORKER_AFTER = timedelta(days=1)
+
+
+def leases_reaped_counter(outcome: str) -> str:
+    return f"{LEASES_REAPED}:{outcome}"
+
+
+def add_to_counter(session: Session, name: str, amount: int = 1) -> None:
+    """Add to a counter in the caller's transaction (made at 0 if it does not exist yet)."""
+    if amount <= 0:
+        return
+    bumped = session.execute(
+        update(ServiceCounter)
+        .where(ServiceCounter.name == name)
+        .values(value=ServiceCounter.value + amount)
+        .execution_options(synchronize_session=False)
+    )
+    if bumped.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult for UPDATE
+        return
+    insert_ignoring_duplicates(session, ServiceCounter, [{"name": name, "value": 0}])
+    session.execute(
+        update(ServiceCounter)
+        .where(ServiceCounter.name == name)
+        .values(value=ServiceCounter.value + amount)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def worker_heartbeat(
+    session: Session, name: str, *, concurrency: int, started_at: datetime
+) -> None:
+    """Record that this worker process is alive now (one row per worker name)."""
+    now = utcnow()
+    values = {"heartbeat_at": now, "hostname": socket.gethostname(), "pid": os.getpid()}
+    updated = session.execute(
+        update(WorkerRecord)
+        .where(WorkerRecord.name == name)
+        .values(concurrency=concurrency, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if updated.rowcount == 0:  # type: ignore[attr-defined]
+        insert_ignoring_duplicates(
+            session,
+            WorkerRecord,
+            [{"name": name, "concurrency": concurrency, "started_at": started_at, **values}],
+        )
+    session.execute(
+        delete(WorkerRecord)
+        .where(WorkerRecord.heartbeat_at < now - FORGET_WORKER_AFTER)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def forget_worker(session: Session, name: str) -> None:
+    """A worker that stops cleanly removes its row: it is not a dead worker."""
+    session.execute(
+        delete(WorkerRecord)
+        .where(WorkerRecord.name == name)
+        .execution_options(synchronize_session=False)
+    )
+
+
+@dataclass
+class Snapshot:
+    """The figures of one scrape."""
+
+    jobs_by_status: dict[str, int]
+    oldest_queued_age_seconds: float
+    running_by_worker: dict[str, int]
+    heartbeat_age_by_worker: dict[str, float]
+    counters: dict[str, int]
+    notifications_by_state: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def queue_depth(self) -> int:
+        return self.jobs_by_status.get(JobStatus.QUEUED, 0)
+
+
+def read_snapshot(session: Session, *, now: datetime | None = None) -> Snapshot:
+    from jobs.notifications import delivery_counts
+
+    now = now or utcnow()
+    by_status = {status.value: 0 for status in JobStatus}
+    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+        by_status[status] = int(count)
+    oldest = session.execute(
+        select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED)
+    ).scalar()
+    if isinstance(oldest, str):  # SQLite answers an aggregate of a datetime column as text
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=now.tzinfo)
+    running = {
+        worker or "": int(count)
+        for worker, count in session.execute(
+            select(Job.worker, func.count())
+            .where(Job.status == JobStatus.RUNNING)
+            .group_by(Job.worker)
+        )
+    }
+    heartbeats = {
+        row.name: max(0.0, (now - row.heartbeat_at).total_seconds())
+        for row in session.execute(select(WorkerRecord.name, WorkerRecord.heartbeat_at))
+    }
+    counters = {
+        row.name: int(row.value)
+        for row in session.execute(select(ServiceCounter.name, ServiceCounter.value))
+    }
+    return Snapshot(
+        jobs_by_status=by_status,
+        oldest_queued_age_seconds=(
+            0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+        ),
+        running_by_worker=running,
+        heartbeat_age_by_worker=heartbeats,
+        counters=counters,
+        notifications_by_state=delivery_counts(session),
+    )
+
+
+def metric_families(snapshot: Snapshot) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs by status.", labels=["status"])
+    for status, count in snapshot.jobs_by_status.items():
+        jobs.add_metric([status], count)
+    yield jobs
+    yield GaugeMetricFamily(
+        f"{PREFIX}_queue_depth", "Jobs queued, waiting for a worker.", value=snapshot.queue_depth
+    )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_oldest_queued_job_age_seconds",
+        "How long the oldest queued job has waited since it was submitted (0: none queued).",
+        value=snapshot.oldest_queued_age_seconds,
+    )
+    running = GaugeMetricFamily(
+        f"{PREFIX}_running_jobs", "Jobs running, by the worker that holds them.", labels=["worker"]
+    )
+    for worker, count in sorted(snapshot.running_by_worker.items()):
+        running.add_metric([worker], count)
+    yield running
+    heartbeat = GaugeMetricFamily(
+        f"{PREFIX}_worker_heartbeat_age_seconds",
+        "Seconds since each worker process last reported itself alive.",
+        labels=["worker"],
+    )
+    for worker, age in sorted(snapshot.heartbeat_age_by_worker.items()):
+        heartbeat.add_metric([worker], age)
+    yield heartbeat
+    yield CounterMetricFamily(
+        f"{PREFIX}_epochs_recorded",
+        "Epochs recorded (one metrics row each), over all jobs.",
+        value=snapshot.counters.get(EPOCHS_RECORDED, 0),
+    )
+    reaped = CounterMetricFamily(
+        f"{PREFIX}_reconciler_leases_reaped",
+        "Running jobs whose worker stopped heartbeating, by what the reconciler did with them.",
+        labels=["outcome"],
+    )
+    for outcome in REAP_OUTCOMES:
+        reaped.add_metric([outcome], snapshot.counters.get(leases_reaped_counter(outcome), 0))
+    yield reaped
+    yield CounterMetricFamily(
+        f"{PREFIX}_reconciler_messages_resent",
+        "Queue messages the reconciler sent again (lost, or never sent by the API).",
+        value=snapshot.counters.get(MESSAGES_RESENT, 0),
+    )
+    notifications = GaugeMetricFamily(
+        f"{PREFIX}_notifications",
+        "Notification deliveries by state (pending: due or waiting to be retried).",
+        labels=["state"],
+    )
+    for state, count in sorted(snapshot.notifications_by_state.items()):
+        notifications.add_metric([state], count)
+    yield notifications
+
+
+class DatabaseCollector(Collector):
+    """The service's figures, read from the database on each scrape."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        from jobs.db import session_scope
+
+        with session_scope(write=False) as session:
+            snapshot = read_snapshot(session)
+        yield from metric_families(snapshot)
