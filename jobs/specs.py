@@ -21,6 +21,7 @@ from engine.config import (
     Block,
     Dataset,
     Hyperparameters,
+    IntegralNumber,
     TestSamples,
     TrainConfig,
     TrainSamples,
@@ -208,6 +209,12 @@ class ExperimentCreate(BaseModel):
     train_samples: TrainSamples = None
     test_samples: TestSamples = None
     tags: list[Tag] = Field(default_factory=list, max_length=20)
+    search: SearchCreate | None = Field(
+        None,
+        description="Search the hyperparameters instead of a grid: trials are jobs sampled from "
+        "search.space (blocks: the blocks searched), each training hyperparameters.epochs at "
+        "most.",
+    )
 
     @field_validator("blocks")
     @classmethod
@@ -215,6 +222,128 @@ class ExperimentCreate(BaseModel):
         if blocks is not None and len(set(blocks)) != len(blocks):
             raise ValueError("blocks must be distinct")
         return blocks
+
+
+MAX_SEARCH_TRIALS = 1000
+SEARCH_SAMPLERS = ("random", "tpe", "grid")
+SEARCH_PRUNERS = ("asha", "median", "none")
+# The objective's metric, and the mode it is optimised in unless the request says.
+OBJECTIVE_MODES: dict[str, Literal["max", "min"]] = {
+    "test_accuracy": "max",
+    "test_loss": "min",
+    "train_loss": "min",
+}
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+# The hyperparameters a search cannot vary: epochs is each trial's full budget (the pruner
+# stops trials early), and the seed is the experiment's, so trials differ only in their params.
+NOT_SEARCHABLE = ("epochs", "seed")
+SEARCH_KEYS: tuple[str, ...] = (
+    "block",
+    *(name for name in Hyperparameters.model_fields if name not in NOT_SEARCHABLE),
+)
+
+
+def _space_schema() -> dict[str, Any]:
+    """JSON Schema of a search space: each dimension one of the four distributions (the bounds
+    and values are checked against the hyperparameter itself, with a 422 naming the field)."""
+    pair = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number"}}
+    dimension = {
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {kind: pair},
+                "required": [kind],
+                "additionalProperties": False,
+            }
+            for kind in ("uniform", "loguniform", "int")
+        ]
+        + [
+            {
+                "type": "object",
+                "properties": {
+                    "choice": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_EXPERIMENT_JOBS,
+                        "items": {"type": ["number", "string", "boolean"]},
+                    }
+                },
+                "required": ["choice"],
+                "additionalProperties": False,
+            }
+        ]
+    }
+    return {
+        "type": "object",
+        "minProperties": 1,
+        "properties": dict.fromkeys(SEARCH_KEYS, dimension),
+        "additionalProperties": False,
+    }
+
+
+class SearchObjective(BaseModel):
+    """What the search optimises: a metric's value at a trial's last epoch."""
+
+    model_config = ConfigDict(**STRICT)
+
+    metric: Literal["test_accuracy", "test_loss", "train_loss"] = "test_accuracy"
+    mode: Literal["max", "min"] | None = Field(
+        None, description="Default: max for test_accuracy, min for the losses."
+    )
+
+
+class SearchPruner(BaseModel):
+    """When a trial stops early. asha: asynchronous successive halving (Optuna's
+    SuccessiveHalvingPruner) with rungs at min_epochs x reduction_factor^k epochs, keeping the
+    best 1/reduction_factor at each; median: stop a trial whose best value so far is worse
+    than the median of earlier trials at the same epoch (Optuna's MedianPruner); none: every
+    trial trains all its epochs."""
+
+    model_config = ConfigDict(**STRICT)
+
+    type: Literal["asha", "median", "none"] = "asha"
+    min_epochs: Annotated[int, IntegralNumber] = Field(
+        1, ge=1, le=1000, description="No trial is stopped before this many epochs."
+    )
+    reduction_factor: Annotated[int, IntegralNumber] = Field(
+        3, ge=2, le=10, description="asha: 1 in reduction_factor trials goes on at each rung."
+    )
+    startup_trials: Annotated[int, IntegralNumber] = Field(
+        2, ge=0, le=100, description="median: trials that end before any is stopped."
+    )
+
+
+class SearchCreate(BaseModel):
+    """An adaptive hyperparameter search: trials sampled from `space`, each an ordinary job of
+    the experiment, stopped early by the pruner."""
+
+    model_config = ConfigDict(**STRICT)
+
+    space: Annotated[dict[str, dict[str, Any]], WithJsonSchema(_space_schema())] = Field(
+        description='Hyperparameter (or block) -> a distribution: {"uniform": [low, high]}, '
+        '{"loguniform": [low, high]} (low > 0), {"int": [low, high]} or {"choice": [values]}.'
+    )
+    sampler: Literal["random", "tpe", "grid"] = Field(
+        "tpe", description="grid takes choice dimensions only."
+    )
+    max_trials: Annotated[int | None, IntegralNumber] = Field(
+        None,
+        ge=1,
+        le=MAX_SEARCH_TRIALS,
+        description=f"Trials in all, at most {MAX_SEARCH_TRIALS}; needed unless the sampler is "
+        "grid (default: every grid point).",
+    )
+    max_concurrent: Annotated[int, IntegralNumber] = Field(
+        1, ge=1, le=MAX_EXPERIMENT_JOBS, description="Trials queued or running at once."
+    )
+    seed: Annotated[int, IntegralNumber] = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="Seeds the sampler: the same seed and max_concurrent 1 give the same trials.",
+    )
+    objective: SearchObjective = Field(default_factory=SearchObjective)
+    pruner: SearchPruner = Field(default_factory=SearchPruner)
 
 
 ExperimentSort = Literal[
