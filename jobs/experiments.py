@@ -338,6 +338,15 @@ def experiment_jobs(session: Session, experiment_id: int) -> list[Job]:
     )
 
 
+def experiment_job_ids(session: Session, experiment_id: int) -> list[int]:
+    """The ids of the experiment's jobs so far (a search adds trials as it goes)."""
+    return list(
+        session.execute(
+            select(Job.id).where(Job.experiment_id == experiment_id).order_by(Job.id)
+        ).scalars()
+    )
+
+
 # Blocks and statuses sort in their natural order (the registry's, the lifecycle's).
 SORT_RANKS: dict[str, dict[str, int]] = {
     "block": {name: rank for rank, name in enumerate(BLOCK_NAMES)},

@@ -6,6 +6,7 @@ are driven through the same lifecycle calls a worker makes."""
 from __future__ import annotations
 
 import csv
+import json
 import io
 from collections.abc import Callable
 from typing import Any
@@ -343,3 +344,39 @@ def test_bad_searches_are_refused_naming_the_field(
     assert field in fields, fields
     assert words in fields[field]
     assert client.get("/experiments").json()["total"] == 0
+
+
+def test_the_experiment_stream_follows_every_trial_to_the_end(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream of a search picks up the trials made after it opened (in the transaction that
+    ended one), sends trial_created, trial_pruned and best_changed as the schema documents them,
+    and ends once the last trial has."""
+    from tests.test_schema_agreement import (
+        check_documented,
+        openapi,
+        parse_event_stream,
+        stream_while,
+    )
+
+    monkeypatch.setattr("app.routes.events.KEEP_ALIVE_SECONDS", 0.1)
+    schema = openapi(client)
+    experiment_id = client.post(
+        "/experiments", json=search_body(max_trials=5, max_concurrent=2)
+    ).json()["id"]
+
+    text = stream_while(
+        client, f"/experiments/{experiment_id}/events", lambda: run_search(client, experiment_id)
+    )
+    events, _ = parse_event_stream(text)
+    kinds = check_documented(schema, "/experiments/{experiment_id}/events", events)
+    assert {"trial_created", "trial_pruned", "best_changed", "status", "epoch", "end"} == kinds
+    created = [json.loads(event["data"]) for event in events if event["event"] == "trial_created"]
+    assert sorted(item["trial"] for item in created) == [0, 1, 2, 3, 4]
+    ended = {
+        json.loads(event["data"])["job_id"]
+        for event in events
+        if event["event"] == "status" and json.loads(event["data"])["ended"]
+    }
+    assert len(ended) == 5
+    assert json.loads(events[-1]["data"]) == {"experiment_id": experiment_id, "status": "succeeded"}
