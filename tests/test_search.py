@@ -6,8 +6,8 @@ are driven through the same lifecycle calls a worker makes."""
 from __future__ import annotations
 
 import csv
-import json
 import io
+import json
 from collections.abc import Callable
 from typing import Any
 
