@@ -412,3 +412,49 @@ def test_jobs_trained_at_once_each_get_their_share_of_the_cpus(
     assert outcomes == ["succeeded", "succeeded"]
     assert [job_row(job_id).status for job_id in ids] == ["succeeded", "succeeded"]
     assert list(recorded.values()) == [expected, expected]
+
+
+def test_a_pruned_trial_stops_at_the_next_batch_and_keeps_its_last_checkpoint(
+    new_job,  # type: ignore[no-untyped-def]
+) -> None:
+    """The pruner's decision after epoch 1 (a second trial worse than the first at asha's first
+    rung) stops training at the next batch; the trial ends pruned with epoch 1's metrics and
+    checkpoint, and its successor is queued in the same transaction."""
+    from jobs.specs import ExperimentCreate
+
+    del new_job  # its settings only: a job of its own would be claimed first
+    body = {
+        "name": "search",
+        "blocks": ["mobile"],
+        "hyperparameters": {"epochs": 3},
+        "train_samples": 10,
+        "search": {
+            "space": {"learning_rate": {"uniform": [0.01, 0.1]}},
+            "sampler": "random",
+            "max_trials": 3,
+            "pruner": {"type": "asha", "min_epochs": 1},
+        },
+    }
+    with session_scope() as session:
+        made = submission.create_experiment(
+            session, ExperimentCreate.model_validate(body), settings=get_settings()
+        )
+        experiment_id = made.experiment.id
+
+    def trial(number: int) -> int:
+        with session_scope() as session:
+            return session.execute(
+                select(Job.id).where(Job.experiment_id == experiment_id, Job.trial_number == number)
+            ).scalar_one()
+
+    first = trial(0)
+    assert run(first, ScriptedTrainer()) == "succeeded"
+    second = trial(1)
+    trainer = ScriptedTrainer(batches=5, test_accuracy={1: 0.0})
+    assert run(second, trainer) == "pruned"
+    assert trainer.batches_trained == 5  # epoch 1 only: stopped at epoch 2's first batch
+    job = job_row(second)
+    assert (job.status, job.epochs_done, job.rung, job.prune_requested) == ("pruned", 1, 0, True)
+    assert epochs_recorded(second) == [1]
+    assert checkpoint_epochs(second) == [1]
+    assert job_row(trial(2)).status == "queued"
