@@ -25,17 +25,18 @@ reaper and release_job read it), and an epoch recorded twice is decided once.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.storages import InMemoryStorage
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import func, select, update
+from sqlalchemy import Text, func, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from engine.config import Hyperparameters
@@ -68,7 +69,7 @@ class RowStorage(InMemoryStorage):
     `Study.add_trials` deep-copies and validates each trial, which at 1,000 trials costs more
     than the whole decision may."""
 
-    def load_trials(self, study_id: int, trials: list[FrozenTrial]) -> None:
+    def load_frozen(self, study_id: int, trials: list[FrozenTrial]) -> None:
         with self._lock:
             study = self._studies[study_id]
             for trial in trials:
@@ -80,13 +81,13 @@ class RowStorage(InMemoryStorage):
                 self._update_cache(trial._trial_id, study_id)
 
 
-@dataclass(frozen=True)
-class Trial:
-    """A trial's job row, as far as a decision reads it."""
+class Trial(NamedTuple):
+    """A trial's job row, as far as a decision reads it. (A named tuple: a decision builds one
+    per trial, and at 1,000 trials a frozen dataclass's slower construction shows.)"""
 
     job_id: int
     number: int
-    status: JobStatus
+    status: str  # a JobStatus value
     params: dict[str, Any]
     attrs: dict[str, Any]
     epochs_done: int
@@ -138,31 +139,38 @@ def lock_experiment(session: Session, experiment_id: int) -> Any:
     ).one()
 
 
+def _json_values(values: list[Any]) -> list[Any]:
+    """JSON columns read as text, parsed in one call (SQLAlchemy's per-value JSON processing is
+    most of a 1,000-trial read on SQLite); psycopg hands PostgreSQL's json already parsed."""
+    texts = [value for value in values if isinstance(value, str)]
+    if not texts:
+        return [{} if value is None else value for value in values]
+    parsed = iter(json.loads("[" + ",".join(texts) + "]"))
+    return [
+        next(parsed) if isinstance(value, str) else ({} if value is None else value)
+        for value in values
+    ]
+
+
 def load_trials(session: Session, experiment_id: int) -> list[Trial]:
     rows = session.execute(
         select(
             Job.id,
             Job.trial_number,
             Job.status,
-            Job.trial_params,
-            Job.trial_attrs,
+            type_coerce(Job.trial_params, Text),
+            type_coerce(Job.trial_attrs, Text),
             Job.epochs_done,
             Job.prune_requested,
         )
         .where(Job.experiment_id == experiment_id, Job.trial_number.is_not(None))
         .order_by(Job.trial_number)
-    )
+    ).all()
+    params = _json_values([row[3] for row in rows])
+    attrs = _json_values([row[4] for row in rows])
     return [
-        Trial(
-            job_id=row.id,
-            number=int(row.trial_number),
-            status=JobStatus(row.status),
-            params=row.trial_params or {},
-            attrs=row.trial_attrs or {},
-            epochs_done=row.epochs_done,
-            prune_requested=row.prune_requested,
-        )
-        for row in rows
+        Trial(row[0], cast(int, row[1]), row[2], params[index], attrs[index], row[5], row[6])
+        for index, row in enumerate(rows)
     ]
 
 
@@ -202,10 +210,10 @@ def _frozen(
         values=None,
         datetime_start=_STARTED,
         datetime_complete=None if state == TrialState.RUNNING else _STARTED,
-        params=dict(trial.params),
+        params=trial.params,
         distributions=dists,
         user_attrs={},
-        system_attrs=dict(trial.attrs),
+        system_attrs=trial.attrs,
         intermediate_values=intermediate,
     )
 
@@ -235,7 +243,7 @@ def build_study(
                 step, value = step_values[trial.job_id]
                 intermediate[step] = value
         frozen.append(_frozen(trial, dists, intermediate, last))
-    storage.load_trials(study_id, frozen)
+    storage.load_frozen(study_id, frozen)
     return storage, {
         trial.job_id: item._trial_id for trial, item in zip(trials, frozen, strict=True)
     }
@@ -279,10 +287,16 @@ def trial_job_spec(
     )
 
 
-def fill(session: Session, experiment_id: int) -> list[int]:
+def fill(
+    session: Session,
+    experiment_id: int,
+    *,
+    loaded: tuple[list[Trial], dict[int, tuple[int, float]]] | None = None,
+) -> list[int]:
     """Make trials until max_concurrent are queued or running, or max_trials were made (none
     once the experiment is cancelled). Takes the experiment's row lock; returns the new job ids,
-    which are sent to the queue when the caller's transaction commits."""
+    which are sent to the queue when the caller's transaction commits. `loaded`: the trials and
+    their last values, when the caller read them in this transaction under the lock."""
     # Imported here: submission plans experiments, which reach the lifecycle, which calls this.
     from jobs.submission import add_job
 
@@ -307,8 +321,11 @@ def fill(session: Session, experiment_id: int) -> list[int]:
     )
     if moved.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult for UPDATE
         raise SearchConflict(f"experiment {experiment_id}: trials were made meanwhile")
-    trials = load_trials(session, experiment_id)
-    last = metric_values(session, experiment_id, search["objective"]["metric"])
+    if loaded is None:
+        trials = load_trials(session, experiment_id)
+        last = metric_values(session, experiment_id, search["objective"]["metric"])
+    else:
+        trials, last = loaded
     storage, _ = build_study(search, trials, last)
     dists = distributions(search["space"])
     settings = get_settings()
@@ -354,9 +371,11 @@ def trial_ended(session: Session, job_id: int) -> list[int]:
     search = search_of(experiment.spec)
     if search is None:
         return []
+    trials = load_trials(session, job.experiment_id)
+    last = metric_values(session, job.experiment_id, search["objective"]["metric"])
     if job.status == JobStatus.SUCCEEDED:
-        _note_best(session, search, job.experiment_id, job_id)
-    return fill(session, job.experiment_id)
+        _note_best(session, search, trials, last, job_id)
+    return fill(session, job.experiment_id, loaded=(trials, last))
 
 
 def best_trial(
@@ -373,9 +392,13 @@ def best_trial(
     return best
 
 
-def _note_best(session: Session, search: dict[str, Any], experiment_id: int, job_id: int) -> None:
-    trials = load_trials(session, experiment_id)
-    last = metric_values(session, experiment_id, search["objective"]["metric"])
+def _note_best(
+    session: Session,
+    search: dict[str, Any],
+    trials: list[Trial],
+    last: dict[int, tuple[int, float]],
+    job_id: int,
+) -> None:
     before = best_trial(search, [t for t in trials if t.job_id != job_id], last)
     now = best_trial(search, trials, last)
     if now is None or now[0].job_id != job_id:
@@ -418,19 +441,40 @@ def _rungs_passed(attrs: dict[str, Any]) -> int | None:
     return max(passed) if passed else None
 
 
+def _first_epoch_decided(pruner: dict[str, Any], attrs: dict[str, Any]) -> int:
+    """The first epoch at which the pruner may stop the trial: asha's next rung for it
+    (min_epochs x reduction_factor^rungs passed), median's end of warm-up."""
+    if pruner["type"] == "asha":
+        passed = sum(1 for key in attrs if key.startswith(RUNG_KEY))
+        return int(pruner["min_epochs"] * pruner["reduction_factor"] ** passed)
+    return int(pruner["min_epochs"])
+
+
 def decide(session: Session, job_id: int, epoch: int) -> PruneDecision | None:
     """The pruner's decision after the trial's newly recorded `epoch`, stored on the job in the
     caller's transaction (its rung, its attributes, prune_requested). None when the job is no
     search trial, its search prunes nothing, or the epoch is its last."""
     job = session.execute(
-        select(Job.experiment_id, Job.trial_number, Job.epochs_total).where(Job.id == job_id)
+        select(
+            Job.experiment_id,
+            Job.trial_number,
+            Job.epochs_total,
+            Job.prune_requested,
+            Job.trial_attrs,
+        ).where(Job.id == job_id)
     ).one()
     if job.trial_number is None or job.experiment_id is None or epoch >= job.epochs_total:
         return None
+    if job.prune_requested:  # decided already (an epoch recorded on the way to stopping)
+        return PruneDecision(pruned=True, rung=None)
     experiment = lock_experiment(session, job.experiment_id)
     search = search_of(experiment.spec)
     if search is None or search["pruner"]["type"] == "none":
         return None
+    if epoch < _first_epoch_decided(search["pruner"], job.trial_attrs or {}):
+        # Both pruners answer "go on" here before reading any other trial (asha below the
+        # trial's next rung, median in its warm-up): no study to rebuild.
+        return PruneDecision(pruned=False, rung=_rungs_passed(job.trial_attrs or {}))
     metric = search["objective"]["metric"]
     trials = load_trials(session, job.experiment_id)
     last = metric_values(session, job.experiment_id, metric)
