@@ -21,8 +21,8 @@ pytestmark = pytest.mark.e2e
 SEARCH = {
     "name": "killed search",
     "blocks": ["mobile"],
-    "hyperparameters": {"epochs": 3, "batch_size": 32, "seed": 3},
-    "train_samples": 160,
+    "hyperparameters": {"epochs": 2, "batch_size": 32, "seed": 3},
+    "train_samples": 96,
     "test_samples": 32,
     "search": {
         "space": {
@@ -38,6 +38,7 @@ SEARCH = {
 }
 
 
+@pytest.mark.timeout(900)
 def test_a_search_survives_killed_workers_and_api(tmp_path: Path, dataset_root: Path) -> None:
     with service(tmp_path, dataset_root) as svc:
         worker = svc.start_worker()
@@ -89,7 +90,7 @@ def test_a_search_survives_killed_workers_and_api(tmp_path: Path, dataset_root: 
         hopeless = [job for job in jobs.values() if job["varied"]["learning_rate"] == 1e-7]
         assert pruned == hopeless, jobs
         for job in pruned:
-            assert job["epochs_done"] < 3
+            assert job["epochs_done"] < 2
             metrics = svc.api.get(f"/jobs/{job['job_id']}/metrics").json()["metrics"]
             assert [row["epoch"] for row in metrics] == list(range(1, job["epochs_done"] + 1))
             checkpoints = {
@@ -97,7 +98,7 @@ def test_a_search_survives_killed_workers_and_api(tmp_path: Path, dataset_root: 
             }
             assert checkpoints["latest"]["epoch"] == job["epochs_done"]
         assert search["epochs_spent"] == sum(job["epochs_done"] for job in jobs.values())
-        assert search["epochs_spent"] < search["epochs_full"] == 12
+        assert search["epochs_spent"] == 6 < search["epochs_full"] == 8
         best = search["best"]
         assert best is not None and jobs[best["job_id"]]["status"] == "succeeded"
         assert best["params"]["learning_rate"] == 0.05
