@@ -27,6 +27,7 @@ from jobs.specs import (
     GRID_KEYS,
     JOB_NAME_MAX_CHARS,
     MAX_EXPERIMENT_JOBS,
+    MAX_SEARCH_TRIALS,
     OBJECTIVE_MODES,
     REPORT_BLOCKS,
     REPORT_DATASET,
@@ -226,7 +227,7 @@ def _plan_search(spec: ExperimentCreate) -> ExperimentPlan:
                 )
             )
         elif max_trials is None:
-            max_trials = size
+            max_trials = min(size, MAX_SEARCH_TRIALS)
         elif max_trials > size:
             problems.append(
                 ("search.max_trials", f"the grid has {size} points; give at most {size}")

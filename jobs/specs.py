@@ -150,6 +150,7 @@ def _experiment_schema_extra(schema: dict[str, Any]) -> None:
             },
             "dataset": {"const": REPORT_DATASET},
             "grid": {"maxProperties": 0},
+            "search": {"type": "null"},
             "hyperparameters": {
                 # {"const": None} would be dropped from the schema as unset.
                 "properties": {
@@ -160,6 +161,19 @@ def _experiment_schema_extra(schema: dict[str, Any]) -> None:
         }
     }
     schema["else"] = {"required": ["blocks"], "properties": {"blocks": {"type": "array"}}}
+    # A search samples its space: no grid, no seeds, no preset.
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"search": {"type": "object"}}, "required": ["search"]},
+            "then": {
+                "properties": {
+                    "grid": {"maxProperties": 0},
+                    "seeds": {"type": "null"},
+                    "preset": {"type": "null"},
+                }
+            },
+        }
+    ]
 
 
 class ExperimentCreate(BaseModel):
@@ -243,42 +257,84 @@ SEARCH_KEYS: tuple[str, ...] = (
 )
 
 
-def _space_schema() -> dict[str, Any]:
-    """JSON Schema of a search space: each dimension one of the four distributions (the bounds
-    and values are checked against the hyperparameter itself, with a 422 naming the field)."""
-    pair = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number"}}
-    dimension = {
-        "oneOf": [
+# Rules of a search that JSON Schema cannot state (they compare two values of the request); the
+# schema lists them as `x-search-rules`, and breaking one is a 422 naming the field.
+SEARCH_RULES = {
+    "search.space.<name>.<uniform|loguniform|int>": "low is at most high",
+    "search.space.block.choice[i]": "each value is among blocks",
+    "search.max_trials": "with the grid sampler, at most the number of grid points",
+    "search.pruner.min_epochs": "below hyperparameters.epochs unless the pruner is none",
+}
+
+
+def search_kinds(name: str) -> tuple[str, ...]:
+    """The distributions a searched field takes: real numbers uniform, loguniform or choice,
+    integers int or choice, the rest (the block, text, booleans) choice only."""
+    if name == "block":
+        return ("choice",)
+    annotation = Hyperparameters.model_fields[name].annotation
+    if annotation is float:
+        return ("uniform", "loguniform", "choice")
+    if annotation is int:
+        return ("int", "choice")
+    return ("choice",)
+
+
+def _dimension_schema(name: str) -> dict[str, Any]:
+    """A dimension of the space: one of the distributions the field takes, each bound and value
+    as the field itself declares it (as a grid's values are)."""
+    if name == "block":
+        value: dict[str, Any] = {"enum": list(BLOCK_NAMES)}
+    else:
+        value = dict(Hyperparameters.model_json_schema()["properties"][name])
+        value.pop("default", None)
+        value.pop("title", None)
+    bounds = {
+        "uniform": value,
+        "loguniform": {"allOf": [value, {"exclusiveMinimum": 0}]},
+        "int": value,
+    }
+    branches = []
+    for kind in search_kinds(name):
+        if kind == "choice":
+            items: dict[str, Any] = {
+                "type": "array",
+                "items": value,
+                "minItems": 1,
+                "maxItems": MAX_EXPERIMENT_JOBS,
+                "uniqueItems": True,
+            }
+        else:
+            items = {"type": "array", "items": bounds[kind], "minItems": 2, "maxItems": 2}
+        branches.append(
             {
                 "type": "object",
-                "properties": {kind: pair},
+                "properties": {kind: items},
                 "required": [kind],
                 "additionalProperties": False,
             }
-            for kind in ("uniform", "loguniform", "int")
-        ]
-        + [
-            {
-                "type": "object",
-                "properties": {
-                    "choice": {
-                        "type": "array",
-                        "minItems": 1,
-                        "maxItems": MAX_EXPERIMENT_JOBS,
-                        "items": {"type": ["number", "string", "boolean"]},
-                    }
-                },
-                "required": ["choice"],
-                "additionalProperties": False,
-            }
-        ]
-    }
+        )
+    return branches[0] if len(branches) == 1 else {"oneOf": branches}
+
+
+def _space_schema() -> dict[str, Any]:
     return {
         "type": "object",
         "minProperties": 1,
-        "properties": dict.fromkeys(SEARCH_KEYS, dimension),
+        "properties": {name: _dimension_schema(name) for name in SEARCH_KEYS},
         "additionalProperties": False,
     }
+
+
+def _search_schema_extra(schema: dict[str, Any]) -> None:
+    """The grid sampler takes choice dimensions only and counts max_trials itself; the others
+    need max_trials."""
+    schema["x-search-rules"] = SEARCH_RULES
+    schema["if"] = {"properties": {"sampler": {"const": "grid"}}, "required": ["sampler"]}
+    schema["then"] = {
+        "properties": {"space": {"patternProperties": {"": {"required": ["choice"]}}}}
+    }
+    schema["else"] = {"required": ["max_trials"], "properties": {"max_trials": {"type": "integer"}}}
 
 
 class SearchObjective(BaseModel):
@@ -317,7 +373,7 @@ class SearchCreate(BaseModel):
     """An adaptive hyperparameter search: trials sampled from `space`, each an ordinary job of
     the experiment, stopped early by the pruner."""
 
-    model_config = ConfigDict(**STRICT)
+    model_config = ConfigDict(**STRICT, json_schema_extra=_search_schema_extra)
 
     space: Annotated[dict[str, dict[str, Any]], WithJsonSchema(_space_schema())] = Field(
         description='Hyperparameter (or block) -> a distribution: {"uniform": [low, high]}, '
@@ -331,7 +387,7 @@ class SearchCreate(BaseModel):
         ge=1,
         le=MAX_SEARCH_TRIALS,
         description=f"Trials in all, at most {MAX_SEARCH_TRIALS}; needed unless the sampler is "
-        "grid (default: every grid point).",
+        f"grid (default: every grid point, or {MAX_SEARCH_TRIALS} of them in the seed's order).",
     )
     max_concurrent: Annotated[int, IntegralNumber] = Field(
         1, ge=1, le=MAX_EXPERIMENT_JOBS, description="Trials queued or running at once."

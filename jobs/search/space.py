@@ -16,23 +16,15 @@ from optuna.distributions import (
 from pydantic import ValidationError
 
 from engine.config import Hyperparameters
-from jobs.specs import DISTRIBUTIONS, NOT_SEARCHABLE, SEARCH_KEYS
+from jobs.specs import (
+    DISTRIBUTIONS,
+    MAX_EXPERIMENT_JOBS,
+    NOT_SEARCHABLE,
+    SEARCH_KEYS,
+    search_kinds,
+)
 
 Problems = list[tuple[str, str]]
-# The kinds each hyperparameter's type admits; the rest (text, booleans) take `choice` only.
-REAL_KINDS = ("uniform", "loguniform", "choice")
-INTEGER_KINDS = ("int", "choice")
-
-
-def _kinds(name: str) -> tuple[str, ...]:
-    if name == "block":
-        return ("choice",)
-    annotation = Hyperparameters.model_fields[name].annotation
-    if annotation is float:
-        return REAL_KINDS
-    if annotation is int:
-        return INTEGER_KINDS
-    return ("choice",)
 
 
 def _check_value(
@@ -101,12 +93,15 @@ def validate_space(
             continue
         kind, values = next(iter(dimension.items()))
         where = f"{where}.{kind}"
-        if kind not in _kinds(name):
-            problems.append((where, f"{name} takes {' or '.join(_kinds(name))}"))
+        if kind not in search_kinds(name):
+            problems.append((where, f"{name} takes {' or '.join(search_kinds(name))}"))
             continue
         if kind == "choice":
             if not isinstance(values, list) or not values:
                 problems.append((where, "give at least one value"))
+                continue
+            if len(values) > MAX_EXPERIMENT_JOBS:
+                problems.append((where, f"at most {MAX_EXPERIMENT_JOBS} values"))
                 continue
             choices: list[Any] = []
             for index, value in enumerate(values):
