@@ -380,3 +380,56 @@ def test_the_experiment_stream_follows_every_trial_to_the_end(
     }
     assert len(ended) == 5
     assert json.loads(events[-1]["data"]) == {"experiment_id": experiment_id, "status": "succeeded"}
+
+
+def test_trials_ending_at_once_make_each_successor_once(client: TestClient) -> None:
+    """Two workers end two trials in the same instant: each ending makes one successor, under
+    the experiment's row lock, and no trial number is given twice."""
+    import threading
+
+    from jobs.db import session_scope
+    from jobs.lifecycle import claim_job, finish_job, record_epoch
+
+    experiment_id = client.post(
+        "/experiments",
+        json=search_body(max_trials=4, max_concurrent=2, pruner={"type": "none"}),
+    ).json()["id"]
+    claims = []
+    for job in active_trials(client, experiment_id):
+        with session_scope() as session:
+            claim = claim_job(session, job["job_id"], worker=f"w{job['job_id']}", lease_seconds=60)
+        assert claim is not None
+        figures = {
+            "epoch": 1,
+            "train_loss": 1.0,
+            "train_accuracy": 0.5,
+            "test_loss": 1.0,
+            "test_accuracy": 0.5,
+            "learning_rate": 0.01,
+            "seconds": 1.0,
+            "images_per_second": 1.0,
+        }
+        with session_scope() as session:
+            record_epoch(session, claim, figures, lease_seconds=60)
+        claims.append(claim)
+    start = threading.Barrier(len(claims))
+    failures: list[BaseException] = []
+
+    def end(claim: Any) -> None:
+        try:
+            start.wait()
+            with session_scope() as session:
+                assert finish_job(session, claim, JobStatus.SUCCEEDED)
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=end, args=(claim,)) for claim in claims]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    read = client.get(f"/experiments/{experiment_id}").json()
+    assert read["search"]["trials_created"] == read["job_count"] == 4
+    assert sorted(job["trial"] for job in read["jobs"]) == [0, 1, 2, 3]
+    assert len(active_trials(client, experiment_id)) == 2
