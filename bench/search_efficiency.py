@@ -16,8 +16,9 @@
    `--repeats` times.
 
     python -m bench.search_efficiency [--epochs 9] [--classes 20] [--noise 90]
-        [--train-per-class 40] [--test-per-class 20] [--decision-trials 1000] [--repeats 50]
-        [--skip-training] [--json PATH]
+        [--train-per-class 40] [--test-per-class 20] [--learning-rates 0.0003,...]
+        [--weight-decays 0,0.005] [--decision-trials 1000] [--repeats 50] [--skip-training]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def _search_body(args: argparse.Namespace, pruner: dict[str, Any]) -> dict[str, 
         "hyperparameters": {"epochs": args.epochs, "batch_size": 32, "seed": 0},
         "search": {
             "space": {
-                "learning_rate": {"choice": list(LEARNING_RATES)},
-                "weight_decay": {"choice": list(WEIGHT_DECAYS)},
+                "learning_rate": {"choice": args.learning_rates},
+                "weight_decay": {"choice": args.weight_decays},
             },
             "sampler": "grid",
             "seed": args.search_seed,
@@ -125,11 +126,13 @@ def efficiency(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     )
     with this_process_uses(env):
         upgrade()
-        _progress(f"full run: {len(LEARNING_RATES) * len(WEIGHT_DECAYS)} configurations")
+        _progress(f"full run: {len(args.learning_rates) * len(args.weight_decays)} configurations")
         full = _run_search(_search_body(args, {"type": "none"}))
         _progress("asha search on the same grid")
         asha = _run_search(_search_body(args, ASHA))
-    finals = [t["final_test_accuracy"] for t in full["trials"] if t["final_test_accuracy"]]
+    finals = [
+        t["final_test_accuracy"] for t in full["trials"] if t["final_test_accuracy"] is not None
+    ]
     return {
         "full": full,
         "asha": asha,
@@ -323,6 +326,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-per-class", type=int, default=40)
     parser.add_argument("--test-per-class", type=int, default=20)
     parser.add_argument("--search-seed", type=int, default=0)
+    parser.add_argument(
+        "--learning-rates",
+        type=lambda text: [float(part) for part in text.split(",")],
+        default=list(LEARNING_RATES),
+        help="comma-separated (default: 5 values; the grid should have at least 9 points)",
+    )
+    parser.add_argument(
+        "--weight-decays",
+        type=lambda text: [float(part) for part in text.split(",")],
+        default=list(WEIGHT_DECAYS),
+    )
     parser.add_argument("--decision-trials", type=int, default=1000, help="3 to 1000")
     parser.add_argument("--sampler", choices=("random", "tpe"), default="random")
     parser.add_argument("--repeats", type=int, default=50)
