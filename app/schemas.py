@@ -104,6 +104,17 @@ _EPOCH_EXAMPLE: dict[str, Any] = {
 }
 
 
+class TrialRead(BaseModel):
+    """A search trial: what the sampler proposed and how far the pruner let it go."""
+
+    number: int = Field(description="0, 1, ... in the order the search made its trials.")
+    params: dict[str, Any] = Field(description="The sampled value of each searched field.")
+    rung: int | None = Field(
+        description="asha: the highest rung (0, 1, ...) the trial reached; null before the first."
+    )
+    prune_requested: bool = Field(description="The pruner stopped it (it ends `pruned`).")
+
+
 class JobRead(BaseModel):
     model_config = ConfigDict(from_attributes=True, json_schema_extra={"examples": [_JOB_EXAMPLE]})
 
@@ -137,6 +148,7 @@ class JobRead(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    trial: TrialRead | None = Field(None, description="Set for a search's trials.")
     links: JobLinks
 
 
@@ -288,6 +300,8 @@ class ExperimentJobRow(BaseModel):
     final_test_accuracy: float | None
     final_train_loss: float | None
     seconds_per_epoch: float | None = Field(description="Mean of the job's recorded epochs.")
+    trial: int | None = Field(None, description="A search's trial number.")
+    rung: int | None = Field(None, description="asha: the highest rung the trial reached.")
     report: ReportFigures | None = Field(
         None, description='The report\'s figures for this block (preset "report" only).'
     )
@@ -375,6 +389,34 @@ _EXPERIMENT_EXAMPLE: dict[str, Any] = {
 }
 
 
+class SearchBest(BaseModel):
+    job_id: int
+    trial: int
+    params: dict[str, Any]
+    value: float = Field(description="The objective's value at the trial's last epoch.")
+
+
+class SearchRung(BaseModel):
+    epochs: int = Field(description="Epochs a trial has trained when it reaches the rung.")
+    reached: int = Field(description="Trials that reached it.")
+    promoted: int = Field(description="Trials that reached it and went on.")
+    cutoff: float | None = Field(
+        description="The value a trial reaching the rung now must match to go on (the worst "
+        "of the best 1/reduction_factor recorded there)."
+    )
+
+
+class SearchRead(BaseModel):
+    """Where a search stands; the counts per status are the experiment's `status_counts`."""
+
+    max_trials: int
+    trials_created: int
+    best: SearchBest | None = Field(description="The succeeded trial with the best objective.")
+    rungs: list[SearchRung] = Field(description="asha's rungs; empty for the other pruners.")
+    epochs_spent: int = Field(description="Epochs the trials actually trained.")
+    epochs_full: int = Field(description="max_trials x hyperparameters.epochs: with no pruning.")
+
+
 class ExperimentRead(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_EXPERIMENT_EXAMPLE]})
 
@@ -387,14 +429,17 @@ class ExperimentRead(BaseModel):
     priority: int = Field(description="The priority its jobs were given.")
     status: JobStatus = Field(
         description="running if any job runs; else queued if any is queued; else succeeded if "
-        "all succeeded; else failed if any failed; else cancelled."
+        "all succeeded or were pruned; else failed if any failed; else cancelled."
     )
     ended: bool = Field(description="True once every job has ended.")
     status_counts: StatusCounts = Field(description="How many jobs have each status.")
     job_count: int
     varying: list[str] = Field(
         description="The spec fields whose value differs between the jobs: block, grid "
-        "hyperparameters, seed."
+        "hyperparameters, seed; in a search, each searched field."
+    )
+    search: SearchRead | None = Field(
+        None, description="A search's progress; null for a grid and in listings."
     )
     jobs: list[ExperimentJobRow] = Field(description="Empty in listings.")
     links: ExperimentLinks
@@ -456,6 +501,42 @@ class EpochEventData(BaseModel):
     images_per_second: float | None
 
 
+class TrialCreatedEventData(BaseModel):
+    """`trial_created`: the job is a new trial of a search (after its first `status`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: int
+    trial: int
+    params: dict[str, Any] = Field(description="The sampled value of each searched field.")
+
+
+class TrialPrunedEventData(BaseModel):
+    """`trial_pruned`: the pruner stopped the trial after this epoch; it ends `pruned` at its
+    next batch (its `status` event follows)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: int
+    trial: int
+    epoch: int
+    rung: int | None = Field(description="asha: the rung where it stopped; null for median.")
+    value: float | None = Field(description="The objective's value at that epoch.")
+
+
+class BestChangedEventData(BaseModel):
+    """`best_changed`: the trial that just succeeded is the search's best so far."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: int
+    trial: int
+    params: dict[str, Any]
+    value: float | None
+    previous_job_id: int | None
+    previous_value: float | None
+
+
 class JobEndEventData(BaseModel):
     """`end` of a job's stream: the job has ended; the server closes the stream."""
 
@@ -472,13 +553,17 @@ class ExperimentEndEventData(BaseModel):
 
     experiment_id: int
     status: JobStatus = Field(
-        description="succeeded if every job succeeded, else failed if any failed, else cancelled."
+        description="succeeded if every job succeeded or was pruned, else failed if any failed, "
+        "else cancelled."
     )
 
 
 EVENT_DATA_MODELS: tuple[type[BaseModel], ...] = (
     StatusEventData,
     EpochEventData,
+    TrialCreatedEventData,
+    TrialPrunedEventData,
+    BestChangedEventData,
     JobEndEventData,
     ExperimentEndEventData,
 )

@@ -50,7 +50,7 @@ from jobs.events import (
     events_after,
     latest_event_id,
 )
-from jobs.experiments import experiment_status
+from jobs.experiments import experiment_job_ids, experiment_status
 from jobs.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -421,6 +421,17 @@ class _Follower:
             yield event
 
     async def events(self) -> AsyncIterator[LoggedEvent]:
+        while True:
+            async for event in self._follow():
+                yield event
+            if self._all_ended():
+                return
+            # A search made trials since: follow them too, from their first event.
+
+    async def _follow(self) -> AsyncIterator[LoggedEvent]:
+        """Events until every job followed has ended, or until an experiment turns out to have
+        jobs not followed yet (a search's next trials, made in the transaction that ended one,
+        so they exist once that end is seen): then self.job_ids holds them, and this returns."""
         subscription = self.hub.subscribe(self.job_ids)
         try:
             ended, history = await run_in_threadpool(
@@ -438,6 +449,8 @@ class _Follower:
             self.ended.update(ended)
             for event in self._unseen(history):
                 yield event
+            if await self._grown():
+                return
             while not self._all_ended():
                 live = await subscription.next_events()
                 if live is None:  # fell behind: read on from the cursor instead
@@ -446,10 +459,32 @@ class _Follower:
                             _read_events, job_ids=self.job_ids, cursor=dict(self.cursor)
                         )
                     )
+                some_ended = False
                 for event in self._unseen(live):
+                    some_ended = some_ended or event.ended_status is not None
                     yield event
+                if some_ended and await self._grown():
+                    return
         finally:
             self.hub.unsubscribe(subscription)
+
+    async def _grown(self) -> bool:
+        """Whether the experiment has jobs not followed yet; adds them to self.job_ids."""
+        if self.experiment_id is None:
+            return False
+        jobs = await run_in_threadpool(
+            functools.partial(_read_experiment_jobs, experiment_id=self.experiment_id)
+        )
+        added = set(jobs) - set(self.job_ids)
+        if not added:
+            return False
+        self.job_ids = sorted(set(self.job_ids) | added)
+        return True
+
+
+def _read_experiment_jobs(*, experiment_id: int) -> list[int]:
+    with session_scope(write=False) as session:
+        return experiment_job_ids(session, experiment_id)
 
 
 # The last event of every stream, after which the server closes it (the log's own kinds are

@@ -174,6 +174,12 @@ def _experiment_job_note(row: dict[str, Any]) -> str:
             f"{decimal(row.get('final_train_loss'))}, test accuracy "
             f"{percent(row.get('final_test_accuracy'))}"
         )
+    if row["status"] == "pruned":
+        rung = "" if row.get("rung") is None else f" at rung {row['rung']}"
+        return (
+            f"{label}: pruned{rung} after {row['epochs_done']}/{row['epochs_total']} epochs, "
+            f"best test accuracy {percent(row.get('best_test_accuracy'))}"
+        )
     if row["ended"]:
         return (
             f"{label}: {row['status']} after {row['epochs_done']}/{row['epochs_total']} epochs, "

@@ -299,11 +299,20 @@ def varied_label(row: dict[str, Any]) -> str:
 def experiment_header(experiment: dict[str, Any]) -> str:
     preset = f", preset {experiment['preset']}" if experiment.get("preset") else ""
     varying = ", ".join(experiment.get("varying") or []) or "nothing"
-    return (
+    header = (
         f"experiment {experiment['id']} {experiment['name']!r}{preset}: {experiment['status']}, "
         f"{experiment['job_count']} jobs ({status_counts(experiment.get('status_counts') or {})}); "
         f"varying: {varying}"
     )
+    search = experiment.get("search")
+    if search:
+        best = search.get("best")
+        header += (
+            f"; search: {search['trials_created']}/{search['max_trials']} trials, "
+            f"{search['epochs_spent']}/{search['epochs_full']} epochs"
+            + ("" if best is None else f", best {decimal(best['value'])} (job {best['job_id']})")
+        )
+    return header
 
 
 def experiment_jobs_table(experiment: dict[str, Any], *, width: int) -> Table:

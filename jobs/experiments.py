@@ -1,5 +1,6 @@
-"""Experiments: a request expanded into jobs (blocks x grid x seeds, or a preset), the labels
-that tell its jobs apart, its status from its jobs', its summary, and cancelling it."""
+"""Experiments: a request expanded into jobs (blocks x grid x seeds, or a preset) or checked as a
+search (whose trials jobs.search makes), the labels that tell its jobs apart, its status from its
+jobs', its summary, and cancelling it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from engine.config import Hyperparameters
@@ -20,10 +21,14 @@ from jobs.errors import ExperimentNotCancellable, InvalidFields, JobNotCancellab
 from jobs.lifecycle import cancel_job
 from jobs.listing import get_experiment
 from jobs.metrics import seconds_per_epoch
+from jobs.search import study
+from jobs.search.space import grid_size, validate_space
 from jobs.specs import (
     GRID_KEYS,
     JOB_NAME_MAX_CHARS,
     MAX_EXPERIMENT_JOBS,
+    MAX_SEARCH_TRIALS,
+    OBJECTIVE_MODES,
     REPORT_BLOCKS,
     REPORT_DATASET,
     REPORT_FREE_HYPERPARAMETERS,
@@ -106,7 +111,10 @@ def _preset_problems(spec: ExperimentCreate) -> list[tuple[str, str]]:
 def plan_experiment(spec: ExperimentCreate) -> ExperimentPlan:
     """Resolve the preset and expand blocks x grid x seeds into job specs, validating every
     grid value and seed as the job's Hyperparameters (InvalidFields names each bad one) and the
-    job count against MAX_EXPERIMENT_JOBS (TooManyJobs)."""
+    job count against MAX_EXPERIMENT_JOBS (TooManyJobs). A search plans no jobs: its trials
+    are made as it goes (jobs.search.study.fill)."""
+    if spec.search is not None:
+        return _plan_search(spec)
     if spec.preset == REPORT_PRESET:
         problems = _preset_problems(spec)
         if problems:
@@ -184,6 +192,77 @@ def plan_experiment(spec: ExperimentCreate) -> ExperimentPlan:
     return ExperimentPlan(stored, jobs)
 
 
+def _plan_search(spec: ExperimentCreate) -> ExperimentPlan:
+    """Check the search section against the hyperparameters and blocks it searches (InvalidFields
+    names each bad field) and resolve its defaults: the objective's mode, max_trials of a grid,
+    several blocks as a `block` dimension."""
+    search = spec.search
+    assert search is not None
+    problems: list[tuple[str, str]] = []
+    if spec.preset is not None:
+        problems.append(("preset", "a search takes no preset; give blocks"))
+    if spec.grid:
+        problems.append(("grid", "a search samples search.space; give a grid or a search"))
+    if spec.seeds is not None:
+        problems.append(("seeds", "a search trains with hyperparameters.seed"))
+    if spec.blocks is None:
+        problems.append(("blocks", "give the blocks searched (1 to 3 distinct)"))
+    blocks: list[str] = list(spec.blocks or [])
+    base = spec.hyperparameters.model_dump()
+    space, found = validate_space(search.space, base, blocks, field="search.space")
+    problems += found
+    if "block" not in space and len(blocks) > 1:
+        space = {"block": {"choice": blocks}, **space}
+    if not space and not problems:
+        problems.append(("search.space", "give at least one hyperparameter to search"))
+    max_trials = search.max_trials
+    size = grid_size(space)
+    if search.sampler == "grid":
+        if found:
+            pass  # the space's own problems come first; its size is unknown
+        elif size is None:
+            continuous = next(name for name, item in space.items() if "choice" not in item)
+            problems.append(
+                (
+                    "search.sampler",
+                    f"grid takes choice dimensions only; search.space.{continuous} is "
+                    f"{next(iter(space[continuous]))}",
+                )
+            )
+        elif max_trials is None:
+            max_trials = min(size, MAX_SEARCH_TRIALS)
+        elif max_trials > size:
+            problems.append(
+                ("search.max_trials", f"the grid has {size} points; give at most {size}")
+            )
+    elif max_trials is None:
+        problems.append(("search.max_trials", "give the number of trials"))
+    epochs = spec.hyperparameters.epochs
+    if search.pruner.type != "none" and search.pruner.min_epochs >= epochs:
+        problems.append(
+            (
+                "search.pruner.min_epochs",
+                f"must be below hyperparameters.epochs ({epochs}), or no trial can be stopped",
+            )
+        )
+    if problems:
+        raise InvalidFields(problems)
+    resolved = search.model_dump(mode="json")
+    resolved["space"] = space
+    resolved["max_trials"] = max_trials
+    resolved["objective"]["mode"] = (
+        search.objective.mode or OBJECTIVE_MODES[search.objective.metric]
+    )
+    stored = {
+        **spec.model_dump(mode="json"),
+        "blocks": blocks,
+        "grid": {},
+        "seeds": None,
+        "search": resolved,
+    }
+    return ExperimentPlan(stored, [])
+
+
 def _job_name(experiment_name: str, description: str) -> str:
     """'<experiment name> / <block> <varying values>', the experiment's name shortened to fit."""
     suffix = f" / {description}"
@@ -195,7 +274,10 @@ def _job_name(experiment_name: str, description: str) -> str:
 
 def varying_fields(spec: dict[str, Any]) -> list[str]:
     """The fields whose value differs between an experiment's jobs: block, each grid
-    hyperparameter with several values, seed."""
+    hyperparameter with several values, seed; in a search, each searched one."""
+    search = study.search_of(spec)
+    if search is not None:
+        return list(search["space"])
     fields = ["block"] if len(spec["blocks"]) > 1 else []
     fields += [name for name, values in spec["grid"].items() if len(values) > 1]
     if spec["seeds"] is not None and len(spec["seeds"]) > 1:
@@ -217,12 +299,13 @@ def job_labels(experiment: Experiment, jobs: list[Job]) -> dict[int, str]:
 
 def experiment_status(statuses: Iterable[str]) -> JobStatus:
     """An experiment's status from its jobs': running if any runs, else queued if any is
-    queued, else succeeded if all succeeded, else failed if any failed, else cancelled."""
+    queued, else succeeded if all succeeded or were pruned (a search's budget used up), else
+    failed if any failed, else cancelled."""
     present = set(statuses)
     for status in (JobStatus.RUNNING, JobStatus.QUEUED):
         if status in present:
             return status
-    if present <= {JobStatus.SUCCEEDED}:
+    if present <= {JobStatus.SUCCEEDED, JobStatus.PRUNED}:
         return JobStatus.SUCCEEDED
     if JobStatus.FAILED in present:
         return JobStatus.FAILED
@@ -259,6 +342,15 @@ def experiment_jobs(session: Session, experiment_id: int) -> list[Job]:
     )
 
 
+def experiment_job_ids(session: Session, experiment_id: int) -> list[int]:
+    """The ids of the experiment's jobs so far (a search adds trials as it goes)."""
+    return list(
+        session.execute(
+            select(Job.id).where(Job.experiment_id == experiment_id).order_by(Job.id)
+        ).scalars()
+    )
+
+
 # Blocks and statuses sort in their natural order (the registry's, the lifecycle's).
 SORT_RANKS: dict[str, dict[str, int]] = {
     "block": {name: rank for rank, name in enumerate(BLOCK_NAMES)},
@@ -275,6 +367,7 @@ class ExperimentSummary:
     counts: dict[JobStatus, int]
     varying: list[str]
     seconds_per_epoch: dict[int, float] = field(default_factory=dict)
+    search: study.SearchSummary | None = None
 
     @property
     def status(self) -> JobStatus:
@@ -317,19 +410,18 @@ def summarize(
     seconds = seconds_per_epoch(session, experiment.id)
     counts = empty_counts()
     counts.update(Counter(JobStatus(job.status) for job in jobs))
+    search = study.search_of(experiment.spec)
     return ExperimentSummary(
         experiment=experiment,
         jobs=sort_jobs(jobs, sort, order, seconds),
         counts=counts,
         varying=varying_fields(experiment.spec),
         seconds_per_epoch=seconds,
+        search=None if search is None else study.summarize_search(session, experiment, search),
     )
 
 
-def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
-    """Cancel every job that has not ended, as cancelling each job would; not cancellable
-    when every job had already ended."""
-    experiment = get_experiment(session, experiment_id)
+def _cancel_unended(session: Session, experiment_id: int) -> int:
     cancelled = 0
     for job in experiment_jobs(session, experiment_id):
         if JobStatus(job.status).ended:
@@ -339,6 +431,27 @@ def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
         except JobNotCancellable:  # it ended meanwhile
             continue
         cancelled += 1
+    return cancelled
+
+
+def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
+    """Cancel every job that has not ended, as cancelling each job would; not cancellable
+    when every job had already ended. A search makes no trial after this: its flag is set once
+    its jobs are cancelled (rows are locked job first, experiment second, as a worker ending a
+    trial does), and the jobs are read again under that lock, so a trial made meanwhile is
+    cancelled too."""
+    experiment = get_experiment(session, experiment_id)
+    study.cancelling(session, experiment_id)
+    cancelled = _cancel_unended(session, experiment_id)
+    if study.search_of(experiment.spec) is not None:
+        session.execute(
+            update(Experiment)
+            .where(Experiment.id == experiment_id)
+            .values(cancel_requested=True)
+            .execution_options(synchronize_session=False)
+        )
+        cancelled += _cancel_unended(session, experiment_id)
+        session.refresh(experiment)
     if not cancelled:
         raise ExperimentNotCancellable(
             f"Every job of experiment {experiment_id} has already ended; there is nothing to "

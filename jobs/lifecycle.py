@@ -1,7 +1,9 @@
 """Job state transitions. Each is a compare-and-set UPDATE through `_transition`: terminal
 states never change, and a worker whose lease was taken over can write nothing more. Each status
 change (`_move`) and each newly stored epoch is logged as a job event (jobs.events) in the same
-transaction. No function here commits: the caller's transaction does."""
+transaction. A search trial's final status change also makes the search's next trials, and each
+newly stored epoch of a trial gets its pruner's decision, in that same transaction
+(jobs.search.study). No function here commits: the caller's transaction does."""
 
 from __future__ import annotations
 
@@ -21,7 +23,15 @@ from jobs.errors import JobNotCancellable, JobNotQueued
 from jobs.events import STATUS_EVENT, record_epoch_event, record_event, record_status, status_data
 from jobs.listing import get_experiment, get_job
 from jobs.metrics import METRIC_NAMES
-from jobs.tables import Checkpoint, EpochMetric, FailureReason, Job, JobStatus, utcnow
+from jobs.search import study as search
+from jobs.tables import (
+    Checkpoint,
+    EpochMetric,
+    FailureReason,
+    Job,
+    JobStatus,
+    utcnow,
+)
 from jobs.telemetry import (
     EPOCHS_RECORDED,
     MESSAGES_RESENT,
@@ -41,6 +51,7 @@ class StopReason(StrEnum):
     LEASE_LOST = "lease_lost"  # another attempt took the job over, or it ended
     TIMEOUT = "timeout"  # longer than MAX_JOB_SECONDS
     SHUTDOWN = "shutdown"  # the worker is stopping; the job goes back to the queue
+    PRUNED = "pruned"  # a search's pruner stopped the trial; it ends `pruned`
 
 
 @dataclass(frozen=True)
@@ -97,13 +108,16 @@ def _transition(session: Session, job_id: int, *conditions: Any, **values: Any) 
 
 
 def _move(session: Session, job_id: int, *conditions: Any, **values: Any) -> bool:
-    """A status change: `_transition`, and a status event when it happened; a final status also
-    queues the notifications the job (or its experiment) asked for, in the same transaction."""
+    """A status change: `_transition`, and a status event when it happened. A final status
+    also gives a search trial its successors and queues the notifications the job (or its
+    experiment) asked for, in the same transaction: successors first, so that an experiment
+    whose search goes on is not told it ended."""
     moved = _transition(session, job_id, *conditions, **values)
     if moved:
         data = status_data(session, job_id)
         record_event(session, job_id, STATUS_EVENT, data)
         if data["ended"]:
+            search.trial_ended(session, job_id)
             notifications.job_ended(session, job_id, str(data["status"]))
     return moved
 
@@ -211,14 +225,17 @@ def record_epoch(
     session: Session, claim: Claim, metrics: dict[str, Any], *, lease_seconds: float
 ) -> EpochDecision:
     """Store one epoch's metrics row and extend the lease, in the caller's transaction: one row
-    written per epoch (recording an epoch again changes nothing). Returns whether the attempt
-    goes on training; raises LeaseLost."""
+    written per epoch (recording an epoch again changes nothing). A search trial's newly stored
+    epoch gets its pruner's decision, stored with it (jobs.search.study.decide), so an epoch is
+    decided once. Returns whether the attempt goes on training; raises LeaseLost."""
     now = utcnow()
     if not _transition(session, claim.job_id, *_fenced(claim), **_lease_values(now, lease_seconds)):
         raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} lost its lease")
     epoch = int(metrics["epoch"])
     row = {name: metrics[name] for name in METRIC_NAMES}
-    _record_new_epochs(session, claim.job_id, [{**row, "job_id": claim.job_id, "recorded_at": now}])
+    stored = _record_new_epochs(
+        session, claim.job_id, [{**row, "job_id": claim.job_id, "recorded_at": now}]
+    )
     best = session.execute(select(Job.best_test_accuracy).where(Job.id == claim.job_id)).scalar()
     _transition(
         session,
@@ -230,8 +247,14 @@ def record_epoch(
         final_train_loss=metrics["train_loss"],
         updated_at=now,
     )
-    cancel = session.execute(select(Job.cancel_requested).where(Job.id == claim.job_id)).scalar()
-    return EpochDecision(StopReason.CANCELLED) if cancel else GO_ON
+    if stored:
+        search.decide(session, claim.job_id, epoch)
+    state = session.execute(
+        select(Job.cancel_requested, Job.prune_requested).where(Job.id == claim.job_id)
+    ).one()
+    if state.cancel_requested:
+        return EpochDecision(StopReason.CANCELLED)
+    return EpochDecision(StopReason.PRUNED) if state.prune_requested else GO_ON
 
 
 def repair_history(session: Session, claim: Claim, history: list[dict[str, Any]]) -> list[int]:
@@ -311,13 +334,15 @@ def finish_job(
 def release_job(session: Session, claim: Claim) -> JobStatus | None:
     """running → queued for a worker that is shutting down: the job resumes elsewhere from its
     last checkpoint, and the attempt does not count against MAX_ATTEMPTS. A job whose cancel was
-    asked meanwhile becomes cancelled instead. None if the lease was already lost."""
+    asked meanwhile becomes cancelled instead, a trial its pruner stopped becomes pruned. None if
+    the lease was already lost."""
     now = utcnow()
     released = _move(
         session,
         claim.job_id,
         *_fenced(claim),
         Job.cancel_requested.is_(False),
+        Job.prune_requested.is_(False),
         status=JobStatus.QUEUED,
         attempt=Job.attempt - 1,
         lease_token=None,
@@ -329,8 +354,10 @@ def release_job(session: Session, claim: Claim) -> JobStatus | None:
     )
     if released:
         return JobStatus.QUEUED
-    if finish_job(session, claim, JobStatus.CANCELLED):
-        return JobStatus.CANCELLED
+    cancel = session.execute(select(Job.cancel_requested).where(Job.id == claim.job_id)).scalar()
+    final = JobStatus.CANCELLED if cancel else JobStatus.PRUNED
+    if finish_job(session, claim, final):
+        return final
     return None
 
 
@@ -392,18 +419,26 @@ def set_experiment_priority(session: Session, experiment_id: int, priority: int)
 
 def reap_expired_leases(session: Session, *, now: datetime | None = None) -> list[int]:
     """Jobs whose worker stopped heartbeating: re-queue them (they resume from their last
-    checkpoint), or end them when cancel was asked or the attempts are spent. Returns the ids
-    re-queued."""
+    checkpoint), or end them when cancel was asked, their pruner stopped them, or the attempts
+    are spent. Returns the ids re-queued."""
     now = now or utcnow()
     expired = session.execute(
-        select(Job.id, Job.lease_token, Job.attempt, Job.max_attempts, Job.cancel_requested).where(
-            Job.status == JobStatus.RUNNING, Job.lease_expires_at < now
-        )
+        select(
+            Job.id,
+            Job.lease_token,
+            Job.attempt,
+            Job.max_attempts,
+            Job.cancel_requested,
+            Job.prune_requested,
+        ).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
     ).all()
     requeued = []
     for job in expired:
         if job.cancel_requested:
             values: dict[str, Any] = {"status": JobStatus.CANCELLED, "finished_at": now}
+        elif job.prune_requested:
+            # The decision was stored with its epoch; the worker died before carrying it out.
+            values = {"status": JobStatus.PRUNED, "finished_at": now}
         elif job.attempt >= job.max_attempts:
             values = {
                 "status": JobStatus.FAILED,

@@ -56,8 +56,8 @@ def canonical_sha256(data: dict[str, Any]) -> str:
 
 
 # The final statuses (jobs.tables.TERMINAL_STATUSES; a test keeps the two the same).
-NotifyEvent = Literal["succeeded", "failed", "cancelled"]
-NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("succeeded", "failed", "cancelled")
+NotifyEvent = Literal["succeeded", "failed", "cancelled", "pruned"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("succeeded", "failed", "cancelled", "pruned")
 
 
 class NotifySpec(BaseModel):
@@ -221,6 +221,7 @@ def _experiment_schema_extra(schema: dict[str, Any]) -> None:
             },
             "dataset": {"const": REPORT_DATASET},
             "grid": {"maxProperties": 0},
+            "search": {"type": "null"},
             "hyperparameters": {
                 # {"const": None} would be dropped from the schema as unset.
                 "properties": {
@@ -231,6 +232,19 @@ def _experiment_schema_extra(schema: dict[str, Any]) -> None:
         }
     }
     schema["else"] = {"required": ["blocks"], "properties": {"blocks": {"type": "array"}}}
+    # A search samples its space: no grid, no seeds, no preset.
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"search": {"type": "object"}}, "required": ["search"]},
+            "then": {
+                "properties": {
+                    "grid": {"maxProperties": 0},
+                    "seeds": {"type": "null"},
+                    "preset": {"type": "null"},
+                }
+            },
+        }
+    ]
 
 
 class ExperimentCreate(BaseModel):
@@ -282,6 +296,12 @@ class ExperimentCreate(BaseModel):
     tags: list[Tag] = Field(default_factory=list, max_length=20)
     priority: Priority = Field(DEFAULT_PRIORITY, description="Every job's; " + PRIORITY_DESCRIPTION)
     notify: NotifySpec | None = NotifyField
+    search: SearchCreate | None = Field(
+        None,
+        description="Search the hyperparameters instead of a grid: trials are jobs sampled from "
+        "search.space (blocks: the blocks searched), each training hyperparameters.epochs at "
+        "most.",
+    )
 
     @field_validator("blocks")
     @classmethod
@@ -289,6 +309,170 @@ class ExperimentCreate(BaseModel):
         if blocks is not None and len(set(blocks)) != len(blocks):
             raise ValueError("blocks must be distinct")
         return blocks
+
+
+MAX_SEARCH_TRIALS = 1000
+SEARCH_SAMPLERS = ("random", "tpe", "grid")
+SEARCH_PRUNERS = ("asha", "median", "none")
+# The objective's metric, and the mode it is optimised in unless the request says.
+OBJECTIVE_MODES: dict[str, Literal["max", "min"]] = {
+    "test_accuracy": "max",
+    "test_loss": "min",
+    "train_loss": "min",
+}
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+# The hyperparameters a search cannot vary: epochs is each trial's full budget (the pruner
+# stops trials early), and the seed is the experiment's, so trials differ only in their params.
+NOT_SEARCHABLE = ("epochs", "seed")
+SEARCH_KEYS: tuple[str, ...] = (
+    "block",
+    *(name for name in Hyperparameters.model_fields if name not in NOT_SEARCHABLE),
+)
+
+
+# Rules of a search that JSON Schema cannot state (they compare two values of the request); the
+# schema lists them as `x-search-rules`, and breaking one is a 422 naming the field.
+SEARCH_RULES = {
+    "search.space.<name>.<uniform|loguniform|int>": "low is at most high",
+    "search.space.block.choice[i]": "each value is among blocks",
+    "search.max_trials": "with the grid sampler, at most the number of grid points",
+    "search.pruner.min_epochs": "below hyperparameters.epochs unless the pruner is none",
+}
+
+
+def search_kinds(name: str) -> tuple[str, ...]:
+    """The distributions a searched field takes: real numbers uniform, loguniform or choice,
+    integers int or choice, the rest (the block, text, booleans) choice only."""
+    if name == "block":
+        return ("choice",)
+    annotation = Hyperparameters.model_fields[name].annotation
+    if annotation is float:
+        return ("uniform", "loguniform", "choice")
+    if annotation is int:
+        return ("int", "choice")
+    return ("choice",)
+
+
+def _dimension_schema(name: str) -> dict[str, Any]:
+    """A dimension of the space: one of the distributions the field takes, each bound and value
+    as the field itself declares it (as a grid's values are)."""
+    if name == "block":
+        value: dict[str, Any] = {"enum": list(BLOCK_NAMES)}
+    else:
+        value = dict(Hyperparameters.model_json_schema()["properties"][name])
+        value.pop("default", None)
+        value.pop("title", None)
+    bounds = {
+        "uniform": value,
+        "loguniform": {"allOf": [value, {"exclusiveMinimum": 0}]},
+        "int": value,
+    }
+    branches = []
+    for kind in search_kinds(name):
+        if kind == "choice":
+            items: dict[str, Any] = {
+                "type": "array",
+                "items": value,
+                "minItems": 1,
+                "maxItems": MAX_EXPERIMENT_JOBS,
+                "uniqueItems": True,
+            }
+        else:
+            items = {"type": "array", "items": bounds[kind], "minItems": 2, "maxItems": 2}
+        branches.append(
+            {
+                "type": "object",
+                "properties": {kind: items},
+                "required": [kind],
+                "additionalProperties": False,
+            }
+        )
+    return branches[0] if len(branches) == 1 else {"oneOf": branches}
+
+
+def _space_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "minProperties": 1,
+        "properties": {name: _dimension_schema(name) for name in SEARCH_KEYS},
+        "additionalProperties": False,
+    }
+
+
+def _search_schema_extra(schema: dict[str, Any]) -> None:
+    """The grid sampler takes choice dimensions only and counts max_trials itself; the others
+    need max_trials."""
+    schema["x-search-rules"] = SEARCH_RULES
+    schema["if"] = {"properties": {"sampler": {"const": "grid"}}, "required": ["sampler"]}
+    schema["then"] = {
+        "properties": {"space": {"patternProperties": {"": {"required": ["choice"]}}}}
+    }
+    schema["else"] = {"required": ["max_trials"], "properties": {"max_trials": {"type": "integer"}}}
+
+
+class SearchObjective(BaseModel):
+    """What the search optimises: a metric's value at a trial's last epoch."""
+
+    model_config = ConfigDict(**STRICT)
+
+    metric: Literal["test_accuracy", "test_loss", "train_loss"] = "test_accuracy"
+    mode: Literal["max", "min"] | None = Field(
+        None, description="Default: max for test_accuracy, min for the losses."
+    )
+
+
+class SearchPruner(BaseModel):
+    """When a trial stops early. asha: asynchronous successive halving (Optuna's
+    SuccessiveHalvingPruner) with rungs at min_epochs x reduction_factor^k epochs, keeping the
+    best 1/reduction_factor at each; median: stop a trial whose best value so far is worse
+    than the median of earlier trials at the same epoch (Optuna's MedianPruner); none: every
+    trial trains all its epochs."""
+
+    model_config = ConfigDict(**STRICT)
+
+    type: Literal["asha", "median", "none"] = "asha"
+    min_epochs: Annotated[int, IntegralNumber] = Field(
+        1, ge=1, le=1000, description="No trial is stopped before this many epochs."
+    )
+    reduction_factor: Annotated[int, IntegralNumber] = Field(
+        3, ge=2, le=10, description="asha: 1 in reduction_factor trials goes on at each rung."
+    )
+    startup_trials: Annotated[int, IntegralNumber] = Field(
+        2, ge=0, le=100, description="median: trials that end before any is stopped."
+    )
+
+
+class SearchCreate(BaseModel):
+    """An adaptive hyperparameter search: trials sampled from `space`, each an ordinary job of
+    the experiment, stopped early by the pruner."""
+
+    model_config = ConfigDict(**STRICT, json_schema_extra=_search_schema_extra)
+
+    space: Annotated[dict[str, dict[str, Any]], WithJsonSchema(_space_schema())] = Field(
+        description='Hyperparameter (or block) -> a distribution: {"uniform": [low, high]}, '
+        '{"loguniform": [low, high]} (low > 0), {"int": [low, high]} or {"choice": [values]}.'
+    )
+    sampler: Literal["random", "tpe", "grid"] = Field(
+        "tpe", description="grid takes choice dimensions only."
+    )
+    max_trials: Annotated[int | None, IntegralNumber] = Field(
+        None,
+        ge=1,
+        le=MAX_SEARCH_TRIALS,
+        description=f"Trials in all, at most {MAX_SEARCH_TRIALS}; needed unless the sampler is "
+        f"grid (default: every grid point, or {MAX_SEARCH_TRIALS} of them in the seed's order).",
+    )
+    max_concurrent: Annotated[int, IntegralNumber] = Field(
+        1, ge=1, le=MAX_EXPERIMENT_JOBS, description="Trials queued or running at once."
+    )
+    seed: Annotated[int, IntegralNumber] = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="Seeds the sampler: the same seed and max_concurrent 1 give the same trials.",
+    )
+    objective: SearchObjective = Field(default_factory=SearchObjective)
+    pruner: SearchPruner = Field(default_factory=SearchPruner)
 
 
 ExperimentSort = Literal[

@@ -16,6 +16,7 @@ from jobs.errors import IdempotencyConflict, QueueFull
 from jobs.events import record_status
 from jobs.experiments import plan_experiment
 from jobs.queue import enqueue_after_commit
+from jobs.search.study import fill
 from jobs.settings import Settings
 from jobs.specs import ExperimentCreate, JobCreate
 from jobs.tables import Experiment, Job, JobStatus, JobTag, utcnow
@@ -93,12 +94,14 @@ def create_experiment(
     the job ids are sent to the queue once it commits. The same Idempotency-Key and body give
     back the experiment made first."""
     plan = plan_experiment(spec)
+    search = plan.spec.get("search")
     fingerprint = plan.fingerprint()
     if idempotency_key is not None:
         existing = find_by_key(session, Experiment, idempotency_key, fingerprint)
         if existing is not None:
             return ExperimentSubmission(existing, created=False)
-    ensure_queue_room(session, settings=settings, adding=len(plan.jobs))
+    first_trials = 0 if search is None else min(search["max_concurrent"], search["max_trials"])
+    ensure_queue_room(session, settings=settings, adding=len(plan.jobs) + first_trials)
     experiment = Experiment(
         name=spec.name,
         preset=spec.preset,
@@ -108,6 +111,8 @@ def create_experiment(
         request_sha256=fingerprint,
         created_at=utcnow(),
         priority=spec.priority,
+        trials_created=0,
+        cancel_requested=False,
     )
     try:
         with session.begin_nested():
@@ -131,6 +136,9 @@ def create_experiment(
             experiment_id=experiment.id,
             fair_share_key=head + index,
         )
+    if search is not None:
+        fill(session, experiment.id)
+        session.refresh(experiment)
     return ExperimentSubmission(experiment, created=True)
 
 

@@ -59,6 +59,7 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PRUNED = "pruned"  # a search trial its pruner stopped early; its metrics and checkpoints stay
 
     @property
     def ended(self) -> bool:
@@ -66,7 +67,9 @@ class JobStatus(StrEnum):
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED}
+)
 
 
 class FailureReason(StrEnum):
@@ -98,7 +101,8 @@ CHECKPOINT_NAMES = ("latest", "best", "final")
 
 
 class Experiment(Base):
-    """A group of jobs submitted and read as one (blocks x grid x seeds)."""
+    """A group of jobs submitted and read as one: blocks x grid x seeds, or a search whose
+    trials are its jobs (jobs.search)."""
 
     __tablename__ = "experiments"
 
@@ -112,6 +116,12 @@ class Experiment(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # The priority its jobs were given (see Job.priority).
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A search's trials made so far: the next trial's number, raised only under the experiment's
+    # row lock (and compared-and-set), so no trial number is ever given twice.
+    trials_created: Mapped[int] = mapped_column(Integer, default=0)
+    # Set (first, in the same transaction) when the experiment is cancelled: a search then
+    # makes no more trials.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="experiment", order_by="Job.id")
 
@@ -162,6 +172,14 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # A search trial's Optuna state, its only copy (jobs.search rebuilds the study from these
+    # rows): its number, sampled params, system attributes (a grid point, the value at each
+    # rung passed), the highest rung it reached, and a pruning decision not yet carried out.
+    trial_number: Mapped[int | None] = mapped_column(Integer)
+    trial_params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    trial_attrs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    rung: Mapped[int | None] = mapped_column(Integer)
+    prune_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # The number of this job's rows in job_events: each new event takes event_seq + 1 in the
     # UPDATE that also changes the job, so on every backend a job's events commit in seq order.
     event_seq: Mapped[int] = mapped_column(Integer, default=0)
@@ -270,7 +288,7 @@ class JobEvent(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     experiment_id: Mapped[int | None] = mapped_column(Integer)
     seq: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(16))  # "status" or "epoch"
+    kind: Mapped[str] = mapped_column(String(16))  # jobs.events.EVENT_KINDS
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -174,3 +174,43 @@ def test_experiment_errors_are_one_line(cli_keyed_api: str) -> None:
     full = run("submit", "--name", "three", "--block", "mobile", "--seeds", "0,1,2")
     message = assert_one_line_error(full, 1)
     assert message.startswith("the API is unavailable (queue_full, retry after ")
+
+
+def test_a_search_from_a_yaml_file_followed_shows_its_trials_pruned(
+    cli_api: str, tmp_path: Path
+) -> None:
+    """A search submitted from a YAML file and followed on the worker: each trial's line, the
+    hopeless learning rate's trials pruned at asha's first rung, the search's header, exit 0."""
+    spec = tmp_path / "search.yaml"
+    spec.write_text(
+        "name: cli search\n"
+        "blocks: [mobile]\n"
+        "hyperparameters: {epochs: 2, batch_size: 16, seed: 3}\n"
+        "train_samples: 32\n"
+        "test_samples: 16\n"
+        "search:\n"
+        "  space:\n"
+        "    learning_rate: {choice: [0.05, 1.0e-7]}\n"
+        "    momentum: {choice: [0.0, 0.9]}\n"
+        "  sampler: grid\n"
+        "  seed: 4\n"
+        "  objective: {metric: train_loss}\n"
+        "  pruner: {type: asha, min_epochs: 1, reduction_factor: 3}\n"
+    )
+    result = run_cli(
+        "experiment", "submit", "--file", str(spec), "--follow", url=cli_api, timeout=290
+    )
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    experiment_id = submitted_id(result, "experiment")
+    # Seed 4 orders the grid's two good points first: each hopeless trial meets them at the rung.
+    pruned = re.findall(
+        r"^job \d+ mobile learning_rate=1e-07 .*: pruned at rung 0 after 1/2 epochs",
+        result.stdout,
+        re.M,
+    )
+    assert len(pruned) == 2, result.stdout
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"experiment {experiment_id} 'cli search': succeeded, 4 jobs"), last
+    assert "; search: 4/4 trials, " in last and "best " in last
+    epochs = int(re.search(r"search: 4/4 trials, (\d+)/8 epochs", last).group(1))  # type: ignore[union-attr]
+    assert epochs == 8 - len(pruned)

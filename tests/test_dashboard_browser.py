@@ -5,6 +5,7 @@ being reloaded. Screenshots go to the test's tmp dir, and to $DASHBOARD_SCREENSH
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -395,3 +396,64 @@ def test_sign_in_in_the_browser(
         assert "/ui/login?next=%2Fui%2Fsubmit" in page.url
     finally:
         api.stop()
+
+
+@pytest.mark.timeout(600)
+def test_a_search_from_the_dashboard(
+    page: Any, dashboard: tuple[str, Process], screenshots: Screenshots
+) -> None:
+    """A search started from the submit form runs on the worker; its page shows the search's
+    progress, the trials with their params and status (the hopeless ones pruned), the best-so-far
+    curve, params against the objective and the rung table."""
+    base, _ = dashboard
+    search = {
+        "space": {"learning_rate": {"choice": [0.05, 1e-7]}, "momentum": {"choice": [0.0, 0.9]}},
+        "sampler": "grid",
+        # Seed 4 orders the grid's two good points first: the two hopeless ones meet them at the
+        # rung after epoch 1 and are pruned.
+        "seed": 4,
+        "max_concurrent": 2,
+        "objective": {"metric": "train_loss"},
+        "pruner": {"type": "asha", "min_epochs": 1, "reduction_factor": 3},
+    }
+    page.goto(f"{base}/ui/submit")
+    page.check('input[name="kind"][value="experiment"]')
+    page.fill('[data-field="name"]', "browser search")
+    page.check('input[data-field="blocks"][value="mobile"]')
+    page.fill('[data-field="hyperparameters.epochs"]', "2")
+    page.fill('[data-field="hyperparameters.batch_size"]', "16")
+    page.fill('[data-field="train_samples"]', "32")
+    page.fill('[data-field="test_samples"]', "16")
+    # A bad space first: the API's 422 is shown beside the search input.
+    page.fill('[data-field="search"]', '{"space": {"learning_rate": {"loguniform": [0, 1]}}}')
+    page.click("#submit-button")
+    error = page.locator('[data-error-for="search"]')
+    error.wait_for(state="visible")
+    page.wait_for_function(
+        "(selector) => document.querySelector(selector).textContent.includes('above 0')",
+        arg='[data-error-for="search"]',
+    )
+    page.fill('[data-field="search"]', json.dumps(search))
+    screenshots.take(page, "15-submit-search")
+    page.click("#submit-button")
+    page.wait_for_url(re.compile(r"/ui/experiments/\d+$"))
+    page.wait_for_selector("#search:not([hidden])")
+    page.wait_for_selector('#live-mode[data-mode="ended"]', timeout=400_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#summary tbody tr[data-job-id]').length === 4",
+        timeout=30_000,
+    )
+    statuses = [
+        row.get_attribute("data-status")
+        for row in page.locator("#summary tbody tr[data-job-id]").all()
+    ]
+    assert sorted(statuses) == ["pruned", "pruned", "succeeded", "succeeded"]
+    headings = [cell.inner_text() for cell in page.locator("#summary thead th").all()]
+    assert "learning_rate" in headings and "momentum" in headings and "Rung" in headings
+    facts = page.locator("#search-facts").inner_text()
+    assert "4/4 trials" in facts and "6/8 epochs trained" in facts and "best:" in facts
+    assert chart_points(page, "#best-so-far") == 2
+    assert chart_points(page, "#params-vs-objective") == 4
+    rung = [cell.inner_text() for cell in page.locator('#rungs tbody tr[data-rung="0"] td').all()]
+    assert rung[:4] == ["0", "1", "4", "2"]  # rung 0 at epoch 1: 4 reached, 2 promoted
+    screenshots.take(page, "16-experiment-search")

@@ -130,12 +130,13 @@ def test_bad_notify_specs_are_a_422_naming_the_field(
             assert response.status_code == 422, (url, response.text)
             fields = response.json()["fields"]
             assert fields[0]["field"] == "notify.url" and message in fields[0]["message"], url
-        pruned = client.post(
+        not_final = client.post(
             "/jobs",
-            json={**SPEC, "notify": {"url": "https://hooks.example.org/x", "events": ["pruned"]}},
+            json={**SPEC, "notify": {"url": "https://hooks.example.org/x", "events": ["running"]}},
         )
         assert (
-            pruned.status_code == 422 and pruned.json()["fields"][0]["field"] == "notify.events.0"
+            not_final.status_code == 422
+            and not_final.json()["fields"][0]["field"] == "notify.events.0"
         )
         experiment = client.post(
             "/experiments",
@@ -147,7 +148,7 @@ def test_bad_notify_specs_are_a_422_naming_the_field(
         assert good.status_code == 202, good.text
         assert good.json()["spec"]["notify"] == {
             "url": "https://hooks.example.org/x",
-            "events": ["succeeded", "failed", "cancelled"],
+            "events": ["succeeded", "failed", "cancelled", "pruned"],
         }
         assert "notify" not in client.post("/jobs", json=SPEC).json()["spec"]
     monkeypatch.delenv("NOTIFY_SECRET")

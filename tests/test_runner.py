@@ -521,3 +521,49 @@ def test_on_s3_a_replaced_object_is_not_resumed_from(s3_job, private_s3, tmp_pat
     assert resumed.resumed_from.is_relative_to(tmp_path / "staging")
     assert resumed.batches_trained == 3 * 3
     assert local_files(tmp_path / "staging") == []  # the downloaded copy is gone too
+
+
+def test_a_pruned_trial_stops_at_the_next_batch_and_keeps_its_last_checkpoint(
+    new_job,  # type: ignore[no-untyped-def]
+) -> None:
+    """The pruner's decision after epoch 1 (a second trial worse than the first at asha's first
+    rung) stops training at the next batch; the trial ends pruned with epoch 1's metrics and
+    checkpoint, and its successor is queued in the same transaction."""
+    from jobs.specs import ExperimentCreate
+
+    del new_job  # its settings only: a job of its own would be claimed first
+    body = {
+        "name": "search",
+        "blocks": ["mobile"],
+        "hyperparameters": {"epochs": 3},
+        "train_samples": 10,
+        "search": {
+            "space": {"learning_rate": {"uniform": [0.01, 0.1]}},
+            "sampler": "random",
+            "max_trials": 3,
+            "pruner": {"type": "asha", "min_epochs": 1},
+        },
+    }
+    with session_scope() as session:
+        made = submission.create_experiment(
+            session, ExperimentCreate.model_validate(body), settings=get_settings()
+        )
+        experiment_id = made.experiment.id
+
+    def trial(number: int) -> int:
+        with session_scope() as session:
+            return session.execute(
+                select(Job.id).where(Job.experiment_id == experiment_id, Job.trial_number == number)
+            ).scalar_one()
+
+    first = trial(0)
+    assert run(first, ScriptedTrainer()) == "succeeded"
+    second = trial(1)
+    trainer = ScriptedTrainer(batches=5, test_accuracy={1: 0.0})
+    assert run(second, trainer) == "pruned"
+    assert trainer.batches_trained == 5  # epoch 1 only: stopped at epoch 2's first batch
+    job = job_row(second)
+    assert (job.status, job.epochs_done, job.rung, job.prune_requested) == ("pruned", 1, 0, True)
+    assert epochs_recorded(second) == [1]
+    assert checkpoint_epochs(second) == [1]
+    assert job_row(trial(2)).status == "queued"

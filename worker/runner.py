@@ -72,6 +72,7 @@ class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PRUNED = "pruned"  # a search's pruner stopped the trial
     RELEASED = "released"  # handed back to the queue by a stopping worker
     LEASE_LOST = "lease_lost"  # another attempt owns the job now
     DATABASE_UNAVAILABLE = "database_unavailable"  # the lease will expire; the reaper requeues
@@ -506,6 +507,8 @@ class JobRun:
             )
         if reason == StopReason.CANCELLED:
             return self._finish(JobStatus.CANCELLED)
+        if reason == StopReason.PRUNED:
+            return self._finish(JobStatus.PRUNED)
         if reason == StopReason.SHUTDOWN:
             logger.info(
                 "job %s stopped for the worker's shutdown; handing it back", self.claim.job_id
@@ -572,6 +575,9 @@ class JobRun:
         if outcome[0] == JobStatus.CANCELLED:
             logger.info("job %s cancelled while its worker was stopping", self.claim.job_id)
             return Outcome.CANCELLED
+        if outcome[0] == JobStatus.PRUNED:
+            logger.info("job %s pruned before its worker stopped", self.claim.job_id)
+            return Outcome.PRUNED
         logger.info("job %s released for another worker", self.claim.job_id)
         return Outcome.RELEASED
 

@@ -73,7 +73,15 @@ def render_job(job: Job, queue_position: int | None = None) -> JobRead:
             **{
                 field: getattr(job, field)
                 for field in JobRead.model_fields
-                if field not in ("links", "queue_position", "ended")
+                if field not in ("links", "queue_position", "ended", "trial")
+            },
+            "trial": None
+            if job.trial_number is None
+            else {
+                "number": job.trial_number,
+                "params": job.trial_params or {},
+                "rung": job.rung,
+                "prune_requested": job.prune_requested,
             },
             "ended": JobStatus(job.status).ended,
             "queue_position": queue_position,

@@ -1,4 +1,5 @@
-"""Server-Sent Events: a job's or an experiment's status and epoch events, live."""
+"""Server-Sent Events: a job's or an experiment's status and epoch events (and a search's trial
+events), live."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from app.methods import HEAD_REQUEST
 from app.routes.common import error_responses
 from app.routes.params import ExperimentId, JobId
 from app.schemas import (
+    BestChangedEventData,
     EpochEventData,
     ErrorRead,
     ExperimentEndEventData,
     JobEndEventData,
     StatusEventData,
+    TrialCreatedEventData,
+    TrialPrunedEventData,
 )
 from app.streams import END_EVENT, EventHub, experiment_event_stream, job_event_stream
 from jobs.events import (
@@ -30,6 +34,7 @@ from jobs.events import (
     experiment_stream_start,
     job_stream_start,
 )
+from jobs.search.study import BEST_CHANGED_EVENT, TRIAL_CREATED_EVENT, TRIAL_PRUNED_EVENT
 
 router = APIRouter(tags=["events"])
 KEEP_ALIVE_SECONDS = 15
@@ -39,6 +44,24 @@ KEEP_ALIVE_SECONDS = 15
 _EVENTS = (
     (STATUS_EVENT, StatusEventData, True, "Each change of a job's status, with its figures."),
     (EPOCH_EVENT, EpochEventData, True, "Each epoch a job stored, as /jobs/{id}/metrics shows."),
+    (
+        TRIAL_CREATED_EVENT,
+        TrialCreatedEventData,
+        True,
+        "A search made this job as its next trial, with the sampled params.",
+    ),
+    (
+        TRIAL_PRUNED_EVENT,
+        TrialPrunedEventData,
+        True,
+        "The search's pruner stopped this trial after an epoch; it ends `pruned`.",
+    ),
+    (
+        BEST_CHANGED_EVENT,
+        BestChangedEventData,
+        True,
+        "This trial just succeeded with the search's best objective so far.",
+    ),
 )
 KEEP_ALIVE = {
     "every_seconds": KEEP_ALIVE_SECONDS,
@@ -89,7 +112,8 @@ def event_stream_response(
     )
     return {
         200: {
-            "description": "A text/event-stream of `status` and `epoch` events (each `data` is "
+            "description": "A text/event-stream of `status` and `epoch` events (a search's "
+            "trials add `trial_created`, `trial_pruned` and `best_changed`; each `data` is "
             "one line of JSON, described by the component the event names), then `end`. "
             f"{ids} Keep-alive comments every {KEEP_ALIVE_SECONDS} s while idle.",
             "content": {

@@ -21,9 +21,13 @@ from app.schemas import (
     ExperimentPlotLinks,
     ExperimentRead,
     ReportFigures,
+    SearchBest,
+    SearchRead,
+    SearchRung,
 )
 from jobs import experiments, lifecycle, listing, metrics, retention, submission
 from jobs.experiments import ExperimentSummary
+from jobs.search.study import SearchSummary
 from jobs.specs import (
     MAX_EXPERIMENT_JOBS,
     REPORT_PRESET,
@@ -50,11 +54,13 @@ SUMMARY_COLUMNS_AFTER = (
     "final_train_loss",
     "seconds_per_epoch",
 )
+SEARCH_COLUMNS = ("trial", "rung")
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"text/csv": {"schema": {"type": "string"}}},
-        "description": "One row per job: job_id, block, the varying hyperparameters, seed, "
-        "status, epochs, params, MACs, accuracies, final loss, seconds per epoch.",
+        "description": "One row per job: job_id, block, the varying hyperparameters (a "
+        "search's searched ones), seed, status, epochs, params, MACs, accuracies, final loss, "
+        "seconds per epoch; a search's rows then the trial number and rung.",
         "headers": {
             "Content-Disposition": {
                 "description": 'attachment; filename="experiment-<id>-summary.csv"',
@@ -89,10 +95,22 @@ def experiment_links(experiment_id: int) -> ExperimentLinks:
     )
 
 
+def render_search(search: SearchSummary) -> SearchRead:
+    return SearchRead(
+        max_trials=search.max_trials,
+        trials_created=search.trials_created,
+        best=None if search.best is None else SearchBest(**asdict(search.best)),
+        rungs=[SearchRung(**asdict(rung)) for rung in search.rungs],
+        epochs_spent=search.epochs_spent,
+        epochs_full=search.epochs_full,
+    )
+
+
 def render_experiment(
     experiment: Experiment,
     counts: dict[JobStatus, int],
     jobs: list[ExperimentJobRow] | None = None,
+    search: SearchSummary | None = None,
 ) -> ExperimentRead:
     status = experiments.counts_status(counts)
     return ExperimentRead(
@@ -108,6 +126,7 @@ def render_experiment(
         status_counts=counts,
         job_count=sum(counts.values()),
         varying=experiments.varying_fields(experiment.spec),
+        search=None if search is None else render_search(search),
         jobs=jobs or [],
         links=experiment_links(experiment.id),
     )
@@ -132,6 +151,8 @@ def _job_row(
         final_test_accuracy=job.final_test_accuracy,
         final_train_loss=job.final_train_loss,
         seconds_per_epoch=seconds_per_epoch,
+        trial=job.trial_number,
+        rung=job.rung,
         report=None if report is None else ReportFigures(**asdict(report)),
     )
 
@@ -141,22 +162,24 @@ def render_summary(summary: ExperimentSummary) -> ExperimentRead:
         _job_row(job, summary.experiment, summary.varying, summary.seconds_per_epoch.get(job.id))
         for job in summary.jobs
     ]
-    return render_experiment(summary.experiment, summary.counts, rows)
+    return render_experiment(summary.experiment, summary.counts, rows, summary.search)
 
 
 def summary_csv(summary: ExperimentRead) -> str:
-    """The summary's rows as CSV; the varying hyperparameters get a column each."""
+    """The summary's rows as CSV; the varying hyperparameters (a search's searched ones) get a
+    column each, and a search's rows their trial number and rung."""
     hyperparameters = [name for name in summary.varying if name not in ("block", "seed")]
+    after = SUMMARY_COLUMNS_AFTER + (SEARCH_COLUMNS if summary.search is not None else ())
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow([*SUMMARY_COLUMNS_BEFORE, *hyperparameters, *SUMMARY_COLUMNS_AFTER])
+    writer.writerow([*SUMMARY_COLUMNS_BEFORE, *hyperparameters, *after])
     for row in summary.jobs:
         varied = [experiments.format_value(row.varied[name]) for name in hyperparameters]
         writer.writerow(
             [
                 *(getattr(row, column) for column in SUMMARY_COLUMNS_BEFORE),
                 *varied,
-                *(getattr(row, column) for column in SUMMARY_COLUMNS_AFTER),
+                *(getattr(row, column) for column in after),
             ]
         )  # None is written as an empty cell
     return buffer.getvalue()
@@ -167,7 +190,7 @@ def summary_csv(summary: ExperimentRead) -> str:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExperimentRead,
     responses={**error_responses(400, 401, 409, 413, 503), 422: TOO_MANY_JOBS},
-    summary="Submit an experiment: one job per block, grid combination and seed",
+    summary="Submit an experiment: one job per block, grid combination and seed, or a search",
 )
 def submit_experiment(
     spec: ExperimentCreate,
@@ -231,7 +254,8 @@ def get_experiment(
         ExperimentSort,
         Query(
             description="Column to sort the jobs by (block: plain, residual, mobile; status: "
-            "queued, running, succeeded, failed, cancelled); jobs without a value come last."
+            "queued, running, succeeded, failed, cancelled, pruned); jobs without a value come "
+            "last."
         ),
     ] = "job_id",
     order: SortOrder = "asc",

@@ -115,7 +115,9 @@ function summaryColumns() {
   const varying = (experiment.varying || []).filter((name) => name !== "block" && name !== "seed");
   const extra = varying.map((name) => [null, name, (job) => String((job.varied || {})[name] ?? "")]);
   const seed = [[null, "Seed", (job) => job.seed]];
-  return [...SUMMARY_COLUMNS.slice(0, 2), ...extra, ...seed, ...SUMMARY_COLUMNS.slice(2)];
+  // A search's trials: their number and the rung each reached, after the status.
+  const trial = experiment.search ? [[null, "Trial", (job) => (job.trial == null ? "" : String(job.trial))], [null, "Rung", (job) => (job.rung == null ? "" : String(job.rung))]] : [];
+  return [...SUMMARY_COLUMNS.slice(0, 2), ...extra, ...seed, ...SUMMARY_COLUMNS.slice(2, 3), ...trial, ...SUMMARY_COLUMNS.slice(3)];
 }
 
 function drawSummary() {
@@ -168,6 +170,89 @@ function drawReport() {
   }
 }
 
+const searchCharts = { best: null, params: null };
+
+/** A trial's objective value for the charts: its last recorded value of the objective metric. */
+function objectiveOf(job, metric) {
+  const rows = [...(curves.get(job.job_id) || new Map()).values()].sort((a, b) => a.epoch - b.epoch);
+  if (rows.length) return rows[rows.length - 1][metric];
+  if (metric === "test_accuracy") return job.final_test_accuracy;
+  if (metric === "train_loss") return job.final_train_loss;
+  return null;
+}
+
+function drawSearch() {
+  const section = document.getElementById("search");
+  const search = experiment.search;
+  section.hidden = !search;
+  if (!search || !window.Chart) return;
+  const objective = experiment.spec.search.objective;
+  const scaled = (value) => (value == null ? null : objective.metric === "test_accuracy" ? value * 100 : value);
+  const best = search.best;
+  document.getElementById("search-facts").replaceChildren(
+    el("span", {}, `${search.trials_created}/${search.max_trials} trials`),
+    el("span", {}, `${search.epochs_spent}/${search.epochs_full} epochs trained`),
+    el("span", {}, `objective: ${objective.metric} (${objective.mode})`),
+    el("span", { id: "search-best" }, best ? `best: ${decimal(best.value)} (job ${best.job_id}: ${Object.entries(best.params).map(([name, value]) => `${name} ${value}`).join(", ")})` : "best: none yet"),
+  );
+  // Best so far, in trial order, over the trials that trained every epoch.
+  const trials = experiment.jobs.filter((job) => job.trial != null).sort((a, b) => a.trial - b.trial);
+  let running = null;
+  const bestPoints = [];
+  for (const job of trials) {
+    if (job.status !== "succeeded") continue;
+    const value = objectiveOf(job, objective.metric);
+    if (value == null) continue;
+    if (running == null || (objective.mode === "max" ? value > running : value < running)) running = value;
+    bestPoints.push({ x: job.trial, y: scaled(running) });
+  }
+  if (!searchCharts.best) searchCharts.best = epochChart(document.getElementById("best-so-far"), objective.metric, objective.metric === "test_accuracy");
+  searchCharts.best.options.scales.x.title.text = "trial";
+  searchCharts.best.options.scales.x.min = 0;
+  setSeries(searchCharts.best, "best", "best so far", bestPoints, colour(0));
+  searchCharts.best.update("none");
+  searchCharts.best.canvas.dataset.points = String(pointCount(searchCharts.best));
+
+  const select = document.getElementById("search-param");
+  const names = Object.keys(experiment.spec.search.space);
+  if (select.options.length !== names.length) {
+    select.replaceChildren(...names.map((name) => el("option", { value: name }, name)));
+    select.addEventListener("change", drawSearch);
+  }
+  const name = select.value || names[0];
+  const numeric = trials.every((job) => typeof (job.varied || {})[name] === "number");
+  const positive = numeric && trials.every((job) => job.varied[name] > 0);
+  if (!searchCharts.params) {
+    searchCharts.params = new window.Chart(document.getElementById("params-vs-objective"), {
+      type: "scatter",
+      data: { datasets: [] },
+      options: { animation: false, responsive: true, maintainAspectRatio: false, plugins: { legend: { position: "bottom" }, tooltip: { callbacks: { label: (item) => item.raw.label } } }, scales: { x: { title: { display: true } }, y: { title: { display: true } } } },
+    });
+  }
+  const chart = searchCharts.params;
+  const categories = numeric ? null : [...new Set(trials.map((job) => String(job.varied[name])))];
+  chart.options.scales.x = positive
+    ? { type: "logarithmic", title: { display: true, text: name } }
+    : numeric
+      ? { type: "linear", title: { display: true, text: name } }
+      : { type: "category", labels: categories, title: { display: true, text: name } };
+  chart.options.scales.y = { title: { display: true, text: objective.metric } };
+  const point = (job) => ({ x: numeric ? job.varied[name] : String(job.varied[name]), y: scaled(objectiveOf(job, objective.metric)), label: `job ${job.job_id} (${job.status}): ${name} ${job.varied[name]}` });
+  const ended = trials.filter((job) => job.status === "succeeded" && objectiveOf(job, objective.metric) != null);
+  const pruned = trials.filter((job) => job.status === "pruned" && objectiveOf(job, objective.metric) != null);
+  chart.data.datasets = [
+    { label: "trained every epoch", data: ended.map(point), backgroundColor: colour(0), borderColor: colour(0), pointRadius: 5 },
+    { label: "pruned", data: pruned.map(point), backgroundColor: "rgba(0,0,0,0)", borderColor: colour(1), borderWidth: 2, pointRadius: 5 },
+  ];
+  chart.update("none");
+  chart.canvas.dataset.points = String(pointCount(chart));
+
+  const rows = search.rungs.map((rung, index) => el("tr", { dataset: { rung: index } },
+    el("td", {}, String(index)), el("td", {}, String(rung.epochs)), el("td", {}, String(rung.reached)),
+    el("td", {}, String(rung.promoted)), el("td", {}, rung.cutoff == null ? "—" : decimal(rung.cutoff))));
+  if (rows.length) document.getElementById("rungs").tBodies[0].replaceChildren(...rows);
+}
+
 function draw() {
   setStatus(document.getElementById("experiment-status"), experiment.status);
   const counts = Object.entries(experiment.status_counts || {}).filter(([, count]) => count > 0);
@@ -178,6 +263,7 @@ function draw() {
   if (isReport) drawReport();
   drawScatter();
   drawCurves();
+  drawSearch();
 }
 
 async function load() {
@@ -242,7 +328,8 @@ if (!first) {
   setLiveMode("ended");
 } else {
   followEvents(`/experiments/${experimentId}/events`, {
-    onEvent: (kind, data) => (kind === "epoch" ? addEpoch(data) : updateJob(data)),
+    // trial_created, trial_pruned and best_changed: the search's figures come with the next load.
+    onEvent: (kind, data) => (kind === "epoch" ? addEpoch(data) : kind === "status" ? updateJob(data) : scheduleLoad()),
     onEnd: () => load(),
     onUnavailable: () => {
       setLiveMode("polling");

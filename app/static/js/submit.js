@@ -26,6 +26,14 @@ const isReport = () => kind() === "experiment" && form.querySelector('[data-fiel
 function convert(text, type) {
   if (type === "int" || type === "float") return NUMBER.test(text) ? Number(text) : text;
   if (type === "bool") return text === "true";
+  if (type === "json") {
+    // Text that is not JSON goes as text: the API's 422 then names the field.
+    try {
+      return JSON.parse(text);
+    } catch {
+      return text;
+    }
+  }
   return text;
 }
 
