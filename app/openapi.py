@@ -12,7 +12,7 @@ from pydantic.json_schema import models_json_schema
 
 from app.auth import API_KEY_HEADER, OPEN_PATHS
 from app.routes.common import error_responses
-from app.schemas import EVENT_DATA_MODELS
+from app.schemas.events import EVENT_DATA_MODELS
 
 SECURITY_SCHEME = "APIKeyHeader"
 ERROR_REF = {"$ref": "#/components/schemas/ErrorRead"}

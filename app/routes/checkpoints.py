@@ -15,7 +15,8 @@ from app.deps import SettingsDep, read_session
 from app.downloads import object_download
 from app.routes.common import error_responses
 from app.routes.params import JobId
-from app.schemas import CheckpointRead, ErrorRead
+from app.schemas.checkpoints import CheckpointRead
+from app.schemas.errors import ErrorRead
 from jobs.artifacts import (
     ArtifactDamaged,
     ArtifactMissing,

@@ -7,7 +7,8 @@ from urllib.parse import urlencode
 
 from fastapi import Request, Response
 
-from app.schemas import ErrorRead, JobLinks, JobRead
+from app.schemas.errors import ErrorRead
+from app.schemas.jobs import JobLinks, JobRead
 from jobs.errors import InvalidFields
 from jobs.tables import Job, JobStatus
 

@@ -14,10 +14,10 @@ from app.deps import read_session
 from app.methods import HEAD_REQUEST
 from app.routes.common import error_responses
 from app.routes.params import ExperimentId, JobId
-from app.schemas import (
+from app.schemas.errors import ErrorRead
+from app.schemas.events import (
     BestChangedEventData,
     EpochEventData,
-    ErrorRead,
     ExperimentEndEventData,
     JobEndEventData,
     StatusEventData,

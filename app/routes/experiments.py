@@ -12,8 +12,8 @@ from fastapi import APIRouter, Query, Request, Response, status
 from app.deps import SessionDep, SettingsDep, read_session
 from app.routes.common import error_responses, next_page, refuse_offset
 from app.routes.params import ExperimentId, IdempotencyKey
-from app.schemas import (
-    ErrorRead,
+from app.schemas.errors import ErrorRead
+from app.schemas.experiments import (
     ExperimentJobRow,
     ExperimentLinks,
     ExperimentList,

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from app.deps import SessionDep, SettingsDep, read_session
 from app.routes.common import error_responses, next_page, refuse_offset, render_job
 from app.routes.params import MAX_JOB_ID, IdempotencyKey, JobId
-from app.schemas import JobList, JobMetrics, JobRead
+from app.schemas.jobs import JobList, JobMetrics, JobRead
 from jobs import dispatch, lifecycle, listing, metrics, retention, submission
 from jobs.listing import JobSort
 from jobs.specs import JobCreate, PriorityUpdate, Tag

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import APIRouter, Response, status
 
 from app.routes.common import error_responses
-from app.schemas import ArchitectureRead, Health, Readiness
+from app.schemas.system import ArchitectureRead, Health, Readiness
 from app.unavailable import RETRY_AFTER_SECONDS
 from jobs.db import ping_database
 from jobs.queue import ping_broker

@@ -19,7 +19,7 @@ from app.deps import SettingsDep, read_session
 from app.routes.checkpoints import checkpoint_listing, named_checkpoints
 from app.routes.common import render_job
 from app.routes.params import CANONICAL_ID, MAX_JOB_ID
-from app.schemas import EpochMetricRead
+from app.schemas.jobs import EpochMetricRead
 from app.templating import page
 from engine.config import Hyperparameters
 from engine.datasets import DATASETS

@@ -1,0 +1,220 @@
+"""What the API answers about experiments: one with its job rows (and its search), a page of
+them, their curves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.jobs import (
+    ENDED_DESCRIPTION,
+    JOB_EXAMPLE,
+    NEXT_DESCRIPTION,
+    EpochMetricRead,
+)
+from jobs.tables import JobStatus
+
+StatusCounts = dict[JobStatus, int]
+
+
+class JobCurve(BaseModel):
+    job_id: int
+    metrics: list[EpochMetricRead]
+
+
+class ExperimentMetrics(BaseModel):
+    experiment_id: int
+    points_per_job: int = Field(
+        description="The most epochs given per job: max_points, or less so that the whole "
+        "answer stays within 100,000 points. Each curve keeps its first, last and best epoch."
+    )
+    jobs: list[JobCurve] = Field(description="The jobs that have recorded epochs, by id.")
+
+
+class ReportFigures(BaseModel):
+    params: int | None = Field(description="As printed in the report; null where it gives none.")
+    macs: int | None = Field(description="As printed in the report; null where it gives none.")
+    final_test_accuracy: float = Field(description="Fraction in [0, 1].")
+    final_train_loss: float
+
+
+class ExperimentJobRow(BaseModel):
+    job_id: int
+    block: str
+    varied: dict[str, Any] = Field(
+        description="This job's value of each of the experiment's varying fields."
+    )
+    seed: int
+    status: JobStatus
+    ended: bool = Field(description=ENDED_DESCRIPTION)
+    epochs_done: int
+    epochs_total: int
+    params: int
+    macs: int
+    best_test_accuracy: float | None
+    final_test_accuracy: float | None
+    final_train_loss: float | None
+    seconds_per_epoch: float | None = Field(description="Mean of the job's recorded epochs.")
+    trial: int | None = Field(None, description="A search's trial number.")
+    rung: int | None = Field(None, description="asha: the highest rung the trial reached.")
+    report: ReportFigures | None = Field(
+        None, description='The report\'s figures for this block (preset "report" only).'
+    )
+
+
+class ExperimentPlotLinks(BaseModel):
+    train_loss: str
+    train_accuracy: str
+    test_loss: str
+    test_accuracy: str
+    accuracy_vs_macs: str
+    accuracy_vs_params: str
+
+
+class ExperimentLinks(BaseModel):
+    self: str
+    summary_csv: str
+    events: str
+    cancel: str
+    plots: ExperimentPlotLinks
+
+
+_EXPERIMENT_EXAMPLE: dict[str, Any] = {
+    "id": 1,
+    "name": "report",
+    "preset": "report",
+    "tags": [],
+    "spec": {
+        "name": "report",
+        "preset": "report",
+        "blocks": ["plain", "residual", "mobile"],
+        "dataset": "cifar100",
+        "hyperparameters": JOB_EXAMPLE["spec"]["hyperparameters"],
+        "grid": {},
+        "seeds": None,
+        "train_samples": None,
+        "test_samples": None,
+        "tags": [],
+    },
+    "created_at": "2026-11-27T08:00:00Z",
+    "priority": 0,
+    "status": "running",
+    "ended": False,
+    "status_counts": {"queued": 2, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0},
+    "job_count": 3,
+    "varying": ["block"],
+    "jobs": [
+        {
+            "job_id": 1,
+            "block": "plain",
+            "varied": {"block": "plain"},
+            "seed": 0,
+            "status": "running",
+            "ended": False,
+            "epochs_done": 12,
+            "epochs_total": 100,
+            "params": 11050212,
+            "macs": 551979108,
+            "best_test_accuracy": 0.5512,
+            "final_test_accuracy": 0.5436,
+            "final_train_loss": 1.0231,
+            "seconds_per_epoch": 12.3,
+            "report": {
+                "params": 11050000,
+                "macs": 550000000,
+                "final_test_accuracy": 0.7055,
+                "final_train_loss": 0.014,
+            },
+        }
+    ],
+    "links": {
+        "self": "/experiments/1",
+        "summary_csv": "/experiments/1/summary.csv",
+        "events": "/experiments/1/events",
+        "cancel": "/experiments/1/cancel",
+        "plots": {
+            "train_loss": "/experiments/1/plots/train_loss.png",
+            "train_accuracy": "/experiments/1/plots/train_accuracy.png",
+            "test_loss": "/experiments/1/plots/test_loss.png",
+            "test_accuracy": "/experiments/1/plots/test_accuracy.png",
+            "accuracy_vs_macs": "/experiments/1/plots/accuracy-vs-macs.png",
+            "accuracy_vs_params": "/experiments/1/plots/accuracy-vs-params.png",
+        },
+    },
+}
+
+
+class SearchBest(BaseModel):
+    job_id: int
+    trial: int
+    params: dict[str, Any]
+    value: float = Field(description="The objective's value at the trial's last epoch.")
+
+
+class SearchRung(BaseModel):
+    epochs: int = Field(description="Epochs a trial has trained when it reaches the rung.")
+    reached: int = Field(description="Trials that reached it.")
+    promoted: int = Field(description="Trials that reached it and went on.")
+    cutoff: float | None = Field(
+        description="The value a trial reaching the rung now must match to go on (the worst "
+        "of the best 1/reduction_factor recorded there)."
+    )
+
+
+class SearchRead(BaseModel):
+    """Where a search stands; the counts per status are the experiment's `status_counts`."""
+
+    max_trials: int
+    trials_created: int
+    best: SearchBest | None = Field(description="The succeeded trial with the best objective.")
+    rungs: list[SearchRung] = Field(description="asha's rungs; empty for the other pruners.")
+    epochs_spent: int = Field(description="Epochs the trials actually trained.")
+    epochs_full: int = Field(description="max_trials x hyperparameters.epochs: with no pruning.")
+
+
+class ExperimentRead(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXPERIMENT_EXAMPLE]})
+
+    id: int
+    name: str
+    preset: Literal["report"] | None
+    tags: list[str]
+    spec: dict[str, Any] = Field(description="The submitted experiment, defaults filled in.")
+    created_at: datetime
+    priority: int = Field(description="The priority its jobs were given.")
+    status: JobStatus = Field(
+        description="running if any job runs; else queued if any is queued; else succeeded if "
+        "all succeeded or were pruned; else failed if any failed; else cancelled."
+    )
+    ended: bool = Field(description="True once every job has ended.")
+    status_counts: StatusCounts = Field(description="How many jobs have each status.")
+    job_count: int
+    varying: list[str] = Field(
+        description="The spec fields whose value differs between the jobs: block, grid "
+        "hyperparameters, seed; in a search, each searched field."
+    )
+    search: SearchRead | None = Field(
+        None, description="A search's progress; null for a grid and in listings."
+    )
+    jobs: list[ExperimentJobRow] = Field(description="Empty in listings.")
+    links: ExperimentLinks
+
+
+class ExperimentList(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [{**_EXPERIMENT_EXAMPLE, "jobs": []}],
+                    "limit": 50,
+                    "next": None,
+                }
+            ]
+        }
+    )
+
+    items: list[ExperimentRead]
+    limit: int
+    next: str | None = Field(description=NEXT_DESCRIPTION)
