@@ -284,7 +284,7 @@ def _experiment_job_ended(session: Session, experiment_id: int) -> None:
     # The experiment's row is locked (PostgreSQL): two of its jobs ending at once then see each
     # other's end, so exactly one of them finds the experiment ended.
     experiment = session.execute(
-        select(Experiment).where(Experiment.id == experiment_id).with_for_update()
+        select(Experiment).where(Experiment.id == experiment_id).with_for_update(key_share=True)
     ).scalar_one_or_none()
     if experiment is None or not (experiment.spec or {}).get("notify"):
         return

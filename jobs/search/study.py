@@ -13,8 +13,11 @@ decided), and loads the trials into Optuna's in-memory storage without its per-t
 and validation (RowStorage): at 1,000 trials a decision costs a few milliseconds (see
 docs/benchmarks.md).
 
-Locking. Every decision takes the experiment's row lock first (SELECT ... FOR UPDATE on
-PostgreSQL; SQLite write transactions begin IMMEDIATE, which serialises them), so two workers
+Locking. Every decision takes the experiment's row lock first (SELECT ... FOR NO KEY UPDATE on
+PostgreSQL, which serialises the deciders as well; a plain FOR UPDATE also conflicts with the
+KEY SHARE locks that foreign-key checks take on the row, and two trials ending at once were
+seen to deadlock on it; SQLite write transactions begin IMMEDIATE, which serialises them), so
+two workers
 never decide on stale rungs or make the same trial; the trial counter `trials_created` is also
 compared-and-set. The next trial is made in the transaction that ends one (jobs.lifecycle calls
 `trial_ended` from every final status change), so a trial ending and its successor commit
@@ -135,7 +138,7 @@ def lock_experiment(session: Session, experiment_id: int) -> Any:
             Experiment.cancel_requested,
         )
         .where(Experiment.id == experiment_id)
-        .with_for_update()
+        .with_for_update(key_share=True)
     ).one()
 
 
