@@ -24,7 +24,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -324,17 +323,11 @@ def measure(base: str, ids: dict[str, Any], requests: int) -> dict[str, dict[str
     return results
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _api(database_url: str, workdir: Path) -> Iterator[str]:
-    port = _free_port()
+    from tests.support import free_port, start_api
+
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "API_KEY"))},
         "DATABASE_URL": database_url,
@@ -342,41 +335,11 @@ def _api(database_url: str, workdir: Path) -> Iterator[str]:
         "MAX_QUEUED_JOBS": "1000000",
         "ALLOW_DOWNLOAD": "false",
     }
-    log = (workdir / "api.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],  # fmt: skip
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
+    api = start_api(env, workdir, port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((workdir / "api.log").read_text())
-            time.sleep(0.2)
-        yield base
+        yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+        api.stop()
 
 
 def run(
