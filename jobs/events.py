@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, insert, not_, or_, select, update
+from sqlalchemy import and_, func, insert, not_, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from jobs.errors import ExperimentNotFound, InvalidLastEventId, JobNotFound, UnknownLastEventId
@@ -95,9 +95,27 @@ def record_event(session: Session, job_id: int, kind: str, data: Mapping[str, An
             created_at=utcnow(),
         )
     )
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_notify(JOB_EVENTS_CHANNEL, str(job_id))))
+    _notify(session, [job_id])
     return int(bumped.event_seq)
+
+
+def _notify(session: Session, job_ids: Sequence[int]) -> None:
+    """On PostgreSQL, tell the API processes' watchers (at commit) that these jobs have news."""
+    if session.get_bind().dialect.name != "postgresql" or not job_ids:
+        return
+    if len(job_ids) == 1:
+        session.execute(select(func.pg_notify(JOB_EVENTS_CHANNEL, str(job_ids[0]))))
+        return
+    session.execute(
+        text("SELECT pg_notify(:channel, id::text) FROM unnest(CAST(:ids AS integer[])) AS id"),
+        {"channel": JOB_EVENTS_CHANNEL, "ids": list(job_ids)},
+    )
+
+
+def _status_payload(job_id: int, fields: Mapping[Any, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {"job_id": job_id, **{name: fields.get(name) for name in STATUS_FIELDS}}
+    data["ended"] = JobStatus(data["status"]).ended
+    return data
 
 
 def status_data(session: Session, job_id: int) -> dict[str, Any]:
@@ -105,9 +123,34 @@ def status_data(session: Session, job_id: int) -> dict[str, Any]:
     row = session.execute(
         select(*(getattr(Job, name) for name in STATUS_FIELDS)).where(Job.id == job_id)
     ).one()
-    data = {"job_id": job_id, **{name: getattr(row, name) for name in STATUS_FIELDS}}
-    data["ended"] = JobStatus(row.status).ended
-    return data
+    return _status_payload(job_id, row._mapping)
+
+
+def record_first_statuses(
+    session: Session, jobs: Sequence[tuple[int, Mapping[str, Any]]], *, experiment_id: int
+) -> None:
+    """Event seq 1 of each job just inserted with event_seq 1 (submission.add_jobs): the status
+    event record_status would write for it, from the columns it was inserted with, for all of
+    them in one statement."""
+    now = utcnow()
+    session.execute(
+        insert(JobEvent),
+        [
+            {
+                "job_id": job_id,
+                "experiment_id": experiment_id,
+                "seq": 1,
+                "kind": STATUS_EVENT,
+                "data": {
+                    name: _json_value(value)
+                    for name, value in _status_payload(job_id, columns).items()
+                },
+                "created_at": now,
+            }
+            for job_id, columns in jobs
+        ],
+    )
+    _notify(session, [job_id for job_id, _ in jobs])
 
 
 def record_status(session: Session, job_id: int) -> int:

@@ -249,7 +249,7 @@ def _experiment_schema_extra(schema: dict[str, Any]) -> None:
 
 class ExperimentCreate(BaseModel):
     """Several jobs submitted and read as one: one per block x grid combination x seed, at most
-    64 (`x-max-jobs`); more is 422 too_many_jobs."""
+    1,000 (`x-max-jobs`); more is 422 too_many_jobs."""
 
     model_config = ConfigDict(**STRICT, json_schema_extra=_experiment_schema_extra)
 
