@@ -85,6 +85,20 @@ def worker_heartbeat(
     )
 
 
+def workers_on_host(
+    session: Session, hostname: str, *, seen_within_seconds: float
+) -> list[tuple[int, int]]:
+    """(pid, concurrency) of each worker process on `hostname` that reported itself alive in
+    the last `seen_within_seconds`."""
+    since = utcnow() - timedelta(seconds=seen_within_seconds)
+    rows = session.execute(
+        select(WorkerRecord.pid, WorkerRecord.concurrency).where(
+            WorkerRecord.hostname == hostname, WorkerRecord.heartbeat_at >= since
+        )
+    )
+    return [(int(pid), int(concurrency)) for pid, concurrency in rows]
+
+
 def forget_worker(session: Session, name: str) -> None:
     """A worker that stops cleanly removes its row: it is not a dead worker."""
     session.execute(

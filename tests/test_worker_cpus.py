@@ -8,9 +8,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
-from jobs.settings import Settings
-from worker.cpus import available_cpus, cgroup_cpu_quota, threads_per_job
+from jobs.settings import Settings, get_settings
+from worker.cpus import (
+    available_cpus,
+    cgroup_cpu_quota,
+    job_slots_sharing_cpus,
+    threads_per_job,
+)
 from worker.runner import job_cpu_threads
 
 
@@ -86,6 +92,74 @@ def test_no_cgroup_files_means_no_quota(tmp_path: Path) -> None:
     assert cgroup_cpu_quota(tmp_path, tmp_path / "missing") is None
     write(tmp_path / "proc", "0::/\n")
     assert cgroup_cpu_quota(tmp_path / "cgroup", tmp_path / "proc") is None
+
+
+def test_job_slots_count_the_live_workers_that_share_these_cpus() -> None:
+    affinities = {10: {0, 1}, 11: {2, 3}, 12: {1}, 13: set()}
+
+    def affinity_of(pid: int) -> set[int]:
+        if pid not in affinities:
+            raise ProcessLookupError(pid)  # a stale row: the process is gone
+        return affinities[pid]
+
+    def slots(peers: list[tuple[int, int]]) -> int:
+        return job_slots_sharing_cpus(
+            peers, own_pid=1, own_concurrency=2, own_cpus={0, 1}, affinity_of=affinity_of
+        )
+
+    assert slots([]) == 2
+    assert slots([(1, 2)]) == 2  # its own row is not counted twice
+    assert slots([(10, 1), (12, 3)]) == 6  # both overlap CPUs 0-1
+    assert slots([(11, 4)]) == 2  # pinned to other CPUs: no competition
+    assert slots([(99, 4), (13, 1)]) == 2  # gone, or no CPUs in common
+    assert slots([(10, 0)]) == 3  # a row says 0: still a job slot
+
+
+def test_the_worker_splits_the_cpus_with_the_other_workers_on_this_machine(
+    configure, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Four single-job worker processes on one machine each train with a quarter of its CPUs
+    (at least one thread), not each with all of them."""
+    import socket
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from jobs.db import session_scope
+    from jobs.tables import utcnow
+    from jobs.telemetry import worker_heartbeat
+
+    configure(database_url, WORKER_CONCURRENCY="1")
+    monkeypatch.delenv("TORCH_THREADS", raising=False)
+    peers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in "abc"]
+    try:
+        with session_scope() as session:
+            for number, peer in enumerate(peers):
+                worker_heartbeat(session, f"peer-{number}", concurrency=1, started_at=utcnow())
+                session.execute(
+                    text("UPDATE workers SET pid = :pid WHERE name = :name"),
+                    {"pid": peer.pid, "name": f"peer-{number}"},
+                )
+            # A worker on another machine, and one not heard from for long: neither counts.
+            worker_heartbeat(session, "elsewhere", concurrency=8, started_at=utcnow())
+            worker_heartbeat(session, "silent", concurrency=8, started_at=utcnow())
+            session.execute(
+                text("UPDATE workers SET hostname = 'other-host' WHERE name = 'elsewhere'")
+            )
+            session.execute(
+                text("UPDATE workers SET heartbeat_at = :old WHERE name = 'silent'"),
+                {"old": utcnow() - timedelta(hours=1)},
+            )
+        threads, why = job_cpu_threads(get_settings())
+        assert "shared by 4 job slots" in why, why
+        assert threads == threads_per_job(available_cpus(), 4)
+        assert socket.gethostname()  # the rows above were recorded under this machine's name
+    finally:
+        for peer in peers:
+            peer.kill()
+            peer.wait()
+    # The peers are gone: their rows no longer count.
+    assert "shared by 1 job slots" in job_cpu_threads(get_settings())[1]
 
 
 def test_the_worker_reads_torch_threads_and_worker_concurrency(

@@ -1,9 +1,12 @@
 """How many CPU threads each training job of this worker process gets.
 
 PyTorch gives every job a thread per core of the machine by default. Several jobs in one
-process (WORKER_CONCURRENCY > 1), or other busy processes, then run more threads than there are
-cores, and each parallel operation waits at its end for whichever of its threads was preempted.
-So the worker splits the CPUs it may use between the jobs it runs at once. No torch here.
+process (WORKER_CONCURRENCY > 1), several worker processes on one machine, or other busy
+processes then run more threads than there are cores, and each parallel operation waits at its
+end for whichever of its threads was preempted: four single-job workers on 2 cores with 2
+threads each trained a tiny job 11 times slower than one worker alone (docs/benchmarks.md). So
+the worker splits the CPUs it may use between the job slots of every live worker process on
+this machine whose CPUs overlap its own. No torch here.
 """
 
 from __future__ import annotations
@@ -26,6 +29,31 @@ def threads_per_job(cpus: int, concurrency: int, override: int = 0) -> int:
     if override > 0:
         return override
     return max(1, cpus // max(1, concurrency))
+
+
+def job_slots_sharing_cpus(
+    peers: list[tuple[int, int]],
+    *,
+    own_pid: int,
+    own_concurrency: int,
+    own_cpus: set[int],
+    affinity_of: Callable[[int], set[int]] = os.sched_getaffinity,
+) -> int:
+    """The job slots that compete for this process's CPUs: its own WORKER_CONCURRENCY plus that
+    of each other live worker process (`peers`: pid, concurrency, from the workers' heartbeats
+    on this machine) whose affinity overlaps ``own_cpus``. A pid that is gone or cannot be
+    looked at (another PID namespace) is not counted."""
+    slots = max(1, own_concurrency)
+    for pid, concurrency in peers:
+        if pid == own_pid:
+            continue
+        try:
+            shared = affinity_of(pid) & own_cpus
+        except OSError:  # no such process (a stale row), or not ours to inspect
+            continue
+        if shared:
+            slots += max(1, concurrency)
+    return slots
 
 
 def available_cpus(

@@ -15,7 +15,7 @@ from jobs.retention import sweep_artifact_deletions
 from jobs.settings import Settings
 from jobs.tables import utcnow
 from jobs.telemetry import forget_worker, worker_heartbeat
-from worker.runner import running_jobs, worker_name
+from worker.runner import reconcile_interval, running_jobs, worker_name
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Reconciler(threading.Thread):
             )
 
     def run(self) -> None:
-        interval = max(0.5, min(self.settings.heartbeat_seconds, self.settings.lease_seconds / 2))
+        interval = reconcile_interval(self.settings)
         next_sweep = time.monotonic()
         while True:
             try:

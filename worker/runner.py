@@ -45,8 +45,9 @@ from jobs.queue import enqueue_after_commit
 from jobs.retry import TransientDatabaseError, retry_transient
 from jobs.settings import Settings
 from jobs.tables import Checkpoint, FailureReason, Job, JobStatus
+from jobs.telemetry import workers_on_host
 from worker import telemetry
-from worker.cpus import available_cpus, threads_per_job
+from worker.cpus import available_cpus, job_slots_sharing_cpus, threads_per_job
 from worker.uploads import FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, CheckpointUploads, UploadFailed
 
 logger = logging.getLogger(__name__)
@@ -144,12 +145,41 @@ class LeaseWatcher(threading.Thread):
 
 def job_cpu_threads(settings: Settings) -> tuple[int, str]:
     """The intra-op CPU threads of each job this worker process trains, and where the number
-    comes from: TORCH_THREADS when set, else the CPUs it may use divided by WORKER_CONCURRENCY."""
-    cpus = available_cpus()
-    threads = threads_per_job(cpus, settings.worker_concurrency, settings.torch_threads)
+    comes from: TORCH_THREADS when set, else the CPUs it may use divided by the job slots of
+    the live worker processes on this machine that share them (its own WORKER_CONCURRENCY
+    when they cannot be read)."""
     if settings.torch_threads > 0:
-        return threads, "TORCH_THREADS"
-    return threads, f"{cpus} usable CPUs, WORKER_CONCURRENCY={settings.worker_concurrency}"
+        return threads_per_job(1, 1, settings.torch_threads), "TORCH_THREADS"
+    cpus = available_cpus()
+    slots = settings.worker_concurrency
+    try:
+        with session_scope(write=False) as session:
+            peers = workers_on_host(
+                session, socket.gethostname(), seen_within_seconds=_peer_seen_within(settings)
+            )
+        slots = job_slots_sharing_cpus(
+            peers,
+            own_pid=os.getpid(),
+            own_concurrency=settings.worker_concurrency,
+            own_cpus=os.sched_getaffinity(0),
+        )
+    except Exception as error:  # a database hiccup must not stop a job: own slots only
+        logger.warning("could not read the other workers on this machine: %s", error)
+    threads = threads_per_job(cpus, slots)
+    return threads, (
+        f"{cpus} usable CPUs shared by {slots} job slots of the workers on this machine, "
+        f"WORKER_CONCURRENCY={settings.worker_concurrency} here"
+    )
+
+
+def reconcile_interval(settings: Settings) -> float:
+    """Seconds between a worker's reconciler passes, each of which records its heartbeat."""
+    return max(0.5, min(settings.heartbeat_seconds, settings.lease_seconds / 2))
+
+
+def _peer_seen_within(settings: Settings) -> float:
+    """A worker process is live if it reported itself within three of its reconciler passes."""
+    return 3 * reconcile_interval(settings)
 
 
 def run_job(job_id: int, *, settings: Settings, trainer: Trainer | None = None) -> Outcome:
