@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ TRAINING_QUEUE = "training"
 # Redis message priorities 0..9 (kombu's default steps), 0 first.
 BROKER_PRIORITY_STEPS = 10
 RUN_JOB_TASK = "worker.run_job"
-# A job sent to an idle worker on the embedded broker starts within about this.
+# A job sent to an idle worker on the embedded broker starts within about this (half of it on
+# average). Each poll is a query of the broker's table: an idle worker polling every 0.1 s used
+# 3.5 % of a core on the 2-core development VM, every 0.02 s 13 %.
 SQLITE_BROKER_POLL_SECONDS = 0.1
 
 # A send must never hang the request that committed the job: the row is already queued, and the
@@ -45,20 +48,30 @@ PUBLISH_RETRY_POLICY = {
 }
 
 
-def _prepare_sqlite_broker(url: str) -> None:
-    """Create the broker file's folder and switch it to WAL, so the API and workers share it."""
+def _prepare_sqlite_broker(url: str) -> Callable[[], sqlite3.Connection]:
+    """Create the broker file's folder and switch it to WAL, so the API and workers share it;
+    returns how the transport connects to it."""
     path = Path(url.split(":///", 1)[1])
     path.parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(path, timeout=30) as connection:
         connection.execute("PRAGMA journal_mode=WAL")
 
+    def connect() -> sqlite3.Connection:
+        # As the job database: in WAL mode, synchronous=NORMAL makes a commit survive the
+        # process being killed, without an fsync per message (a 1,000-job experiment sends
+        # 1,000). A power cut may lose the last messages; the reconciler re-sends those.
+        connection = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
+    return connect
+
 
 def make_celery(settings: Settings, *, include: tuple[str, ...] = ()) -> Celery:
     broker_url = settings.resolved_broker_url
     if broker_url.startswith("sqla+sqlite"):
-        _prepare_sqlite_broker(broker_url)
         # kombu hands these to create_engine() for its SQLAlchemy transport.
-        transport_options: dict[str, object] = {"connect_args": {"timeout": 30}}
+        transport_options: dict[str, object] = {"creator": _prepare_sqlite_broker(broker_url)}
         # The transport polls its table (once a second by default); its transport options all
         # go to create_engine(), so the interval can only be set on the class.
         kombu_sqlalchemy.Transport.polling_interval = SQLITE_BROKER_POLL_SECONDS
