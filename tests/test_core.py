@@ -98,6 +98,142 @@ def test_queue_positions_follow_the_order_in_which_jobs_are_claimed(db: str) -> 
     assert claimed == sorted(positions, key=positions.__getitem__) + [None]
 
 
+def test_a_page_of_positions_and_each_job_alone_agree_with_the_claim_order(db: str) -> None:
+    """A page's positions (the whole queue numbered once) and one job's (entries ahead counted)
+    are two queries for one order: mixed priorities, an experiment and lone jobs behind it."""
+    from sqlalchemy import select
+
+    from jobs.specs import ExperimentCreate
+    from jobs.tables import Job
+
+    lone = new_jobs(3)
+    with session_scope() as session:
+        experiment = submission.create_experiment(
+            session,
+            ExperimentCreate(
+                name="e",
+                blocks=["mobile"],
+                hyperparameters={"epochs": 1},
+                grid={"learning_rate": [0.1, 0.01, 0.001, 0.0001]},
+            ),
+            settings=get_settings(),
+        )
+        session.flush()
+        grid_ids = list(
+            session.scalars(
+                select(Job.id).where(Job.experiment_id == experiment.experiment.id).order_by(Job.id)
+            )
+        )
+    assert len(grid_ids) == 4
+    late = new_jobs(2)
+    with session_scope() as session:
+        lifecycle.set_priority(session, late[1], 5)
+        lifecycle.set_priority(session, lone[2], -5)
+    ids = lone + grid_ids + late
+    with session_scope(write=False) as session:
+        page = dispatch.queue_positions(session, ids)
+        alone = {job_id: dispatch.queue_position(session, job_id) for job_id in ids}
+    assert page == alone and sorted(page.values()) == list(range(1, len(ids) + 1))
+    assert page[late[1]] == 1 and page[lone[2]] == len(ids)
+    claimed = []
+    for _ in ids:
+        with session_scope() as session:
+            claim = claim_next_job(session, worker="w", lease_seconds=30)
+            assert claim is not None
+            claimed.append(claim.job_id)
+    assert claimed == sorted(page, key=page.__getitem__)
+
+
+def test_an_experiments_jobs_are_made_as_a_lone_job_is(db: str) -> None:
+    """An experiment's jobs are inserted together (submission.add_jobs); each gets the row,
+    tags and first status event a job submitted alone gets, and its later events follow."""
+    from sqlalchemy import select
+
+    from jobs.events import events_after
+    from jobs.specs import ExperimentCreate
+    from jobs.tables import Job, JobTag
+
+    spec = JobCreate(block="mobile", hyperparameters={"epochs": 2}, tags=["a", "b"])
+    with session_scope() as session:
+        lone = submission.create_job(session, spec, settings=get_settings()).job.id
+        made = submission.create_experiment(
+            session,
+            ExperimentCreate(
+                name="e",
+                blocks=["mobile"],
+                hyperparameters={"epochs": 2},
+                grid={"learning_rate": [0.1, 0.01, 0.001]},
+                tags=["a", "b"],
+            ),
+            settings=get_settings(),
+        )
+        experiment_id = made.experiment.id
+    with session_scope(write=False) as session:
+        grid = list(
+            session.scalars(select(Job).where(Job.experiment_id == experiment_id).order_by(Job.id))
+        )
+        assert [job.config["learning_rate"] for job in grid] == [0.1, 0.01, 0.001]
+        single = session.get(Job, lone)
+        assert single is not None
+        columns = ("status", "tags", "params", "macs", "epochs_total", "event_seq", "block")
+        for job in grid:
+            assert [getattr(job, name) for name in columns] == [
+                getattr(single, name) for name in columns
+            ]
+        assert [job.fair_share_key for job in grid] == list(
+            range(grid[0].fair_share_key, grid[0].fair_share_key + 3)
+        )
+        tags = session.execute(
+            select(JobTag.job_id, JobTag.tag).order_by(JobTag.job_id, JobTag.tag)
+        )
+        assert list(tags) == [
+            (job_id, tag) for job_id in [lone] + [j.id for j in grid] for tag in "ab"
+        ]
+        first = events_after(session, job_ids=[lone])
+        made_events = events_after(session, experiment_id=experiment_id)
+    assert [(event.seq, event.kind) for event in first] == [(1, "status")]
+    assert [(event.job_id, event.seq) for event in made_events] == [(job.id, 1) for job in grid]
+    for event in made_events:
+        assert event.data == {**first[0].data, "job_id": event.job_id}
+    with session_scope() as session:
+        lifecycle.cancel_job(session, grid[0].id)
+    with session_scope(write=False) as session:
+        after = events_after(session, job_ids=[grid[0].id])
+    assert [(event.seq, event.data["status"]) for event in after] == [
+        (1, "queued"),
+        (2, "cancelled"),
+    ]
+
+
+def test_an_experiments_new_jobs_are_announced_to_the_event_watchers(db: str) -> None:
+    if not db.startswith("postgresql"):
+        pytest.skip("NOTIFY is PostgreSQL's; SQLite's watchers poll the newest event id")
+    import psycopg
+    from sqlalchemy import make_url
+
+    from jobs.events import JOB_EVENTS_CHANNEL
+    from jobs.specs import ExperimentCreate
+
+    url = make_url(db).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {JOB_EVENTS_CHANNEL}")
+        with session_scope() as session:
+            made = submission.create_experiment(
+                session,
+                ExperimentCreate(name="e", blocks=["mobile", "plain", "residual"]),
+                settings=get_settings(),
+            )
+            experiment_id = made.experiment.id
+        heard = [note.payload for note in listener.notifies(timeout=10, stop_after=3)]
+    with session_scope(write=False) as session:
+        from sqlalchemy import select
+
+        from jobs.tables import Job
+
+        ids = session.scalars(select(Job.id).where(Job.experiment_id == experiment_id))
+        assert sorted(heard) == sorted(str(job_id) for job_id in ids)
+
+
 def test_a_recorded_epoch_says_whether_the_attempt_goes_on(db: str) -> None:
     (job_id,) = new_jobs(1)
     with session_scope() as session:
