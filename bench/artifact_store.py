@@ -10,7 +10,8 @@ once per backend, in alternating rounds, with checkpoints handed to the worker's
 
 Per backend it prints the median epoch time, its overhead against `none`, the time the training
 loop spent in `on_checkpoint` per checkpoint (what blocks training), and how long after the last
-epoch the uploads took to drain. Only 127.0.0.1 is contacted.
+epoch the uploads took to drain; and the CPU time moto's server used per checkpoint received,
+which a real deployment spends on another machine. Only 127.0.0.1 is contacted.
 
     python -m bench.artifact_store [--block plain] [--epochs 4] [--train-per-class 40]
                                    [--rounds 2] [--backends none,local,s3] [--threads N]
@@ -57,6 +58,12 @@ def start_s3(root: Path) -> tuple[Any, str]:
             time.sleep(0.2)
     boto3.client("s3", endpoint_url=url).create_bucket(Bucket="bench")
     return process, url
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_once(backend: str, config: Any, data_dir: Path, root: Path, s3_url: str | None) -> dict:
@@ -157,7 +164,11 @@ def main(argv: list[str] | None = None) -> None:
             for round_number in range(args.rounds):
                 for name in backends:  # alternating, so drift in the machine's load is shared
                     print(f"round {round_number + 1}/{args.rounds}: {name}", flush=True)
-                    results[name].append(run_once(name, config, data_dir, root, s3_url))
+                    server_cpu = _cpu_seconds(s3_process.pid) if s3_process else 0.0
+                    run = run_once(name, config, data_dir, root, s3_url)
+                    if name == "s3" and s3_process is not None:
+                        run["server_cpu"] = _cpu_seconds(s3_process.pid) - server_cpu
+                    results[name].append(run)
         finally:
             if s3_process is not None:
                 s3_process.terminate()
@@ -183,6 +194,13 @@ def main(argv: list[str] | None = None) -> None:
         blocked = f"{statistics.median(blocking):.2f}, {max(blocking):.2f}" if blocking else "-"
         drain = statistics.median(run["drain"] for run in results[name])
         print(f"{name:8} {median:17.3f} {overhead:>9} {blocked:>31} {drain:8.2f}")
+    if "s3" in results:
+        checkpoints = sum(run["checkpoints"] for run in results["s3"])
+        server = sum(run.get("server_cpu", 0.0) for run in results["s3"])
+        print(
+            f"\nthe S3 server (moto, on this machine) used {server / max(checkpoints, 1):.2f} "
+            "CPU seconds per checkpoint received; on a deployment its machine is another one"
+        )
 
 
 if __name__ == "__main__":
