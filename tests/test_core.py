@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from jobs import dispatch, lifecycle, submission
 from jobs.db import session_scope
 from jobs.lifecycle import GO_ON, StopReason, claim_job, claim_next_job, record_epoch
 from jobs.settings import get_settings
-from jobs.specs import JobCreate
-from jobs.tables import FailureReason, JobStatus
+from jobs.specs import ExperimentCreate, JobCreate
+from jobs.tables import FailureReason, Job, JobStatus
 from tests.support import epoch_row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +83,25 @@ def new_jobs(count: int) -> list[int]:
         ]
 
 
+def new_grid(learning_rates: list[float], **fields: Any) -> tuple[int, list[int]]:
+    """A grid experiment of mobile jobs, one per learning rate: its id and its jobs' ids."""
+    with session_scope() as session:
+        experiment_id = submission.create_experiment(
+            session,
+            ExperimentCreate(
+                name="e",
+                blocks=["mobile"],
+                hyperparameters={"epochs": 2},
+                grid={"learning_rate": learning_rates},
+                **fields,
+            ),
+            settings=get_settings(),
+        ).experiment.id
+    with session_scope(write=False) as session:
+        query = select(Job.id).where(Job.experiment_id == experiment_id).order_by(Job.id)
+        return experiment_id, list(session.scalars(query))
+
+
 def test_queue_positions_follow_the_order_in_which_jobs_are_claimed(db: str) -> None:
     ids = new_jobs(5)
     with session_scope() as session:
@@ -101,29 +122,8 @@ def test_queue_positions_follow_the_order_in_which_jobs_are_claimed(db: str) -> 
 def test_a_page_of_positions_and_each_job_alone_agree_with_the_claim_order(db: str) -> None:
     """A page's positions (the whole queue numbered once) and one job's (entries ahead counted)
     are two queries for one order: mixed priorities, an experiment and lone jobs behind it."""
-    from sqlalchemy import select
-
-    from jobs.specs import ExperimentCreate
-    from jobs.tables import Job
-
     lone = new_jobs(3)
-    with session_scope() as session:
-        experiment = submission.create_experiment(
-            session,
-            ExperimentCreate(
-                name="e",
-                blocks=["mobile"],
-                hyperparameters={"epochs": 1},
-                grid={"learning_rate": [0.1, 0.01, 0.001, 0.0001]},
-            ),
-            settings=get_settings(),
-        )
-        session.flush()
-        grid_ids = list(
-            session.scalars(
-                select(Job.id).where(Job.experiment_id == experiment.experiment.id).order_by(Job.id)
-            )
-        )
+    _, grid_ids = new_grid([0.1, 0.01, 0.001, 0.0001])
     assert len(grid_ids) == 4
     late = new_jobs(2)
     with session_scope() as session:
@@ -147,27 +147,13 @@ def test_a_page_of_positions_and_each_job_alone_agree_with_the_claim_order(db: s
 def test_an_experiments_jobs_are_made_as_a_lone_job_is(db: str) -> None:
     """An experiment's jobs are inserted together (submission.add_jobs); each gets the row,
     tags and first status event a job submitted alone gets, and its later events follow."""
-    from sqlalchemy import select
-
     from jobs.events import events_after
-    from jobs.specs import ExperimentCreate
-    from jobs.tables import Job, JobTag
+    from jobs.tables import JobTag
 
     spec = JobCreate(block="mobile", hyperparameters={"epochs": 2}, tags=["a", "b"])
     with session_scope() as session:
         lone = submission.create_job(session, spec, settings=get_settings()).job.id
-        made = submission.create_experiment(
-            session,
-            ExperimentCreate(
-                name="e",
-                blocks=["mobile"],
-                hyperparameters={"epochs": 2},
-                grid={"learning_rate": [0.1, 0.01, 0.001]},
-                tags=["a", "b"],
-            ),
-            settings=get_settings(),
-        )
-        experiment_id = made.experiment.id
+    experiment_id, _ = new_grid([0.1, 0.01, 0.001], tags=["a", "b"])
     with session_scope(write=False) as session:
         grid = list(
             session.scalars(select(Job).where(Job.experiment_id == experiment_id).order_by(Job.id))
@@ -212,26 +198,13 @@ def test_an_experiments_new_jobs_are_announced_to_the_event_watchers(db: str) ->
     from sqlalchemy import make_url
 
     from jobs.events import JOB_EVENTS_CHANNEL
-    from jobs.specs import ExperimentCreate
 
     url = make_url(db).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(url, autocommit=True) as listener:
         listener.execute(f"LISTEN {JOB_EVENTS_CHANNEL}")
-        with session_scope() as session:
-            made = submission.create_experiment(
-                session,
-                ExperimentCreate(name="e", blocks=["mobile", "plain", "residual"]),
-                settings=get_settings(),
-            )
-            experiment_id = made.experiment.id
+        _, ids = new_grid([0.1, 0.01, 0.001])
         heard = [note.payload for note in listener.notifies(timeout=10, stop_after=3)]
-    with session_scope(write=False) as session:
-        from sqlalchemy import select
-
-        from jobs.tables import Job
-
-        ids = session.scalars(select(Job.id).where(Job.experiment_id == experiment_id))
-        assert sorted(heard) == sorted(str(job_id) for job_id in ids)
+    assert sorted(heard) == sorted(str(job_id) for job_id in ids)
 
 
 def test_a_recorded_epoch_says_whether_the_attempt_goes_on(db: str) -> None:
