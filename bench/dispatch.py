@@ -101,6 +101,8 @@ class Service:
     def start_workers(self, count: int) -> None:
         from tests.support import start_worker, wait_for
 
+        if len(self.workers) == count and all(worker.alive() for worker in self.workers):
+            return  # the same workers go on
         self.stop_workers()
         names = [f"bench-{len(self.workers) + number}-{time.time_ns()}" for number in range(count)]
         self.workers = [start_worker(self.env, self.workdir, name) for name in names]
