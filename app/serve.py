@@ -13,7 +13,14 @@ import uvicorn
 
 from jobs.db import hide_password
 from jobs.migrations import upgrade
-from jobs.settings import get_settings
+from jobs.settings import Settings, get_settings
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    # uvicorn handles SIGTERM itself while it serves, then raises the signal again once it has
+    # shut down; without this the default action would end this process before the workers are
+    # stopped, and they would go on running on their own.
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,11 +32,22 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     upgrade()
-    worker_processes = [
-        subprocess.Popen([sys.executable, "-m", "worker"], start_new_session=True)
-        for _ in range(args.workers)
-    ]
-    url = f"http://{args.host}:{args.port}"
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
+    worker_processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(args.workers):
+            worker_processes.append(
+                subprocess.Popen([sys.executable, "-m", "worker"], start_new_session=True)
+            )
+        _serve(args.host, args.port, settings)
+    finally:
+        _stop(worker_processes)
+    return 0
+
+
+def _serve(host: str, port: int, settings: Settings) -> None:
+    url = f"http://{host}:{port}"
     print(f"\nCIFAR training jobs: {url}   (API docs: {url}/docs)", flush=True)
     print(
         # Passwords in the URLs are not printed.
@@ -38,18 +56,21 @@ def main(argv: list[str] | None = None) -> int:
         f"data {settings.data_dir.resolve()} | artifacts {settings.resolved_artifact_dir}\n",
         flush=True,
     )
-    try:
-        uvicorn.run("app.main:app", host=args.host, port=args.port, log_level="info")
-    finally:
-        for process in worker_processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in worker_processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-    return 0
+    uvicorn.run("app.main:app", host=host, port=port, log_level="info")
+
+
+def _stop(worker_processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each worker (a warm shutdown: a running job is handed back to the queue), and
+    SIGKILL the ones still running 30 s later."""
+    for process in worker_processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in worker_processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 if __name__ == "__main__":
