@@ -302,6 +302,7 @@ def measure(base: str, ids: dict[str, Any], requests: int) -> dict[str, dict[str
         "GET /experiments?limit=50": lambda api, n: api.get("/experiments", params={"limit": 50}),
         "GET /experiments/{id}": lambda api, n: api.get(f"/experiments/{ids['experiment']}"),
         "GET / (dashboard)": lambda api, n: api.get("/"),
+        "GET /metrics (Prometheus)": lambda api, n: api.get("/metrics"),
         "POST /jobs": lambda api, n: api.post(
             "/jobs",
             json={"block": "mobile", "hyperparameters": {"epochs": 1, "seed": n}},

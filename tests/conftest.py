@@ -4,14 +4,18 @@ Redis skip with a reason when the server is absent, and fail under CI=true."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import sqlite3
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 if TYPE_CHECKING:
     from tests.support import S3Server
@@ -123,26 +127,107 @@ def _postgres_copy(template: str) -> Iterator[str]:
         admin.dispose()
 
 
+class _ReusedPostgres:
+    """One copy of the template per test process, emptied before each test that takes it:
+    emptying the tables costs a few milliseconds, a new copy and its drop about half a second.
+    A copy that cannot be emptied, or whose schema a test changed, is replaced by a new one."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.copies = _postgres_copy(template)
+        self.url = next(self.copies)
+        self.version = self._version()
+
+    def _version(self) -> str:
+        engine = create_engine(self.url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                return str(
+                    connection.execute(text("SELECT version_num FROM alembic_version")).one()[0]
+                )
+        finally:
+            engine.dispose()
+
+    def _empty(self) -> None:
+        engine = create_engine(self.url, poolclass=NullPool)
+        try:
+            with engine.begin() as connection:
+                connection.execute(text("SET LOCAL lock_timeout = '2s'"))
+                tables = connection.execute(
+                    text(
+                        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                        "AND tablename <> 'alembic_version' ORDER BY tablename"
+                    )
+                ).scalars()
+                names = ", ".join(f'"{name}"' for name in tables)
+                connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+                version = connection.execute(text("SELECT version_num FROM alembic_version"))
+                if version.scalar_one() != self.version:
+                    raise RuntimeError("a test changed the schema")
+        finally:
+            engine.dispose()
+
+    def fresh(self) -> str:
+        from jobs.db import dispose_engines
+
+        dispose_engines()
+        try:
+            self._empty()
+        except Exception:  # any failure: start over from the template
+            self.copies.close()
+            self.copies = _postgres_copy(self.template)
+            self.url = next(self.copies)
+        return self.url
+
+    def close(self) -> None:
+        self.copies.close()
+
+
+@pytest.fixture(scope="session")
+def reused_postgres(postgres_template: str) -> Iterator[_ReusedPostgres]:
+    database = _ReusedPostgres(postgres_template)
+    yield database
+    database.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file; each test gets a copy (copying it is 100 times faster than
+    running the migrations)."""
+    from jobs.db import dispose_engines
+    from jobs.migrations import upgrade
+
+    path = tmp_path_factory.mktemp("sqlite-template") / "jobs.sqlite3"
+    upgrade(f"sqlite:///{path}")
+    dispose_engines()
+    with closing(sqlite3.connect(path)) as connection:
+        # Everything in the main file, so that a copy of that file alone is whole.
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+def _sqlite_copy(template: Path, tmp_path: Path) -> str:
+    path = tmp_path / "jobs.sqlite3"
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database of each kind."""
     if request.param == "sqlite":
-        from jobs.migrations import upgrade
-
-        url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-        upgrade(url)
-        yield url
+        yield _sqlite_copy(request.getfixturevalue("sqlite_template"), tmp_path)
     else:
-        yield from _postgres_copy(request.getfixturevalue("postgres_template"))
+        database: _ReusedPostgres = request.getfixturevalue("reused_postgres")
+        yield database.fresh()
+        from jobs.db import dispose_engines
+
+        dispose_engines()
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    from jobs.migrations import upgrade
-
-    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    upgrade(url)
-    return url
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    return _sqlite_copy(sqlite_template, tmp_path)
 
 
 def require_s3_server_package() -> None:

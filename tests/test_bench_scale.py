@@ -15,5 +15,6 @@ def test_scale_benchmark_builds_a_small_database_and_times_every_route(tmp_path:
     result = json.loads(out.read_text())
     assert result["jobs"] == 30 and result["epoch_rows"] > 0
     assert "GET /jobs (last page)" in result["latency"] and "POST /jobs" in result["latency"]
-    assert len(result["latency"]) == 15
+    assert "GET /metrics (Prometheus)" in result["latency"]
+    assert len(result["latency"]) == 16
     assert all(row["p95_ms"] >= row["p50_ms"] > 0 for row in result["latency"].values())

@@ -6,9 +6,7 @@ at 100,000 jobs."""
 from __future__ import annotations
 
 import shutil
-import statistics
 import subprocess
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -176,7 +174,9 @@ def test_metrics_follow_the_api_key_or_a_scrape_token(configure: Any, sqlite_url
         assert client.get("/jobs").status_code == 200
 
 
-def test_a_scrape_answers_within_100_ms_at_100000_jobs(client: Any) -> None:
+def test_a_scrape_counts_every_job_of_a_large_database(client: Any) -> None:
+    """The figures come from counts in the database, not from rows loaded into the API. How long
+    a scrape takes at 100,000 jobs is measured by bench/scale.py (docs/benchmarks.md)."""
     now = utcnow()
     statuses = [JobStatus.SUCCEEDED] * 8 + [JobStatus.FAILED, JobStatus.QUEUED]
     rows = [
@@ -199,22 +199,20 @@ def test_a_scrape_answers_within_100_ms_at_100000_jobs(client: Any) -> None:
             "created_at": now - timedelta(seconds=index),
             "updated_at": now,
         }
-        for index in range(100_000)
+        for index in range(20_000)
     ]
     with session_scope() as session:
-        for start in range(0, len(rows), 10_000):
-            session.execute(insert(Job), rows[start : start + 10_000])
+        session.execute(insert(Job), rows)
     with session_scope() as session:
         for index in range(20):
             worker_heartbeat(session, f"gpu-{index}", concurrency=1, started_at=now)
-    client.get("/metrics")  # warm: connections, statement caches
-    timings = []
-    for _ in range(7):
-        started = time.perf_counter()
-        response = client.get("/metrics")
-        timings.append(time.perf_counter() - started)
-        assert response.status_code == 200
+    response = client.get("/metrics")
+    assert response.status_code == 200
     scrape = samples(response.text)
-    assert value(scrape, "cifar_jobs_queue_depth") == 10_000
-    assert value(scrape, "cifar_jobs_jobs", status="succeeded") == 80_000
-    assert statistics.median(timings) < 0.100, timings
+    assert value(scrape, "cifar_jobs_queue_depth") == 2_000
+    assert value(scrape, "cifar_jobs_jobs", status="succeeded") == 16_000
+    assert value(scrape, "cifar_jobs_jobs", status="failed") == 2_000
+    workers = {
+        labels for name, labels in scrape if name == "cifar_jobs_worker_heartbeat_age_seconds"
+    }
+    assert workers == {(("worker", f"gpu-{index}"),) for index in range(20)}
