@@ -31,9 +31,13 @@ worker: $(STAMP)
 migrate: $(STAMP)
 	$(PY) -m alembic upgrade head
 
-## The whole test suite (PostgreSQL and Redis tests skip with a reason when the servers are absent, fail under CI=true).
+## The whole test suite (PostgreSQL and Redis tests skip with a reason when the servers are absent, fail under CI=true),
+## in two passes: the in-process tests on two processes, then the end-to-end tests (real API, worker and
+## server processes, which time leases and heartbeats) one at a time. Both passes run; either failing fails.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 -m "not e2e"; first=$$?; \
+	$(PY) -m pytest -m e2e; second=$$?; \
+	test $$first -eq 0 && test $$second -eq 0
 
 ## The pure and database tiers without the slow tests, on two processes: no API, worker,
 ## Redis or PostgreSQL server is started, no network is trained for long.
