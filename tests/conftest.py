@@ -127,6 +127,9 @@ def _postgres_copy(template: str) -> Iterator[str]:
         admin.dispose()
 
 
+_MIGRATED_VERSION = text("SELECT version_num FROM alembic_version")
+
+
 class _ReusedPostgres:
     """One copy of the template per test process, emptied before each test that takes it:
     emptying the tables costs a few milliseconds, a new copy and its drop about half a second.
@@ -142,9 +145,7 @@ class _ReusedPostgres:
         engine = create_engine(self.url, poolclass=NullPool)
         try:
             with engine.connect() as connection:
-                return str(
-                    connection.execute(text("SELECT version_num FROM alembic_version")).one()[0]
-                )
+                return str(connection.execute(_MIGRATED_VERSION).scalar_one())
         finally:
             engine.dispose()
 
@@ -161,8 +162,7 @@ class _ReusedPostgres:
                 ).scalars()
                 names = ", ".join(f'"{name}"' for name in tables)
                 connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-                version = connection.execute(text("SELECT version_num FROM alembic_version"))
-                if version.scalar_one() != self.version:
+                if connection.execute(_MIGRATED_VERSION).scalar_one() != self.version:
                     raise RuntimeError("a test changed the schema")
         finally:
             engine.dispose()
