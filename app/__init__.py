@@ -1,1 +1,3 @@
-"""The FastAPI adapter: routes, schemas, database access and services for training jobs."""
+"""The FastAPI adapter: routes that parse a request, make one call of the core (jobs/) and render
+its answer; read schemas per resource; the session dependency; middleware; event streams; plots;
+the dashboard's templates and static files."""

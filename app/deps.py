@@ -1,9 +1,9 @@
 """Route dependencies: the database session (the transaction boundary) and settings.
 
-The session is the request's one transaction: the route and the services only add and change
-rows, and the dependency commits once when the route returns, before the response is sent
-(`scope="function"`), so a client never sees a 2xx for work that was then rolled back. Job ids
-queued with `jobs.queue.enqueue_after_commit` are sent right after that commit. The API key is
+The session is the request's one transaction: the route hands it to the core, which adds and
+changes rows, and the dependency commits once when the route returns, before the response is
+sent (`scope="function"`), so a client never sees a 2xx for work that was then rolled back. Job
+ids queued with `jobs.queue.enqueue_after_commit` are sent right after that commit. The API key is
 checked before routing, in `app/auth.py`."""
 
 from __future__ import annotations

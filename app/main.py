@@ -27,6 +27,7 @@ from app.responses import error_response, service_error_response
 from app.routes import checkpoints, events, experiments, jobs, plots, system, ui
 from app.streams import EventHub
 from app.templating import STATIC_DIR
+from jobs import wiring
 from jobs.artifacts.startup import check_artifact_store
 from jobs.logs import configure_logging
 from jobs.settings import get_settings
@@ -108,6 +109,7 @@ _SCHEMAS: dict[bool, dict[str, Any]] = {}
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    wiring.connect()
     configure_logging(
         settings, extra_secrets=[sign_in_token(settings.api_key) if settings.api_key else None]
     )

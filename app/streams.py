@@ -50,8 +50,9 @@ from jobs.events import (
     events_after,
     latest_event_id,
 )
-from jobs.experiments import experiment_job_ids, experiment_status
+from jobs.experiments import experiment_job_ids
 from jobs.settings import get_settings
+from jobs.tables import experiment_status
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

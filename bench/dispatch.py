@@ -283,12 +283,14 @@ def measure_experiment(running: Service, jobs: int, train_samples: int) -> dict[
 
 def _experiment_transaction_seconds(spec: dict[str, Any]) -> float:
     """The same experiment created through the core and committed, its messages not sent."""
+    from jobs import wiring
     from jobs.db import session_scope
+    from jobs.experiments import create_experiment
     from jobs.queue import _PENDING
     from jobs.settings import get_settings
     from jobs.specs import ExperimentCreate
-    from jobs.submission import create_experiment
 
+    wiring.connect()
     parsed = ExperimentCreate.model_validate({**spec, "name": spec["name"] + " (core)"})
     started = time.perf_counter()
     with session_scope() as session:

@@ -67,14 +67,15 @@ def _search_body(args: argparse.Namespace, pruner: dict[str, Any]) -> dict[str, 
 
 def _run_search(body: dict[str, Any]) -> dict[str, Any]:
     """Submit the search and train its trials one by one in this process until it ends."""
+    from jobs import wiring
     from jobs.db import session_scope
-    from jobs.experiments import summarize
+    from jobs.experiments import create_experiment, summarize
     from jobs.listing import get_experiment
     from jobs.settings import get_settings
     from jobs.specs import ExperimentCreate
-    from jobs.submission import create_experiment
     from worker.runner import run_job
 
+    wiring.connect()
     settings = get_settings()
     with session_scope() as session:
         experiment_id = create_experiment(
@@ -217,15 +218,17 @@ def _seed_trials(experiment_id: int, trials: int, epochs: int, rungs: list[int])
 def decision_cost(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from sqlalchemy import select, update
 
+    from jobs import wiring
     from jobs.db import session_scope
+    from jobs.experiments import create_experiment
     from jobs.lifecycle import claim_job, finish_job, record_epoch
     from jobs.migrations import upgrade
-    from jobs.search.pruners import rung_epochs
+    from jobs.search.pruners import pruner_for
     from jobs.settings import get_settings
     from jobs.specs import ExperimentCreate
-    from jobs.submission import create_experiment
     from jobs.tables import Experiment, Job, JobStatus
 
+    wiring.connect()
     env = service_environment(workdir / "decision")
     epochs = 100
     body = {
@@ -250,7 +253,7 @@ def decision_cost(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             experiment_id = create_experiment(
                 session, ExperimentCreate.model_validate(body), settings=get_settings()
             ).experiment.id
-        rungs = rung_epochs(ASHA, epochs)
+        rungs = pruner_for(ASHA).rungs(epochs)
         # The search's last two trials: one running (decided after its epoch), one made when it
         # ends; the others ended already.
         ended = args.decision_trials - 2

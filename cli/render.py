@@ -20,6 +20,7 @@ STATUS_STYLES = {
     "succeeded": "green",
     "failed": "red",
     "cancelled": "magenta",
+    "pruned": "blue",
 }
 # The per-epoch fields of GET /jobs/{id}/metrics, in the order every format shows them.
 EPOCH_FIELDS = (

@@ -1,9 +1,6 @@
-"""Which checkpoint file each name points at, and which files may be pruned.
-
-A job's checkpoint files are immutable, one per epoch (`checkpoint_files` rows). The names are
-pointers chosen among the recorded rows: `latest` is the newest epoch, `best` the epoch with the
-highest test accuracy (the earliest of equals), `final` the latest once it is the last epoch.
-"""
+"""Which checkpoint file each name points at, and which files may be pruned: `latest` is the
+newest epoch, `best` the epoch with the highest test accuracy (the earliest of equals), `final`
+the latest once it is the last epoch (docs/design/checkpoints.md)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,6 @@
 """The order in which free workers take queued jobs, stated once: the claim takes the first job
 in it, and a queued job's position is the number of claimable jobs before it, plus one.
-
-The order is (priority, highest first; fair_share_key, lowest first; id, lowest first). The
-fair-share key is given when a job is submitted: the lowest key among the queued jobs of its
-priority (the head of that queue), and for an experiment's jobs that key plus 0, 1, 2, ... in job
-order. So a lone job submitted behind a 1,000-job experiment shares the head's key and starts
-after at most one more of the experiment's jobs, and two experiments queued together alternate
-(round robin between groups) instead of one waiting for the other to finish. Every key of the
-order is a column of one index (ix_jobs_dispatch): a claim is a seek, and a position counts the
-index entries ahead of the job, never reading a row of the queue."""
+docs/design/dispatch-order.md states the rule (priority, then fair share, then id) and why."""
 
 from __future__ import annotations
 

@@ -1,16 +1,13 @@
-"""The job event log behind the event streams: what happened to each job, in order.
+"""The job event log behind the event streams and the notifications' outbox: what happened to
+each job, in order, written in the same transaction as the change itself.
 
-Every change a stream reports is written here in the same transaction as the change itself, so
-an event exists exactly when its change committed. `record_event` takes the job's next `seq` in
-an UPDATE of the job row; on PostgreSQL that row lock makes a second writer of the same job wait
-until the first commits, so each job's events become visible in seq order on every backend and
-"everything after seq N" is an exact resume point. Events of different jobs may commit in any
-order, which is why an experiment's cursor holds one seq per job rather than one number.
-
-On PostgreSQL each event also sends `NOTIFY job_events, '<job id>'` (delivered at commit) for the
-API processes' watchers; on SQLite they poll the newest event id instead. Opening a stream checks
-that the job or experiment exists and that a Last-Event-ID names a point of its log, before the
-stream starts, so that the answer can still be a JSON error."""
+`record_event` takes the job's next `seq` in an UPDATE of the job row, so each job's events
+become visible in seq order on every backend and "everything after seq N" is an exact resume
+point; events of different jobs may commit in any order (docs/design/outbox.md says how a reader
+of all of them keeps its place). On PostgreSQL each event also sends `NOTIFY job_events,
+'<job id>'` at commit for the API processes' watchers; on SQLite they poll the newest id.
+Opening a stream checks the job or experiment and a Last-Event-ID before the stream starts, so
+the answer can still be a JSON error."""
 
 from __future__ import annotations
 

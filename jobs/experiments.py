@@ -1,6 +1,6 @@
-"""Experiments: a request expanded into jobs (blocks x grid x seeds, or a preset) or checked as a
-search (whose trials jobs.search makes), the labels that tell its jobs apart, its status from its
-jobs', its summary, and cancelling it."""
+"""Experiments: a request planned into jobs (blocks x grid x seeds, or a preset) or checked as a
+search (whose trials jobs.search makes), then made in one transaction; the labels that tell its
+jobs apart, its summary, and cancelling it."""
 
 from __future__ import annotations
 
@@ -8,21 +8,25 @@ import itertools
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.config import Hyperparameters
+from jobs.dispatch import head_fair_share_key
 from jobs.errors import ExperimentNotCancellable, InvalidFields, JobNotCancellable, TooManyJobs
 from jobs.lifecycle import cancel_job
 from jobs.listing import get_experiment
 from jobs.metrics import seconds_per_epoch
 from jobs.search import study
 from jobs.search.space import grid_size, validate_space
+from jobs.settings import Settings
+from jobs.signals import EndCause
 from jobs.specs import (
     GRID_KEYS,
     JOB_NAME_MAX_CHARS,
@@ -40,7 +44,8 @@ from jobs.specs import (
     SortOrder,
     canonical_sha256,
 )
-from jobs.tables import Experiment, Job, JobStatus
+from jobs.submission import add_jobs, ensure_queue_room, find_by_key
+from jobs.tables import Experiment, Job, JobStatus, experiment_status, utcnow
 from models.catalog import BLOCK_NAMES
 
 
@@ -263,6 +268,70 @@ def _plan_search(spec: ExperimentCreate) -> ExperimentPlan:
     return ExperimentPlan(stored, [])
 
 
+@dataclass(frozen=True)
+class ExperimentSubmission:
+    experiment: Experiment
+    created: bool
+
+
+def create_experiment(
+    session: Session,
+    spec: ExperimentCreate,
+    *,
+    settings: Settings,
+    idempotency_key: str | None = None,
+) -> ExperimentSubmission:
+    """Add the experiment and all its queued jobs to the caller's transaction (all or none);
+    the job ids are sent to the queue once it commits. The same Idempotency-Key and body give
+    back the experiment made first."""
+    plan = plan_experiment(spec)
+    search = plan.spec.get("search")
+    fingerprint = plan.fingerprint()
+    if idempotency_key is not None:
+        existing = find_by_key(session, Experiment, idempotency_key, fingerprint)
+        if existing is not None:
+            return ExperimentSubmission(existing, created=False)
+    first_trials = 0 if search is None else min(search["max_concurrent"], search["max_trials"])
+    ensure_queue_room(session, settings=settings, adding=len(plan.jobs) + first_trials)
+    experiment = Experiment(
+        name=spec.name,
+        preset=spec.preset,
+        tags=list(spec.tags),
+        spec=plan.spec,
+        idempotency_key=idempotency_key,
+        request_sha256=fingerprint,
+        created_at=utcnow(),
+        priority=spec.priority,
+        trials_created=0,
+        cancel_requested=False,
+    )
+    try:
+        with session.begin_nested():
+            session.add(experiment)
+            session.flush()
+    except IntegrityError:
+        # Another request with the same Idempotency-Key committed first.
+        if idempotency_key is None:
+            raise
+        existing = find_by_key(session, Experiment, idempotency_key, fingerprint)
+        if existing is None:
+            raise
+        return ExperimentSubmission(existing, created=False)
+    # The experiment's jobs take turns with the jobs queued before them (jobs.dispatch).
+    if plan.jobs:
+        add_jobs(
+            session,
+            plan.jobs,
+            settings=settings,
+            experiment_id=experiment.id,
+            first_fair_share_key=head_fair_share_key(session, spec.priority),
+        )
+    if search is not None:
+        study.fill(session, experiment.id)
+        session.refresh(experiment)
+    return ExperimentSubmission(experiment, created=True)
+
+
 def _job_name(experiment_name: str, description: str) -> str:
     """'<experiment name> / <block> <varying values>', the experiment's name shortened to fit."""
     suffix = f" / {description}"
@@ -295,21 +364,6 @@ def job_labels(experiment: Experiment, jobs: list[Job]) -> dict[int, str]:
     """'plain learning_rate=0.01' by job id: what tells the experiment's jobs apart."""
     varying = varying_fields(experiment.spec)
     return {job.id: describe(job.block, varied_values(job, varying)) for job in jobs}
-
-
-def experiment_status(statuses: Iterable[str]) -> JobStatus:
-    """An experiment's status from its jobs': running if any runs, else queued if any is
-    queued, else succeeded if all succeeded or were pruned (a search's budget used up), else
-    failed if any failed, else cancelled."""
-    present = set(statuses)
-    for status in (JobStatus.RUNNING, JobStatus.QUEUED):
-        if status in present:
-            return status
-    if present <= {JobStatus.SUCCEEDED, JobStatus.PRUNED}:
-        return JobStatus.SUCCEEDED
-    if JobStatus.FAILED in present:
-        return JobStatus.FAILED
-    return JobStatus.CANCELLED
 
 
 def empty_counts() -> dict[JobStatus, int]:
@@ -427,7 +481,7 @@ def _cancel_unended(session: Session, experiment_id: int) -> int:
         if JobStatus(job.status).ended:
             continue
         try:
-            cancel_job(session, job.id)
+            cancel_job(session, job.id, cause=EndCause.EXPERIMENT_CANCEL)
         except JobNotCancellable:  # it ended meanwhile
             continue
         cancelled += 1
@@ -436,12 +490,12 @@ def _cancel_unended(session: Session, experiment_id: int) -> int:
 
 def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
     """Cancel every job that has not ended, as cancelling each job would; not cancellable
-    when every job had already ended. A search makes no trial after this: its flag is set once
-    its jobs are cancelled (rows are locked job first, experiment second, as a worker ending a
+    when every job had already ended. A search makes no trial after this: the jobs end with
+    cause `experiment_cancel` (the search makes no successor for those), its flag is set once
+    they are cancelled (rows are locked job first, experiment second, as a worker ending a
     trial does), and the jobs are read again under that lock, so a trial made meanwhile is
     cancelled too."""
     experiment = get_experiment(session, experiment_id)
-    study.cancelling(session, experiment_id)
     cancelled = _cancel_unended(session, experiment_id)
     if study.search_of(experiment.spec) is not None:
         session.execute(

@@ -1,9 +1,11 @@
-"""Job state transitions. Each is a compare-and-set UPDATE through `_transition`: terminal
-states never change, and a worker whose lease was taken over can write nothing more. Each status
-change (`_move`) and each newly stored epoch is logged as a job event (jobs.events) in the same
-transaction. A search trial's final status change also makes the search's next trials, and each
-newly stored epoch of a trial gets its pruner's decision, in that same transaction
-(jobs.search.study). No function here commits: the caller's transaction does."""
+"""Every change to a job's state. Each is a compare-and-set UPDATE through `_transition`:
+terminal states never change, and a worker whose lease was taken over can write nothing more
+(docs/design/fenced-transitions.md). Each status change (`_move`) and each newly stored epoch is
+logged as a job event (jobs.events) in the same transaction, and announced as a domain event
+(jobs.signals): `JobEnded` after a final status, `EpochStored` after an epoch an attempt
+trained. What reacts to them is listed in jobs.wiring, not here; a receiver's decision about a
+trial comes back as a value that this module writes. No function here commits: the caller's
+transaction does."""
 
 from __future__ import annotations
 
@@ -14,16 +16,18 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from jobs import notifications
+from jobs import signals
+from jobs.counters import EPOCHS_RECORDED, MESSAGES_RESENT, add_to_counter, leases_reaped_counter
 from jobs.db import insert_ignoring_duplicates as _insert_ignoring_duplicates
 from jobs.dispatch import next_claimable
 from jobs.errors import JobNotCancellable, JobNotQueued
 from jobs.events import STATUS_EVENT, record_epoch_event, record_event, record_status, status_data
 from jobs.listing import get_experiment, get_job
 from jobs.metrics import METRIC_NAMES
-from jobs.search import study as search
+from jobs.signals import EndCause, EpochStored, JobEnded, TrialDecision
 from jobs.tables import (
     Checkpoint,
     EpochMetric,
@@ -32,13 +36,14 @@ from jobs.tables import (
     JobStatus,
     utcnow,
 )
-from jobs.telemetry import (
-    EPOCHS_RECORDED,
-    MESSAGES_RESENT,
-    add_to_counter,
-    leases_reaped_counter,
-)
 
+# What the reaper's counter calls each status it gives a job (jobs.counters.REAP_OUTCOMES).
+REAP_OUTCOMES = {
+    JobStatus.QUEUED: "requeued",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELLED: "cancelled",
+    JobStatus.PRUNED: "pruned",
+}
 # The reaper re-sends a queued job's message after lease_seconds, then waits twice as long each
 # time, up to 2**RESEND_BACKOFF_CAP leases: a lost message is replaced, a long queue stays short.
 RESEND_BACKOFF_CAP = 6
@@ -90,10 +95,14 @@ class LeaseState:
 
 @dataclass(frozen=True)
 class CheckpointRecord:
+    """A checkpoint file the store holds: its epoch, size and sha256, its key, and the store
+    (its URL, jobs.artifacts) that holds it."""
+
     epoch: int
     size_bytes: int
     sha256: str
-    relative_path: str
+    key: str
+    store_url: str
 
 
 def _transition(session: Session, job_id: int, *conditions: Any, **values: Any) -> bool:
@@ -104,21 +113,30 @@ def _transition(session: Session, job_id: int, *conditions: Any, **values: Any) 
         .values({"updated_at": utcnow(), **values})
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]  # a CursorResult for UPDATE
+    assert isinstance(result, CursorResult)
+    return result.rowcount == 1
 
 
-def _move(session: Session, job_id: int, *conditions: Any, **values: Any) -> bool:
-    """A status change: `_transition`, and a status event when it happened. A final status
-    also gives a search trial its successors and queues the notifications the job (or its
-    experiment) asked for, in the same transaction: successors first, so that an experiment
-    whose search goes on is not told it ended."""
+def _move(
+    session: Session,
+    job_id: int,
+    *conditions: Any,
+    cause: EndCause = EndCause.ATTEMPT,
+    **values: Any,
+) -> bool:
+    """A status change: `_transition`, a status event when it happened, and `JobEnded` (with
+    what ended it) when the status is final."""
     moved = _transition(session, job_id, *conditions, **values)
     if moved:
         data = status_data(session, job_id)
         record_event(session, job_id, STATUS_EVENT, data)
         if data["ended"]:
-            search.trial_ended(session, job_id)
-            notifications.job_ended(session, job_id, str(data["status"]))
+            experiment_id = session.execute(
+                select(Job.experiment_id).where(Job.id == job_id)
+            ).scalar()
+            signals.job_ended(
+                session, JobEnded(job_id, JobStatus(data["status"]), experiment_id, cause)
+            )
     return moved
 
 
@@ -225,9 +243,10 @@ def record_epoch(
     session: Session, claim: Claim, metrics: dict[str, Any], *, lease_seconds: float
 ) -> EpochDecision:
     """Store one epoch's metrics row and extend the lease, in the caller's transaction: one row
-    written per epoch (recording an epoch again changes nothing). A search trial's newly stored
-    epoch gets its pruner's decision, stored with it (jobs.search.study.decide), so an epoch is
-    decided once. Returns whether the attempt goes on training; raises LeaseLost."""
+    written per epoch (recording an epoch again changes nothing). A newly stored epoch is
+    announced (`EpochStored`) and what its receivers decide about the trial is written here,
+    fenced by the lease, so an epoch is decided once. Returns whether the attempt goes on
+    training; raises LeaseLost."""
     now = utcnow()
     if not _transition(session, claim.job_id, *_fenced(claim), **_lease_values(now, lease_seconds)):
         raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} lost its lease")
@@ -236,7 +255,12 @@ def record_epoch(
     stored = _record_new_epochs(
         session, claim.job_id, [{**row, "job_id": claim.job_id, "recorded_at": now}]
     )
-    best = session.execute(select(Job.best_test_accuracy).where(Job.id == claim.job_id)).scalar()
+    job = session.execute(
+        select(Job.best_test_accuracy, Job.experiment_id, Job.epochs_total).where(
+            Job.id == claim.job_id
+        )
+    ).one()
+    best = job.best_test_accuracy
     _transition(
         session,
         claim.job_id,
@@ -248,13 +272,32 @@ def record_epoch(
         updated_at=now,
     )
     if stored:
-        search.decide(session, claim.job_id, epoch)
+        announced = EpochStored(claim.job_id, job.experiment_id, epoch, job.epochs_total, row)
+        for decision in signals.epoch_stored(session, announced):
+            _write_trial_decision(session, claim, decision)
     state = session.execute(
         select(Job.cancel_requested, Job.prune_requested).where(Job.id == claim.job_id)
     ).one()
     if state.cancel_requested:
         return EpochDecision(StopReason.CANCELLED)
     return EpochDecision(StopReason.PRUNED) if state.prune_requested else GO_ON
+
+
+def _write_trial_decision(session: Session, claim: Claim, decision: TrialDecision) -> None:
+    """A search's decision after an epoch: the trial's attributes and rung, and the request to
+    stop, written while this attempt holds the lease; its event explains it."""
+    values: dict[str, Any] = {}
+    if decision.attrs is not None:
+        values.update(trial_attrs=decision.attrs, rung=decision.rung)
+    if decision.prune:
+        values["prune_requested"] = True
+    if not values:
+        return
+    if not _transition(session, claim.job_id, *_fenced(claim), **values):
+        raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} lost its lease")
+    if decision.event is not None:
+        kind, data = decision.event
+        record_event(session, claim.job_id, kind, data)
 
 
 def repair_history(session: Session, claim: Claim, history: list[dict[str, Any]]) -> list[int]:
@@ -298,7 +341,8 @@ def record_checkpoint(session: Session, claim: Claim, record: CheckpointRecord) 
                 "attempt": claim.attempt,
                 "size_bytes": record.size_bytes,
                 "sha256": record.sha256,
-                "relative_path": record.relative_path,
+                "key": record.key,
+                "store_url": record.store_url,
                 "recorded_at": utcnow(),
             }
         ],
@@ -361,16 +405,17 @@ def release_job(session: Session, claim: Claim) -> JobStatus | None:
     return None
 
 
-def cancel_job(session: Session, job_id: int) -> Job:
+def cancel_job(session: Session, job_id: int, *, cause: EndCause = EndCause.CANCEL) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next batch (the
     worker ends it `cancelled`). Cancelling twice is harmless; JobNotCancellable for a job that
-    ended otherwise."""
+    ended otherwise. `cause`: who asked (the job's `JobEnded` says it)."""
     job = get_job(session, job_id)
     now = utcnow()
     if not _move(
         session,
         job_id,
         Job.status == JobStatus.QUEUED,
+        cause=cause,
         status=JobStatus.CANCELLED,
         cancel_requested=True,
         finished_at=now,
@@ -456,6 +501,7 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
             Job.lease_expires_at < now,
             # A cancel that lands after the read above must not be lost in a re-queue.
             Job.cancel_requested.is_(job.cancel_requested),
+            cause=EndCause.LEASE_EXPIRED,
             **values,
             lease_token=None,
             lease_expires_at=None,
@@ -463,10 +509,7 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
         )
         if not moved:
             continue
-        outcome = {JobStatus.QUEUED: "requeued", JobStatus.FAILED: "failed"}.get(
-            values["status"], "cancelled"
-        )
-        add_to_counter(session, leases_reaped_counter(outcome))
+        add_to_counter(session, leases_reaped_counter(REAP_OUTCOMES[values["status"]]))
         if values["status"] == JobStatus.QUEUED:
             requeued.append(job.id)
     return requeued

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -129,8 +130,6 @@ class TextLogFormatter(logging.Formatter):
 def json_line(level: str, logger: str, event: str) -> str:
     """A record as JSON text without the logging machinery, for code that must not take its
     locks (a signal handler), with the process's ids."""
-    from datetime import UTC, datetime
-
     record = {
         "level": level,
         "logger": logger,

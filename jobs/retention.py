@@ -20,14 +20,24 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, exists, func, insert, select
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from jobs.artifacts import artifact_store
+from jobs.artifacts import artifact_store, store_at
 from jobs.db import session_scope
 from jobs.errors import NotFinished
 from jobs.listing import get_experiment, get_job
+from jobs.notifications import outbox
 from jobs.settings import Settings, get_settings
-from jobs.tables import TERMINAL_STATUSES, ArtifactDeletion, Experiment, Job, JobStatus, utcnow
+from jobs.tables import (
+    TERMINAL_STATUSES,
+    ArtifactDeletion,
+    Checkpoint,
+    Experiment,
+    Job,
+    JobStatus,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +50,30 @@ ENDED = sorted(str(status) for status in TERMINAL_STATUSES)
 
 def _delete_rows(session: Session, job_ids: Sequence[int]) -> None:
     """The jobs' rows (metrics, checkpoints, events and tags go with them, ON DELETE CASCADE)
-    and a record of each whose files are to be removed, in the caller's transaction."""
+    and a record of each whose files are to be removed, with the stores they were recorded in,
+    in the caller's transaction. The notifications their ends owe are made first: their
+    events go with them."""
     if not job_ids:
         return
+    outbox.settle(session, job_ids)
+    stores: dict[int, set[str]] = {}
+    for job_id, locator in session.execute(
+        select(Checkpoint.job_id, Checkpoint.store_url)
+        .where(Checkpoint.job_id.in_(job_ids))
+        .distinct()
+    ):
+        stores.setdefault(job_id, set()).add(locator)
     now = utcnow()
     session.execute(
-        insert(ArtifactDeletion), [{"job_id": job_id, "requested_at": now} for job_id in job_ids]
+        insert(ArtifactDeletion),
+        [
+            {
+                "job_id": job_id,
+                "requested_at": now,
+                "store_urls": sorted(stores[job_id]) if job_id in stores else None,
+            }
+            for job_id in job_ids
+        ],
     )
     session.execute(
         delete(Job).where(Job.id.in_(job_ids)).execution_options(synchronize_session=False)
@@ -83,16 +111,26 @@ def delete_experiment(session: Session, experiment_id: int) -> list[int]:
 
 
 def sweep_artifact_deletions(settings: Settings, *, limit: int = SWEEP_BATCH) -> int:
-    """Remove the files of deleted jobs, then their records; returns how many were done."""
-    store = artifact_store(settings)
+    """Remove the files of deleted jobs (from the configured store and every store their
+    checkpoints were recorded in), then their records; returns how many were done. A job whose
+    store cannot be opened here keeps its record (logged), for a process that can."""
+    configured = artifact_store(settings)
     with session_scope(write=False) as session:
-        pending = list(
-            session.execute(
-                select(ArtifactDeletion.job_id).order_by(ArtifactDeletion.job_id).limit(limit)
-            ).scalars()
-        )
-    for job_id in pending:
-        store.delete_job(job_id)  # removing files already gone is harmless
+        rows = session.execute(
+            select(ArtifactDeletion.job_id, ArtifactDeletion.store_urls)
+            .order_by(ArtifactDeletion.job_id)
+            .limit(limit)
+        ).all()
+    pending = []
+    for job_id, locators in rows:
+        try:
+            stores = [configured, *(store_at(url, settings) for url in locators or ())]
+        except ValueError as error:
+            logger.warning("job %s: its files stay in a store not usable here: %s", job_id, error)
+            continue
+        for store in {id(store): store for store in stores}.values():
+            store.delete_job(job_id)  # removing files already gone is harmless
+        pending.append(job_id)
     if pending:
         with session_scope() as session:
             session.execute(delete(ArtifactDeletion).where(ArtifactDeletion.job_id.in_(pending)))
@@ -145,7 +183,8 @@ def prune_finished(
             )
             .execution_options(synchronize_session=False)
         )
-        experiments = int(empty.rowcount)  # type: ignore[attr-defined]
+        assert isinstance(empty, CursorResult)
+        experiments = int(empty.rowcount)
     sweep_artifact_deletions(settings)
     return jobs, experiments
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,7 +28,9 @@ from engine.config import (
     TrainSamples,
 )
 from jobs.dispatch import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN
-from jobs.notifications import MAX_URL_CHARS, URL_PATTERN, url_problem
+from jobs.notifications.policy import MAX_URL_CHARS, URL_PATTERN, url_problem
+from jobs.search.pruners import PRUNER_NAMES
+from jobs.search.samplers import SAMPLER_NAMES
 from jobs.settings import get_settings
 from models.catalog import BLOCK_NAMES, BlockName
 
@@ -312,8 +314,14 @@ class ExperimentCreate(BaseModel):
 
 
 MAX_SEARCH_TRIALS = 1000
-SEARCH_SAMPLERS = ("random", "tpe", "grid")
-SEARCH_PRUNERS = ("asha", "median", "none")
+# The choices come from the registries (jobs.search.pruners, jobs.search.samplers): a pruner or
+# a sampler added there is accepted here.
+if TYPE_CHECKING:
+    PrunerName = str
+    SamplerName = str
+else:
+    PrunerName = Literal[PRUNER_NAMES]
+    SamplerName = Literal[SAMPLER_NAMES]
 # The objective's metric, and the mode it is optimised in unless the request says.
 OBJECTIVE_MODES: dict[str, Literal["max", "min"]] = {
     "test_accuracy": "max",
@@ -430,7 +438,7 @@ class SearchPruner(BaseModel):
 
     model_config = ConfigDict(**STRICT)
 
-    type: Literal["asha", "median", "none"] = "asha"
+    type: PrunerName = "asha"
     min_epochs: Annotated[int, IntegralNumber] = Field(
         1, ge=1, le=1000, description="No trial is stopped before this many epochs."
     )
@@ -452,9 +460,7 @@ class SearchCreate(BaseModel):
         description='Hyperparameter (or block) -> a distribution: {"uniform": [low, high]}, '
         '{"loguniform": [low, high]} (low > 0), {"int": [low, high]} or {"choice": [values]}.'
     )
-    sampler: Literal["random", "tpe", "grid"] = Field(
-        "tpe", description="grid takes choice dimensions only."
-    )
+    sampler: SamplerName = Field("tpe", description="grid takes choice dimensions only.")
     max_trials: Annotated[int | None, IntegralNumber] = Field(
         None,
         ge=1,

@@ -1,5 +1,6 @@
-"""Making jobs, for any adapter: idempotency, room in the queue, every row in the caller's one
-transaction, and each job's id sent to the queue only once that transaction has committed."""
+"""Making job rows, for any adapter and for the search: idempotency, room in the queue, every row
+in the caller's one transaction, and each job's id sent to the queue only once that transaction
+has committed. Experiments are planned and made by jobs.experiments on top of this."""
 
 from __future__ import annotations
 
@@ -16,11 +17,9 @@ from engine.datasets import DATASETS
 from jobs.dispatch import head_fair_share_key
 from jobs.errors import IdempotencyConflict, QueueFull
 from jobs.events import record_first_statuses, record_status
-from jobs.experiments import plan_experiment
 from jobs.queue import enqueue_after_commit
-from jobs.search.study import fill
 from jobs.settings import Settings
-from jobs.specs import ExperimentCreate, JobCreate
+from jobs.specs import JobCreate
 from jobs.tables import Experiment, Job, JobStatus, JobTag, utcnow
 from models.catalog import block_complexity
 
@@ -34,9 +33,13 @@ class Submission:
 
 
 @dataclass(frozen=True)
-class ExperimentSubmission:
-    experiment: Experiment
-    created: bool
+class TrialColumns:
+    """A search trial's state on its job row (jobs.search.study): its number, the params it
+    was given and Optuna's system attributes for it."""
+
+    number: int
+    params: dict[str, Any]
+    attrs: dict[str, Any]
 
 
 def find_by_key(
@@ -85,64 +88,6 @@ def create_job(
     return Submission(job, created=True)
 
 
-def create_experiment(
-    session: Session,
-    spec: ExperimentCreate,
-    *,
-    settings: Settings,
-    idempotency_key: str | None = None,
-) -> ExperimentSubmission:
-    """Add the experiment and all its queued jobs to the caller's transaction (all or none);
-    the job ids are sent to the queue once it commits. The same Idempotency-Key and body give
-    back the experiment made first."""
-    plan = plan_experiment(spec)
-    search = plan.spec.get("search")
-    fingerprint = plan.fingerprint()
-    if idempotency_key is not None:
-        existing = find_by_key(session, Experiment, idempotency_key, fingerprint)
-        if existing is not None:
-            return ExperimentSubmission(existing, created=False)
-    first_trials = 0 if search is None else min(search["max_concurrent"], search["max_trials"])
-    ensure_queue_room(session, settings=settings, adding=len(plan.jobs) + first_trials)
-    experiment = Experiment(
-        name=spec.name,
-        preset=spec.preset,
-        tags=list(spec.tags),
-        spec=plan.spec,
-        idempotency_key=idempotency_key,
-        request_sha256=fingerprint,
-        created_at=utcnow(),
-        priority=spec.priority,
-        trials_created=0,
-        cancel_requested=False,
-    )
-    try:
-        with session.begin_nested():
-            session.add(experiment)
-            session.flush()
-    except IntegrityError:
-        # Another request with the same Idempotency-Key committed first.
-        if idempotency_key is None:
-            raise
-        existing = find_by_key(session, Experiment, idempotency_key, fingerprint)
-        if existing is None:
-            raise
-        return ExperimentSubmission(existing, created=False)
-    # The experiment's jobs take turns with the jobs queued before them (jobs.dispatch).
-    if plan.jobs:
-        add_jobs(
-            session,
-            plan.jobs,
-            settings=settings,
-            experiment_id=experiment.id,
-            first_fair_share_key=head_fair_share_key(session, spec.priority),
-        )
-    if search is not None:
-        fill(session, experiment.id)
-        session.refresh(experiment)
-    return ExperimentSubmission(experiment, created=True)
-
-
 def ensure_queue_room(session: Session, *, settings: Settings, adding: int) -> None:
     """QueueFull (503 with Retry-After) unless `adding` more queued jobs stay within
     MAX_QUEUED_JOBS."""
@@ -166,10 +111,21 @@ def _job_row(
     idempotency_key: str | None,
     fair_share_key: int,
     now: datetime,
+    trial: TrialColumns | None = None,
 ) -> dict[str, Any]:
     """The columns of a new queued job built from `spec`."""
     complexity = block_complexity(spec.block, DATASETS[spec.dataset].num_classes)
+    trial_columns = (
+        {}
+        if trial is None
+        else {
+            "trial_number": trial.number,
+            "trial_params": trial.params,
+            "trial_attrs": trial.attrs,
+        }
+    )
     return {
+        **trial_columns,
         "experiment_id": experiment_id,
         "name": spec.name,
         "tags": list(spec.tags),
@@ -208,9 +164,11 @@ def add_job(
     experiment_id: int | None = None,
     idempotency_key: str | None = None,
     fair_share_key: int = 0,
+    trial: TrialColumns | None = None,
 ) -> Job:
-    """The one way a single job row is made: a queued job built from `spec`, added and flushed
-    (so its id is known), and sent to the queue once the caller's transaction commits."""
+    """The one way a single job row is made: a queued job built from `spec` (a search's trial
+    with its trial columns), added and flushed (so its id is known), and sent to the queue once
+    the caller's transaction commits."""
     job = Job(
         **_job_row(
             spec,
@@ -219,6 +177,7 @@ def add_job(
             idempotency_key=idempotency_key,
             fair_share_key=fair_share_key,
             now=utcnow(),
+            trial=trial,
         )
     )
     session.add(job)

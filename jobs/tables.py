@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -70,6 +71,21 @@ class JobStatus(StrEnum):
 TERMINAL_STATUSES = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED}
 )
+
+
+def experiment_status(statuses: Iterable[str]) -> JobStatus:
+    """An experiment's status from its jobs': running if any runs, else queued if any is
+    queued, else succeeded if all succeeded or were pruned (a search's budget used up), else
+    failed if any failed, else cancelled."""
+    present = set(statuses)
+    for status in (JobStatus.RUNNING, JobStatus.QUEUED):
+        if status in present:
+            return status
+    if present <= {JobStatus.SUCCEEDED, JobStatus.PRUNED}:
+        return JobStatus.SUCCEEDED
+    if JobStatus.FAILED in present:
+        return JobStatus.FAILED
+    return JobStatus.CANCELLED
 
 
 class FailureReason(StrEnum):
@@ -228,6 +244,8 @@ class ArtifactDeletion(Base):
 
     job_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The stores its checkpoints were recorded in, besides the configured one (None: only that).
+    store_urls: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class EpochMetric(Base):
@@ -262,7 +280,10 @@ class Checkpoint(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
-    relative_path: Mapped[str] = mapped_column(String(500))
+    # The object's key in its store, and the store (jobs.artifacts.store_locator): a checkpoint
+    # is read from the store that holds it, whatever ARTIFACT_URL says today.
+    key: Mapped[str] = mapped_column(String(500))
+    store_url: Mapped[str] = mapped_column(String(1000))
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="checkpoints")
@@ -279,6 +300,7 @@ class JobEvent(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),
         Index("ix_job_events_experiment_id", "experiment_id", "id"),
+        Index("ix_job_events_txid", "txid", "id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -291,6 +313,23 @@ class JobEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))  # jobs.events.EVENT_KINDS
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # PostgreSQL: the id of the transaction that wrote the event (a column default), so that a
+    # reader of the log can tell which events can no longer be preceded by one still being
+    # written (docs/design/outbox.md). NULL on SQLite, whose single writer commits events in
+    # id order, and on events written before the column existed.
+    txid: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class EventCursor(Base):
+    """How far a consumer of the job event log has read: the (txid, id) of the last event it
+    handled, moved in the transaction that handles the events (jobs.notifications.outbox)."""
+
+    __tablename__ = "event_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    txid: Mapped[int] = mapped_column(BigInteger, default=0)
+    event_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class WorkerRecord(Base):
@@ -316,6 +355,11 @@ class ServiceCounter(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# A delivery is pending (due now or after a backoff) until it is delivered or has failed.
+DELIVERY_PENDING, DELIVERY_DELIVERED, DELIVERY_FAILED = "pending", "delivered", "failed"
+DELIVERY_STATES = (DELIVERY_PENDING, DELIVERY_DELIVERED, DELIVERY_FAILED)
 
 
 class NotificationDelivery(Base):

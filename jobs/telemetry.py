@@ -10,102 +10,28 @@ stays fast at 100,000 jobs whatever the number of epoch rows.
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from jobs.db import insert_ignoring_duplicates
-from jobs.tables import Job, JobStatus, ServiceCounter, WorkerRecord, utcnow
+from jobs.counters import EPOCHS_RECORDED, MESSAGES_RESENT, REAP_OUTCOMES, leases_reaped_counter
+from jobs.db import session_scope
+from jobs.tables import (
+    DELIVERY_STATES,
+    Job,
+    JobStatus,
+    NotificationDelivery,
+    ServiceCounter,
+    WorkerRecord,
+    utcnow,
+)
 
 PREFIX = "cifar_jobs"
-EPOCHS_RECORDED = "epochs_recorded"
-MESSAGES_RESENT = "reconciler_messages_resent"
-# reap_expired_leases' outcomes: the job went back to the queue, failed (attempts spent) or
-# ended cancelled (a cancel was asked while its worker was gone).
-LEASES_REAPED = "reconciler_leases_reaped"
-REAP_OUTCOMES = ("requeued", "failed", "cancelled")
-# A worker row silent this long is removed (its process is long gone).
-FORGET_WORKER_AFTER = timedelta(days=1)
-
-
-def leases_reaped_counter(outcome: str) -> str:
-    return f"{LEASES_REAPED}:{outcome}"
-
-
-def add_to_counter(session: Session, name: str, amount: int = 1) -> None:
-    """Add to a counter in the caller's transaction (made at 0 if it does not exist yet)."""
-    if amount <= 0:
-        return
-    bumped = session.execute(
-        update(ServiceCounter)
-        .where(ServiceCounter.name == name)
-        .values(value=ServiceCounter.value + amount)
-        .execution_options(synchronize_session=False)
-    )
-    if bumped.rowcount == 1:  # type: ignore[attr-defined]  # a CursorResult for UPDATE
-        return
-    insert_ignoring_duplicates(session, ServiceCounter, [{"name": name, "value": 0}])
-    session.execute(
-        update(ServiceCounter)
-        .where(ServiceCounter.name == name)
-        .values(value=ServiceCounter.value + amount)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def worker_heartbeat(
-    session: Session, name: str, *, concurrency: int, started_at: datetime
-) -> None:
-    """Record that this worker process is alive now (one row per worker name)."""
-    now = utcnow()
-    values = {"heartbeat_at": now, "hostname": socket.gethostname(), "pid": os.getpid()}
-    updated = session.execute(
-        update(WorkerRecord)
-        .where(WorkerRecord.name == name)
-        .values(concurrency=concurrency, **values)
-        .execution_options(synchronize_session=False)
-    )
-    if updated.rowcount == 0:  # type: ignore[attr-defined]
-        insert_ignoring_duplicates(
-            session,
-            WorkerRecord,
-            [{"name": name, "concurrency": concurrency, "started_at": started_at, **values}],
-        )
-    session.execute(
-        delete(WorkerRecord)
-        .where(WorkerRecord.heartbeat_at < now - FORGET_WORKER_AFTER)
-        .execution_options(synchronize_session=False)
-    )
-
-
-def workers_on_host(
-    session: Session, hostname: str, *, seen_within_seconds: float
-) -> list[tuple[int, int]]:
-    """(pid, concurrency) of each worker process on `hostname` that reported itself alive in
-    the last `seen_within_seconds`."""
-    since = utcnow() - timedelta(seconds=seen_within_seconds)
-    rows = session.execute(
-        select(WorkerRecord.pid, WorkerRecord.concurrency).where(
-            WorkerRecord.hostname == hostname, WorkerRecord.heartbeat_at >= since
-        )
-    )
-    return [(int(pid), int(concurrency)) for pid, concurrency in rows]
-
-
-def forget_worker(session: Session, name: str) -> None:
-    """A worker that stops cleanly removes its row: it is not a dead worker."""
-    session.execute(
-        delete(WorkerRecord)
-        .where(WorkerRecord.name == name)
-        .execution_options(synchronize_session=False)
-    )
 
 
 @dataclass
@@ -124,9 +50,17 @@ class Snapshot:
         return self.jobs_by_status.get(JobStatus.QUEUED, 0)
 
 
-def read_snapshot(session: Session, *, now: datetime | None = None) -> Snapshot:
-    from jobs.notifications import delivery_counts
+def delivery_counts(session: Session) -> dict[str, int]:
+    """Notification deliveries by state (every state present)."""
+    counts = dict.fromkeys(DELIVERY_STATES, 0)
+    for state, count in session.execute(
+        select(NotificationDelivery.state, func.count()).group_by(NotificationDelivery.state)
+    ):
+        counts[state] = int(count)
+    return counts
 
+
+def read_snapshot(session: Session, *, now: datetime | None = None) -> Snapshot:
     now = now or utcnow()
     by_status = {status.value: 0 for status in JobStatus}
     for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
@@ -225,8 +159,6 @@ class DatabaseCollector(Collector):
     """The service's figures, read from the database on each scrape."""
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        from jobs.db import session_scope
-
         with session_scope(write=False) as session:
             snapshot = read_snapshot(session)
         yield from metric_families(snapshot)

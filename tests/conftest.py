@@ -17,8 +17,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from jobs import wiring
+
 if TYPE_CHECKING:
     from tests.support import S3Server
+
+# The tests change jobs in this process, as the API and the worker do.
+wiring.connect()
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -56,7 +61,14 @@ SERVER_FIXTURES = {
     "s3_bucket",
     "private_s3",
 }
-DATABASE_FIXTURES = {"database_url", "sqlite_url", "client", "configure", "postgres_template"}
+DATABASE_FIXTURES = {
+    "database_url",
+    "sqlite_url",
+    "client",
+    "configure",
+    "postgres_template",
+    "db",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -92,7 +104,8 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
-    """A migrated template database; each test gets a fresh copy of it."""
+    """A migrated template database: each test process takes one copy of it and empties it
+    before each test (_ReusedPostgres)."""
     require_server("PostgreSQL", "127.0.0.1", 5432)
     from jobs.migrations import upgrade
 
@@ -323,7 +336,7 @@ def service_environment(
 
 
 @pytest.fixture
-def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dataset_root: Path):  # type: ignore[no-untyped-def]
+def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dataset_root: Path):
     """Point this process's settings at a database (and optional broker and extras)."""
 
     def apply(database_url: str, broker_url: str | None = None, **extra: str) -> dict[str, str]:
@@ -341,7 +354,20 @@ def configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, dataset_root: Pat
 
 
 @pytest.fixture
-def client(configure, database_url: str):  # type: ignore[no-untyped-def]
+def db_settings() -> dict[str, str]:
+    """Settings a test module's `db` needs besides the database (override it in the module)."""
+    return {}
+
+
+@pytest.fixture
+def db(configure, database_url: str, db_settings: dict[str, str]) -> str:
+    """This process configured for a migrated, empty database of each kind."""
+    configure(database_url, **db_settings)
+    return database_url
+
+
+@pytest.fixture
+def client(configure, database_url: str):
     """An in-process API client on each database, with the embedded broker (no worker)."""
     from fastapi.testclient import TestClient
 

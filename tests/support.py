@@ -37,7 +37,7 @@ def wait_for(
 ) -> T:
     """Poll until predicate returns something truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = predicate()
         if last:
@@ -247,7 +247,9 @@ def drive_job(
             stored = store.put(
                 key, path, size_bytes=len(content), sha256=hashlib.sha256(content).hexdigest()
             )
-            record = CheckpointRecord(e, stored.size_bytes, stored.sha256, stored.key)
+            record = CheckpointRecord(
+                e, stored.size_bytes, stored.sha256, stored.key, store_url=store.locator
+            )
             with session_scope() as session:
                 record_checkpoint(session, claim, record)
     if finish:
@@ -424,8 +426,8 @@ def submitted_id(result: subprocess.CompletedProcess[str], kind: str = "job") ->
 
 def wait_for_status(
     api: httpx.Client, job_id: int, statuses: tuple[str, ...], *, timeout: float = 180
-) -> dict:
-    def done() -> dict | None:
+) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
         job = api.get(f"/jobs/{job_id}").json()
         return job if job["status"] in statuses else None
 

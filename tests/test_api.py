@@ -10,15 +10,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from tests.builders import submit_job
 from tests.support import drive_job, flip_bit_keeping_mtime
 
 JOB = {"block": "residual", "hyperparameters": {"epochs": 3}, "train_samples": 50}
 
 
 def submit(client: TestClient, **changes: object) -> dict:
-    response = client.post("/jobs", json={**JOB, **changes})
-    assert response.status_code == 202, response.text
-    return response.json()
+    return submit_job(client, **{**JOB, **changes})
 
 
 def test_architectures_give_the_seed_table(client: TestClient) -> None:
@@ -109,7 +108,7 @@ def test_metrics_polling_and_since_epoch(client: TestClient) -> None:
     assert detail["started_at"] is not None and detail["queue_position"] is None
 
 
-def decode_png(content: bytes):  # type: ignore[no-untyped-def]
+def decode_png(content: bytes):
     assert content.startswith(b"\x89PNG\r\n\x1a\n")
     return matplotlib.image.imread(io.BytesIO(content), format="png")
 
@@ -300,13 +299,13 @@ def test_checkpoint_download_serves_the_file_of_the_row(client: TestClient) -> N
     other = root / "jobs" / str(job["id"]) / "other.pt"
     other.write_bytes(b"another file")
 
-    def point_row_at(relative_path: str, content: bytes = b"another file") -> None:
+    def point_row_at(key: str, content: bytes = b"another file") -> None:
         with session_scope() as session:
             session.execute(
                 update(Checkpoint)
                 .where(Checkpoint.job_id == job["id"])
                 .values(
-                    relative_path=relative_path,
+                    key=key,
                     size_bytes=len(content),
                     sha256=hashlib.sha256(content).hexdigest(),
                 )
@@ -319,10 +318,10 @@ def test_checkpoint_download_serves_the_file_of_the_row(client: TestClient) -> N
     assert damaged.status_code == 500 and damaged.json()["error"] == "checkpoint_damaged"
     outside = root.parent / "outside.pt"
     outside.write_bytes(b"not an artifact")
-    for relative_path in ("../outside.pt", str(outside), "jobs/none.pt"):
-        point_row_at(relative_path)
+    for key in ("../outside.pt", str(outside), "jobs/none.pt"):
+        point_row_at(key)
         response = client.get(url)
-        assert response.status_code == 404, relative_path
+        assert response.status_code == 404, key
         assert response.json()["error"] == "checkpoint_not_found"
 
 
@@ -343,17 +342,15 @@ def test_a_checkpoint_damaged_at_rest_is_never_served_even_with_its_mtime_restor
             .where(EpochMetric.job_id == job["id"], EpochMetric.epoch == 1)
             .values(test_accuracy=0.99)
         )
-        [relative_path] = session.execute(
-            select(Checkpoint.relative_path).where(
-                Checkpoint.job_id == job["id"], Checkpoint.epoch == 3
-            )
+        [key] = session.execute(
+            select(Checkpoint.key).where(Checkpoint.job_id == job["id"], Checkpoint.epoch == 3)
         ).scalars()
     base = f"/jobs/{job['id']}/checkpoints"
     etag = f'"{hashlib.sha256(CHECKPOINT).hexdigest()}"'
     first = client.get(f"{base}/final")  # verified once, and remembered
     assert first.status_code == 200 and first.content == CHECKPOINT
 
-    flip_bit_keeping_mtime(get_settings().resolved_artifact_dir / relative_path)
+    flip_bit_keeping_mtime(get_settings().resolved_artifact_dir / key)
 
     for method, name, headers in (
         ("GET", "final", {}),
@@ -631,7 +628,7 @@ def test_plots_and_downloads_do_their_slow_work_after_the_read_transaction(
         real = getattr(module, name)
 
         def wrapper(*args: object, **kwargs: object) -> object:
-            held.append((name, get_engine(write=False).pool.checkedout()))  # type: ignore[attr-defined]
+            held.append((name, get_engine(write=False).pool.checkedout()))
             return real(*args, **kwargs)
 
         monkeypatch.setattr(module, name, wrapper)

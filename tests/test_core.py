@@ -1,6 +1,7 @@
-"""The job core's own rules: the layering (adapters on the core, never the reverse), the one
-dispatch order behind both claims and queue positions, a recorded epoch that says whether to go
-on, and the statuses and failure reasons that every adapter takes from the core's enums."""
+"""The job core's own rules: the layering (adapters on the core, never the reverse, and the
+core's own imports one way), the domain events and their receivers in one documented order, the
+one dispatch order behind both claims and queue positions, a recorded epoch that says whether to
+go on, and the statuses and failure reasons that every adapter takes from the core's enums."""
 
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from jobs import dispatch, lifecycle, submission
+from jobs import dispatch, experiments, lifecycle, submission
 from jobs.db import session_scope
 from jobs.lifecycle import GO_ON, StopReason, claim_job, claim_next_job, record_epoch
 from jobs.settings import get_settings
 from jobs.specs import ExperimentCreate, JobCreate
 from jobs.tables import FailureReason, Job, JobStatus
+from tests.builders import new_jobs
 from tests.support import epoch_row
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = JobCreate(block="mobile", hyperparameters={"epochs": 3}, train_samples=10)
 
 
 def imported_packages(package: str) -> dict[str, set[str]]:
@@ -69,24 +70,155 @@ def test_the_http_adapter_writes_no_row_and_holds_no_queries() -> None:
 SESSION_ROW_METHODS = {"add", "add_all", "delete", "execute", "get", "merge", "flush", "scalar"}
 
 
-@pytest.fixture
-def db(configure, database_url: str) -> str:  # type: ignore[no-untyped-def]
-    configure(database_url)
-    return database_url
+def core_modules() -> dict[str, Path]:
+    """{module name: file} for every module of jobs/."""
+    modules = {}
+    for path in sorted((ROOT / "jobs").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    return modules
 
 
-def new_jobs(count: int) -> list[int]:
-    with session_scope() as session:
-        return [
-            submission.create_job(session, SPEC, settings=get_settings()).job.id
-            for _ in range(count)
-        ]
+def test_no_module_of_the_core_imports_inside_a_function() -> None:
+    """An import inside a function is how a cycle hides from a reader; the core has none."""
+    for name, path in core_modules().items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                inner = [
+                    item.lineno
+                    for item in ast.walk(node)
+                    if isinstance(item, ast.Import | ast.ImportFrom)
+                ]
+                assert not inner, f"{name} imports inside {node.name} (lines {inner})"
+
+
+def test_the_core_imports_run_one_way() -> None:
+    """Every import of jobs/ counted (a function's too), the graph of its modules has no cycle;
+    and every module is named in a layer of the import-linter contract `make lint` checks."""
+    import tomllib
+
+    import grimp
+
+    graph = grimp.build_graph("jobs", cache_dir=None)
+    modules = {module for module in graph.modules if module.startswith("jobs")}
+    edges = {
+        module: {m for m in graph.find_modules_directly_imported_by(module) if m in modules}
+        for module in modules
+    }
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for imported in sorted(edges[module]):
+            if state.get(imported) == "open":
+                cycle = path[path.index(imported) :] + [imported]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if imported not in state:
+                visit(imported, [*path, imported])
+        state[module] = "done"
+
+    for module in sorted(modules):
+        if module not in state:
+            visit(module, [module])
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (layers,) = [c["layers"] for c in config["contracts"] if c["type"] == "layers"]
+    layered = {name.strip() for layer in layers for name in layer.split("|")}
+    packages = {"jobs", "jobs.search", "jobs.notifications"}  # docstrings only
+    for module in core_modules():
+        named = any(module == item or module.startswith(item + ".") for item in layered)
+        assert named or module in packages, f"{module} is in no layer of the import contract"
+
+
+def test_the_lifecycle_names_neither_the_search_nor_the_notifications() -> None:
+    tree = ast.parse((ROOT / "jobs" / "lifecycle.py").read_text())
+    imported = {
+        node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    names = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    for forbidden in ("search", "notifications", "study", "outbox"):
+        assert not any(forbidden in item for item in imported | names), forbidden
+
+
+def test_the_receivers_of_each_event_in_their_documented_order() -> None:
+    """jobs/wiring.py's docstring lists them; this pins the same order."""
+    from jobs import signals, wiring
+    from jobs.search import study
+
+    assert (
+        signals.Receivers(job_ended=(study.on_job_ended,), epoch_stored=(study.on_epoch_stored,))
+        == wiring.RECEIVERS
+    )
+    assert signals.installed() == wiring.RECEIVERS  # conftest connected this process
+    doc = wiring.__doc__ or ""
+    for receiver in (*wiring.RECEIVERS.job_ended, *wiring.RECEIVERS.epoch_stored):
+        assert f"{receiver.__module__}.{receiver.__name__}" in doc
+
+
+def test_a_new_reaction_to_a_jobs_end_is_one_receiver_in_the_same_transaction(db: str) -> None:
+    """A receiver installed beside the wiring's runs inside the transaction that ended the job:
+    what it writes commits with the end or not at all; no edit to the lifecycle."""
+    from jobs import signals, wiring
+    from jobs.counters import add_to_counter
+    from jobs.tables import ServiceCounter
+
+    heard: list[signals.JobEnded] = []
+
+    def count_ends(session: Any, event: signals.JobEnded) -> None:
+        heard.append(event)
+        add_to_counter(session, f"ended:{event.status}")
+
+    signals.install(
+        signals.Receivers(
+            job_ended=(*wiring.RECEIVERS.job_ended, count_ends),
+            epoch_stored=wiring.RECEIVERS.epoch_stored,
+        )
+    )
+    try:
+        first, second = new_jobs(2)
+        with pytest.raises(RuntimeError), session_scope() as session:
+            lifecycle.cancel_job(session, first)
+            raise RuntimeError("the request failed after the cancel")
+        with session_scope() as session:
+            assert session.get(ServiceCounter, "ended:cancelled") is None  # rolled back with it
+            lifecycle.cancel_job(session, second)
+        with session_scope() as session:
+            assert session.get(ServiceCounter, "ended:cancelled").value == 1
+    finally:
+        wiring.connect()
+    assert [(event.job_id, event.status, event.cause) for event in heard] == [
+        (first, JobStatus.CANCELLED, signals.EndCause.CANCEL),
+        (second, JobStatus.CANCELLED, signals.EndCause.CANCEL),
+    ]
+
+
+def test_an_event_emitted_before_the_receivers_are_installed_is_refused(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs import signals
+
+    (job_id,) = new_jobs(1)
+    monkeypatch.setattr(signals, "_installed", None)  # a process that never connected
+    with pytest.raises(signals.NotWired), session_scope() as session:
+        lifecycle.cancel_job(session, job_id)
 
 
 def new_grid(learning_rates: list[float], **fields: Any) -> tuple[int, list[int]]:
     """A grid experiment of mobile jobs, one per learning rate: its id and its jobs' ids."""
     with session_scope() as session:
-        experiment_id = submission.create_experiment(
+        experiment_id = experiments.create_experiment(
             session,
             ExperimentCreate(
                 name="e",
@@ -222,7 +354,7 @@ def test_a_recorded_epoch_says_whether_the_attempt_goes_on(db: str) -> None:
     assert not decision.go_on and decision.stop == StopReason.CANCELLED
 
 
-def test_the_api_takes_statuses_and_failure_reasons_from_the_core(client) -> None:  # type: ignore[no-untyped-def]
+def test_the_api_takes_statuses_and_failure_reasons_from_the_core(client) -> None:
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     assert schemas["JobStatus"]["enum"] == [status.value for status in JobStatus]
     assert schemas["FailureReason"]["enum"] == [reason.value for reason in FailureReason]
@@ -235,6 +367,15 @@ def test_the_api_takes_statuses_and_failure_reasons_from_the_core(client) -> Non
     ).json()
     assert set(experiment["status_counts"]) == {status.value for status in JobStatus}
     assert experiment["ended"] is False and experiment["jobs"][0]["ended"] is False
+
+
+def test_every_status_has_a_style_in_the_command_line_and_the_dashboard() -> None:
+    from cli.render import STATUS_STYLES
+
+    css = (ROOT / "app" / "static" / "dashboard.css").read_text()
+    for status in JobStatus:
+        assert status.value in STATUS_STYLES, status
+        assert f".status-{status.value} {{" in css, status
 
 
 def test_the_readme_documents_every_failure_reason_from_the_enum() -> None:

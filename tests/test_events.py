@@ -28,7 +28,7 @@ from app.streams import (
     experiment_event_stream,
     job_event_stream,
 )
-from jobs import lifecycle, metrics, submission
+from jobs import lifecycle, metrics
 from jobs.db import get_engine, session_scope
 from jobs.events import (
     STATUS_FIELDS,
@@ -38,7 +38,6 @@ from jobs.events import (
     events_after,
     record_event,
 )
-from jobs.experiments import experiment_status
 from jobs.lifecycle import (
     claim_job,
     finish_job,
@@ -47,9 +46,8 @@ from jobs.lifecycle import (
     release_job,
     repair_history,
 )
-from jobs.settings import get_settings
-from jobs.specs import JobCreate
-from jobs.tables import Job, JobEvent, utcnow
+from jobs.tables import Job, JobEvent, experiment_status, utcnow
+from tests.builders import new_job_id
 from tests.conftest import service_environment
 from tests.support import (
     add_experiment,
@@ -63,14 +61,12 @@ from tests.support import (
     wait_for,
 )
 
-SPEC = JobCreate(block="mobile", hyperparameters={"epochs": 3}, train_samples=10)
 STATUS_KEYS = {"job_id", "ended", *STATUS_FIELDS}
 EPOCH_KEYS = {"job_id", *metrics.METRIC_NAMES}
 
 
 def create_job() -> int:
-    with session_scope() as session:
-        return submission.create_job(session, SPEC, settings=get_settings()).job.id
+    return new_job_id()
 
 
 def logged(job_id: int) -> list[tuple[int, str, dict[str, Any]]]:
@@ -92,9 +88,8 @@ def statuses(job_id: int) -> list[str]:
 
 
 @pytest.fixture
-def db(configure, database_url: str) -> str:  # type: ignore[no-untyped-def]
-    configure(database_url, MAX_ATTEMPTS="2")
-    return database_url
+def db_settings() -> dict[str, str]:
+    return {"MAX_ATTEMPTS": "2"}
 
 
 # --- the log -------------------------------------------------------------------------------
@@ -395,7 +390,7 @@ class StatementCounter:
     def __init__(self) -> None:
         self.reads = 0
 
-    def __call__(self, conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+    def __call__(self, conn, cursor, statement, parameters, context, executemany) -> None:
         if statement.lstrip().upper().startswith("SELECT JOB_EVENTS.JOB_ID"):
             self.reads += 1
 

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event, update
 
 from jobs.tables import JobStatus
+from tests.builders import submit_experiment
 from tests.support import broker_messages, drive_job
 from tests.test_api import decode_png
 
@@ -36,11 +37,7 @@ PLOTS = (
 )
 
 
-def submit(client: TestClient, body: dict[str, Any], **headers: str) -> dict[str, Any]:
-    response = client.post("/experiments", json=body, headers=headers)
-    assert response.status_code == 202, response.text
-    assert response.headers["location"] == f"/experiments/{response.json()['id']}"
-    return response.json()
+submit = submit_experiment
 
 
 def refused(client: TestClient, body: dict[str, Any]) -> dict[str, str]:
@@ -204,7 +201,7 @@ def test_an_experiment_is_capped_at_1000_jobs_made_in_one_transaction(client: Te
 
 
 @pytest.fixture
-def small_queue_client(configure, database_url: str) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+def small_queue_client(configure, database_url: str) -> Iterator[TestClient]:
     configure(database_url, MAX_QUEUED_JOBS="4")
     from app.main import create_app
 

@@ -25,21 +25,23 @@ from jobs.lifecycle import (
 from jobs.settings import get_settings
 from jobs.specs import JobCreate
 from jobs.tables import Checkpoint, EpochMetric, Job, utcnow
+from tests.builders import job_spec, new_job_id
 from tests.support import epoch_row
-
-SPEC = JobCreate(block="mobile", hyperparameters={"epochs": 3}, train_samples=10)
 
 
 @pytest.fixture
-def job_id(configure, database_url: str) -> int:  # type: ignore[no-untyped-def]
-    configure(database_url, MAX_ATTEMPTS="2")
-    with session_scope() as session:
-        return submission.create_job(session, SPEC, settings=get_settings()).job.id
+def db_settings() -> dict[str, str]:
+    return {"MAX_ATTEMPTS": "2"}
+
+
+@pytest.fixture
+def job_id(db: str) -> int:
+    return new_job_id()
 
 
 def load(job_id: int) -> Job:
     with session_scope() as session:
-        return session.get(Job, job_id)  # type: ignore[return-value]
+        return session.get(Job, job_id)
 
 
 def test_a_job_is_claimed_once(job_id: int) -> None:
@@ -63,7 +65,9 @@ def test_epochs_are_recorded_once_each_and_fenced_by_the_lease(job_id: int) -> N
     with session_scope() as session:
         record_epoch(session, claim, epoch_row(2, 0.7), lease_seconds=30)
         record_checkpoint(
-            session, claim, CheckpointRecord(2, 11, "cd" * 32, "jobs/1/attempt-1/epoch-0002.pt")
+            session,
+            claim,
+            CheckpointRecord(2, 11, "cd" * 32, "jobs/1/attempt-1/epoch-0002.pt", "file:///srv"),
         )
     with session_scope() as session:
         rows = session.execute(select(EpochMetric.epoch).where(EpochMetric.job_id == job_id))
@@ -75,7 +79,7 @@ def test_epochs_are_recorded_once_each_and_fenced_by_the_lease(job_id: int) -> N
 
     # The lease expires and the reaper re-queues the job; another worker takes it over.
     with session_scope() as session:
-        session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)  # type: ignore[union-attr]
+        session.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
     with session_scope() as session:
         assert reap_expired_leases(session) == [job_id]
     with session_scope() as session:
@@ -156,7 +160,7 @@ def test_lost_messages_are_resent_with_backoff(job_id: int) -> None:
     assert load(job_id).enqueue_count == 3
 
 
-def test_a_long_job_writes_one_metrics_row_per_epoch(configure, database_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_long_job_writes_one_metrics_row_per_epoch(configure, database_url: str) -> None:
     """100 epochs: exactly 100 rows inserted in total, each keeping its own recorded_at."""
     from sqlalchemy import event
 
@@ -169,7 +173,7 @@ def test_a_long_job_writes_one_metrics_row_per_epoch(configure, database_url: st
     assert claim is not None
     inserted_rows = 0
 
-    def count(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+    def count(conn, cursor, statement, parameters, context, executemany):
         nonlocal inserted_rows
         if statement.lstrip().upper().startswith("INSERT INTO EPOCH_METRICS"):
             inserted_rows += len(parameters) if executemany else 1
@@ -227,7 +231,7 @@ def test_the_reaper_does_not_requeue_over_a_concurrent_cancel(job_id: int) -> No
 
         cancelled = []
 
-        def cancel_before_update(orm_execute_state):  # type: ignore[no-untyped-def]
+        def cancel_before_update(orm_execute_state):
             if orm_execute_state.is_update and not cancelled:
                 cancelled.append(True)
                 with session_scope() as other:
@@ -242,13 +246,14 @@ def test_the_reaper_does_not_requeue_over_a_concurrent_cancel(job_id: int) -> No
     assert load(job_id).status == "cancelled"
 
 
-def test_any_message_claims_the_oldest_queued_job(configure, database_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_any_message_claims_the_oldest_queued_job(configure, database_url: str) -> None:
     from jobs.lifecycle import claim_next_job
 
     configure(database_url)
     with session_scope() as session:
         ids = [
-            submission.create_job(session, SPEC, settings=get_settings()).job.id for _ in range(3)
+            submission.create_job(session, job_spec(), settings=get_settings()).job.id
+            for _ in range(3)
         ]
     with session_scope() as session:
         lifecycle.cancel_job(session, ids[0])

@@ -14,17 +14,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 
-from jobs import lifecycle, submission
+from jobs import lifecycle
 from jobs.db import session_scope
 from jobs.lifecycle import claim_job, finish_job, reap_expired_leases, record_epoch
-from jobs.settings import get_settings
-from jobs.specs import JobCreate
 from jobs.tables import Job, JobStatus, utcnow
-from jobs.telemetry import forget_worker, worker_heartbeat
+from jobs.workers import forget_worker, worker_heartbeat
+from tests.builders import new_jobs
 from tests.conftest import IN_CI
 from tests.support import epoch_row
-
-SPEC = JobCreate(block="mobile", hyperparameters={"epochs": 3}, train_samples=10)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -40,19 +37,11 @@ def value(scrape: dict, name: str, **labels: str) -> float:
     return scrape[(name, tuple(sorted(labels.items())))]
 
 
-def new_jobs(count: int) -> list[int]:
-    with session_scope() as session:
-        return [
-            submission.create_job(session, SPEC, settings=get_settings()).job.id
-            for _ in range(count)
-        ]
-
-
 def test_the_scrape_reports_what_the_database_holds(client: Any) -> None:
     ids = new_jobs(5)
     with session_scope() as session:
         # Submitted 30 s ago: the oldest queued job's age.
-        session.get(Job, ids[1]).created_at = utcnow() - timedelta(seconds=30)  # type: ignore[union-attr]
+        session.get(Job, ids[1]).created_at = utcnow() - timedelta(seconds=30)
         lifecycle.cancel_job(session, ids[4])
     with session_scope() as session:
         first = claim_job(session, ids[0], worker="gpu-a", lease_seconds=60)

@@ -1,6 +1,8 @@
-"""Notifications against a real HTTP receiver (http.server in a thread): the signed POST arrives
-as the README documents it, is retried with the same id until accepted, survives the kill of the
-worker that owed it, goes only where it is allowed, and bad specs are a 422 naming the field."""
+"""Notifications against a real HTTP receiver (http.server in a thread): the outbox makes the
+deliveries from the job event log (after the commit, once each, in commit order on PostgreSQL
+too), the signed POST arrives as the README documents it, is retried with the same id until
+accepted, survives the kill of the worker that owed it, goes only where it is allowed, and bad
+specs are a 422 naming the field."""
 
 from __future__ import annotations
 
@@ -18,16 +20,17 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from jobs import lifecycle, notifications, submission
+from jobs import experiments, lifecycle, retention, submission
 from jobs.db import session_scope
+from jobs.notifications import delivery, outbox
 from jobs.settings import get_settings
 from jobs.specs import NOTIFY_EVENTS, ExperimentCreate, JobCreate
-from jobs.tables import TERMINAL_STATUSES, NotificationDelivery
+from jobs.tables import TERMINAL_STATUSES, EventCursor, NotificationDelivery
 from tests.conftest import service_environment
 from tests.support import drive_job, free_port, start_api, start_worker, wait_for, wait_for_status
-from worker.notifier import send_due
+from worker.notifier import read_outbox, send_due
 
 SECRET = "notify-test-secret-5e1f"
 
@@ -55,6 +58,8 @@ class Receiver:
     `answers` (then 200). `hold` makes the first request wait, unanswered, until released."""
 
     answers: list[int] = field(default_factory=list)
+    # Headers sent with each answer (a redirect's Location).
+    answer_headers: dict[str, str] = field(default_factory=dict)
     hold: bool = False
     received: list[Received] = field(default_factory=list)
     first_arrived: threading.Event = field(default_factory=threading.Event)
@@ -81,6 +86,8 @@ def receiver() -> Iterator[Receiver]:
                     return  # the sender is gone: no answer
             status = state.answers.pop(0) if state.answers else 200
             self.send_response(status)
+            for name, value in state.answer_headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -121,6 +128,19 @@ def test_bad_notify_specs_are_a_422_naming_the_field(
         "http://[::1]/x": "non-public address",
         "http://[::ffff:192.168.0.1]/x": "non-public address",
         "http://localhost:8000/x": "names this machine",
+        "http://localhost./x": "names this machine",
+        "http://127.1/x": "non-public address",
+        "http://2130706433/x": "non-public address",
+        "http://0x7f000001/x": "non-public address",
+        "http://0x7f.1/x": "non-public address",
+        "http://017700000001/x": "non-public address",
+        "http://127.0.0.1./x": "non-public address",
+        "http://0/x": "non-public address",
+        "http://[0:0:0:0:0:0:0:1]/x": "non-public address",
+        "http://[::ffff:7f00:1]/x": "non-public address",
+        "http://[2002:7f00:1::]/x": "non-public address",
+        "http://10.1/x": "non-public address",
+        "http://1.2.3.4.5/x": "neither a host name nor an IPv4 address",
         "https://user:pw@hooks.example.org/x": "credentials",
         "not a url": "http or https",
     }
@@ -160,8 +180,14 @@ def test_bad_notify_specs_are_a_422_naming_the_field(
 
 
 def deliveries() -> list[NotificationDelivery]:
+    """The deliveries once the outbox has read the log (as the worker's notifier does)."""
+    read_outbox()
     with session_scope() as session:
-        return list(session.execute(select(NotificationDelivery)).scalars())
+        return list(
+            session.execute(
+                select(NotificationDelivery).order_by(NotificationDelivery.id)
+            ).scalars()
+        )
 
 
 def test_a_receiver_that_fails_twice_gets_the_same_signed_notification_three_times(
@@ -241,7 +267,7 @@ def test_only_the_asked_events_and_an_experiment_once_when_its_last_job_ends(
     )
     with session_scope() as session:
         quiet_job = submission.create_job(session, only_failures, settings=get_settings()).job.id
-        made = submission.create_experiment(session, experiment_spec, settings=get_settings())
+        made = experiments.create_experiment(session, experiment_spec, settings=get_settings())
         experiment_id = made.experiment.id
         members = [job.id for job in made.experiment.jobs]
     drive_job(quiet_job, 1, finish="succeeded")
@@ -289,6 +315,7 @@ def test_a_name_that_resolves_to_a_private_address_is_refused_when_sending(
         return real(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    read_outbox()
     assert send_due(get_settings()) == 1
     (row,) = deliveries()
     assert row.state == "failed" and row.attempts == 1
@@ -366,7 +393,119 @@ def deliveries_at(database_url: str) -> list[NotificationDelivery]:
 
 def test_the_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
     body = b'{"event":"succeeded"}'
-    signature = notifications.sign("k", "1700000000", body)
+    signature = delivery.sign("k", "1700000000", body)
     assert (
         signature == "sha256=" + hmac.new(b"k", b"1700000000." + body, hashlib.sha256).hexdigest()
     )
+
+
+def stored_deliveries() -> list[NotificationDelivery]:
+    """The deliveries as they are, without reading the log first."""
+    with session_scope() as session:
+        return list(session.execute(select(NotificationDelivery)).scalars())
+
+
+def notified_job(url: str, **fields: Any) -> int:
+    spec = JobCreate.model_validate({**SPEC, **fields, "notify": {"url": url}})
+    with session_scope() as session:
+        return submission.create_job(session, spec, settings=get_settings()).job.id
+
+
+def test_the_outbox_makes_each_delivery_from_the_log_once_and_not_the_lifecycle(
+    configure: Any, database_url: str
+) -> None:
+    configure(database_url, NOTIFY_SECRET=SECRET, NOTIFY_ALLOWED_HOSTS="hooks.example.org")
+    job_id = notified_job("https://hooks.example.org/x")
+    drive_job(job_id, 1, finish="succeeded")
+    assert stored_deliveries() == []  # ending the job made none: the outbox does
+    with session_scope() as session:
+        assert outbox.consume(session) == 3  # queued, running, succeeded
+    (row,) = stored_deliveries()
+    assert (row.subject, row.subject_id, row.event) == ("job", job_id, "succeeded")
+    with session_scope() as session:
+        assert outbox.consume(session) == 0  # the cursor moved past them
+    with session_scope() as session:  # read again from the start: nothing new is made
+        session.execute(update(EventCursor).values(txid=0, event_id=0))
+    read_outbox()
+    assert [item.delivery_id for item in stored_deliveries()] == [row.delivery_id]
+
+
+def test_a_pass_that_fails_midway_makes_nothing_and_keeps_its_cursor(
+    configure: Any, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deliveries and the cursor commit together: a consumer that dies after making some
+    leaves neither, and the next pass makes them all."""
+    configure(database_url, NOTIFY_SECRET=SECRET, NOTIFY_ALLOWED_HOSTS="hooks.example.org")
+    first, second = (notified_job("https://hooks.example.org/x") for _ in range(2))
+    drive_job(first, 1, finish="succeeded")
+    drive_job(second, 1, finish="failed")
+    real = outbox._add_delivery
+    made: list[int] = []
+
+    def dies_after_the_first(session: Any, subject: str, subject_id: int, *args: Any) -> None:
+        if made:
+            raise ConnectionError("killed")
+        real(session, subject, subject_id, *args)
+        made.append(subject_id)
+
+    monkeypatch.setattr(outbox, "_add_delivery", dies_after_the_first)
+    with pytest.raises(ConnectionError):
+        read_outbox()
+    assert made == [first] and stored_deliveries() == []
+    monkeypatch.setattr(outbox, "_add_delivery", real)
+    assert {(row.subject_id, row.event) for row in deliveries()} == {
+        (first, "succeeded"),
+        (second, "failed"),
+    }
+
+
+def test_an_end_committed_after_a_later_one_is_still_delivered(
+    configure: Any, database_url: str
+) -> None:
+    """On PostgreSQL an event's id is handed out before its commit: job A's end takes the lower
+    id but commits after job B's. A reader that went by id alone would move past A's id with
+    B's and never make A's delivery."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite's one writer commits events in id order: the race cannot happen")
+    configure(database_url, NOTIFY_SECRET=SECRET, NOTIFY_ALLOWED_HOSTS="hooks.example.org")
+    slow, fast = (notified_job("https://hooks.example.org/x") for _ in range(2))
+    claims = {job_id: drive_job(job_id, 1) for job_id in (slow, fast)}
+    with session_scope() as held:
+        assert lifecycle.finish_job(held, claims[slow], lifecycle.JobStatus.SUCCEEDED)
+        held.flush()
+        with session_scope() as session:
+            assert lifecycle.finish_job(session, claims[fast], lifecycle.JobStatus.FAILED)
+        read_outbox()  # sees B's end committed, A's still being written
+        assert stored_deliveries() == []
+    read_outbox()
+    assert {(row.subject_id, row.event) for row in stored_deliveries()} == {
+        (slow, "succeeded"),
+        (fast, "failed"),
+    }
+
+
+def test_a_job_deleted_before_the_outbox_read_its_end_is_still_notified(
+    configure: Any, database_url: str
+) -> None:
+    configure(database_url, NOTIFY_SECRET=SECRET, NOTIFY_ALLOWED_HOSTS="hooks.example.org")
+    job_id = notified_job("https://hooks.example.org/x")
+    drive_job(job_id, 1, finish="succeeded")
+    retention.delete_job_now(get_settings(), job_id)
+    (row,) = deliveries()
+    assert (row.subject_id, row.event) == (job_id, "succeeded")
+    assert json.loads(row.body)["job"]["id"] == job_id
+
+
+def test_a_receiver_that_redirects_fails_at_once_saying_why(
+    configure: Any, database_url: str, receiver: Receiver
+) -> None:
+    configure(database_url, NOTIFY_SECRET=SECRET, NOTIFY_ALLOWED_HOSTS="127.0.0.1")
+    receiver.answers = [302]
+    receiver.answer_headers = {"Location": "https://elsewhere.example.org/hook"}
+    drive_job(notified_job(receiver.url), 1, finish="succeeded")
+    read_outbox()
+    assert send_due(get_settings()) == 1
+    (row,) = deliveries()
+    assert (row.state, row.attempts, row.last_status) == ("failed", 1, 302)
+    assert "redirect to elsewhere.example.org" in (row.last_error or "")
+    assert send_due(get_settings()) == 0 and len(receiver.received) == 1

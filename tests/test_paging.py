@@ -10,15 +10,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.builders import submit_job
 from tests.support import drive_job
-
-JOB = {"block": "mobile", "hyperparameters": {"epochs": 3}, "train_samples": 10}
 
 
 def submit(client: TestClient, **fields: Any) -> int:
-    response = client.post("/jobs", json={**JOB, **fields})
-    assert response.status_code == 202, response.text
-    return int(response.json()["id"])
+    return int(submit_job(client, **fields)["id"])
 
 
 def read_all(client: TestClient, params: dict[str, Any], between: Any = None) -> list[int]:

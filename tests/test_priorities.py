@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs import dispatch, submission
+from jobs import dispatch, experiments, submission
 from jobs.db import session_scope
 from jobs.lifecycle import claim_next_job
 from jobs.listing import list_jobs
@@ -25,9 +25,8 @@ SPEC = {"block": "mobile", "hyperparameters": {"epochs": 1}, "train_samples": 10
 
 
 @pytest.fixture
-def db(configure, database_url: str) -> str:  # type: ignore[no-untyped-def]
-    configure(database_url, MAX_QUEUED_JOBS="2000")
-    return database_url
+def db_settings() -> dict[str, str]:
+    return {"MAX_QUEUED_JOBS": "2000"}
 
 
 def lone(priority: int = 0) -> int:
@@ -47,7 +46,7 @@ def experiment(jobs: int, priority: int = 0) -> list[int]:
         }
     )
     with session_scope() as session:
-        made = submission.create_experiment(session, spec, settings=get_settings())
+        made = experiments.create_experiment(session, spec, settings=get_settings())
         return [job.id for job in made.experiment.jobs]
 
 

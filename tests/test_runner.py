@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from jobs import lifecycle, submission
+from jobs import experiments, lifecycle, submission
 from jobs.db import session_scope
 from jobs.settings import get_settings
 from jobs.specs import JobCreate
@@ -119,7 +119,7 @@ class ScriptedTrainer:
 
 
 @pytest.fixture
-def new_job(configure, database_url: str):  # type: ignore[no-untyped-def]
+def new_job(configure, database_url: str):
     configure(database_url, HEARTBEAT_SECONDS="60", LEASE_SECONDS="60")
     runner.shutting_down.clear()
 
@@ -160,7 +160,7 @@ def cancel(job_id: int) -> None:
         lifecycle.cancel_job(session, job_id)
 
 
-def test_success_records_every_epoch_and_keeps_latest_and_best_files(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_success_records_every_epoch_and_keeps_latest_and_best_files(new_job) -> None:
     job_id = new_job(epochs=4)
     assert run(job_id, ScriptedTrainer()) == "succeeded"
     job = job_row(job_id)
@@ -171,13 +171,13 @@ def test_success_records_every_epoch_and_keeps_latest_and_best_files(new_job) ->
     assert sorted(path.name for path in folder.iterdir()) == ["epoch-0004.pt"]
 
 
-def test_a_duplicate_delivery_is_skipped(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_a_duplicate_delivery_is_skipped(new_job) -> None:
     job_id = new_job()
     assert run(job_id, ScriptedTrainer()) == "succeeded"
     assert run(job_id, ScriptedTrainer()) == "skipped"
 
 
-def test_cancel_before_the_first_batch_trains_nothing(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_before_the_first_batch_trains_nothing(new_job) -> None:
     job_id = new_job()
     trainer = ScriptedTrainer()
     with session_scope() as session:  # claimed, then cancelled before training starts
@@ -193,7 +193,7 @@ def test_cancel_before_the_first_batch_trains_nothing(new_job) -> None:  # type:
     assert job_row(job_id).status == "cancelled"
 
 
-def test_cancel_while_running_stops_within_a_second(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_while_running_stops_within_a_second(new_job) -> None:
     job_id = new_job(epochs=3)
     trainer = ScriptedTrainer(batches=10_000)
     stopped = threading.Event()
@@ -216,7 +216,7 @@ def test_cancel_while_running_stops_within_a_second(new_job) -> None:  # type: i
     assert stopped.is_set() and job_row(job_id).status == "cancelled"
 
 
-def test_training_error_fails_the_job_with_the_exception(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_training_error_fails_the_job_with_the_exception(new_job) -> None:
     job_id = new_job()
 
     def boom() -> None:
@@ -228,14 +228,14 @@ def test_training_error_fails_the_job_with_the_exception(new_job) -> None:  # ty
     assert epochs_recorded(job_id) == [1, 2]
 
 
-def test_timeout(new_job, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_timeout(new_job, monkeypatch: pytest.MonkeyPatch) -> None:
     job_id = new_job()
     settings = get_settings().model_copy(update={"max_job_seconds": 0.0})
     assert runner.run_job(job_id, settings=settings, trainer=ScriptedTrainer()) == "failed"
     assert job_row(job_id).error_reason == "timeout"
 
 
-def test_sigterm_releases_the_job_without_counting_the_attempt(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_releases_the_job_without_counting_the_attempt(new_job) -> None:
     job_id = new_job(epochs=3)
     assert run(job_id, ScriptedTrainer(hooks={1: runner.shutting_down.set})) == "released"
     job = job_row(job_id)
@@ -247,30 +247,30 @@ def test_sigterm_releases_the_job_without_counting_the_attempt(new_job) -> None:
     assert epochs_recorded(job_id) == [1, 2, 3]
 
 
-def test_cancel_during_sigterm_ends_cancelled_not_queued(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_during_sigterm_ends_cancelled_not_queued(new_job) -> None:
     job_id = new_job(epochs=3)
 
     def cancel_then_sigterm() -> None:
         with session_scope() as session:  # the cancel lands; the watcher has not seen it yet
-            session.get(Job, job_id).cancel_requested = True  # type: ignore[union-attr]
+            session.get(Job, job_id).cancel_requested = True
         runner.shutting_down.set()
 
     assert run(job_id, ScriptedTrainer(hooks={1: cancel_then_sigterm})) in ("cancelled",)
     assert job_row(job_id).status == "cancelled"
 
 
-def test_a_worker_whose_lease_was_taken_over_writes_nothing(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_whose_lease_was_taken_over_writes_nothing(new_job) -> None:
     job_id = new_job(epochs=3)
 
     def take_over() -> None:
         with session_scope() as session:
-            session.get(Job, job_id).lease_token = "another-worker"  # type: ignore[union-attr]
+            session.get(Job, job_id).lease_token = "another-worker"
 
     assert run(job_id, ScriptedTrainer(hooks={1: take_over})) == "lease_lost"
     assert epochs_recorded(job_id) == [1]
 
 
-def test_missing_dataset_names_the_service_settings(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_missing_dataset_names_the_service_settings(new_job) -> None:
     from engine.data import DatasetUnavailable
 
     job_id = new_job()
@@ -285,7 +285,7 @@ def test_missing_dataset_names_the_service_settings(new_job) -> None:  # type: i
     assert "--download" not in (job.error or "") and "/srv" not in (job.error or "")
 
 
-def test_storage_full_fails_with_the_path(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_storage_full_fails_with_the_path(new_job) -> None:
     from engine.checkpoint import StorageFull
 
     job_id = new_job()
@@ -299,7 +299,7 @@ def test_storage_full_fails_with_the_path(new_job) -> None:  # type: ignore[no-u
     assert "ARTIFACT_DIR" in (job.error or "") and "90,000,000 bytes" in (job.error or "")
 
 
-def test_a_transient_database_error_is_retried_not_fatal(new_job, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_transient_database_error_is_retried_not_fatal(new_job, monkeypatch) -> None:
     job_id = new_job(epochs=2)
     failures = iter([True, True])
     real_record = runner.record_epoch
@@ -314,7 +314,7 @@ def test_a_transient_database_error_is_retried_not_fatal(new_job, monkeypatch) -
     assert epochs_recorded(job_id) == [1, 2] and job_row(job_id).attempt == 1
 
 
-def test_a_damaged_checkpoint_falls_back_to_an_older_intact_one(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_a_damaged_checkpoint_falls_back_to_an_older_intact_one(new_job) -> None:
     job_id = new_job(epochs=4)
     # Released after epoch 2: its file is the only one kept (latest and best).
     assert run(job_id, ScriptedTrainer(hooks={2: runner.shutting_down.set})) == "released"
@@ -322,7 +322,7 @@ def test_a_damaged_checkpoint_falls_back_to_an_older_intact_one(new_job) -> None
     root = get_settings().resolved_artifact_dir
     with session_scope() as session:
         rows = session.execute(select(Checkpoint).where(Checkpoint.job_id == job_id)).scalars()
-        paths = {row.epoch: root / row.relative_path for row in rows}
+        paths = {row.epoch: root / row.key for row in rows}
     assert set(paths) == {2}
     paths[2].write_text("9")  # flipped bytes: the sha256 no longer matches
     trainer = ScriptedTrainer()
@@ -331,7 +331,7 @@ def test_a_damaged_checkpoint_falls_back_to_an_older_intact_one(new_job) -> None
     assert epochs_recorded(job_id) == [1, 2, 3, 4]
 
 
-def test_a_checkpoint_damaged_after_it_was_verified_is_not_resumed_from(new_job) -> None:  # type: ignore[no-untyped-def]
+def test_a_checkpoint_damaged_after_it_was_verified_is_not_resumed_from(new_job) -> None:
     """The worker's store remembers verified files; a bit flipped in place with the mtime set
     back must still make the next attempt fall back to the older intact checkpoint."""
     from jobs.artifacts import ArtifactState, artifact_store
@@ -346,7 +346,7 @@ def test_a_checkpoint_damaged_after_it_was_verified_is_not_resumed_from(new_job)
     store = artifact_store(get_settings())
     with session_scope() as session:
         rows = session.execute(select(Checkpoint).where(Checkpoint.job_id == job_id)).scalars()
-        recorded = {row.epoch: (row.relative_path, row.size_bytes, row.sha256) for row in rows}
+        recorded = {row.epoch: (row.key, row.size_bytes, row.sha256) for row in rows}
     assert set(recorded) == {1, 2}
     key, size_bytes, sha256 = recorded[2]
     assert store.state(key, size_bytes=size_bytes, sha256=sha256) == ArtifactState.INTACT
@@ -363,7 +363,7 @@ def test_a_checkpoint_damaged_after_it_was_verified_is_not_resumed_from(new_job)
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_jobs_trained_at_once_each_get_their_share_of_the_cpus(
     configure, database_url: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """WORKER_CONCURRENCY=2: two jobs train in two threads of one process, here with the real
     engine, and inside each training thread PyTorch runs on the usable CPUs divided by 2, not
     on every core (two jobs with a thread per core each slow each other down)."""
@@ -419,7 +419,7 @@ def test_jobs_trained_at_once_each_get_their_share_of_the_cpus(
 
 
 @pytest.fixture
-def s3_job(configure, sqlite_url: str, private_s3, tmp_path: Path):  # type: ignore[no-untyped-def]
+def s3_job(configure, sqlite_url: str, private_s3, tmp_path: Path):
     """Settings on SQLite and the bucket `jobs` of a private S3 server; returns a function
     that applies extra settings and creates a job."""
     runner.shutting_down.clear()
@@ -453,7 +453,7 @@ def local_files(root: Path) -> list[Path]:
 
 def test_on_s3_checkpoints_are_recorded_once_in_the_bucket_and_nothing_stays_local(
     s3_job, private_s3, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     job_id = s3_job(epochs=3)
     assert run(job_id, ScriptedTrainer()) == "succeeded"
     assert checkpoint_epochs(job_id) == [3]  # latest = best = final; older ones pruned
@@ -464,7 +464,7 @@ def test_on_s3_checkpoints_are_recorded_once_in_the_bucket_and_nothing_stays_loc
 
 def test_on_s3_training_goes_on_while_the_store_is_down_and_loses_nothing(
     s3_job, private_s3
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     job_id = s3_job(epochs=4)
     seen: dict[str, list[int]] = {}
 
@@ -490,7 +490,7 @@ def test_on_s3_training_goes_on_while_the_store_is_down_and_loses_nothing(
     assert time.monotonic() - started < 30
 
 
-def test_on_s3_a_store_down_past_the_upload_timeout_fails_the_job(s3_job, private_s3) -> None:  # type: ignore[no-untyped-def]
+def test_on_s3_a_store_down_past_the_upload_timeout_fails_the_job(s3_job, private_s3) -> None:
     job_id = s3_job(epochs=3, ARTIFACT_UPLOAD_TIMEOUT_SECONDS="2")
     private_s3.freeze()
     try:
@@ -505,7 +505,7 @@ def test_on_s3_a_store_down_past_the_upload_timeout_fails_the_job(s3_job, privat
     assert checkpoint_epochs(job_id) == []
 
 
-def test_on_s3_a_replaced_object_is_not_resumed_from(s3_job, private_s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_on_s3_a_replaced_object_is_not_resumed_from(s3_job, private_s3, tmp_path: Path) -> None:
     job_id = s3_job(epochs=4)
     trainer = ScriptedTrainer(hooks={2: runner.shutting_down.set}, test_accuracy={1: 0.9})
     assert run(job_id, trainer) == "released"
@@ -524,7 +524,7 @@ def test_on_s3_a_replaced_object_is_not_resumed_from(s3_job, private_s3, tmp_pat
 
 
 def test_a_pruned_trial_stops_at_the_next_batch_and_keeps_its_last_checkpoint(
-    new_job,  # type: ignore[no-untyped-def]
+    new_job,
 ) -> None:
     """The pruner's decision after epoch 1 (a second trial worse than the first at asha's first
     rung) stops training at the next batch; the trial ends pruned with epoch 1's metrics and
@@ -545,7 +545,7 @@ def test_a_pruned_trial_stops_at_the_next_batch_and_keeps_its_last_checkpoint(
         },
     }
     with session_scope() as session:
-        made = submission.create_experiment(
+        made = experiments.create_experiment(
             session, ExperimentCreate.model_validate(body), settings=get_settings()
         )
         experiment_id = made.experiment.id

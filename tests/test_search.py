@@ -271,6 +271,10 @@ def test_a_pruning_decision_outlives_the_worker(client: TestClient) -> None:
     assert kinds.count("trial_pruned") == 1
     assert kinds == ["status", "trial_created", "status", "epoch", "trial_pruned", "status"]
     assert len(active_trials(client, experiment_id)) == 1  # its successor, made by the reaper
+    # Counted as what it was: a trial its pruner stopped, not a cancelled job.
+    scrape = client.get("/metrics").text
+    assert 'cifar_jobs_reconciler_leases_reaped_total{outcome="pruned"} 1.0' in scrape
+    assert 'cifar_jobs_reconciler_leases_reaped_total{outcome="cancelled"} 0.0' in scrape
 
 
 def test_csv_has_a_column_per_searched_parameter(client: TestClient) -> None:

@@ -13,18 +13,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.auth import SIGN_IN_COOKIE, sign_in_token
+from tests.builders import job_body, submit_job
 from tests.support import drive_job, flip_bit_keeping_mtime
 
-SMALL_JOB = {"block": "mobile", "hyperparameters": {"epochs": 2}, "train_samples": 40}
+SMALL_JOB = job_body(hyperparameters={"epochs": 2}, train_samples=40)
 HOSTILE_NAME = "<script>alert(1)</script>"
 CHECKPOINT_BYTES = b"checkpoint bytes\n" * 32
 KEY = "s3cret"
 
 
 def submit(client: TestClient, **changes: object) -> int:
-    response = client.post("/jobs", json={**SMALL_JOB, **changes})
-    assert response.status_code == 202, response.text
-    return int(response.json()["id"])
+    return int(submit_job(client, **{**SMALL_JOB, **changes})["id"])
 
 
 def listed_job_ids(html: str) -> list[int]:
@@ -32,11 +31,11 @@ def listed_job_ids(html: str) -> list[int]:
 
 
 def assert_html(response: object, status: int = 200) -> str:
-    assert response.status_code == status, response.text  # type: ignore[attr-defined]
-    headers = response.headers  # type: ignore[attr-defined]
+    assert response.status_code == status, response.text
+    headers = response.headers
     assert headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in headers["content-security-policy"]
-    return str(response.text)  # type: ignore[attr-defined]
+    return str(response.text)
 
 
 def add_experiment(name: str, preset: str | None) -> int:
@@ -119,9 +118,7 @@ def test_a_damaged_checkpoint_is_marked_and_not_offered(client: TestClient) -> N
     assert f'href="/jobs/{job_id}/checkpoints/latest"' in rows["latest"]
 
     with session_scope() as session:
-        [key] = session.execute(
-            select(Checkpoint.relative_path).where(Checkpoint.job_id == job_id)
-        ).scalars()
+        [key] = session.execute(select(Checkpoint.key).where(Checkpoint.job_id == job_id)).scalars()
     flip_bit_keeping_mtime(get_settings().resolved_artifact_dir / key)
     rows = checkpoint_rows(assert_html(client.get(f"/ui/jobs/{job_id}")))
     for name, row in rows.items():
@@ -206,7 +203,7 @@ def test_pages_load_nothing_from_outside(client: TestClient) -> None:
 
 
 @pytest.fixture
-def keyed_client(configure, database_url: str) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+def keyed_client(configure, database_url: str) -> Iterator[TestClient]:
     """An in-process app with API_KEY set; redirects are not followed."""
     configure(database_url, API_KEY=KEY)
     from app.main import create_app

@@ -117,7 +117,7 @@ def test_job_slots_count_the_live_workers_that_share_these_cpus() -> None:
 
 def test_the_worker_splits_the_cpus_with_the_other_workers_on_this_machine(
     configure, database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Four single-job worker processes on one machine each train with a quarter of its CPUs
     (at least one thread), not each with all of them."""
     import socket
@@ -127,7 +127,7 @@ def test_the_worker_splits_the_cpus_with_the_other_workers_on_this_machine(
 
     from jobs.db import session_scope
     from jobs.tables import utcnow
-    from jobs.telemetry import worker_heartbeat
+    from jobs.workers import worker_heartbeat
 
     configure(database_url, WORKER_CONCURRENCY="1")
     monkeypatch.delenv("TORCH_THREADS", raising=False)

@@ -14,7 +14,7 @@ from jobs.queue import enqueue_after_commit
 from jobs.retention import sweep_artifact_deletions
 from jobs.settings import Settings
 from jobs.tables import utcnow
-from jobs.telemetry import forget_worker, worker_heartbeat
+from jobs.workers import forget_worker, worker_heartbeat
 from worker.runner import reconcile_interval, running_jobs, worker_name
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,10 @@ from jobs.artifacts import (
     ArtifactDamaged,
     ArtifactMissing,
     ArtifactRecord,
+    ArtifactStore,
     ArtifactStoreUnavailable,
     artifact_store,
+    store_at,
 )
 from jobs.checkpoints import prunable_checkpoints
 from jobs.db import session_scope
@@ -45,7 +47,7 @@ from jobs.queue import enqueue_after_commit
 from jobs.retry import TransientDatabaseError, retry_transient
 from jobs.settings import Settings
 from jobs.tables import Checkpoint, FailureReason, Job, JobStatus
-from jobs.telemetry import workers_on_host
+from jobs.workers import workers_on_host
 from worker import telemetry
 from worker.cpus import available_cpus, job_slots_sharing_cpus, threads_per_job
 from worker.uploads import FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS, CheckpointUploads, UploadFailed
@@ -230,6 +232,8 @@ class JobRun:
         self.watcher = watcher
         self.trainer = trainer
         self.store = artifact_store(settings)
+        # The store the checkpoint resumed from is in (release_local_file goes to it).
+        self.resume_store = self.store
         self.attempt_dir = self.store.staging_dir(claim.job_id, claim.attempt)
         # Checkpoints are stored and recorded on this thread while training goes on.
         self.uploads = CheckpointUploads(
@@ -333,21 +337,28 @@ class JobRun:
             epoch=written.epoch,
             size_bytes=stored.size_bytes,
             sha256=stored.sha256,
-            relative_path=stored.key,
+            key=stored.key,
+            store_url=self.store.locator,
         )
-        pruned: list[str] = []
+        pruned: list[tuple[str, str]] = []
 
         def work(session: Any) -> None:
             pruned.clear()
             record_checkpoint(session, self.claim, record)
             job = session.get(Job, self.claim.job_id)
             for row in prunable_checkpoints(session, job):
-                pruned.append(row.relative_path)
+                pruned.append((row.store_url, row.key))
                 session.delete(row)
 
         self._write(work)
         telemetry.observe_checkpoint(self.block, stored.size_bytes, time.monotonic() - started)
-        self.store.delete(pruned)  # only once no row points at them any more
+        # Only once no row points at them any more, each from the store that holds it.
+        for locator in sorted({locator for locator, _ in pruned}):
+            keys = [key for where, key in pruned if where == locator]
+            try:
+                self._store_of(locator).delete(keys)
+            except (ValueError, OSError) as error:
+                logger.warning("could not remove old checkpoints %s: %s", keys, error)
 
     # -- the attempt -----------------------------------------------------------------------
 
@@ -357,27 +368,41 @@ class JobRun:
         ARTIFACT_UPLOAD_TIMEOUT_SECONDS."""
         with session_scope(write=False) as session:
             rows = session.execute(
-                select(Checkpoint.relative_path, Checkpoint.size_bytes, Checkpoint.sha256)
+                select(
+                    Checkpoint.key, Checkpoint.size_bytes, Checkpoint.sha256, Checkpoint.store_url
+                )
                 .where(Checkpoint.job_id == self.claim.job_id)
                 .order_by(Checkpoint.epoch.desc())
             ).all()
         # Hashed after the read transaction: no connection is held while files are read.
-        records = [ArtifactRecord(row.relative_path, row.size_bytes, row.sha256) for row in rows]
-        for record in records:
+        for row in rows:
+            record = ArtifactRecord(row.key, row.size_bytes, row.sha256)
             try:
-                return self._local_file(record)
+                store = self._store_of(row.store_url)
+                path = self._local_file(store, record)
             except (ArtifactMissing, ArtifactDamaged) as error:
                 logger.warning("%s: %s; trying an older one", record.key, error)
+                continue
+            except ValueError as error:  # a store this worker cannot open (its settings)
+                logger.warning("%s is in a store not usable here: %s", record.key, error)
+                continue
+            self.resume_store = store
+            return path
         if rows:
             logger.warning("job %s: no intact checkpoint; starting over", self.claim.job_id)
         return None
 
-    def _local_file(self, record: ArtifactRecord) -> Path:
+    def _store_of(self, locator: str) -> ArtifactStore:
+        """The store a checkpoint row names: the configured one, or one it was recorded in
+        before ARTIFACT_URL changed."""
+        return self.store if locator == self.store.locator else store_at(locator, self.settings)
+
+    def _local_file(self, store: ArtifactStore, record: ArtifactRecord) -> Path:
         started = time.monotonic()
         wait = FIRST_RETRY_SECONDS
         while True:
             try:
-                return self.store.local_file(record)
+                return store.local_file(record)
             except ArtifactStoreUnavailable as error:
                 elapsed = time.monotonic() - started
                 if elapsed + wait > self.settings.artifact_upload_timeout_seconds:
@@ -520,7 +545,7 @@ class JobRun:
             )
         finally:
             if resume is not None:
-                self.store.release_local_file(resume)  # loaded by now, or never will be
+                self.resume_store.release_local_file(resume)  # loaded by now, or never will be
         if not result.stopped:
             # Succeeded only once every checkpoint, the final one included, is in the store.
             return self._finish(JobStatus.SUCCEEDED)

@@ -7,6 +7,7 @@ import logging
 from celery.exceptions import Reject
 from celery.signals import setup_logging, worker_ready, worker_shutdown, worker_shutting_down
 
+from jobs import wiring
 from jobs.logs import bind_process, configure_logging
 from jobs.queue import RUN_JOB_TASK, get_celery
 from jobs.settings import get_settings
@@ -16,6 +17,8 @@ from worker.runner import run_job, shutting_down, worker_name
 from worker.telemetry import serve_metrics
 
 logger = logging.getLogger(__name__)
+# The worker changes jobs: the reactions to their events are installed before any task runs.
+wiring.connect()
 celery = get_celery()
 _reconciler: Reconciler | None = None
 _notifier: Notifier | None = None

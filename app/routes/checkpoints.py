@@ -23,12 +23,12 @@ from jobs.artifacts import (
     ArtifactRecord,
     ArtifactState,
     ArtifactStore,
-    artifact_store,
+    store_at,
 )
 from jobs.checkpoints import checkpoint_pointers
 from jobs.errors import CheckpointDamaged, CheckpointNotFound
 from jobs.listing import get_job
-from jobs.settings import get_settings
+from jobs.settings import Settings, get_settings
 from jobs.tables import CHECKPOINT_NAMES, Job, JobStatus
 
 router = APIRouter(prefix="/jobs/{job_id}/checkpoints", tags=["checkpoints"])
@@ -53,6 +53,7 @@ class NamedCheckpoint:
     epoch: int
     recorded_at: datetime
     stored: ArtifactRecord
+    store_url: str  # the store that holds it (jobs.artifacts.store_locator)
 
 
 def named_checkpoints(session: Session, job: Job) -> list[NamedCheckpoint]:
@@ -63,7 +64,8 @@ def named_checkpoints(session: Session, job: Job) -> list[NamedCheckpoint]:
             job.id,
             row.epoch,
             row.recorded_at,
-            ArtifactRecord(row.relative_path, row.size_bytes, row.sha256),
+            ArtifactRecord(row.key, row.size_bytes, row.sha256),
+            row.store_url,
         )
         for name, row in checkpoint_pointers(session, job).items()
     ]
@@ -78,20 +80,39 @@ def named_checkpoints(session: Session, job: Job) -> list[NamedCheckpoint]:
 def list_checkpoints(job_id: JobId) -> list[CheckpointRead]:
     with read_session() as session:
         named = named_checkpoints(session, get_job(session, job_id))
-    return checkpoint_listing(named, artifact_store(get_settings()))
+    return checkpoint_listing(named, get_settings())
 
 
-def checkpoint_listing(named: list[NamedCheckpoint], store: ArtifactStore) -> list[CheckpointRead]:
+def store_of(checkpoint: NamedCheckpoint, settings: Settings) -> ArtifactStore:
+    """The store that holds the checkpoint, whatever ARTIFACT_URL says now; CheckpointNotFound
+    naming it when this server cannot open it."""
+    try:
+        return store_at(checkpoint.store_url, settings)
+    except ValueError as error:
+        raise CheckpointNotFound(
+            f"The {checkpoint.name} checkpoint of job {checkpoint.job_id} is in a store this "
+            f"server cannot open ({error})."
+        ) from None
+
+
+def checkpoint_listing(named: list[NamedCheckpoint], settings: Settings) -> list[CheckpointRead]:
     """The named checkpoints with their state and download URLs (the API's and the
-    dashboard's). Checks each object (hashing one not seen before): call it after the read
-    transaction."""
+    dashboard's). Checks each object (hashing one not seen before), in the store that holds
+    it: call it after the read transaction. One in a store this server cannot open is
+    `missing`."""
     states: dict[str, ArtifactState] = {}
     for checkpoint in named:
         stored = checkpoint.stored
-        if stored.key not in states:
-            states[stored.key] = store.state(
-                stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256
-            )
+        if stored.key in states:
+            continue
+        try:
+            store = store_of(checkpoint, settings)
+        except CheckpointNotFound:
+            states[stored.key] = ArtifactState.MISSING
+            continue
+        states[stored.key] = store.state(
+            stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256
+        )
     return [
         CheckpointRead(
             name=checkpoint.name,
@@ -180,7 +201,7 @@ def download_checkpoint(
     # Opened (and hashed when not seen before) after the read transaction has ended, and
     # verified before any byte or validator is sent, whatever the request's headers.
     stored = checkpoint.stored
-    store = artifact_store(settings)
+    store = store_of(checkpoint, settings)
     try:
         opened = store.open_verified(stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256)
     except ArtifactMissing:

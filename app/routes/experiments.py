@@ -25,7 +25,7 @@ from app.schemas.experiments import (
     SearchRead,
     SearchRung,
 )
-from jobs import experiments, lifecycle, listing, metrics, retention, submission
+from jobs import experiments, lifecycle, listing, metrics, retention
 from jobs.experiments import ExperimentSummary
 from jobs.search.study import SearchSummary
 from jobs.specs import (
@@ -201,7 +201,7 @@ def submit_experiment(
 ) -> ExperimentRead:
     """Queue every job of the experiment in one transaction (all or none); the jobs' ids are
     sent to the workers once it has committed. At most 1,000 jobs."""
-    made = submission.create_experiment(
+    made = experiments.create_experiment(
         session, spec, settings=settings, idempotency_key=idempotency_key
     )
     experiment = made.experiment

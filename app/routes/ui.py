@@ -23,7 +23,6 @@ from app.schemas.jobs import EpochMetricRead
 from app.templating import page
 from engine.config import Hyperparameters
 from engine.datasets import DATASETS
-from jobs.artifacts import artifact_store
 from jobs.dispatch import queue_position
 from jobs.errors import ExperimentNotFound, InvalidFields, JobNotFound
 from jobs.listing import get_experiment, get_job, list_jobs
@@ -145,7 +144,7 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
         rows = epoch_metrics(session, job.id)
         named = named_checkpoints(session, job)
     metrics = [EpochMetricRead.model_validate(row) for row in rows]
-    checkpoints = checkpoint_listing(named, artifact_store(get_settings()))
+    checkpoints = checkpoint_listing(named, get_settings())
     return page(
         request,
         "job.html",

@@ -12,7 +12,10 @@ from jobs.artifacts.store import (
     StoreOptions,
     artifact_store,
     artifact_url,
+    configured_locator,
     open_store,
+    store_at,
+    store_locator,
 )
 
 __all__ = [
@@ -26,5 +29,8 @@ __all__ = [
     "StoreOptions",
     "artifact_store",
     "artifact_url",
+    "configured_locator",
     "open_store",
+    "store_at",
+    "store_locator",
 ]

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from jobs.settings import Settings
@@ -58,8 +58,8 @@ class ArtifactStoreUnavailable(OSError):
 
 @dataclass(frozen=True)
 class ArtifactRecord:
-    """What is recorded of a stored object (a `checkpoint_files` row's relative_path is the
-    key), and what it is checked against."""
+    """What is recorded of a stored object (a `checkpoint_files` row's key, size and sha256),
+    and what it is checked against; the row also names the store (store_locator)."""
 
     key: str
     size_bytes: int
@@ -141,6 +141,8 @@ class ArtifactStore(ABC):
     def __init__(self) -> None:
         self._digests: OrderedDict[Hashable, str] = OrderedDict()
         self._digests_lock = threading.Lock()
+        # Set by open_store: what a checkpoint row records of this store (store_locator).
+        self.locator = ""
 
     @classmethod
     @abstractmethod
@@ -311,6 +313,20 @@ def store_options(settings: Settings) -> StoreOptions:
     )
 
 
+# An S3 store's locator carries the server it is on (S3_ENDPOINT_URL when it was recorded), so
+# a checkpoint stays readable after the setting changes.
+ENDPOINT_PARAMETER = "endpoint_url"
+
+
+def store_locator(url: str, options: StoreOptions | None = None) -> str:
+    """What a checkpoint row records of the store that holds it: the store's URL, and for an
+    S3 store on another server than AWS that server (`?endpoint_url=...`). `store_at` opens
+    it again whatever the settings are by then."""
+    if urlsplit(url).scheme == "s3" and options is not None and options.endpoint_url:
+        return f"{url}?{urlencode({ENDPOINT_PARAMETER: options.endpoint_url})}"
+    return url
+
+
 @lru_cache(maxsize=16)
 def open_store(url: str, options: StoreOptions | None = None) -> ArtifactStore:
     """The store for `url`, by its scheme; one per URL and options per process, so its
@@ -323,9 +339,33 @@ def open_store(url: str, options: StoreOptions | None = None) -> ArtifactStore:
         )
     module, _, name = BACKENDS[scheme].partition(":")
     backend: type[ArtifactStore] = getattr(importlib.import_module(module), name)
-    return backend.from_url(url, options)
+    store = backend.from_url(url, options)
+    store.locator = store_locator(url, options)
+    return store
+
+
+def configured_locator(settings: Settings) -> str:
+    """The configured store's locator: what new checkpoints record."""
+    return store_locator(artifact_url(settings), store_options(settings))
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
-    """The configured store."""
-    return open_store(artifact_url(settings), store_options(settings))
+    """The configured store: where new checkpoints go."""
+    return store_at(configured_locator(settings), settings)
+
+
+def store_at(locator: str, settings: Settings) -> ArtifactStore:
+    """The store a checkpoint row names (its `store_locator`), with this process's staging
+    folder; ValueError, naming the locator, when no backend can open it here."""
+    parts = urlsplit(locator)
+    endpoint = None
+    if parts.scheme == "s3" and parts.query:
+        query = parse_qs(parts.query)
+        endpoint = query.get(ENDPOINT_PARAMETER, [None])[0]
+        if set(query) != {ENDPOINT_PARAMETER} or endpoint is None:
+            raise ValueError(f"{locator!r} is not a store this service recorded")
+        locator = urlunsplit(parts._replace(query=""))
+    options = StoreOptions(
+        endpoint_url=endpoint, staging_root=settings.resolved_artifact_staging_dir
+    )
+    return open_store(locator, options)

@@ -138,7 +138,3 @@ def grid_size(space: dict[str, dict[str, list[Any]]]) -> int | None:
     if any("choice" not in dimension for dimension in space.values()):
         return None
     return math.prod(len(dimension["choice"]) for dimension in space.values())
-
-
-def grid_values(space: dict[str, dict[str, list[Any]]]) -> dict[str, list[Any]]:
-    return {name: dimension["choice"] for name, dimension in space.items()}

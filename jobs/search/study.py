@@ -1,29 +1,23 @@
 """A search's trials as Optuna's ask-and-tell sees them: asking for the next trials (each made an
 ordinary queued job), telling it that one ended, and its pruner's decision after each epoch.
+It reacts to the lifecycle's domain events (jobs.wiring installs `on_job_ended` and
+`on_epoch_stored`), inside the transaction that ended the trial or stored its epoch.
 
-State. Optuna's study is rebuilt in memory from the job rows at each decision, never kept: each
-trial's number, params and Optuna system attributes (a grid point, the value recorded at each
-rung it passed) are columns of its job, its objective values are its epoch rows. The job rows
-stay the one source of truth (no second store to keep in step with them, nothing to lose when
-an API or worker process dies at any instant), and each decision reads the state as committed
-in its own transaction. Optuna's RDB storage would have been a second set of tables written
-outside the job's transaction and much slower to read back. A rebuild reads only what the rule
-deciding needs (each trial's last value; the median pruner also the values at the epoch
-decided), and loads the trials into Optuna's in-memory storage without its per-trial deep copy
-and validation (RowStorage): at 1,000 trials a decision costs a few milliseconds (see
-docs/benchmarks.md).
+State. Optuna's study is rebuilt in memory from the job rows at each decision, never kept (see
+docs/design/search-state.md): each trial's number, params and Optuna system attributes are
+columns of its job, its objective values are its epoch rows, so a process killed at any instant
+loses nothing. A rebuild reads only what the rule deciding needs and loads the trials into
+Optuna's in-memory storage without its per-trial deep copy and validation (RowStorage).
 
 Locking. Every decision takes the experiment's row lock first (SELECT ... FOR NO KEY UPDATE on
-PostgreSQL, which serialises the deciders as well; a plain FOR UPDATE also conflicts with the
-KEY SHARE locks that foreign-key checks take on the row, and two trials ending at once were
-seen to deadlock on it; SQLite write transactions begin IMMEDIATE, which serialises them), so
-two workers
-never decide on stale rungs or make the same trial; the trial counter `trials_created` is also
-compared-and-set. The next trial is made in the transaction that ends one (jobs.lifecycle calls
-`trial_ended` from every final status change), so a trial ending and its successor commit
-together or not at all. A pruning decision is stored on the job (`prune_requested`) in the
-transaction that records the epoch: a worker killed after it still ends the trial pruned (the
-reaper and release_job read it), and an epoch recorded twice is decided once.
+PostgreSQL, which serialises the deciders; a plain FOR UPDATE also conflicts with the KEY SHARE
+locks that foreign-key checks take on the row, and two trials ending at once were seen to
+deadlock on it; SQLite's write transactions begin IMMEDIATE), so two workers never decide on
+stale rungs or make the same trial; the trial counter `trials_created` is also compared-and-set.
+A trial's successor is made in the transaction that ends it, and a pruning decision is written
+by the lifecycle (fenced by the lease) in the transaction that stores the epoch: an epoch
+recorded twice is decided once, and a worker killed after the decision still ends the trial
+pruned (the reaper and release_job read `prune_requested`).
 """
 
 from __future__ import annotations
@@ -40,15 +34,18 @@ from optuna.storages import InMemoryStorage
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Text, func, select, type_coerce, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from engine.config import Hyperparameters
 from jobs.events import record_event
-from jobs.search.pruners import make_pruner, rung_epochs
-from jobs.search.samplers import make_sampler
+from jobs.search.pruners import RUNG_KEY, highest_rung, pruner_for
+from jobs.search.samplers import sampler_for
 from jobs.search.space import distributions
 from jobs.settings import get_settings
+from jobs.signals import EndCause, EpochStored, JobEnded, TrialDecision
 from jobs.specs import JOB_NAME_MAX_CHARS, JobCreate
+from jobs.submission import TrialColumns, add_job
 from jobs.tables import EpochMetric, Experiment, Job, JobStatus
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -56,7 +53,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 TRIAL_CREATED_EVENT = "trial_created"
 TRIAL_PRUNED_EVENT = "trial_pruned"
 BEST_CHANGED_EVENT = "best_changed"
-RUNG_KEY = "completed_rung_"  # Optuna's SuccessiveHalvingPruner's system attribute prefix
 STUDY_NAME = "search"
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 # Optuna requires a start time on each trial; no rule used here reads it.
@@ -253,8 +249,12 @@ def build_study(
 
 
 def _study(storage: RowStorage, search: dict[str, Any], number: int) -> Study:
-    sampler = make_sampler(search["sampler"], search["seed"], number, search["space"])
-    return Study(STUDY_NAME, storage, sampler=sampler, pruner=make_pruner(search["pruner"]))
+    return Study(
+        STUDY_NAME,
+        storage,
+        sampler=sampler_for(search).optuna(number),
+        pruner=pruner_for(search["pruner"]).optuna(),
+    )
 
 
 # -- asking: the next trials -----------------------------------------------------------------
@@ -300,9 +300,6 @@ def fill(
     once the experiment is cancelled). Takes the experiment's row lock; returns the new job ids,
     which are sent to the queue when the caller's transaction commits. `loaded`: the trials and
     their last values, when the caller read them in this transaction under the lock."""
-    # Imported here: submission plans experiments, which reach the lifecycle, which calls this.
-    from jobs.submission import add_job
-
     experiment = lock_experiment(session, experiment_id)
     search = search_of(experiment.spec)
     if search is None or experiment.cancel_requested:
@@ -322,7 +319,8 @@ def fill(
         .values(trials_created=made + room)
         .execution_options(synchronize_session=False)
     )
-    if moved.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult for UPDATE
+    assert isinstance(moved, CursorResult)
+    if moved.rowcount != 1:
         raise SearchConflict(f"experiment {experiment_id}: trials were made meanwhile")
     if loaded is None:
         trials = load_trials(session, experiment_id)
@@ -342,11 +340,8 @@ def fill(
             trial_job_spec(experiment.spec, experiment.name, number, params),
             settings=settings,
             experiment_id=experiment_id,
+            trial=TrialColumns(number, params, attrs),
         )
-        job.trial_number = number
-        job.trial_params = params
-        job.trial_attrs = attrs
-        session.flush()
         record_event(
             session,
             job.id,
@@ -360,16 +355,21 @@ def fill(
 # -- telling: a trial ended ------------------------------------------------------------------
 
 
+def on_job_ended(session: Session, event: JobEnded) -> None:
+    """A job ended (jobs.signals): if it was a search's trial, note a new best and make the next
+    trials, in the transaction that ended it; none when its experiment is being cancelled."""
+    if event.experiment_id is None or event.cause == EndCause.EXPERIMENT_CANCEL:
+        return
+    trial_ended(session, event.job_id)
+
+
 def trial_ended(session: Session, job_id: int) -> list[int]:
-    """In the transaction that gave the job its final status: if it was a search's trial, note
-    a new best and make the next trials. Returns the new trials' job ids."""
+    """Note a new best and make the next trials; returns the new trials' job ids."""
     job = session.execute(
         select(Job.experiment_id, Job.trial_number, Job.status).where(Job.id == job_id)
     ).one()
     if job.trial_number is None or job.experiment_id is None:
         return []
-    if session.info.get(CANCELLING_KEY) == job.experiment_id:
-        return []  # the experiment is being cancelled: no successor
     experiment = lock_experiment(session, job.experiment_id)
     search = search_of(experiment.spec)
     if search is None:
@@ -421,42 +421,20 @@ def _note_best(
     )
 
 
-CANCELLING_KEY = "cancelling_experiment"
-
-
-def cancelling(session: Session, experiment_id: int) -> None:
-    """Mark this transaction as cancelling the experiment: the trials it ends get no successor
-    (the experiment's own flag is set after its jobs, to lock rows in the order workers do)."""
-    session.info[CANCELLING_KEY] = experiment_id
-
-
 # -- pruning: after each recorded epoch ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PruneDecision:
-    pruned: bool
-    rung: int | None
+def on_epoch_stored(session: Session, event: EpochStored) -> TrialDecision | None:
+    """An epoch of a job was stored (jobs.signals): a search trial's pruner decides."""
+    if event.experiment_id is None or event.epoch >= event.epochs_total:
+        return None
+    return decide(session, event.job_id, event.epoch)
 
 
-def _rungs_passed(attrs: dict[str, Any]) -> int | None:
-    passed = [int(key[len(RUNG_KEY) :]) for key in attrs if key.startswith(RUNG_KEY)]
-    return max(passed) if passed else None
-
-
-def _first_epoch_decided(pruner: dict[str, Any], attrs: dict[str, Any]) -> int:
-    """The first epoch at which the pruner may stop the trial: asha's next rung for it
-    (min_epochs x reduction_factor^rungs passed), median's end of warm-up."""
-    if pruner["type"] == "asha":
-        passed = sum(1 for key in attrs if key.startswith(RUNG_KEY))
-        return int(pruner["min_epochs"] * pruner["reduction_factor"] ** passed)
-    return int(pruner["min_epochs"])
-
-
-def decide(session: Session, job_id: int, epoch: int) -> PruneDecision | None:
-    """The pruner's decision after the trial's newly recorded `epoch`, stored on the job in the
-    caller's transaction (its rung, its attributes, prune_requested). None when the job is no
-    search trial, its search prunes nothing, or the epoch is its last."""
+def decide(session: Session, job_id: int, epoch: int) -> TrialDecision | None:
+    """The pruner's decision after the trial's newly stored `epoch`, for the lifecycle to write
+    (its rung, its attributes, whether it stops, the `trial_pruned` event). None when the job
+    is no search trial, its search prunes nothing, or it was decided already."""
     job = session.execute(
         select(
             Job.experiment_id,
@@ -469,21 +447,23 @@ def decide(session: Session, job_id: int, epoch: int) -> PruneDecision | None:
     if job.trial_number is None or job.experiment_id is None or epoch >= job.epochs_total:
         return None
     if job.prune_requested:  # decided already (an epoch recorded on the way to stopping)
-        return PruneDecision(pruned=True, rung=None)
+        return None
     experiment = lock_experiment(session, job.experiment_id)
     search = search_of(experiment.spec)
-    if search is None or search["pruner"]["type"] == "none":
+    if search is None:
         return None
-    if epoch < _first_epoch_decided(search["pruner"], job.trial_attrs or {}):
-        # Both pruners answer "go on" here before reading any other trial (asha below the
-        # trial's next rung, median in its warm-up): no study to rebuild.
-        return PruneDecision(pruned=False, rung=_rungs_passed(job.trial_attrs or {}))
+    pruner = pruner_for(search["pruner"])
+    attrs_before = job.trial_attrs or {}
+    if not pruner.prunes or epoch < pruner.first_decided_epoch(attrs_before):
+        # Nothing to compare yet (asha below the trial's next rung, median in its warm-up):
+        # no study to rebuild.
+        return None
     metric = search["objective"]["metric"]
     trials = load_trials(session, job.experiment_id)
     last = metric_values(session, job.experiment_id, metric)
     step_values = (
         metric_values(session, job.experiment_id, metric, epoch=epoch)
-        if search["pruner"]["type"] == "median"
+        if pruner.reads_values_at_epoch
         else None
     )
     curve = {
@@ -499,26 +479,15 @@ def decide(session: Session, job_id: int, epoch: int) -> PruneDecision | None:
     )
     trial = next(t for t in trials if t.job_id == job_id)
     study = _study(storage, search, trial.number)
-    frozen = storage.get_trial(trial_ids[job_id])
-    pruned = bool(study.pruner.prune(study, frozen))
+    pruned = bool(study.pruner.prune(study, storage.get_trial(trial_ids[job_id])))
     attrs = dict(storage.get_trial(trial_ids[job_id]).system_attrs)
-    rung = _rungs_passed(attrs)
-    values: dict[str, Any] = {}
-    if attrs != trial.attrs:
-        values.update(trial_attrs=attrs, rung=rung)
+    rung = highest_rung(attrs)
+    changed = attrs != trial.attrs
+    if not changed and not pruned:
+        return None
+    explained = None
     if pruned:
-        values["prune_requested"] = True
-    if values:
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(values)
-            .execution_options(synchronize_session=False)
-        )
-    if pruned:
-        record_event(
-            session,
-            job_id,
+        explained = (
             TRIAL_PRUNED_EVENT,
             {
                 "job_id": job_id,
@@ -528,7 +497,7 @@ def decide(session: Session, job_id: int, epoch: int) -> PruneDecision | None:
                 "value": _finite(curve.get(epoch)),
             },
         )
-    return PruneDecision(pruned=pruned, rung=rung)
+    return TrialDecision(attrs=attrs if changed else None, rung=rung, prune=pruned, event=explained)
 
 
 # -- reading: the search object of an experiment ---------------------------------------------
@@ -561,22 +530,20 @@ class SearchSummary:
 
 
 def rung_table(search: dict[str, Any], trials: list[Trial], epochs: int) -> list[Rung]:
-    """For each asha rung: its epochs, the trials that reached it, those it promoted (reached
-    and not pruned there), and the value a trial reaching it now must match to go on."""
-    reduction = search["pruner"]["reduction_factor"]
+    """For each rung of the pruner: its epochs, the trials that reached it, those it promoted
+    (reached and not pruned there), and the value a trial reaching it now must match to go
+    on."""
+    pruner = pruner_for(search["pruner"])
     maximize = search["objective"]["mode"] == "max"
     table = []
-    for index, rung_epoch in enumerate(rung_epochs(search["pruner"], epochs)):
+    for index, rung_epoch in enumerate(pruner.rungs(epochs)):
         key = f"{RUNG_KEY}{index}"
         reached = [t for t in trials if key in t.attrs]
         stopped = [
             t for t in reached if t.state == TrialState.PRUNED and t.epochs_done == rung_epoch
         ]
-        values = sorted(
-            (v for v in (_finite(t.attrs[key]) for t in reached) if v is not None),
-            reverse=maximize,
-        )
-        cutoff = values[max(len(values) // reduction - 1, 0)] if values else None
+        values = [v for v in (_finite(t.attrs[key]) for t in reached) if v is not None]
+        cutoff = pruner.cutoff(values, maximize=maximize)
         table.append(Rung(rung_epoch, len(reached), len(reached) - len(stopped), cutoff))
     return table
 
