@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from jobs.errors import ServiceError
 
+__all__ = ["ServiceError"]  # the base of both families, for app's imports
+
 
 class NotFound(ServiceError):
     status_code = 404

@@ -17,8 +17,8 @@ import re
 from collections.abc import Callable
 from email.message import Message as MimeHeaders
 
+from starlette._utils import get_route_path
 from starlette.datastructures import Headers
-from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import (

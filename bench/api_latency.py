@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ def _poll(
     interval: float,
 ) -> None:
     """One client: a round of requests, a pause of `interval` seconds, until the deadline."""
+    routes: list[tuple[str, Callable[[int], str]]]
     if plots:
         routes = [("/jobs/{id}/plots/loss.png", lambda job_id: f"/jobs/{job_id}/plots/loss.png")]
     else:

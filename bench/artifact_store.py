@@ -66,7 +66,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_once(backend: str, config: Any, data_dir: Path, root: Path, s3_url: str | None) -> dict:
+def run_once(
+    backend: str, config: Any, data_dir: Path, root: Path, s3_url: str | None
+) -> dict[str, Any]:
     from engine.trainer import train
     from jobs.artifacts import ArtifactRecord, ArtifactStore
     from jobs.artifacts.local import LocalArtifactStore
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
              "train_samples": 10 * args.train_per_class, "test_samples": 100}
         )  # fmt: skip
         s3_process, s3_url = start_s3(root) if "s3" in backends else (None, None)
-        results: dict[str, list[dict]] = {name: [] for name in backends}
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in backends}
         try:
             for round_number in range(args.rounds):
                 for name in backends:  # alternating, so drift in the machine's load is shared

@@ -232,7 +232,7 @@ class NaiveLoop:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.device = device
 
-        def loader(count: int) -> DataLoader:
+        def loader(count: int) -> DataLoader[Any]:
             return DataLoader(
                 Subset(dataset, range(count)),
                 batch_size=batch_size,

@@ -87,7 +87,7 @@ class _HashingWriter:
         self.size_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        written = self._file.write(data)
+        written: int = self._file.write(data)
         self.digest.update(data)
         self.size_bytes += len(data)
         return written
@@ -268,7 +268,8 @@ class CheckpointWriter:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with the safe (weights-only) unpickler."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    loaded: dict[str, Any] = torch.load(Path(path), map_location=map_location, weights_only=True)
+    return loaded
 
 
 def load_model_from_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> nn.Module:

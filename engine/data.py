@@ -140,7 +140,8 @@ def ensure_dataset(
 def _read_pickle(path: Path) -> dict[str, Any]:
     with path.open("rb") as file:
         # The official archives are Python 2 pickles; latin1 maps their byte strings to str.
-        return pickle.load(file, encoding="latin1")
+        loaded: dict[str, Any] = pickle.load(file, encoding="latin1")
+        return loaded
 
 
 def load_cifar(

@@ -55,7 +55,8 @@ def _class_images(
     colour = palette[label][None, :, None, None]  # (1, 3, 1, 1)
     noise = rng.normal(0.0, NOISE_STD, size=(count, 3, 32, 32))
     images = colour + stripes[:, None, :, :] + noise
-    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+    clipped: np.ndarray = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+    return clipped
 
 
 def _make_split(

@@ -28,7 +28,8 @@ class PlainBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)))
+        activated: Tensor = self.relu(self.bn2(self.conv2(out)))
+        return activated
 
 
 class ResidualBlock(PlainBlock):
@@ -50,7 +51,8 @@ class ResidualBlock(PlainBlock):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        activated: Tensor = self.relu(out + self.shortcut(x))
+        return activated
 
 
 class DepthwiseSeparableConv(nn.Sequential):
@@ -84,4 +86,5 @@ class MobileBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.conv1(x))
-        return self.relu(self.conv2(out))
+        activated: Tensor = self.relu(self.conv2(out))
+        return activated

@@ -35,4 +35,5 @@ class Network(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         x = self.stage4(self.stage3(self.stage2(self.stage1(x))))
-        return self.fc(self.pool(x).flatten(1))
+        logits: Tensor = self.fc(self.pool(x).flatten(1))
+        return logits

@@ -6,6 +6,7 @@ Create Date: 2026-11-27 16:10:00
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -32,7 +33,7 @@ HYPERPARAMETERS = (
 )
 
 
-def _config_from_spec(spec: dict) -> dict:
+def _config_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
     hyperparameters = spec.get("hyperparameters") or {}
     config = {name: hyperparameters[name] for name in HYPERPARAMETERS if name in hyperparameters}
     for name in ("block", "dataset", "train_samples", "test_samples"):
