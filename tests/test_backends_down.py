@@ -66,7 +66,7 @@ def assert_unavailable(response: httpx.Response, code: str) -> None:
 
 
 @pytest.fixture
-def api(configure) -> Callable[..., Any]:  # type: ignore[no-untyped-def]
+def api(configure) -> Callable[..., Any]:
     """An in-process client on the given database (and optional broker)."""
     from fastapi.testclient import TestClient
 
@@ -227,7 +227,7 @@ def test_frozen_postgres_answers_503_then_recovers(
 
 @pytest.mark.e2e
 def test_frozen_redis_still_accepts_jobs_and_they_are_sent_later(
-    configure,  # type: ignore[no-untyped-def]
+    configure,
     sqlite_url: str,
     tmp_path: Path,
     dataset_root: Path,

@@ -494,12 +494,12 @@ def test_list_reads_page_after_page_through_the_cursors() -> None:
             asked.append((path, params))
             return pages[path]
 
-    everything = _read_pages(Api(), "/jobs", argparse.Namespace(all=True, limit=50), tag="t")  # type: ignore[arg-type]
+    everything = _read_pages(Api(), "/jobs", argparse.Namespace(all=True, limit=50), tag="t")
     assert [item["id"] for item in everything["items"]] == [5, 4, 3, 2, 1]
     assert everything["next"] is None
     assert asked[0] == ("/jobs", {"tag": "t", "limit": 200})
     assert [path for path, _ in asked[1:]] == ["/jobs?cursor=b", "/jobs?cursor=c"]
     asked.clear()
-    three = _read_pages(Api(), "/jobs", argparse.Namespace(all=False, limit=3))  # type: ignore[arg-type]
+    three = _read_pages(Api(), "/jobs", argparse.Namespace(all=False, limit=3))
     assert [item["id"] for item in three["items"]] == [5, 4, 3]
     assert three["next"] == "/jobs?cursor=c" and len(asked) == 2

@@ -212,5 +212,5 @@ def test_a_search_from_a_yaml_file_followed_shows_its_trials_pruned(
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith(f"experiment {experiment_id} 'cli search': succeeded, 4 jobs"), last
     assert "; search: 4/4 trials, " in last and "best " in last
-    epochs = int(re.search(r"search: 4/4 trials, (\d+)/8 epochs", last).group(1))  # type: ignore[union-attr]
+    epochs = int(re.search(r"search: 4/4 trials, (\d+)/8 epochs", last).group(1))
     assert epochs == 8 - len(pruned)

@@ -97,7 +97,7 @@ def test_100_concurrent_submissions_on_the_embedded_default(
 # --- queue depth limit ---------------------------------------------------------------------
 
 
-def test_queue_depth_limit_answers_503_with_retry_after(configure, database_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_queue_depth_limit_answers_503_with_retry_after(configure, database_url: str) -> None:
     env = configure(database_url, MAX_QUEUED_JOBS="2")
     from app.main import create_app
 
@@ -135,7 +135,7 @@ def test_queue_depth_limit_answers_503_with_retry_after(configure, database_url:
 # --- Idempotency-Key -----------------------------------------------------------------------
 
 
-def test_idempotency_key_replays_and_conflicts(configure, database_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_idempotency_key_replays_and_conflicts(configure, database_url: str) -> None:
     env = configure(database_url)
     from app.main import create_app
 

@@ -68,7 +68,7 @@ def archive_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     md5 = make_archive(source, served / "cifar-100-python.tar.gz")
 
     class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def __init__(self, *args, **kwargs):
             super().__init__(*args, directory=str(served), **kwargs)
 
         def log_message(self, *args: object) -> None:

@@ -92,7 +92,7 @@ def test_catalog_lists_every_registered_block_with_its_ptflops_counts() -> None:
     from models.catalog import BLOCK_NAMES, COMPLEXITY, BlockName
 
     assert tuple(ARCHITECTURES) == BLOCK_NAMES
-    assert set(BLOCK_NAMES) == set(BlockName.__args__)  # type: ignore[attr-defined]
+    assert set(BLOCK_NAMES) == set(BlockName.__args__)
     for block in ARCHITECTURES:
         for num_classes in (100, 10):
             assert COMPLEXITY[(block, num_classes)] == architecture_complexity(block, num_classes)

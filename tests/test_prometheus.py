@@ -181,7 +181,7 @@ def test_prometheus_sees_the_queue_the_workers_and_the_epochs_move(
     for job_id in ids:
         job = wait_for_status(api, job_id, ("succeeded", "failed"), timeout=300)
         assert job["status"] == "succeeded", worker.output()
-    epochs = JOBS * JOB["hyperparameters"]["epochs"]  # type: ignore[index]
+    epochs = JOBS * JOB["hyperparameters"]["epochs"]
 
     # Drained: the queue at 0 now, all epochs counted by the API (database) and by the worker's
     # histograms, and the queue's earlier depth still in Prometheus's history.

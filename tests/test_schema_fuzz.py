@@ -192,7 +192,7 @@ def forget_submissions() -> None:
 
 
 @pytest.fixture
-def seeded_database(configure, sqlite_url: str) -> str:  # type: ignore[no-untyped-def]
+def seeded_database(configure, sqlite_url: str) -> str:
     """A fresh SQLite database per operation. The app reads its settings per request, so the
     module's app (built at import, as schemathesis needs the schema then) uses this database.
     The queue has room for the largest experiment, so that a valid submission is accepted;
@@ -207,7 +207,7 @@ def seeded_database(configure, sqlite_url: str) -> str:  # type: ignore[no-untyp
 
 
 @pytest.fixture
-def crowded_database(configure, sqlite_url: str) -> str:  # type: ignore[no-untyped-def]
+def crowded_database(configure, sqlite_url: str) -> str:
     """The seeded database with a queue limit that a few submissions reach: 503 queue_full is
     a documented answer of POST /jobs and POST /experiments and has to conform too."""
     configure(sqlite_url, MAX_QUEUED_JOBS="6", NOTIFY_SECRET="fuzz-notify-secret")
@@ -216,7 +216,7 @@ def crowded_database(configure, sqlite_url: str) -> str:  # type: ignore[no-unty
 
 
 @pytest.fixture
-def ended_database(configure, sqlite_url: str) -> str:  # type: ignore[no-untyped-def]
+def ended_database(configure, sqlite_url: str) -> str:
     """A fresh SQLite database per operation in which every job has ended."""
     configure(sqlite_url)
     seed_ended_jobs()
@@ -336,7 +336,7 @@ def test_the_fuzzed_schema_covers_every_route() -> None:
                     )
 
 
-class JobWorkflow(schema.as_state_machine()):  # type: ignore[misc]
+class JobWorkflow(schema.as_state_machine()):
     """Sequences of calls along the links schemathesis infers from the schema (submit, then read,
     cancel, plot or download the job), with the same checks plus the stateful ones: a resource
     that an earlier answer named is there (ensure_resource_availability)."""

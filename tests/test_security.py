@@ -118,7 +118,7 @@ def live_server(
 
 
 @pytest.fixture
-def live_api(configure, live_server: tuple[int, Process, str, str]) -> tuple[int, Process]:  # type: ignore[no-untyped-def]
+def live_api(configure, live_server: tuple[int, Process, str, str]) -> tuple[int, Process]:
     """The live server, with this process's settings on its database and artifact dir."""
     port, process, url, artifacts = live_server
     configure(url, ARTIFACT_DIR=artifacts)
@@ -282,7 +282,7 @@ def every_protected_request(
     ]
 
 
-def test_api_key_guards_every_route_but_health(configure, database_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_api_key_guards_every_route_but_health(configure, database_url: str) -> None:
     configure(database_url, API_KEY="s3cret")
     from app.main import create_app
 
@@ -449,7 +449,7 @@ BAD_BODIES: list[tuple[str, str]] = [
 @pytest.mark.parametrize(("body", "field"), BAD_BODIES, ids=[b for b, _ in BAD_BODIES])
 def test_bad_input_is_a_422_naming_the_field(
     configure, sqlite_url: str, body: str, field: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     configure(sqlite_url)
     from app.main import create_app
 
@@ -803,7 +803,7 @@ def assert_refused(response: httpx.Response, status: int, code: str, says: list[
 )
 def test_hostile_json_is_a_400_naming_the_problem(
     configure, sqlite_url: str, body: bytes, code: str, says: list[str]
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     configure(sqlite_url)
     from app.main import create_app
 
