@@ -156,10 +156,12 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
             "metrics": metrics,
             "checkpoints": checkpoints,
             "spec_rows": _spec_rows(job.spec),
-            # For the page's script: the state it starts from before following the events.
+            # For the page's script: the state it starts from, and the job's last event in it
+            # (the stream is followed from there, so nothing older is replayed over it).
             "initial": {
                 "job": job_read.model_dump(mode="json"),
                 "metrics": [row.model_dump(mode="json") for row in metrics],
+                "event_seq": job.event_seq,
             },
         },
     )
