@@ -503,3 +503,37 @@ def test_list_reads_page_after_page_through_the_cursors() -> None:
     three = _read_pages(Api(), "/jobs", argparse.Namespace(all=False, limit=3))  # type: ignore[arg-type]
     assert [item["id"] for item in three["items"]] == [5, 4, 3]
     assert three["next"] == "/jobs?cursor=c" and len(asked) == 2
+
+
+def test_show_says_why_a_queued_job_is_where_it_is() -> None:
+    """`show` prints the API's queue_reason (and the priority) under the status of a queued
+    job, and neither once it has left the queue."""
+    from cli.render import job_details
+
+    job = {
+        "id": 7,
+        "name": None,
+        "tags": [],
+        "block": "mobile",
+        "params": 1326052,
+        "macs": 68_000_000,
+        "dataset": "cifar100",
+        "status": "queued",
+        "priority": 0,
+        "queue_position": 2,
+        "queue_reason": "2nd: after 1 job of higher priority.",
+        "epochs_done": 0,
+        "epochs_total": 3,
+        "spec": {},
+        "attempt": 0,
+        "max_attempts": 3,
+    }
+    lines = [line.plain for line in job_details(job, [])]
+    status = next(i for i, line in enumerate(lines) if line.startswith("status"))
+    assert re.fullmatch(r"status\s+queued \(position 2\)", lines[status])
+    assert re.fullmatch(r"priority\s+0", lines[status + 1])
+    assert re.fullmatch(r"queue\s+2nd: after 1 job of higher priority\.", lines[status + 2])
+    running = {**job, "status": "running", "queue_position": None, "queue_reason": None}
+    assert not any(
+        line.plain.startswith(("queue", "priority")) for line in job_details(running, [])
+    )

@@ -131,3 +131,31 @@ def test_the_header_follows_every_epoch_and_never_steps_back(
     done = [int(text.split("/")[0]) for text in shown]
     assert done == sorted(done) and done[0] == 5, shown
     assert "queued" not in page.evaluate("window.__statuses")
+
+
+def test_a_queued_job_says_why_it_is_where_it_is(
+    page: Any,  # noqa: F811
+    service: str,
+    screenshots: Screenshots,  # noqa: F811
+) -> None:
+    waiting = submit(service, name="waiting")
+    submit(service, name="urgent", priority=5)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(f"{service}/ui/jobs/{waiting}")
+    reason = page.locator("#job-queue")
+    assert reason.is_visible()
+    assert reason.inner_text() == "Place in the queue 2nd: after 1 job of higher priority."
+
+    # Another urgent job queued later takes the place ahead of it; the page says so unasked.
+    submit(service, name="more urgent", priority=9)
+    page.wait_for_function(
+        "() => document.getElementById('job-queue-reason').textContent.startsWith('3rd')",
+        timeout=20_000,
+    )
+    assert reason.inner_text() == "Place in the queue 3rd: after 2 jobs of higher priority."
+    screenshots.take(page, "job-queued", full_page=False)
+
+    # Once the job leaves the queue, the place goes.
+    httpx.post(f"{service}/jobs/{waiting}/cancel", timeout=30)
+    page.wait_for_selector("#job-status.status-cancelled")
+    assert not reason.is_visible()

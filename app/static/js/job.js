@@ -14,6 +14,9 @@ const epochs = new Map(); // epoch -> metric row
 let ended = initial.job.ended;
 let state = initial.job; // the newest status fields known: a JobRead or a status event
 let seenSeq = initial.event_seq; // the job's last event that state and the table include
+let queueReason = initial.job.queue_reason; // why it is where it is in the queue (GET /jobs/{id})
+// No event says that a queued job's place changed (other jobs come and go): it is re-read.
+const QUEUE_REFRESH_MILLISECONDS = 5000;
 
 const lossChart = epochChart(document.getElementById("loss-chart"), "loss");
 const accuracyChart = epochChart(document.getElementById("accuracy-chart"), "accuracy (%)", true);
@@ -100,11 +103,34 @@ function showProgress() {
   document.getElementById("job-final-loss").textContent = decimal(shown.final_train_loss);
 }
 
+function showQueuePlace() {
+  const waiting = state.status === "queued" && Boolean(queueReason);
+  document.getElementById("job-queue").hidden = !waiting;
+  document.getElementById("job-queue-reason").textContent = waiting ? queueReason : "";
+}
+
+/** While the job is queued, its place and the reason for it, every few seconds. */
+async function refreshQueuePlace() {
+  if (ended) return;
+  if (state.status === "queued") {
+    try {
+      const job = await api(`/jobs/${jobId}`);
+      if (job.status === "queued") queueReason = job.queue_reason;
+      showQueuePlace();
+    } catch {
+      // the place shown stays; the next round tries again
+    }
+  }
+  setTimeout(refreshQueuePlace, QUEUE_REFRESH_MILLISECONDS);
+}
+
 /** The header from a JobRead or a status event (they share these fields), newer than the last. */
 function showState(newer) {
   state = newer;
   ended = state.ended;
+  if ("queue_reason" in newer) queueReason = newer.queue_reason;
   setStatus(document.getElementById("job-status"), state.status);
+  showQueuePlace();
   showProgress();
   if (state.attempt !== undefined) {
     const attempt = document.getElementById("job-attempt");
@@ -196,6 +222,7 @@ showProgress();
 if (ended) {
   setLiveMode("ended");
 } else {
+  setTimeout(refreshQueuePlace, QUEUE_REFRESH_MILLISECONDS);
   // From the job's last event at the page's rendering: the history before it is on the page.
   followEvents(`/jobs/${jobId}/events?last_event_id=${seenSeq}`, {
     onEvent: onJobEvent,
