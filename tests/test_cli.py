@@ -459,6 +459,41 @@ def test_experiment_dry_run_builds_the_grid_and_seeds(tmp_path: Path) -> None:
     }
 
 
+def test_priority_is_a_flag_of_both_submissions(cli_keyed_api: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    job = run_cli("submit", "--block", "mobile", "--priority", "7", "--dry-run", url=url)
+    assert json.loads(job.stdout) == {"block": "mobile", "priority": 7}
+    experiment = run_cli(
+        "experiment", "submit", "--name", "n", "--preset", "report", "--priority", "-3",
+        "--dry-run", url=url,
+    )  # fmt: skip
+    assert json.loads(experiment.stdout) == {"name": "n", "preset": "report", "priority": -3}
+
+    key = CLI_API_KEY
+    made = run_cli("submit", *TINY_JOB, "--priority", "7", "--json", url=cli_keyed_api, api_key=key)
+    assert made.returncode == 0, made.stderr
+    job_id = json.loads(made.stdout)["id"]
+    try:
+        assert json.loads(made.stdout)["priority"] == 7
+        grouped = run_cli(
+            "experiment", "submit", "--name", "low", "--block", "mobile", "--epochs", "1",
+            "--priority", "-3", "--json", url=cli_keyed_api, api_key=key,
+        )  # fmt: skip
+        assert grouped.returncode == 0, grouped.stderr
+        experiment_job = json.loads(grouped.stdout)["jobs"][0]["job_id"]
+        assert json.loads(grouped.stdout)["priority"] == -3
+        shown = run_cli("show", str(experiment_job), url=cli_keyed_api, api_key=key)
+        assert re.search(r"^priority\s+-3$", shown.stdout, re.M), shown.stdout
+        assert re.search(r"^queue\s+2nd: after 1 job of higher priority\.$", shown.stdout, re.M), (
+            shown.stdout
+        )
+        _cancel_quietly(cli_keyed_api, experiment_job)
+    finally:
+        _cancel_quietly(cli_keyed_api, job_id)
+    refused = run_cli("submit", *TINY_JOB, "--priority", "101", url=cli_keyed_api, api_key=key)
+    assert "priority" in assert_one_line_error(refused, 2)
+
+
 # --- the console script -------------------------------------------------------------------------
 
 
