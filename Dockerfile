@@ -1,4 +1,5 @@
-# One image for the API, the workers and the migration job.
+# One image for the API, the workers and the migration job. The build context holds only what
+# is copied below (.dockerignore).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -16,7 +17,8 @@ COPY models ./models
 COPY engine ./engine
 
 RUN useradd --create-home --uid 1000 jobs && mkdir -p /data /artifacts && chown jobs /data /artifacts
-USER jobs
+# By number: a runtime that checks for a non-root user cannot resolve a name.
+USER 1000:1000
 ENV DATA_DIR=/data ARTIFACT_DIR=/artifacts VAR_DIR=/tmp/var
 
 EXPOSE 8000

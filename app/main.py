@@ -4,7 +4,7 @@ request before routing (HEAD, the API key, the body cap, JSON bodies)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -97,6 +97,38 @@ class BodySizeLimit:
             await too_large(scope, receive, send)
 
 
+class StartupCheck:
+    """Run `check` (in a thread) before the application starts. A ValueError from it, a
+    setting that cannot work (a malformed ARTIFACT_URL, a missing bucket), fails the start-up
+    with its message as one line: raised out of the lifespan, it would come at the end of a
+    long traceback."""
+
+    def __init__(self, app: ASGIApp, check: Callable[[], object]) -> None:
+        self.app = app
+        self.check = check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        startup = await receive()
+        try:
+            await anyio.to_thread.run_sync(self.check)
+        except ValueError as error:
+            await send({"type": "lifespan.startup.failed", "message": f"cannot start: {error}"})
+            return
+        replayed = False
+
+        async def receive_from_startup() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return startup
+            return await receive()
+
+        await self.app(scope, receive_from_startup, send)
+
+
 def _field_name(location: tuple[Any, ...]) -> str:
     parts = [str(part) for part in location if part not in ("body",)]
     return ".".join(parts) or "body"
@@ -117,8 +149,7 @@ def create_app() -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # A malformed ARTIFACT_URL or a missing bucket stops the start-up, saying which.
-        await anyio.to_thread.run_sync(check_artifact_store, settings)
+        # The artifact store was checked before this (StartupCheck).
         yield
         await event_hub.stop()
 
@@ -200,6 +231,8 @@ def create_app() -> FastAPI:
     app.add_middleware(ApiKeyGuard)
     app.add_middleware(HeadAsGet)
     app.add_middleware(Observe)
+    # Outermost: a malformed ARTIFACT_URL or a missing bucket stops the start-up, saying which.
+    app.add_middleware(StartupCheck, check=functools.partial(check_artifact_store, settings))
 
     # The schema depends on whether a key is needed, which the settings say per request.
     def openapi() -> dict[str, Any]:

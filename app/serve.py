@@ -4,13 +4,16 @@ embedded: SQLite + SQLite broker) backends, print the URL, stop both on Ctrl-C."
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import uvicorn
 
+from jobs.artifacts.startup import check_artifact_store
 from jobs.db import hide_password
 from jobs.migrations import upgrade
 from jobs.settings import Settings, get_settings
@@ -25,12 +28,32 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument(
+        "--host", default=os.environ.get("HOST", "127.0.0.1"), help="Default: $HOST or 127.0.0.1."
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT", "8000")),
+        help="Default: $PORT or 8000.",
+    )
     parser.add_argument("--workers", type=int, default=1, help="Worker processes to start.")
     args = parser.parse_args(argv)
 
     settings = get_settings()
+    # Before anything starts, each problem in one line (not once per process, in a traceback).
+    if _port_in_use(args.host, args.port):
+        print(
+            f"cannot start: {args.host}:{args.port} is in use; listen on another port with "
+            f"PORT=<port> make run (or --port)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        check_artifact_store(settings)
+    except ValueError as error:
+        print(f"cannot start: {error}", file=sys.stderr)
+        return 1
     upgrade()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
@@ -44,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _stop(worker_processes)
     return 0
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether another process listens on the address (uvicorn would fail only after the
+    migration and the workers had started)."""
+    try:
+        with socket.create_server((host, port)):
+            return False
+    except OSError as error:
+        return error.errno == errno.EADDRINUSE
 
 
 def _serve(host: str, port: int, settings: Settings) -> None:

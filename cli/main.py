@@ -375,6 +375,12 @@ def _add_submit_flags(parser: argparse.ArgumentParser) -> None:
         help="the request body as a JSON or YAML file ('-' for stdin); flags override it",
     )
     parser.add_argument(
+        "--priority",
+        type=int,
+        metavar="N",
+        help="-100 to 100, higher starts first (default 0); an experiment's goes to each job",
+    )
+    parser.add_argument(
         "--idempotency-key", metavar="KEY", help="makes the submission safe to retry"
     )
     parser.add_argument(

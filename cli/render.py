@@ -220,6 +220,12 @@ def job_details(job: dict[str, Any], checkpoints: list[dict[str, Any]]) -> list[
     ]
     if job.get("experiment_id") is not None:
         fields.insert(1, ("experiment", str(job["experiment_id"])))
+    if job.get("queue_reason"):
+        status_line = next(i for i, (label, _) in enumerate(fields) if label == "status")
+        fields[status_line + 1 : status_line + 1] = [
+            ("priority", str(job.get("priority"))),
+            ("queue", str(job["queue_reason"])),
+        ]
     if job.get("error"):
         fields.append(("error", str(job["error"])))
     listed = ", ".join(

@@ -165,7 +165,7 @@ def _apply_common(body: dict[str, Any], args: argparse.Namespace) -> None:
     hyperparameters = _hyperparameters_from(args, body)
     if hyperparameters:
         body["hyperparameters"] = hyperparameters
-    for field in ("dataset", "train_samples", "test_samples", "name", "tags"):
+    for field in ("dataset", "train_samples", "test_samples", "name", "tags", "priority"):
         value = getattr(args, field)
         if value is not None:
             body[field] = value

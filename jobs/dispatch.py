@@ -1,10 +1,14 @@
 """The order in which free workers take queued jobs, stated once: the claim takes the first job
 in it, and a queued job's position is the number of claimable jobs before it, plus one.
-docs/design/dispatch-order.md states the rule (priority, then fair share, then id) and why."""
+docs/design/dispatch-order.md states the rule (priority, then fair share, then id) and why.
+The same counts, kept apart by key, say why a job is where it is (`queue_place`): a position can
+get worse while a job waits, as jobs of higher priority arrive and later submissions join the
+turns ahead of it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Select, and_, false, func, literal, select
 from sqlalchemy.orm import Session, aliased
@@ -63,12 +67,12 @@ def _ahead_on_key(ahead: type[Job], job: type[Job], index: int) -> list[ColumnEl
     return [*equal, mine > theirs if highest_first else mine < theirs]
 
 
-def _count_ahead(job: type[Job]) -> ColumnElement[int]:
-    """The claimable jobs before `job` in DISPATCH_ORDER: one count per key (ahead on that key,
-    equal on those before), each a range of ix_jobs_dispatch; an OR of the terms would not be
-    one range on every backend."""
+def _count_ahead(job: type[Job], keys: range = range(len(DISPATCH_ORDER))) -> ColumnElement[int]:
+    """The claimable jobs before `job` in DISPATCH_ORDER by one of `keys`: one count per key
+    (ahead on that key, equal on those before), each a range of ix_jobs_dispatch; an OR of the
+    terms would not be one range on every backend."""
     total: ColumnElement[int] = literal(0)
-    for index in range(len(DISPATCH_ORDER)):
+    for index in keys:
         ahead = aliased(Job)
         total = total + (
             select(func.count())
@@ -114,3 +118,69 @@ def queue_positions(session: Session, job_ids: Sequence[int]) -> dict[int, int]:
 def queue_position(session: Session, job_id: int) -> int | None:
     """1 for the next job a free worker takes; None unless the job is queued."""
     return queue_positions(session, [job_id]).get(job_id)
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Why a queued job is where it is: the claimable jobs ahead of it, by the key of the
+    dispatch order that puts each there (they add up to position - 1)."""
+
+    position: int
+    priority: int
+    higher_priority: int  # of a higher priority
+    earlier_turns: int  # at its priority, with a lower fair-share key: their turn comes first
+    same_turn: int  # at its priority and key, queued before it
+
+    @property
+    def reason(self) -> str:
+        """One sentence, e.g. "3rd: after 1 job of higher priority and 1 job at priority 0 with
+        an earlier turn (experiments and lone jobs take turns, one job each per turn)." """
+        if self.position == 1:
+            return "1st: a free worker takes it next."
+        parts = []
+        if self.higher_priority:
+            parts.append(f"{_jobs(self.higher_priority)} of higher priority")
+        if self.earlier_turns:
+            parts.append(
+                f"{_jobs(self.earlier_turns)} at priority {self.priority} with an earlier turn"
+            )
+        if self.same_turn:
+            parts.append(f"{_jobs(self.same_turn)} queued before it for the same turn")
+        listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+        turns = self.earlier_turns or self.same_turn
+        rule = " (experiments and lone jobs take turns, one job each per turn)" if turns else ""
+        return f"{_ordinal(self.position)}: after {listed}{rule}."
+
+
+def _jobs(count: int) -> str:
+    return f"{count} job{'' if count == 1 else 's'}"
+
+
+def _ordinal(number: int) -> str:
+    suffix = (
+        "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    )
+    return f"{number}{suffix}"
+
+
+def queue_place(session: Session, job_id: int) -> QueuePlace | None:
+    """The job's position and what puts it there; None unless the job is claimable. One query:
+    the counts queue_position makes, kept apart (ranges of ix_jobs_dispatch, no row read)."""
+    row = session.execute(
+        select(
+            Job.priority,
+            _count_ahead(Job, range(0, 1)).label("higher"),
+            _count_ahead(Job, range(1, 2)).label("earlier"),
+            _count_ahead(Job, range(2, 3)).label("same"),
+        ).where(Job.id == job_id, _claimable())
+    ).first()
+    if row is None:
+        return None
+    higher, earlier, same = int(row.higher), int(row.earlier), int(row.same)
+    return QueuePlace(
+        position=higher + earlier + same + 1,
+        priority=int(row.priority),
+        higher_priority=higher,
+        earlier_turns=earlier,
+        same_turn=same,
+    )

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 from jobs.settings import Settings
@@ -96,11 +97,17 @@ class Scrubber:
         return text
 
 
+# Record attributes that are never fields of a JSON line: logging's own, and uvicorn's copy of
+# each message with terminal colour codes (the plain `event` says the same).
+NOT_FIELDS = (*RESERVED_ATTRS, "color_message")
+
+
 class JsonLogFormatter(JsonFormatter):
     def __init__(self, scrub: Scrubber) -> None:
         super().__init__(
             "%(levelname)s %(name)s %(message)s",
             rename_fields={"levelname": "level", "name": "logger", "message": "event"},
+            reserved_attrs=NOT_FIELDS,
             timestamp=True,
             json_ensure_ascii=False,
         )

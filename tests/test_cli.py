@@ -459,6 +459,41 @@ def test_experiment_dry_run_builds_the_grid_and_seeds(tmp_path: Path) -> None:
     }
 
 
+def test_priority_is_a_flag_of_both_submissions(cli_keyed_api: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    job = run_cli("submit", "--block", "mobile", "--priority", "7", "--dry-run", url=url)
+    assert json.loads(job.stdout) == {"block": "mobile", "priority": 7}
+    experiment = run_cli(
+        "experiment", "submit", "--name", "n", "--preset", "report", "--priority", "-3",
+        "--dry-run", url=url,
+    )  # fmt: skip
+    assert json.loads(experiment.stdout) == {"name": "n", "preset": "report", "priority": -3}
+
+    key = CLI_API_KEY
+    made = run_cli("submit", *TINY_JOB, "--priority", "7", "--json", url=cli_keyed_api, api_key=key)
+    assert made.returncode == 0, made.stderr
+    job_id = json.loads(made.stdout)["id"]
+    try:
+        assert json.loads(made.stdout)["priority"] == 7
+        grouped = run_cli(
+            "experiment", "submit", "--name", "low", "--block", "mobile", "--epochs", "1",
+            "--priority", "-3", "--json", url=cli_keyed_api, api_key=key,
+        )  # fmt: skip
+        assert grouped.returncode == 0, grouped.stderr
+        experiment_job = json.loads(grouped.stdout)["jobs"][0]["job_id"]
+        assert json.loads(grouped.stdout)["priority"] == -3
+        shown = run_cli("show", str(experiment_job), url=cli_keyed_api, api_key=key)
+        assert re.search(r"^priority\s+-3$", shown.stdout, re.M), shown.stdout
+        assert re.search(r"^queue\s+2nd: after 1 job of higher priority\.$", shown.stdout, re.M), (
+            shown.stdout
+        )
+        _cancel_quietly(cli_keyed_api, experiment_job)
+    finally:
+        _cancel_quietly(cli_keyed_api, job_id)
+    refused = run_cli("submit", *TINY_JOB, "--priority", "101", url=cli_keyed_api, api_key=key)
+    assert "priority" in assert_one_line_error(refused, 2)
+
+
 # --- the console script -------------------------------------------------------------------------
 
 
@@ -503,3 +538,37 @@ def test_list_reads_page_after_page_through_the_cursors() -> None:
     three = _read_pages(Api(), "/jobs", argparse.Namespace(all=False, limit=3))
     assert [item["id"] for item in three["items"]] == [5, 4, 3]
     assert three["next"] == "/jobs?cursor=c" and len(asked) == 2
+
+
+def test_show_says_why_a_queued_job_is_where_it_is() -> None:
+    """`show` prints the API's queue_reason (and the priority) under the status of a queued
+    job, and neither once it has left the queue."""
+    from cli.render import job_details
+
+    job = {
+        "id": 7,
+        "name": None,
+        "tags": [],
+        "block": "mobile",
+        "params": 1326052,
+        "macs": 68_000_000,
+        "dataset": "cifar100",
+        "status": "queued",
+        "priority": 0,
+        "queue_position": 2,
+        "queue_reason": "2nd: after 1 job of higher priority.",
+        "epochs_done": 0,
+        "epochs_total": 3,
+        "spec": {},
+        "attempt": 0,
+        "max_attempts": 3,
+    }
+    lines = [line.plain for line in job_details(job, [])]
+    status = next(i for i, line in enumerate(lines) if line.startswith("status"))
+    assert re.fullmatch(r"status\s+queued \(position 2\)", lines[status])
+    assert re.fullmatch(r"priority\s+0", lines[status + 1])
+    assert re.fullmatch(r"queue\s+2nd: after 1 job of higher priority\.", lines[status + 2])
+    running = {**job, "status": "running", "queue_position": None, "queue_reason": None}
+    assert not any(
+        line.plain.startswith(("queue", "priority")) for line in job_details(running, [])
+    )

@@ -81,6 +81,9 @@ def test_show_list_csv_and_plots(
     assert sorted(row["block"] for row in rows) == sorted(BLOCKS)
     assert {row["status"] for row in rows} == {"succeeded"}
     assert list(rows[0])[:2] == ["job_id", "block"]
+    # The report's published figures beside the measured ones, as on the experiment's page.
+    published = {row["block"]: f"{float(row['report_final_test_accuracy']):.2%}" for row in rows}
+    assert published == REPORT_ACCURACY
 
     to_stdout = run_cli("experiment", "show", str(experiment_id), "--csv", "-", url=cli_api)
     assert to_stdout.stdout == (tmp_path / "summary.csv").read_text()

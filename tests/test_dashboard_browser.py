@@ -82,9 +82,9 @@ class Screenshots:
         for target in self.folders:
             target.mkdir(parents=True, exist_ok=True)
 
-    def take(self, page: Any, name: str) -> None:
+    def take(self, page: Any, name: str, *, full_page: bool = True) -> None:
         first = self.folders[0] / f"{name}.png"
-        page.screenshot(path=str(first), full_page=True)
+        page.screenshot(path=str(first), full_page=full_page)
         for target in self.folders[1:]:
             shutil.copyfile(first, target / first.name)
 

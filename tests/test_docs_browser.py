@@ -14,7 +14,11 @@ import pytest
 
 from tests.conftest import service_environment
 from tests.support import free_port, start_api
-from tests.test_dashboard_browser import chromium  # noqa: F401  (the fixture)
+from tests.test_dashboard_browser import (  # noqa: F401  (the fixtures)
+    Screenshots,
+    chromium,
+    screenshots,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +40,8 @@ def api(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Iterato
 
 class OfflinePage:
     """A browser page that can reach the service and nothing else; what it tried to reach
-    elsewhere, and every answer of 400 or more, are kept to assert on."""
+    elsewhere, every answer of 400 or more, and every error on the console (a resource the
+    Content-Security-Policy refused, before any request) are kept to assert on."""
 
     def __init__(self, browser: Any, base: str) -> None:
         self.context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -45,9 +50,16 @@ class OfflinePage:
         self.blocked: list[str] = []
         self.failed: list[str] = []
         self.errors: list[str] = []
+        self.console_errors: list[str] = []
         self.context.route("**/*", self._route)
         self.page = self.context.new_page()
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on(
+            "console",
+            lambda message: (
+                self.console_errors.append(message.text) if message.type == "error" else None
+            ),
+        )
         self.page.on(
             "response",
             lambda response: (
@@ -101,6 +113,7 @@ def test_swagger_ui_lists_the_operations_offline(offline: OfflinePage, api: str)
     # The scripts and styles came from the service's own vendored copy.
     assert page.evaluate("typeof SwaggerUIBundle") == "function"
     assert offline.blocked == [] and offline.failed == [] and offline.errors == []
+    assert offline.console_errors == []
 
 
 def test_redoc_lists_the_operations_offline(offline: OfflinePage, api: str) -> None:
@@ -111,6 +124,28 @@ def test_redoc_lists_the_operations_offline(offline: OfflinePage, api: str) -> N
     for _method, _path, summary in operations(api):
         assert summary in text, summary
     assert offline.blocked == [] and offline.failed == [] and offline.errors == []
+
+
+def test_redoc_shows_its_logo_from_the_service(
+    offline: OfflinePage,
+    api: str,
+    screenshots: Screenshots,  # noqa: F811
+) -> None:
+    """ReDoc's sidebar credits its maker with a logo that its bundle loads from the vendor's
+    CDN; the page serves it from here, so the logo shows and the console stays clean."""
+    page = offline.page
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(f"{api}/redoc")
+    page.wait_for_selector("[data-section-id^='operation/']", state="attached")
+    logo = page.locator("img[alt='redocly logo']")
+    logo.wait_for(state="visible")
+    page.wait_for_function(
+        "() => document.querySelector(\"img[alt='redocly logo']\").naturalWidth > 0"
+    )
+    assert urlsplit(logo.get_attribute("src") or "").netloc in ("", offline.service)
+    assert offline.console_errors == []
+    assert offline.blocked == [] and offline.failed == [] and offline.errors == []
+    screenshots.take(page, "redoc", full_page=False)
 
 
 def test_the_docs_pages_name_no_other_host(api: str) -> None:

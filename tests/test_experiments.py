@@ -373,6 +373,39 @@ def test_the_summary_csv_has_a_row_per_job(client: TestClient) -> None:
     assert client.get("/experiments/999/summary.csv").status_code == 404
 
 
+def test_a_report_experiments_csv_has_the_reports_figures(client: TestClient) -> None:
+    """The figures the report published, shown beside each block on the experiment's page,
+    are columns of its CSV too (empty where the report prints none); other experiments have no
+    such columns."""
+    body = {"name": "report", "preset": "report", "hyperparameters": {"epochs": 1}}
+    experiment = submit(client, body)
+    response = client.get(f"/experiments/{experiment['id']}/summary.csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert list(rows[0])[-4:] == [
+        "report_params",
+        "report_macs",
+        "report_final_test_accuracy",
+        "report_final_train_loss",
+    ]
+    figures = {
+        row["block"]: (
+            row["report_params"],
+            row["report_macs"],
+            row["report_final_test_accuracy"],
+            row["report_final_train_loss"],
+        )
+        for row in rows
+    }
+    assert figures == {
+        "plain": ("11050000", "550000000", "0.7055", "0.014"),
+        "residual": ("", "", "0.7256", "0.005"),
+        "mobile": ("1330000", "70000000", "0.6149", "0.1"),
+    }
+    sweep = submit(client, {**SWEEP, "seeds": [0]})
+    columns = next(csv.reader(io.StringIO(client.get(sweep["links"]["summary_csv"]).text)))
+    assert not any(column.startswith("report_") for column in columns)
+
+
 def test_every_plot_is_a_png(client: TestClient) -> None:
     experiment = drive_sweep(client)
     empty = submit(client, {**SWEEP, "name": "not started"})

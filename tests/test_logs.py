@@ -159,3 +159,17 @@ def test_secrets_from_the_settings_are_scrubbed_from_any_record(
     assert parsed["job_id"] == 4 and parsed["request_id"] == "r1"
     for secret in ("quote", "notify-s3cret", "scrape-t0ken", "db-pa", "broker-pw"):
         assert secret not in line
+
+
+def test_json_records_leave_out_uvicorns_coloured_copy_of_the_message() -> None:
+    """uvicorn logs each line twice, plain and with terminal colours (`color_message`); a JSON
+    record keeps the plain one only."""
+    formatter = JsonLogFormatter(Scrubber([]))
+    record = logging.getLogger("uvicorn.error").makeRecord(
+        "uvicorn.error", logging.INFO, __file__, 1, "Started server process [%d]", (42,), None,
+        extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"},
+    )  # fmt: skip
+    parsed = json.loads(formatter.format(record))
+    assert parsed["event"] == "Started server process [42]"
+    assert "color_message" not in parsed
+    assert "\x1b" not in json.dumps(parsed) and "\\u001b" not in formatter.format(record)

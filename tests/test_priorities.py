@@ -104,6 +104,73 @@ def test_experiments_take_turns_and_priority_goes_first(db: str) -> None:
     )
 
 
+def places(job_ids: list[int]) -> dict[int, dispatch.QueuePlace | None]:
+    with session_scope(write=False) as session:
+        found = {job_id: dispatch.queue_place(session, job_id) for job_id in job_ids}
+        positions = dispatch.queue_positions(session, job_ids)
+    # The place's position is the one lists show.
+    assert {i: p.position for i, p in found.items() if p is not None} == positions
+    return found
+
+
+def test_a_place_that_gets_worse_says_why(db: str) -> None:
+    """An experiment's job at 2nd drops to 3rd when another experiment is queued (one job of
+    each per turn), to 4th behind a job of higher priority, to 5th behind a lone job queued
+    later (it takes the turn at the head of the queue); each time the reason says why."""
+    turns = "(experiments and lone jobs take turns, one job each per turn)."
+    first = experiment(3)
+    with session_scope() as session:
+        claim_next_job(session, worker="busy", lease_seconds=60)  # first[0] runs
+    now = places(first)
+    assert now[first[0]] is None  # running: no place
+    assert now[first[1]] is not None
+    assert now[first[1]].reason == "1st: a free worker takes it next."
+    assert now[first[2]] is not None
+    assert now[first[2]].reason == f"2nd: after 1 job at priority 0 with an earlier turn {turns}"
+
+    experiment(2)  # another experiment, queued after it
+    last = places([first[2]])[first[2]]
+    assert last is not None
+    assert (last.position, last.higher_priority, last.earlier_turns, last.same_turn) == (3, 0, 2, 0)
+    assert last.reason == f"3rd: after 2 jobs at priority 0 with an earlier turn {turns}"
+
+    lone(priority=5)
+    last = places([first[2]])[first[2]]
+    assert last is not None
+    assert last.reason == (
+        f"4th: after 1 job of higher priority and 2 jobs at priority 0 with an earlier turn {turns}"
+    )
+
+    late = lone()
+    found = places([first[2], late])
+    last, waiting = found[first[2]], found[late]
+    assert last is not None
+    assert last.reason == (
+        f"5th: after 1 job of higher priority and 3 jobs at priority 0 with an earlier turn {turns}"
+    )
+    assert waiting is not None
+    assert waiting.reason == (
+        "4th: after 1 job of higher priority and 2 jobs queued before it for the same turn " + turns
+    )
+
+
+def test_the_reason_comes_with_one_job_not_with_a_list(client: TestClient) -> None:
+    waiting = client.post("/jobs", json=SPEC).json()
+    assert waiting["queue_reason"] == "1st: a free worker takes it next."
+    urgent = client.post("/jobs", json={**SPEC, "priority": 3}).json()
+    read = client.get(f"/jobs/{waiting['id']}").json()
+    assert (read["queue_position"], read["queue_reason"]) == (
+        2,
+        "2nd: after 1 job of higher priority.",
+    )
+    lowered = client.patch(f"/jobs/{urgent['id']}", json={"priority": -1}).json()
+    assert lowered["queue_reason"] == "2nd: after 1 job of higher priority."
+    listed = client.get("/jobs", params={"status": "queued"}).json()["items"]
+    assert [item["queue_reason"] for item in listed] == [None, None]
+    client.post(f"/jobs/{waiting['id']}/cancel")
+    assert client.get(f"/jobs/{waiting['id']}").json()["queue_reason"] is None
+
+
 def test_broker_priorities_keep_the_order_of_job_priorities() -> None:
     steps = [broker_priority(p) for p in (100, 50, 0, -50, -100)]
     assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 9

@@ -3,6 +3,7 @@ once on it (default 1)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -18,7 +19,11 @@ def main(argv: list[str] | None = None) -> None:
     bind_process(worker=worker_name(settings))
     configure_logging(settings)
     # A malformed ARTIFACT_URL or a missing bucket stops the worker here, saying which.
-    check_artifact_store(settings)
+    try:
+        check_artifact_store(settings)
+    except ValueError as error:
+        logging.getLogger("worker").error("cannot start: %s", error)
+        raise SystemExit(1) from None
     quiet: list[str] = []
     if settings.log_format == "json":
         # Every line JSON: no start-up banner, and the few lines Celery prints from its signal

@@ -6,9 +6,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Request, Response
+from sqlalchemy.orm import Session
 
 from app.schemas.errors import ErrorRead
 from app.schemas.jobs import JobLinks, JobRead
+from jobs.dispatch import queue_place
 from jobs.errors import InvalidFields
 from jobs.tables import Job, JobStatus
 
@@ -68,13 +70,15 @@ def job_links(job_id: int) -> JobLinks:
     )
 
 
-def render_job(job: Job, queue_position: int | None = None) -> JobRead:
+def render_job(
+    job: Job, queue_position: int | None = None, queue_reason: str | None = None
+) -> JobRead:
     return JobRead.model_validate(
         {
             **{
                 field: getattr(job, field)
                 for field in JobRead.model_fields
-                if field not in ("links", "queue_position", "ended", "trial")
+                if field not in ("links", "queue_position", "queue_reason", "ended", "trial")
             },
             "trial": None
             if job.trial_number is None
@@ -86,6 +90,16 @@ def render_job(job: Job, queue_position: int | None = None) -> JobRead:
             },
             "ended": JobStatus(job.status).ended,
             "queue_position": queue_position,
+            "queue_reason": queue_reason,
             "links": job_links(job.id),
         }
     )
+
+
+def render_one_job(session: Session, job: Job) -> JobRead:
+    """A job read on its own: with its queue position, the reason for that position (a list
+    gives positions only: a reason costs a few counts per job)."""
+    place = queue_place(session, job.id)
+    if place is None:
+        return render_job(job)
+    return render_job(job, place.position, place.reason)

@@ -55,12 +55,18 @@ SUMMARY_COLUMNS_AFTER = (
     "seconds_per_epoch",
 )
 SEARCH_COLUMNS = ("trial", "rung")
+# Preset "report": what the report published for the row's block (ReportFigures), "report_"
+# and the figure's name; empty where it prints none.
+REPORT_COLUMNS = tuple(f"report_{name}" for name in ReportFigures.model_fields)
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"text/csv": {"schema": {"type": "string"}}},
         "description": "One row per job: job_id, block, the varying hyperparameters (a "
         "search's searched ones), seed, status, epochs, params, MACs, accuracies, final loss, "
-        "seconds per epoch; a search's rows then the trial number and rung.",
+        "seconds per epoch; a search's rows then the trial number and rung; an experiment with "
+        "the report preset then the report's published figures for the block (report_params, "
+        "report_macs, report_final_test_accuracy, report_final_train_loss; empty where the "
+        "report gives none).",
         "headers": {
             "Content-Disposition": {
                 "description": 'attachment; filename="experiment-<id>-summary.csv"',
@@ -165,14 +171,22 @@ def render_summary(summary: ExperimentSummary) -> ExperimentRead:
     return render_experiment(summary.experiment, summary.counts, rows, summary.search)
 
 
+def _report_cells(row: ExperimentJobRow) -> list[Any]:
+    """The report's figures for the row's block, in REPORT_COLUMNS order."""
+    figures = row.report.model_dump() if row.report is not None else {}
+    return [figures.get(column.removeprefix("report_")) for column in REPORT_COLUMNS]
+
+
 def summary_csv(summary: ExperimentRead) -> str:
     """The summary's rows as CSV; the varying hyperparameters (a search's searched ones) get a
-    column each, and a search's rows their trial number and rung."""
+    column each, a search's rows their trial number and rung, and a report experiment's rows
+    the figures the report published, as its page shows them beside the measured ones."""
     hyperparameters = [name for name in summary.varying if name not in ("block", "seed")]
     after = SUMMARY_COLUMNS_AFTER + (SEARCH_COLUMNS if summary.search is not None else ())
+    report = REPORT_COLUMNS if summary.preset == REPORT_PRESET else ()
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow([*SUMMARY_COLUMNS_BEFORE, *hyperparameters, *after])
+    writer.writerow([*SUMMARY_COLUMNS_BEFORE, *hyperparameters, *after, *report])
     for row in summary.jobs:
         varied = [experiments.format_value(row.varied[name]) for name in hyperparameters]
         writer.writerow(
@@ -180,6 +194,7 @@ def summary_csv(summary: ExperimentRead) -> str:
                 *(getattr(row, column) for column in SUMMARY_COLUMNS_BEFORE),
                 *varied,
                 *(getattr(row, column) for column in after),
+                *(_report_cells(row) if report else ()),
             ]
         )  # None is written as an empty cell
     return buffer.getvalue()

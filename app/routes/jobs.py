@@ -8,7 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from app.deps import SessionDep, SettingsDep, read_session
-from app.routes.common import error_responses, next_page, refuse_offset, render_job
+from app.routes.common import (
+    error_responses,
+    next_page,
+    refuse_offset,
+    render_job,
+    render_one_job,
+)
 from app.routes.params import MAX_JOB_ID, IdempotencyKey, JobId
 from app.schemas.jobs import JobList, JobMetrics, JobRead
 from jobs import dispatch, lifecycle, listing, metrics, retention, submission
@@ -44,7 +50,7 @@ def submit_job(
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/jobs/{job.id}"
-    return render_job(job, dispatch.queue_position(session, job.id))
+    return render_one_job(session, job)
 
 
 @router.get(
@@ -113,7 +119,7 @@ def list_jobs(
 def get_job(job_id: JobId) -> JobRead:
     with read_session() as session:
         job = listing.get_job(session, job_id)
-        return render_job(job, dispatch.queue_position(session, job.id))
+        return render_one_job(session, job)
 
 
 @router.get(
@@ -163,7 +169,7 @@ def update_job(job_id: JobId, change: PriorityUpdate, session: SessionDep) -> Jo
     """Only while the job is queued (409 job_not_queued after it has started); its
     queue_position follows at once."""
     job = lifecycle.set_priority(session, job_id, change.priority)
-    return render_job(job, dispatch.queue_position(session, job.id))
+    return render_one_job(session, job)
 
 
 @router.delete(

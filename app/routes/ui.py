@@ -17,13 +17,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from app.auth import SIGN_IN_COOKIE, SIGN_IN_PATH, key_matches, safe_next, sign_in_token
 from app.deps import SettingsDep, read_session
 from app.routes.checkpoints import checkpoint_listing, named_checkpoints
-from app.routes.common import render_job
+from app.routes.common import render_one_job
 from app.routes.params import CANONICAL_ID, MAX_JOB_ID
 from app.schemas.jobs import EpochMetricRead
 from app.templating import page
 from engine.config import Hyperparameters
 from engine.datasets import DATASETS
-from jobs.dispatch import queue_position
 from jobs.errors import ExperimentNotFound, InvalidFields, JobNotFound
 from jobs.listing import get_experiment, get_job, list_jobs
 from jobs.metrics import epoch_metrics
@@ -140,7 +139,7 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
             job = get_job(session, found if found is not None else 0)
         except JobNotFound:
             return _not_found(request, f"There is no job {job_id}.")
-        job_read = render_job(job, queue_position(session, job.id))
+        job_read = render_one_job(session, job)
         rows = epoch_metrics(session, job.id)
         named = named_checkpoints(session, job)
     metrics = [EpochMetricRead.model_validate(row) for row in rows]
@@ -155,10 +154,12 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
             "metrics": metrics,
             "checkpoints": checkpoints,
             "spec_rows": _spec_rows(job.spec),
-            # For the page's script: the state it starts from before following the events.
+            # For the page's script: the state it starts from, and the job's last event in it
+            # (the stream is followed from there, so nothing older is replayed over it).
             "initial": {
                 "job": job_read.model_dump(mode="json"),
                 "metrics": [row.model_dump(mode="json") for row in metrics],
+                "event_seq": job.event_seq,
             },
         },
     )

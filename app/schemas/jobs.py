@@ -66,6 +66,7 @@ JOB_EXAMPLE: dict[str, Any] = {
     "epochs_total": 100,
     "priority": 0,
     "queue_position": None,
+    "queue_reason": None,
     "best_test_accuracy": 0.5512,
     "final_test_accuracy": 0.5436,
     "final_train_loss": 1.0231,
@@ -130,6 +131,13 @@ class JobRead(BaseModel):
     priority: int = Field(description="A free worker takes the highest priority first.")
     queue_position: int | None = Field(
         None, description="1 for the next job to start; only while queued."
+    )
+    queue_reason: str | None = Field(
+        None,
+        description="Why the job is at its queue position, in one sentence: how many of the "
+        "jobs ahead have a higher priority, how many are earlier jobs of its own experiment, "
+        "and how many take turns with it at its priority (fair share). Only while queued, "
+        "and only where the job is read on its own (null in lists).",
     )
     best_test_accuracy: float | None
     final_test_accuracy: float | None

@@ -84,7 +84,7 @@ export function setLiveMode(mode) {
 }
 
 /**
- * Follow a server-sent event stream: `onEvent(kind, data)` for each status and epoch event,
+ * Follow a server-sent event stream: `onEvent(kind, data, id)` for each status and epoch event,
  * `onEnd(data)` once the server says everything ended. A dropped connection reconnects by
  * itself (the browser sends Last-Event-ID, and the server sends only later events); a refused
  * one (a server without the route answers 404) closes, and `onUnavailable()` takes over.
@@ -94,7 +94,7 @@ export function followEvents(url, { onEvent, onEnd, onUnavailable }) {
   source.addEventListener("open", () => setLiveMode("live"));
   // A search's stream also sends trial_created, trial_pruned and best_changed.
   for (const kind of ["status", "epoch", "trial_created", "trial_pruned", "best_changed"]) {
-    source.addEventListener(kind, (message) => onEvent(kind, JSON.parse(message.data)));
+    source.addEventListener(kind, (message) => onEvent(kind, JSON.parse(message.data), message.lastEventId));
   }
   source.addEventListener("end", (message) => {
     source.close();

@@ -1,6 +1,6 @@
 // The job page: curves and the metrics table grow from GET /jobs/{id}/events (or, on a server
-// without it, from polling /jobs/{id}/metrics), the header follows the job's status, and the
-// cancel button posts to /jobs/{id}/cancel.
+// without it, from polling /jobs/{id}/metrics), the header follows the job's status and every
+// epoch, and the cancel button posts to /jobs/{id}/cancel.
 
 import {
   POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, percent,
@@ -12,6 +12,11 @@ const initial = JSON.parse(document.getElementById("job-data").textContent);
 const jobId = initial.job.id;
 const epochs = new Map(); // epoch -> metric row
 let ended = initial.job.ended;
+let state = initial.job; // the newest status fields known: a JobRead or a status event
+let seenSeq = initial.event_seq; // the job's last event that state and the table include
+let queueReason = initial.job.queue_reason; // why it is where it is in the queue (GET /jobs/{id})
+// No event says that a queued job's place changed (other jobs come and go): it is re-read.
+const QUEUE_REFRESH_MILLISECONDS = 5000;
 
 const lossChart = epochChart(document.getElementById("loss-chart"), "loss");
 const accuracyChart = epochChart(document.getElementById("accuracy-chart"), "accuracy (%)", true);
@@ -63,19 +68,70 @@ function addEpoch(row) {
   }
   scheduleCurves();
   if (!known) scheduleCheckpoints();
+  showProgress();
 }
 
-/** The header from a JobRead or a status event (they share these fields). */
-function showState(state) {
-  ended = state.ended;
-  setStatus(document.getElementById("job-status"), state.status);
+/**
+ * The progress and figures the metrics table implies, where it is ahead of the last status:
+ * a job's epochs_done is its highest recorded epoch, its best test accuracy the highest of
+ * them, its final figures those of that epoch. Recorded epochs are never removed, so this
+ * only moves forward.
+ */
+function progressWithEpochs(known) {
+  const latest = Math.max(0, ...epochs.keys());
+  if (latest <= known.epochs_done) return known;
+  const accuracies = [...epochs.values()].map((row) => row.test_accuracy).filter((value) => value != null);
+  const best = Math.max(known.best_test_accuracy ?? -Infinity, ...accuracies);
+  const last = epochs.get(latest);
+  return {
+    ...known,
+    epochs_done: latest,
+    best_test_accuracy: Number.isFinite(best) ? best : null,
+    final_test_accuracy: last.test_accuracy,
+    final_train_loss: last.train_loss,
+  };
+}
+
+function showProgress() {
+  const shown = progressWithEpochs(state);
   const progress = document.getElementById("job-progress");
-  progress.max = state.epochs_total;
-  progress.value = state.epochs_done;
-  document.getElementById("job-epochs").textContent = `${state.epochs_done}/${state.epochs_total}`;
-  document.getElementById("job-best").textContent = percent(state.best_test_accuracy);
-  document.getElementById("job-final").textContent = percent(state.final_test_accuracy);
-  document.getElementById("job-final-loss").textContent = decimal(state.final_train_loss);
+  progress.max = shown.epochs_total;
+  progress.value = shown.epochs_done;
+  document.getElementById("job-epochs").textContent = `${shown.epochs_done}/${shown.epochs_total}`;
+  document.getElementById("job-best").textContent = percent(shown.best_test_accuracy);
+  document.getElementById("job-final").textContent = percent(shown.final_test_accuracy);
+  document.getElementById("job-final-loss").textContent = decimal(shown.final_train_loss);
+}
+
+function showQueuePlace() {
+  const waiting = state.status === "queued" && Boolean(queueReason);
+  document.getElementById("job-queue").hidden = !waiting;
+  document.getElementById("job-queue-reason").textContent = waiting ? queueReason : "";
+}
+
+/** While the job is queued, its place and the reason for it, every few seconds. */
+async function refreshQueuePlace() {
+  if (ended) return;
+  if (state.status === "queued") {
+    try {
+      const job = await api(`/jobs/${jobId}`);
+      if (job.status === "queued") queueReason = job.queue_reason;
+      showQueuePlace();
+    } catch {
+      // the place shown stays; the next round tries again
+    }
+  }
+  setTimeout(refreshQueuePlace, QUEUE_REFRESH_MILLISECONDS);
+}
+
+/** The header from a JobRead or a status event (they share these fields), newer than the last. */
+function showState(newer) {
+  state = newer;
+  ended = state.ended;
+  if ("queue_reason" in newer) queueReason = newer.queue_reason;
+  setStatus(document.getElementById("job-status"), state.status);
+  showQueuePlace();
+  showProgress();
   if (state.attempt !== undefined) {
     const attempt = document.getElementById("job-attempt");
     attempt.textContent = attempt.textContent.replace(/^\d+/, String(state.attempt));
@@ -85,6 +141,18 @@ function showState(state) {
   const error = document.getElementById("job-error");
   error.hidden = !state.error;
   error.textContent = state.error ? `${state.error_reason || "error"}: ${state.error}` : "";
+}
+
+/** A stream event: an epoch goes into the table (again, if replayed: the same row); a status
+ * older than what the page shows is skipped, so the header never steps back. */
+function onJobEvent(kind, data, id) {
+  if (kind === "epoch") {
+    addEpoch(data);
+    return;
+  }
+  if (kind !== "status" || Number(id) <= seenSeq) return;
+  seenSeq = Number(id);
+  showState(data);
 }
 
 async function refreshCheckpoints() {
@@ -150,11 +218,14 @@ postButton(document.getElementById("cancel-job"), `/jobs/${jobId}/cancel`, (job)
 
 initial.metrics.forEach((row) => epochs.set(row.epoch, row));
 drawCurves();
+showProgress();
 if (ended) {
   setLiveMode("ended");
 } else {
-  followEvents(`/jobs/${jobId}/events`, {
-    onEvent: (kind, data) => (kind === "epoch" ? addEpoch(data) : showState(data)),
+  setTimeout(refreshQueuePlace, QUEUE_REFRESH_MILLISECONDS);
+  // From the job's last event at the page's rendering: the history before it is on the page.
+  followEvents(`/jobs/${jobId}/events?last_event_id=${seenSeq}`, {
+    onEvent: onJobEvent,
     onEnd: finish,
     onUnavailable: () => {
       setLiveMode("polling");
