@@ -102,6 +102,30 @@ def new_grid(learning_rates: list[float], **fields: Any) -> tuple[int, list[int]
         return experiment_id, list(session.scalars(query))
 
 
+def test_a_new_jobs_id_is_sent_when_the_transaction_commits_not_at_its_savepoint(
+    configure, database_url: str, redis_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    """create_job adds the row inside a SAVEPOINT, whose release SQLAlchemy reports as a
+    commit: an id sent then reaches an idle worker before the row is visible to it."""
+    from tests.support import redis_queue_job_ids
+
+    configure(database_url, broker_url=redis_url)
+    with session_scope() as session:
+        job_id = submission.create_job(session, SPEC, settings=get_settings()).job.id
+        assert redis_queue_job_ids(redis_url) == []
+        try:
+            with session.begin_nested():  # a savepoint rolled back keeps the outer job's id
+                session.execute(select(Job.id))
+                raise RuntimeError
+        except RuntimeError:
+            pass
+    assert redis_queue_job_ids(redis_url) == [job_id]
+    with session_scope() as session:
+        submission.create_job(session, SPEC, settings=get_settings())
+        session.rollback()
+    assert redis_queue_job_ids(redis_url) == [job_id]
+
+
 def test_queue_positions_follow_the_order_in_which_jobs_are_claimed(db: str) -> None:
     ids = new_jobs(5)
     with session_scope() as session:
