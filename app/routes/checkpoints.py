@@ -203,4 +203,13 @@ def download_checkpoint(
             return RedirectResponse(
                 url, status_code=307, headers={**headers, "ETag": f'"{stored.sha256}"'}
             )
-    return object_download(request, opened, etag=stored.sha256, filename=filename, headers=headers)
+    identity = opened.identity
+    return object_download(
+        request,
+        opened,
+        etag=stored.sha256,
+        filename=filename,
+        headers=headers,
+        sha256=stored.sha256,
+        on_changed=lambda: store.forget_digest(identity),
+    )

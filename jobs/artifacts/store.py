@@ -114,6 +114,11 @@ class ArtifactObject(ABC):
             start += len(chunk)
             yield chunk
 
+    def unchanged(self) -> bool:
+        """Whether the object still has the identity it was opened with (nothing written to
+        it since). True for a backend whose reads are bound to the version opened."""
+        return True
+
     # Not abstract: a backend that holds nothing open between reads has nothing to release.
     def close(self) -> None:  # noqa: B027
         """Release what reading needed."""
@@ -277,6 +282,12 @@ class ArtifactStore(ABC):
             self._digests.move_to_end(identity)
             while len(self._digests) > self.max_cached_digests:
                 self._digests.popitem(last=False)
+
+    def forget_digest(self, identity: Hashable) -> None:
+        """Drop what is remembered of this identity: bytes read since did not hash to it, so
+        the next request hashes the object again."""
+        with self._digests_lock:
+            self._digests.pop(identity, None)
 
     def _digest(self, opened: ArtifactObject) -> str:
         identity = opened.identity
