@@ -92,3 +92,55 @@ def test_a_file_written_over_during_a_download_never_reaches_the_client_whole(
         assert hashlib.sha256(received).hexdigest() == hashlib.sha256(content).hexdigest()
     damaged = api.get(url)
     assert damaged.status_code == 500 and damaged.json()["error"] == "checkpoint_damaged"
+
+
+@pytest.fixture
+def live_on_s3(  # type: ignore[no-untyped-def]
+    configure, sqlite_url: str, private_s3, tmp_path: Path
+) -> Iterator[httpx.Client]:
+    """An API under uvicorn whose checkpoints are in the bucket `jobs` of a private S3 server."""
+    env = configure(
+        sqlite_url,
+        ARTIFACT_URL="s3://jobs/ckpt",
+        S3_ENDPOINT_URL=private_s3.url,
+        ARTIFACT_STAGING_DIR=str(tmp_path / "staging"),
+    )
+    port = free_port()
+    process: Process = start_api(env, tmp_path, port)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=15) as api:
+            yield api
+    finally:
+        process.stop()
+
+
+def test_checkpoint_routes_answer_503_within_5_s_while_the_store_answers_nothing(
+    live_on_s3: httpx.Client, private_s3
+) -> None:  # type: ignore[no-untyped-def]
+    """Each request to the store has one deadline, retries included (botocore's own three
+    tries of 5 + 20 s made these routes hang 20 to 80 s), and the listing asks the store once
+    for all the job's objects, not once per checkpoint."""
+    import time
+
+    api = live_on_s3
+    content = os.urandom(64 * 1024)
+    job_id = new_job_with_checkpoint(content)
+    listing = f"/jobs/{job_id}/checkpoints"
+    url = f"{listing}/final"
+    assert [row["state"] for row in api.get(listing).json()] == ["intact"] * 3
+    assert api.get(url).content == content
+
+    private_s3.freeze()  # connections are accepted, nothing answers
+    try:
+        for method, path in (("GET", listing), ("HEAD", url), ("GET", url)):
+            started = time.monotonic()
+            response = api.request(method, path)
+            took = time.monotonic() - started
+            assert response.status_code == 503, (method, path, response.status_code)
+            assert response.headers["retry-after"] == "5"
+            if method == "GET":
+                assert response.json()["error"] == "artifact_store_unavailable"
+            assert took < 5, (method, path, took)
+    finally:
+        private_s3.thaw()
+    assert api.get(url).content == content

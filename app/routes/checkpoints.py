@@ -21,7 +21,6 @@ from jobs.artifacts import (
     ArtifactDamaged,
     ArtifactMissing,
     ArtifactRecord,
-    ArtifactState,
     ArtifactStore,
     artifact_store,
 )
@@ -82,16 +81,11 @@ def list_checkpoints(job_id: JobId) -> list[CheckpointRead]:
 
 
 def checkpoint_listing(named: list[NamedCheckpoint], store: ArtifactStore) -> list[CheckpointRead]:
-    """The named checkpoints with their state and download URLs (the API's and the
-    dashboard's). Checks each object (hashing one not seen before): call it after the read
-    transaction."""
-    states: dict[str, ArtifactState] = {}
-    for checkpoint in named:
-        stored = checkpoint.stored
-        if stored.key not in states:
-            states[stored.key] = store.state(
-                stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256
-            )
+    """The named checkpoints with their recorded size and sha256, state and download URLs (the
+    API's and the dashboard's). The state is what the store can say without a request per
+    object (ArtifactStore.listed_states): call it after the read transaction."""
+    records = list({checkpoint.stored.key: checkpoint.stored for checkpoint in named}.values())
+    states = store.listed_states(records)
     return [
         CheckpointRead(
             name=checkpoint.name,

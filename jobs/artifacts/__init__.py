@@ -13,6 +13,7 @@ from jobs.artifacts.store import (
     artifact_store,
     artifact_url,
     open_store,
+    set_request_deadline,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "artifact_store",
     "artifact_url",
     "open_store",
+    "set_request_deadline",
 ]

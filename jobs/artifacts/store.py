@@ -45,10 +45,24 @@ class StoreOptions:
     """What a backend may need besides its URL (hashable: stores are cached per URL and
     options). `endpoint_url`: an S3-compatible server other than AWS. `staging_root`: the local
     folder where a remote backend's checkpoints wait for their upload and resumed ones are
-    downloaded to."""
+    downloaded to. `request_deadline_seconds`: how long one request to a remote backend may
+    take, its retries included (a process answering clients); None: the backend's own, patient
+    waits (a worker, whose uploads may retry for minutes anyway)."""
 
     endpoint_url: str | None = None
     staging_root: Path | None = None
+    request_deadline_seconds: float | None = None
+
+
+# Set by a process that answers clients (the API: app.unavailable), for every store it opens.
+_request_deadline_seconds: float | None = None
+
+
+def set_request_deadline(seconds: float | None) -> None:
+    """Give each request this process makes to a remote store one deadline, retries included:
+    a store that does not answer costs a client a few seconds, not botocore's minute."""
+    global _request_deadline_seconds
+    _request_deadline_seconds = seconds
 
 
 class ArtifactStoreUnavailable(OSError):
@@ -265,6 +279,20 @@ class ArtifactStore(ABC):
             return ArtifactState.DAMAGED
         return ArtifactState.INTACT
 
+    def listed_states(self, records: Sequence[ArtifactRecord]) -> dict[str, ArtifactState]:
+        """{key: state} of the records, for a listing: by default each object checked as
+        `state` does (on a local disk a stat, and a hash on first sight). A remote backend
+        answers from one listing of the store instead of a request per object."""
+        return {
+            record.key: self.state(record.key, size_bytes=record.size_bytes, sha256=record.sha256)
+            for record in records
+        }
+
+    def known_digest(self, identity: Hashable) -> str | None:
+        """The sha256 remembered for this identity, if it was hashed (or stored) before."""
+        with self._digests_lock:
+            return self._digests.get(identity)
+
     def newest_intact(self, records: Sequence[ArtifactRecord]) -> ArtifactRecord | None:
         """The first intact one of `records` (give them newest first), or None."""
         for record in records:
@@ -319,6 +347,7 @@ def store_options(settings: Settings) -> StoreOptions:
     return StoreOptions(
         endpoint_url=settings.s3_endpoint_url,
         staging_root=settings.resolved_artifact_staging_dir,
+        request_deadline_seconds=_request_deadline_seconds,
     )
 
 
