@@ -20,6 +20,7 @@ from app.schemas.errors import ErrorRead
 from jobs.artifacts import (
     ArtifactDamaged,
     ArtifactMissing,
+    ArtifactObject,
     ArtifactRecord,
     ArtifactStore,
     artifact_store,
@@ -100,6 +101,57 @@ def checkpoint_listing(named: list[NamedCheckpoint], store: ArtifactStore) -> li
     ]
 
 
+# Choices of a name's file after the one chosen was found deleted: a worker recording a newer
+# epoch deletes the file a name pointed at once the newer row is committed, which a request
+# that read the pointers just before may find gone.
+ROTATED_AWAY_RETRIES = 2
+
+
+def chosen_checkpoint(job_id: int, name: str) -> NamedCheckpoint:
+    """The checkpoint `name` points at now; CheckpointNotFound when it points at none."""
+    with read_session() as session:
+        job = get_job(session, job_id)
+        found = {checkpoint.name: checkpoint for checkpoint in named_checkpoints(session, job)}
+        status = JobStatus(job.status)
+    checkpoint = found.get(name)
+    if checkpoint is None:
+        if status.ended:
+            raise CheckpointNotFound(f"Job {job_id} {status} without a {name} checkpoint.")
+        raise CheckpointNotFound(f"Job {job_id} has no {name} checkpoint yet.")
+    return checkpoint
+
+
+def open_named_checkpoint(
+    job_id: int, name: str, store: ArtifactStore
+) -> tuple[NamedCheckpoint, ArtifactObject]:
+    """The checkpoint `name` points at, opened and verified (hashed when not seen before)
+    after the read transaction has ended, before any byte or validator is sent. A file found
+    deleted is chosen again while the name has moved on to another one (ROTATED_AWAY_RETRIES);
+    CheckpointNotFound once it has not, CheckpointDamaged for bytes that are not the recorded
+    ones."""
+    checkpoint = chosen_checkpoint(job_id, name)
+    retries_left = ROTATED_AWAY_RETRIES
+    while True:
+        stored = checkpoint.stored
+        try:
+            opened = store.open_verified(
+                stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256
+            )
+            return checkpoint, opened
+        except ArtifactMissing:
+            chosen_again = chosen_checkpoint(job_id, name) if retries_left else checkpoint
+            if chosen_again.stored.key == stored.key:
+                raise CheckpointNotFound(
+                    f"The {name} checkpoint of job {job_id} is no longer in the artifact store."
+                ) from None
+            checkpoint, retries_left = chosen_again, retries_left - 1
+        except ArtifactDamaged:
+            raise CheckpointDamaged(
+                f"The {name} checkpoint of job {job_id} (epoch {checkpoint.epoch}) no longer "
+                "matches its recorded size and sha256; it is not served."
+            ) from None
+
+
 _FILE_HEADERS = {
     "ETag": {"description": "The file's sha256, quoted.", "schema": {"type": "string"}},
     "Last-Modified": {"description": "When the file was written.", "schema": {"type": "string"}},
@@ -162,30 +214,9 @@ def download_checkpoint(
         raise CheckpointNotFound(
             f"No checkpoint {name!r}; names are {', '.join(CHECKPOINT_NAMES)}."
         )
-    with read_session() as session:
-        job = get_job(session, job_id)
-        found = {checkpoint.name: checkpoint for checkpoint in named_checkpoints(session, job)}
-        status = JobStatus(job.status)
-    checkpoint = found.get(name)
-    if checkpoint is None:
-        if status.ended:
-            raise CheckpointNotFound(f"Job {job_id} {status} without a {name} checkpoint.")
-        raise CheckpointNotFound(f"Job {job_id} has no {name} checkpoint yet.")
-    # Opened (and hashed when not seen before) after the read transaction has ended, and
-    # verified before any byte or validator is sent, whatever the request's headers.
-    stored = checkpoint.stored
     store = artifact_store(settings)
-    try:
-        opened = store.open_verified(stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256)
-    except ArtifactMissing:
-        raise CheckpointNotFound(
-            f"The {name} checkpoint of job {job_id} is no longer in the artifact store."
-        ) from None
-    except ArtifactDamaged:
-        raise CheckpointDamaged(
-            f"The {name} checkpoint of job {job_id} (epoch {checkpoint.epoch}) no longer "
-            "matches its recorded size and sha256; it is not served."
-        ) from None
+    checkpoint, opened = open_named_checkpoint(job_id, name, store)
+    stored = checkpoint.stored
     filename = f"job-{job_id}-{name}.pt"
     headers = {"X-Checkpoint-Epoch": str(checkpoint.epoch), "Cache-Control": "no-cache"}
     if redirect:
