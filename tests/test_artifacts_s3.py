@@ -359,3 +359,44 @@ def test_with_a_deadline_a_store_that_does_not_answer_is_unavailable_within_it(
                 assert time.monotonic() - started < 4.5, (port, request)
     finally:
         silent.close()
+
+
+def test_a_killed_attempts_staging_goes_at_once_and_a_new_attempt_clears_the_jobs_older_ones(
+    store: S3ArtifactStore,
+) -> None:
+    """Each attempt marks its staging folder with its process: a folder whose process on this
+    machine has exited is removed, with the job's resume copies; this process's own, and an
+    unmarked one, stay. A new attempt of a job removes its earlier attempts' folders."""
+    import subprocess
+    import sys
+
+    dead = store.staging_dir(1, 1)
+    marking = (
+        "from pathlib import Path; from jobs.artifacts.owners import write_marker; "
+        f"write_marker(Path({str(dead)!r}))"
+    )
+    subprocess.run([sys.executable, "-c", marking], check=True, cwd=Path(__file__).parents[1])
+    (dead / "epoch-0002.pt").write_bytes(CONTENT)
+    resume_copy = store.staging_root / "resume" / store.checkpoint_key(1, 1, 1)
+    resume_copy.parent.mkdir(parents=True)
+    resume_copy.write_bytes(CONTENT)
+    live = store.prepare_staging(2, 1)
+    (live / "epoch-0001.pt").write_bytes(CONTENT)
+    unmarked = store.staging_dir(3, 1)
+    unmarked.mkdir(parents=True)
+    (unmarked / "epoch-0001.pt").write_bytes(CONTENT)
+
+    assert store.discard_dead_staging() == 1
+    assert not dead.parent.exists() and not resume_copy.exists()
+    assert (live / "epoch-0001.pt").exists() and (unmarked / "epoch-0001.pt").exists()
+    assert store.discard_dead_staging() == 0
+
+    assert store.prepare_staging(2, 2) == store.staging_dir(2, 2)
+    assert not live.exists() and store.staging_dir(2, 2).is_dir()
+
+    # A live attempt's folder is not the day-old sweep's, however old its mark.
+    current = store.staging_dir(2, 2)
+    for path in current.iterdir():
+        os.utime(path, (0, 0))
+    assert store.discard_stale_staging(older_than_seconds=86400) == 0
+    assert any(current.iterdir())

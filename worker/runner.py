@@ -415,6 +415,10 @@ class JobRun:
             logger.info("job %s: aborted %s abandoned upload(s)", self.claim.job_id, aborted)
 
     def run(self) -> Outcome:
+        try:
+            self.store.prepare_staging(self.claim.job_id, self.claim.attempt)
+        except OSError as error:  # then only the day-old sweep removes what a kill leaves
+            logger.warning("job %s: staging folder not prepared: %s", self.claim.job_id, error)
         self.uploads.start()
         try:
             return self._run()

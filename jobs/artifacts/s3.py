@@ -57,6 +57,12 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoC
 from botocore.exceptions import ConnectionError as StoreConnectionError
 from s3transfer.utils import ChunksizeAdjuster
 
+from jobs.artifacts.owners import (
+    MARKER_NAME,
+    owned_by_the_dead,
+    owned_by_the_living,
+    write_marker,
+)
 from jobs.artifacts.store import (
     ArtifactDamaged,
     ArtifactMissing,
@@ -342,12 +348,49 @@ class S3ArtifactStore(ArtifactStore):
     def discard_staging(self, job_id: int, attempt: int) -> None:
         shutil.rmtree(self.staging_dir(job_id, attempt), ignore_errors=True)
 
+    def _resume_copies(self, job_id: int) -> Path:
+        return self.staging_root / "resume" / self.job_prefix(job_id)
+
+    def prepare_staging(self, job_id: int, attempt: int) -> Path:
+        folder = self.staging_dir(job_id, attempt)
+        if folder.parent.is_dir():
+            for earlier in folder.parent.iterdir():
+                if earlier != folder:
+                    shutil.rmtree(earlier, ignore_errors=True)
+        shutil.rmtree(self._resume_copies(job_id), ignore_errors=True)
+        write_marker(folder)
+        return folder
+
+    def discard_dead_staging(self) -> int:
+        removed = 0
+        for folder in sorted((self.staging_root / "jobs").glob("*/attempt-*")):
+            if not folder.is_dir() or not owned_by_the_dead(folder):
+                continue
+            removed += sum(
+                1 for path in folder.rglob("*") if path.is_file() and path.name != MARKER_NAME
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+            job_folder = folder.parent
+            if not any(job_folder.glob("attempt-*")):
+                # No attempt of the job is left on this machine: nor is a use for its copies.
+                with contextlib.suppress(ValueError):
+                    shutil.rmtree(self._resume_copies(int(job_folder.name)), ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    job_folder.rmdir()
+        return removed
+
     def discard_stale_staging(self, *, older_than_seconds: float) -> int:
         cutoff = time.time() - older_than_seconds
         removed = 0
         if not self.staging_root.is_dir():
             return 0
+        # A live attempt's folder is its own (its mark is as old as the attempt).
+        live = [
+            path for path in self.staging_root.glob("jobs/*/attempt-*") if owned_by_the_living(path)
+        ]
         for path in sorted(self.staging_root.rglob("*"), reverse=True):  # files before folders
+            if any(path.is_relative_to(folder) for folder in live):
+                continue
             with contextlib.suppress(OSError):
                 if path.is_file() and path.stat().st_mtime < cutoff:
                     path.unlink()

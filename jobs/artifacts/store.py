@@ -224,6 +224,19 @@ class ArtifactStore(ABC):
         """Remove what an attempt left in local staging (files not stored, local copies made
         for it to resume from); nothing for a backend whose staging folder is the store."""
 
+    def prepare_staging(self, job_id: int, attempt: int) -> Path:
+        """The attempt's staging folder, before it writes anything there. A backend whose
+        staging is a local folder of its own marks it as this process's (see
+        discard_dead_staging) and removes what earlier attempts of the job left on this
+        machine: the new attempt holds the lease, so they are dead."""
+        return self.staging_dir(job_id, attempt)
+
+    def discard_dead_staging(self) -> int:
+        """Remove the staging folders of attempts whose worker process on this machine is no
+        longer running (killed: its files will never be stored); how many files. Nothing for a
+        backend whose staging folder is the store."""
+        return 0
+
     def discard_stale_staging(self, *, older_than_seconds: float) -> int:
         """Remove local staging files older than this (left by a worker that was killed before
         it could store them: its attempt resumed from the store, elsewhere); how many."""
