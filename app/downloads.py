@@ -6,10 +6,20 @@ Answered: Range (one range as 206, several as multipart/byteranges, overlapping 
 more than 100: the whole object), If-Range (a strong ETag or the exact Last-Modified date),
 If-Match, If-None-Match (weak comparison, lists, `*`), If-Modified-Since and If-Unmodified-Since
 in the RFC's order, an ETag chosen by the caller, a Range it cannot parse ignored (as the RFC
-allows), the JSON 416 of the API, and HEAD requests that app.methods.HeadAsGet routes as GET."""
+allows), the JSON 416 of the API, and HEAD requests that app.methods.HeadAsGet routes as GET.
+
+The object was verified before the answer began, but its bytes may change while they are sent
+(a file written in place). So the last chunk is held back until what was read is known to be
+what was verified: the whole object's bytes hashed as they were sent, and the object's identity
+unchanged (a range cannot be hashed against the whole object's sha256). Otherwise the transfer
+ends without it, and the client sees an incomplete body, never a complete answer with other
+bytes."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import formatdate
 from secrets import token_hex
@@ -27,16 +37,28 @@ from werkzeug.http import parse_date, parse_etags
 from app.errors import PreconditionFailed, RangeNotSatisfiable
 from app.methods import HEAD_REQUEST
 from app.responses import service_error_response
-from jobs.artifacts import ArtifactObject
+from jobs.artifacts import (
+    ArtifactDamaged,
+    ArtifactMissing,
+    ArtifactObject,
+    ArtifactStoreUnavailable,
+)
+
+logger = logging.getLogger(__name__)
 
 SAFE_METHODS = ("GET", "HEAD")
+# What reading an object may raise once the answer has begun: the transfer is cut short.
+_READ_FAILURES = (ArtifactDamaged, ArtifactMissing, ArtifactStoreUnavailable, OSError)
 
 
 class ObjectResponse(Response):
     """The bytes of an open ArtifactObject: the whole object (200), one range (206 with
     Content-Range) or several (206 multipart/byteranges). An unparseable Range header is ignored
     (the whole object, 200) and an unsatisfiable one is a JSON 416 with `Content-Range: bytes
-    */size`. The object is closed once the response is sent, or has failed."""
+    */size`. The object is closed once the response is sent, or has failed.
+
+    `sha256`: the whole object's, which a whole-object answer is hashed against as it is sent;
+    `on_changed` is called when the bytes sent turn out not to be the verified ones."""
 
     chunk_size = 256 * 1024
 
@@ -47,8 +69,12 @@ class ObjectResponse(Response):
         headers: dict[str, str],
         media_type: str,
         filename: str,
+        sha256: str | None = None,
+        on_changed: Callable[[], None] | None = None,
     ) -> None:
         self.opened = opened
+        self.sha256 = sha256
+        self.on_changed = on_changed
         quoted = quote(filename)
         disposition = (
             f'attachment; filename="{filename}"'
@@ -71,6 +97,19 @@ class ObjectResponse(Response):
             await self._respond(scope, receive, send)
         finally:
             self.opened.close()
+
+    def _check_sent(self, hasher: hashlib._Hash | None) -> None:
+        """ArtifactDamaged unless the bytes read are those verified: the object still has the
+        identity it was opened with and, for a whole-object answer, they hash to `sha256`."""
+        if not self.opened.unchanged():
+            problem = "it was written to while being sent"
+        elif hasher is not None and hasher.hexdigest() != self.sha256:
+            problem = f"the bytes sent hash to {hasher.hexdigest()}, not {self.sha256}"
+        else:
+            return
+        if self.on_changed is not None:
+            self.on_changed()
+        raise ArtifactDamaged(problem)
 
     def _use_range(self, if_range: str | None) -> bool:
         # Only a strong validator may apply a range: a weak one could join two objects' bytes.
@@ -142,18 +181,40 @@ class ObjectResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
 
+        hasher = hashlib.sha256() if self.sha256 is not None and status == 200 else None
+
+        def read(start: int, length: int) -> bytes:
+            chunk = self.opened.read(start, length)
+            if hasher is not None:
+                hasher.update(chunk)
+            return chunk
+
         async def send_body() -> None:
             multipart = bool(closing)
-            for part, start, end in parts:
+            for index, (part, start, end) in enumerate(parts):
                 if part:
                     await send({"type": "http.response.body", "body": part, "more_body": True})
                 while start < end:
-                    chunk = await anyio.to_thread.run_sync(
-                        self.opened.read, start, min(self.chunk_size, end - start)
-                    )
-                    if not chunk:
-                        raise RuntimeError(f"{self.opened.key} is shorter than {size} bytes")
-                    start += len(chunk)
+                    try:
+                        chunk = await anyio.to_thread.run_sync(
+                            read, start, min(self.chunk_size, end - start)
+                        )
+                        if not chunk:
+                            raise ArtifactDamaged(f"it ended at byte {start} of {size}")
+                        start += len(chunk)
+                        last = index == len(parts) - 1 and start >= end
+                        if last:
+                            await anyio.to_thread.run_sync(self._check_sent, hasher)
+                    except _READ_FAILURES as error:
+                        # Returning without the rest makes the server drop the connection: the
+                        # client's body is shorter than its Content-Length.
+                        logger.warning(
+                            "%s: transfer cut short after byte %s: %s",
+                            self.opened.key,
+                            start,
+                            error,
+                        )
+                        return
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 if multipart:
                     await send({"type": "http.response.body", "body": b"\r\n", "more_body": True})
@@ -215,10 +276,14 @@ def object_download(
     filename: str,
     headers: dict[str, str] | None = None,
     media_type: str = "application/octet-stream",
+    sha256: str | None = None,
+    on_changed: Callable[[], None] | None = None,
 ) -> Response:
     """The object as an attachment with a strong ETag (`etag` unquoted), Last-Modified and
     Accept-Ranges, answering conditional and range requests; the response closes `opened`.
-    PreconditionFailed for a failed If-Match or If-Unmodified-Since."""
+    With `sha256`, a whole-object answer is hashed as it is sent and cut short, calling
+    `on_changed`, when it does not match. PreconditionFailed for a failed If-Match or
+    If-Unmodified-Since."""
     try:
         last_modified = _modified_at(opened.modified)
         validators = {
@@ -242,6 +307,8 @@ def object_download(
             headers={**(headers or {}), **validators},
             media_type=media_type,
             filename=filename,
+            sha256=sha256,
+            on_changed=on_changed,
         )
     except BaseException:
         opened.close()

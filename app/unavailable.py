@@ -8,8 +8,8 @@ to the default handling (a 500: it is a bug, not an outage).
 The answer comes within a few seconds because every wait is bounded: see `jobs.db` (connect,
 statement and reply timeouts on PostgreSQL, the SQLite busy timeout set here for the API) and
 `jobs.queue` (socket timeouts and one publish retry on Redis). An artifact store (an S3 bucket)
-that cannot be reached is 503 `artifact_store_unavailable`, its waits bounded by the client's
-timeouts (`jobs.artifacts.s3`)."""
+that cannot be reached is 503 `artifact_store_unavailable`: each request this process makes to it
+has one deadline, retries included (`jobs.artifacts.s3`)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from jobs.artifacts import ArtifactStoreUnavailable
+from jobs.artifacts import ArtifactStoreUnavailable, set_request_deadline
 from jobs.db import set_sqlite_busy_timeout
 from jobs.retry import TransientDatabaseError, is_transient
 
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER_SECONDS = 5
 # A request waits this long for a locked SQLite file, then answers 503 (a worker waits 30 s).
 API_SQLITE_BUSY_TIMEOUT_MS = 5_000
+# Each request to the artifact store, retries included, then 503 (a worker waits about a minute).
+API_ARTIFACT_STORE_DEADLINE_SECONDS = 4.0
 
 BROKER_ERRORS: tuple[type[Exception], ...] = (
     kombu.exceptions.OperationalError,
@@ -89,8 +91,10 @@ async def artifact_store_unavailable(_request: Request, error: Exception) -> JSO
 
 
 def install(app: FastAPI) -> None:
-    """Register the 503 handlers and bound this process's wait for a locked SQLite file."""
+    """Register the 503 handlers and bound this process's wait for a locked SQLite file and
+    for the artifact store."""
     set_sqlite_busy_timeout(API_SQLITE_BUSY_TIMEOUT_MS)
+    set_request_deadline(API_ARTIFACT_STORE_DEADLINE_SECONDS)
     for database_error in (DBAPIError, PoolTimeout, TransientDatabaseError):
         app.add_exception_handler(database_error, database_unavailable)
     for broker_error in BROKER_ERRORS:

@@ -272,6 +272,18 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return loaded
 
 
+def checkpoint_cpu_threads(path: Path) -> int | None:
+    """The intra-op CPU threads the run that wrote the checkpoint trained with, or None (a file
+    written before it was recorded, or one that is not a checkpoint). Reads the payload
+    memory-mapped: no tensor is copied."""
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+        threads = payload.get("cpu_threads")
+    except Exception:  # the trainer's own load says what is wrong with the file
+        return None
+    return threads if isinstance(threads, int) and threads > 0 else None
+
+
 def load_model_from_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """The network a checkpoint was trained as, with its weights loaded, in eval mode."""
     payload = load_checkpoint(path, map_location=map_location)

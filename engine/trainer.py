@@ -483,6 +483,9 @@ def train(
                         "best_test_accuracy": best_test_accuracy,
                         "block": config.block,
                         "num_classes": config.num_classes,
+                        # On the CPU the thread count changes the sums' rounding: a resumed
+                        # run keeps it to reproduce a straight one (checkpoint_cpu_threads).
+                        "cpu_threads": threads_used,
                     }
                     deliver(writer.completed())
                     writer.submit(

@@ -3,8 +3,9 @@ table, and the only message it sends — a job id, by task name. The worker buil
 too; the API never imports the worker.
 
 `enqueue_after_commit` holds ids in the session and sends them only once that session's
-transaction has committed: a rolled-back request never enqueues, a committed one always tries
-(and the reconciler re-sends whatever the broker lost)."""
+outermost transaction has committed (a released SAVEPOINT is not a commit): a rolled-back request
+never enqueues, a committed one always tries (and the reconciler re-sends whatever the broker
+lost)."""
 
 from __future__ import annotations
 
@@ -144,6 +145,11 @@ def enqueue_after_commit(session: Session, job_id: int, *, priority: int | None 
 
 @event.listens_for(Session, "after_commit")
 def _send_pending(session: Session) -> None:
+    # SQLAlchemy fires after_commit when a SAVEPOINT (begin_nested) is released too: sending
+    # then would wake a worker before the job's row is visible to it, and the job would wait
+    # a lease for the reconciler's re-send.
+    if session.in_nested_transaction():
+        return
     for job_id, priority in session.info.pop(_PENDING, []):
         try:
             enqueue_job(job_id, priority)
@@ -153,6 +159,10 @@ def _send_pending(session: Session) -> None:
 
 @event.listens_for(Session, "after_rollback")
 def _drop_pending(session: Session) -> None:
+    # A SAVEPOINT rolled back leaves the outer transaction's ids to send: an id added inside
+    # it whose row is gone only wakes a worker that finds nothing to claim.
+    if session.in_nested_transaction():
+        return
     session.info.pop(_PENDING, None)
 
 

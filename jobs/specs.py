@@ -8,6 +8,7 @@ import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +36,21 @@ from jobs.settings import get_settings
 from models.catalog import BLOCK_NAMES, BlockName
 
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+def _distinct_tags(tags: list[str]) -> list[str]:
+    # A job's tags are rows keyed by (tag, job): one given twice would be stored once and
+    # shown twice.
+    if len(set(tags)) != len(tags):
+        raise ValueError("tags must be distinct")
+    return tags
+
+
+Tags = Annotated[
+    list[Tag],
+    AfterValidator(_distinct_tags),
+    Field(max_length=20, json_schema_extra={"uniqueItems": True}),
+]
 JOB_NAME_MAX_CHARS = 200
 # Free text is any Unicode text but NUL, which PostgreSQL cannot store (the body guard refuses it
 # in any string; the schema says so for the fields that take free text).
@@ -139,7 +155,7 @@ class JobCreate(BaseModel):
     train_samples: TrainSamples = None
     test_samples: TestSamples = None
     name: str | None = Field(None, max_length=JOB_NAME_MAX_CHARS, pattern=NO_NUL)
-    tags: list[Tag] = Field(default_factory=list, max_length=20)
+    tags: Tags = Field(default_factory=list)
     priority: Priority = DEFAULT_PRIORITY
     notify: NotifySpec | None = NotifyField
 
@@ -295,7 +311,7 @@ class ExperimentCreate(BaseModel):
     ] = Field(None, description="Distinct seeds, one job each (replacing hyperparameters.seed).")
     train_samples: TrainSamples = None
     test_samples: TestSamples = None
-    tags: list[Tag] = Field(default_factory=list, max_length=20)
+    tags: Tags = Field(default_factory=list)
     priority: Priority = Field(DEFAULT_PRIORITY, description="Every job's; " + PRIORITY_DESCRIPTION)
     notify: NotifySpec | None = NotifyField
     search: SearchCreate | None = Field(

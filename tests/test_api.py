@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -188,6 +189,57 @@ def test_checkpoint_download_with_sha256_etag(client: TestClient) -> None:
         "error": "checkpoint_not_found",
         "detail": f"Job {unfinished['id']} has no final checkpoint yet.",
     }
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_latest_rotated_away_while_the_request_waited_serves_the_newer_one(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """The request reads which file `latest` names, then opens it; a worker that records a
+    newer epoch between the two deletes the older file. The request chooses again instead of
+    answering 404 while a newer checkpoint exists."""
+    from jobs.artifacts import ArtifactStore, artifact_store
+    from jobs.checkpoints import prunable_checkpoints
+    from jobs.db import session_scope
+    from jobs.lifecycle import CheckpointRecord, record_checkpoint, record_epoch
+    from jobs.settings import get_settings
+    from jobs.tables import Job
+    from tests.support import epoch_figures
+
+    job = submit(client)
+    claim = drive_job(job["id"], 1, checkpoint=b"epoch one")
+    store = artifact_store(get_settings())
+    real_open = ArtifactStore.open_verified
+    opened: list[str] = []
+
+    def rotate_then_open(self: ArtifactStore, key: str, **recorded: object) -> object:
+        """What the worker does between the request's read and its open: epoch 2 stored and
+        recorded, and the rows and files no name points at any more removed."""
+        if not opened:
+            newer = store.checkpoint_key(job["id"], claim.attempt, 2)
+            path = store.staging_dir(job["id"], claim.attempt) / "epoch-0002.pt"
+            path.write_bytes(b"epoch two")
+            digest = hashlib.sha256(b"epoch two").hexdigest()
+            stored = store.put(newer, path, size_bytes=9, sha256=digest)
+            with session_scope() as session:
+                record_epoch(session, claim, epoch_figures(2), lease_seconds=600)
+                record_checkpoint(
+                    session, claim, CheckpointRecord(2, 9, stored.sha256, newer, store.locator)
+                )
+                pruned = prunable_checkpoints(session, session.get(Job, job["id"]))
+                for row in pruned:
+                    session.delete(row)
+            store.delete([row.key for row in pruned])
+        opened.append(key)
+        return real_open(self, key, **recorded)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ArtifactStore, "open_verified", rotate_then_open)
+    response = client.request(method, f"/jobs/{job['id']}/checkpoints/latest")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-checkpoint-epoch"] == "2"
+    assert response.headers["etag"] == f'"{hashlib.sha256(b"epoch two").hexdigest()}"'
+    assert response.content == (b"epoch two" if method == "GET" else b"")
+    assert [Path(key).name for key in opened] == ["epoch-0001.pt", "epoch-0002.pt"]
 
 
 CHECKPOINT = bytes(range(256)) * 40  # 10240 bytes, each offset recognisable

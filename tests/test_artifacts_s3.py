@@ -295,3 +295,108 @@ def test_stale_staging_files_are_removed(store: S3ArtifactStore) -> None:
     os.utime(staged, (day_ago, day_ago))
     assert store.discard_stale_staging(older_than_seconds=86400) == 1
     assert not staged.exists() and not staged.parent.exists() and fresh.exists()
+
+
+def test_a_listing_asks_the_store_once_for_all_objects_and_reads_none(
+    store: S3ArtifactStore, s3_server: S3Server
+) -> None:
+    """States for a listing from one LIST: missing when not listed, damaged when the size
+    differs or this process hashed that version to another sha256, intact otherwise."""
+    kept = write_checkpoint(store, 6, 1, 1)
+    replaced = write_checkpoint(store, 6, 2, 2, CONTENT[::-1])
+    shortened = write_checkpoint(store, 6, 2, 3)
+    deleted = write_checkpoint(store, 6, 2, 4)
+    client = s3_server.client()
+    client.put_object(Bucket=store.bucket, Key=f"ckpt/{replaced.key}", Body=CONTENT)
+    client.put_object(Bucket=store.bucket, Key=f"ckpt/{shortened.key}", Body=CONTENT[1:])
+    client.delete_object(Bucket=store.bucket, Key=f"ckpt/{deleted.key}")
+    assert store.state(replaced.key, size_bytes=replaced.size_bytes, sha256=replaced.sha256) == (
+        ArtifactState.DAMAGED
+    )  # hashed once, by a download
+    requests: list[str] = []
+    store.client.meta.events.register(
+        "before-call.s3", lambda model, **_: requests.append(model.name)
+    )
+    records = [kept, replaced, shortened, deleted]
+    assert store.listed_states(records) == {
+        kept.key: ArtifactState.INTACT,
+        replaced.key: ArtifactState.DAMAGED,
+        shortened.key: ArtifactState.DAMAGED,
+        deleted.key: ArtifactState.MISSING,
+    }
+    assert requests == ["ListObjectsV2"]
+
+
+def test_with_a_deadline_a_store_that_does_not_answer_is_unavailable_within_it(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    """The API's store: one deadline per request, retries included. A server that accepts
+    connections and never answers (as a frozen one) costs one try; a refused one is tried
+    again while the deadline allows."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel accepts connections that nobody reads from
+    refused = free_port()
+    try:
+        for port in (silent.getsockname()[1], refused):
+            store = S3ArtifactStore(
+                s3_bucket,
+                endpoint_url=f"http://127.0.0.1:{port}",
+                staging_root=tmp_path,
+                request_deadline_seconds=4.0,
+            )
+            record = ArtifactRecord("jobs/1/attempt-1/epoch-0001.pt", 1, "x")
+            for request in ("open", "listed_states"):
+                started = time.monotonic()
+                with pytest.raises(ArtifactStoreUnavailable):
+                    if request == "open":
+                        store.open(record.key)
+                    else:
+                        store.listed_states([record])
+                assert time.monotonic() - started < 4.5, (port, request)
+    finally:
+        silent.close()
+
+
+def test_a_killed_attempts_staging_goes_at_once_and_a_new_attempt_clears_the_jobs_older_ones(
+    store: S3ArtifactStore,
+) -> None:
+    """Each attempt marks its staging folder with its process: a folder whose process on this
+    machine has exited is removed, with the job's resume copies; this process's own, and an
+    unmarked one, stay. A new attempt of a job removes its earlier attempts' folders."""
+    import subprocess
+    import sys
+
+    dead = store.staging_dir(1, 1)
+    marking = (
+        "from pathlib import Path; from jobs.artifacts.owners import write_marker; "
+        f"write_marker(Path({str(dead)!r}))"
+    )
+    subprocess.run([sys.executable, "-c", marking], check=True, cwd=Path(__file__).parents[1])
+    (dead / "epoch-0002.pt").write_bytes(CONTENT)
+    resume_copy = store.staging_root / "resume" / store.checkpoint_key(1, 1, 1)
+    resume_copy.parent.mkdir(parents=True)
+    resume_copy.write_bytes(CONTENT)
+    live = store.prepare_staging(2, 1)
+    (live / "epoch-0001.pt").write_bytes(CONTENT)
+    unmarked = store.staging_dir(3, 1)
+    unmarked.mkdir(parents=True)
+    (unmarked / "epoch-0001.pt").write_bytes(CONTENT)
+
+    assert store.discard_dead_staging() == 1
+    assert not dead.parent.exists() and not resume_copy.exists()
+    assert (live / "epoch-0001.pt").exists() and (unmarked / "epoch-0001.pt").exists()
+    assert store.discard_dead_staging() == 0
+
+    assert store.prepare_staging(2, 2) == store.staging_dir(2, 2)
+    assert not live.exists() and store.staging_dir(2, 2).is_dir()
+
+    # A live attempt's folder is not the day-old sweep's, however old its mark.
+    current = store.staging_dir(2, 2)
+    for path in current.iterdir():
+        os.utime(path, (0, 0))
+    assert store.discard_stale_staging(older_than_seconds=86400) == 0
+    assert any(current.iterdir())

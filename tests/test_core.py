@@ -18,7 +18,7 @@ from jobs.lifecycle import GO_ON, StopReason, claim_job, claim_next_job, record_
 from jobs.settings import get_settings
 from jobs.specs import ExperimentCreate, JobCreate
 from jobs.tables import FailureReason, Job, JobStatus
-from tests.builders import new_jobs
+from tests.builders import job_spec, new_jobs
 from tests.support import epoch_row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,6 +232,30 @@ def new_grid(learning_rates: list[float], **fields: Any) -> tuple[int, list[int]
     with session_scope(write=False) as session:
         query = select(Job.id).where(Job.experiment_id == experiment_id).order_by(Job.id)
         return experiment_id, list(session.scalars(query))
+
+
+def test_a_new_jobs_id_is_sent_when_the_transaction_commits_not_at_its_savepoint(
+    configure, database_url: str, redis_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    """create_job adds the row inside a SAVEPOINT, whose release SQLAlchemy reports as a
+    commit: an id sent then reaches an idle worker before the row is visible to it."""
+    from tests.support import redis_queue_job_ids
+
+    configure(database_url, broker_url=redis_url)
+    with session_scope() as session:
+        job_id = submission.create_job(session, job_spec(), settings=get_settings()).job.id
+        assert redis_queue_job_ids(redis_url) == []
+        try:
+            with session.begin_nested():  # a savepoint rolled back keeps the outer job's id
+                session.execute(select(Job.id))
+                raise RuntimeError
+        except RuntimeError:
+            pass
+    assert redis_queue_job_ids(redis_url) == [job_id]
+    with session_scope() as session:
+        submission.create_job(session, job_spec(), settings=get_settings())
+        session.rollback()
+    assert redis_queue_job_ids(redis_url) == [job_id]
 
 
 def test_queue_positions_follow_the_order_in_which_jobs_are_claimed(db: str) -> None:

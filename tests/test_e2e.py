@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import service_environment
-from tests.support import free_port, start_api, start_worker, wait_for_status
+from tests.support import free_port, start_api, start_worker, wait_for, wait_for_status
 from worker.cpus import available_cpus, threads_per_job
 
 pytestmark = pytest.mark.e2e
@@ -100,6 +101,48 @@ def test_job_runs_end_to_end_on_redis_and_postgres(
     for database_url in _postgres_copy(postgres_template):
         env = service_environment(tmp_path, database_url, dataset_root, broker_url=redis_url)
         run_small_job_end_to_end(env, tmp_path)
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_an_idle_worker_starts_a_new_job_at_once_on_redis_and_postgres(
+    tmp_path: Path, dataset_root: Path, redis_url: str, postgres_template: str
+) -> None:
+    """The job's id is sent once the request's transaction has committed, not when the
+    SAVEPOINT it was added in is released: a message sent before the commit wakes the idle
+    worker, which finds nothing to claim yet, and the job waits a whole lease (here a minute)
+    for the reconciler's re-send. SQLite hides it (the worker's claim waits for the writer)."""
+    from jobs.migrations import upgrade
+    from tests.conftest import _postgres_copy
+
+    for database_url in _postgres_copy(postgres_template):
+        env = service_environment(
+            tmp_path,
+            database_url,
+            dataset_root,
+            broker_url=redis_url,
+            LEASE_SECONDS="60",
+            HEARTBEAT_SECONDS="10",
+        )
+        upgrade(env["DATABASE_URL"])
+        port = free_port()
+        api_process = start_api(env, tmp_path, port)
+        worker = start_worker(env, tmp_path)
+        try:
+            wait_for(lambda w=worker: " ready." in w.output(), timeout=60, what="the worker")
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
+                for attempt in range(3):  # three jobs, each submitted to an idle worker
+                    submitted = time.monotonic()
+                    response = api.post("/jobs", json={**SMALL_JOB, "name": f"idle {attempt}"})
+                    assert response.status_code == 202, response.text
+                    job_id = response.json()["id"]
+                    wait_for_status(api, job_id, ("running", "succeeded"), timeout=20)
+                    waited = time.monotonic() - submitted
+                    assert waited < 5, (waited, worker.output())
+                    wait_for_status(api, job_id, ("succeeded", "failed"), timeout=120)
+        finally:
+            worker.stop()
+            api_process.stop()
 
 
 def test_one_worker_trains_several_jobs_at_once(tmp_path: Path, dataset_root: Path) -> None:

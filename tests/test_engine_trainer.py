@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from engine import trainer
 from engine.checkpoint import (
     CheckpointFile,
+    checkpoint_cpu_threads,
     checkpoint_file_name,
     load_checkpoint,
     load_model_from_checkpoint,
@@ -128,6 +129,16 @@ def test_checkpoints_are_weights_only_and_rebuild_the_model(data_dir: Path, tmp_
     assert any(
         not torch.equal(value, payload["model"][name]) for name, value in epoch_one["model"].items()
     )
+
+
+def test_a_checkpoint_records_the_cpu_threads_it_was_trained_with(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A resumed run takes the count back: on the CPU another one rounds differently."""
+    train(QUICK, data_dir=data_dir, device="cpu", checkpoint_dir=tmp_path, cpu_threads=1)
+    assert checkpoint_cpu_threads(tmp_path / checkpoint_file_name(1)) == 1
+    (tmp_path / "other.pt").write_bytes(b"not a checkpoint")
+    assert checkpoint_cpu_threads(tmp_path / "other.pt") is None
 
 
 def test_without_a_checkpoint_dir_nothing_is_written(data_dir: Path, tmp_path: Path) -> None:

@@ -116,6 +116,9 @@ def test_each_bad_value_is_named_and_nothing_is_created(client: TestClient) -> N
     assert "seeds" in refused(client, {**SWEEP, "grid": {"seed": [1, 2]}})["grid.seed"]
     assert set(refused(client, {**SWEEP, "grid": {"epochs": [2.5]}})) == {"grid.epochs[0]"}
     assert set(refused(client, {**SWEEP, "blocks": ["plain", "plain"]})) == {"blocks"}
+    # Stored once (one row per tag) and shown twice: refused as blocks are.
+    duplicate_tags = refused(client, {**SWEEP, "tags": ["dup", "dup"]})
+    assert set(duplicate_tags) == {"tags"} and "tags must be distinct" in duplicate_tags["tags"]
     assert set(refused(client, {**SWEEP, "blocks": None})) == {"blocks"}
     assert set(refused(client, {**SWEEP, "grid": {"learning_rate": []}})) == {"grid.learning_rate"}
     assert set(refused(client, {**SWEEP, "surprise": 1})) == {"surprise"}

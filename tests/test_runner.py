@@ -415,6 +415,101 @@ def test_jobs_trained_at_once_each_get_their_share_of_the_cpus(
     assert list(recorded.values()) == [expected, expected]
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_resumed_job_keeps_its_cpu_threads_when_the_machine_has_more_workers_now(
+    configure, database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    """Attempt 1 trains with every CPU (the only worker); by attempt 2 another worker shares
+    the machine, which would halve the live share. The resumed attempt trains with the count
+    its checkpoint was written with, and its metrics are those of a run never interrupted."""
+    import subprocess
+    import sys
+
+    import torch
+    from sqlalchemy import text
+
+    from engine.trainer import train
+    from jobs.tables import utcnow
+    from jobs.workers import worker_heartbeat
+    from worker.cpus import available_cpus
+
+    if available_cpus() < 2:
+        pytest.skip("one usable CPU: every share is one thread")
+    configure(database_url, WORKER_CONCURRENCY="1", HEARTBEAT_SECONDS="60", LEASE_SECONDS="60")
+    monkeypatch.delenv("TORCH_THREADS", raising=False)
+    runner.shutting_down.clear()
+    spec = JobCreate(
+        block="mobile",
+        hyperparameters={"epochs": 2, "batch_size": 8, "seed": 3},
+        train_samples=32,
+        test_samples=16,
+    )
+    with session_scope() as session:
+        resumed, straight = (
+            submission.create_job(session, spec, settings=get_settings()).job.id for _ in "ab"
+        )
+    seen: list[int] = []  # torch.get_num_threads() at each batch of the engine
+
+    def engine(config: Any, **kwargs: Any) -> Any:
+        def on_batch(done: int, total: int) -> None:
+            seen.append(torch.get_num_threads())
+
+        def on_checkpoint(written: Any) -> None:
+            kwargs_on_checkpoint(written)
+            if interrupt:
+                runner.shutting_down.set()  # a deploy: the job goes back to the queue
+
+        kwargs_on_checkpoint = kwargs.pop("on_checkpoint")
+        return train(config, on_batch=on_batch, on_checkpoint=on_checkpoint, **kwargs)
+
+    alone = available_cpus()
+    interrupt = True
+    assert run(resumed, engine) == "released"
+    runner.shutting_down.clear()
+    assert set(seen) == {alone} and checkpoint_epochs(resumed) == [1]
+
+    peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        with session_scope() as session:
+            worker_heartbeat(session, "peer", concurrency=1, started_at=utcnow())
+            session.execute(
+                text("UPDATE workers SET pid = :pid WHERE name = 'peer'"), {"pid": peer.pid}
+            )
+        assert runner.job_cpu_threads(get_settings())[0] == alone // 2  # the live share now
+        seen.clear()
+        interrupt = False
+        with caplog.at_level("INFO", logger="worker.runner"):
+            assert run(resumed, engine) == "succeeded"
+    finally:
+        peer.kill()
+        peer.wait()
+    assert seen and set(seen) == {alone}
+    assert f"job {resumed} resuming from" in caplog.text
+    assert (
+        f"trains with {alone} CPU threads (kept from the checkpoint it resumes from)" in caplog.text
+    ), caplog.text
+
+    seen.clear()
+    assert run(straight, engine) == "succeeded" and set(seen) == {alone}
+
+    def figures(job_id: int) -> list[tuple[Any, ...]]:
+        with session_scope() as session:
+            rows = session.execute(
+                select(
+                    EpochMetric.epoch,
+                    EpochMetric.train_loss,
+                    EpochMetric.train_accuracy,
+                    EpochMetric.test_loss,
+                    EpochMetric.test_accuracy,
+                )
+                .where(EpochMetric.job_id == job_id)
+                .order_by(EpochMetric.epoch)
+            )
+            return [tuple(row) for row in rows]
+
+    assert figures(resumed) == figures(straight) and len(figures(straight)) == 2
+
+
 # -- checkpoints in an S3 bucket (moto's server) -------------------------------------------
 
 

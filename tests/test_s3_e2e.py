@@ -183,8 +183,8 @@ def test_killed_mid_upload_nothing_is_recorded_and_another_worker_resumes_from_t
         log = second.output()
         assert f"job {job_id} resuming from {tmp_path / 'machine2' / 'staging'}" in log, log
         assert uploads() == []  # the abandoned upload was aborted
-        # Only the killed machine keeps the file it was uploading (its sweep removes it after a
-        # day); the machine that finished the job keeps nothing.
+        # Only the killed machine keeps the file it was uploading (the next worker started there
+        # removes it); the machine that finished the job keeps nothing.
         assert checkpoint_files(tmp_path / "machine2") == []
         assert [path.name for path in checkpoint_files(tmp_path)] == ["epoch-0002.pt"]
         listing = {row["name"]: row for row in svc.api.get(f"/jobs/{job_id}/checkpoints").json()}
@@ -223,3 +223,38 @@ def test_training_goes_on_while_the_store_answers_nothing_and_no_epoch_is_lost(
             assert row["state"] == "intact"
             assert hashlib.sha256(svc.api.get(row["url"]).content).hexdigest() == row["sha256"]
         assert checkpoint_files(tmp_path) == []
+
+
+def test_a_killed_workers_staging_files_are_removed_when_a_worker_starts_on_its_machine(
+    tmp_path: Path, dataset_root: Path, private_s3: S3Server
+) -> None:
+    """The worker is killed with checkpoints waiting in its staging folder (the store frozen,
+    so none is uploaded); a worker started on the same machine removes them at once, long
+    before the day-old sweep and even before the lease expires, since their owner is gone."""
+    machine = tmp_path / "machine1"
+    lease = {"LEASE_SECONDS": "60", "HEARTBEAT_SECONDS": "0.5"}
+    with s3_service(tmp_path, dataset_root, private_s3) as svc:
+        first = start_s3_worker(svc, machine, "worker1", **lease)
+        job_id = svc.submit({**JOB, "hyperparameters": {"epochs": 30, "batch_size": 32}})
+        staging = machine / "staging" / "jobs" / str(job_id) / "attempt-1"
+        wait_for(lambda: svc.job(job_id)["epochs_done"] >= 1, timeout=240, what="an epoch")
+        private_s3.freeze()
+        try:
+            wait_for(
+                lambda: len(checkpoint_files(staging)) >= 2,
+                timeout=240,
+                what="two checkpoints waiting for their upload",
+            )
+            first.kill()
+        finally:
+            private_s3.thaw()
+        assert checkpoint_files(staging)
+        start_s3_worker(svc, machine, "worker2", **lease)
+        wait_for(
+            lambda: not staging.exists(), timeout=30, what="the killed attempt's staging folder"
+        )
+        job = svc.job(job_id)
+        assert job["status"] == "running" and job["attempt"] == 1  # its lease has not expired
+        assert checkpoint_files(machine / "staging") == []
+        assert "staging file(s) of attempts whose worker was killed" in svc.logs()
+        svc.api.post(f"/jobs/{job_id}/cancel")

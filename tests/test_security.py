@@ -441,6 +441,7 @@ BAD_BODIES: list[tuple[str, str]] = [
     ('{"block":"plain","hyperparameters":[]}', "hyperparameters"),
     ('{"block":"plain","tags":"demo"}', "tags"),
     ('{"block":"plain","tags":["has space"]}', "tags.0"),
+    ('{"block":"plain","tags":["dup","ok","dup"]}', "tags"),
     ('{"block":"plain","train_samples":0}', "train_samples"),
     ('{"block":"plain","name":' + json.dumps("n" * 201) + "}", "name"),
 ]

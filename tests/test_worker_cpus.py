@@ -178,3 +178,15 @@ def test_the_worker_reads_torch_threads_and_worker_concurrency(
     monkeypatch.setenv("TORCH_THREADS", "-1")
     with pytest.raises(ValueError, match="torch_threads"):
         Settings(_env_file=None)
+
+
+def test_a_resumed_job_keeps_its_threads_unless_torch_threads_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TORCH_THREADS", raising=False)
+    kept = (5, "kept from the checkpoint it resumes from")
+    assert job_cpu_threads(Settings(_env_file=None), resumed_with=5) == kept
+    monkeypatch.setenv("TORCH_THREADS", "3")
+    assert job_cpu_threads(Settings(_env_file=None), resumed_with=3) == (3, "TORCH_THREADS")
+    threads, why = job_cpu_threads(Settings(_env_file=None), resumed_with=5)
+    assert threads == 3 and why.startswith("TORCH_THREADS, not the 5 of the checkpoint"), why

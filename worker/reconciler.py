@@ -1,5 +1,6 @@
-"""The reconciler: re-queues jobs whose worker died, re-sends messages the broker lost, and
-aborts uploads to the artifact store that were abandoned long ago."""
+"""The reconciler: re-queues jobs whose worker died, re-sends messages the broker lost, removes
+the staging files of attempts whose worker on this machine was killed, and aborts uploads to
+the artifact store that were abandoned long ago."""
 
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ STALE_UPLOAD_SECONDS = 24 * 3600.0
 SWEEP_INTERVAL_SECONDS = 3600.0
 
 
+def discard_dead_staging(settings: Settings) -> int:
+    """Remove the staging files of attempts whose worker on this machine was killed (at start
+    and every pass, so a killed worker's checkpoints do not wait a day on the disk)."""
+    removed = artifact_store(settings).discard_dead_staging()
+    if removed:
+        logger.info("removed %s staging file(s) of attempts whose worker was killed", removed)
+    return removed
+
+
 def abort_stale_uploads(settings: Settings) -> int:
     """Abort the store's incomplete uploads older than STALE_UPLOAD_SECONDS, and remove local
     staging files as old (a killed worker's); how many uploads."""
@@ -85,6 +95,10 @@ class Reconciler(threading.Thread):
                 self.heartbeat()
             except Exception:  # the database may be restarting; the next pass retries
                 logger.exception("worker heartbeat failed")
+            try:
+                discard_dead_staging(self.settings)
+            except OSError as error:
+                logger.warning("removing a killed worker's staging files failed: %s", error)
             if self._done.wait(interval):
                 break
             if time.monotonic() >= next_sweep:

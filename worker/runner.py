@@ -145,13 +145,23 @@ class LeaseWatcher(threading.Thread):
         self._done.set()
 
 
-def job_cpu_threads(settings: Settings) -> tuple[int, str]:
+def job_cpu_threads(settings: Settings, *, resumed_with: int | None = None) -> tuple[int, str]:
     """The intra-op CPU threads of each job this worker process trains, and where the number
-    comes from: TORCH_THREADS when set, else the CPUs it may use divided by the job slots of
+    comes from: TORCH_THREADS when set; else `resumed_with`, the count the checkpoint a job
+    resumes from was trained with (on the CPU another count rounds differently, and a resumed
+    run must reproduce a straight one); else the CPUs it may use divided by the job slots of
     the live worker processes on this machine that share them (its own WORKER_CONCURRENCY
     when they cannot be read)."""
     if settings.torch_threads > 0:
-        return threads_per_job(1, 1, settings.torch_threads), "TORCH_THREADS"
+        threads = threads_per_job(1, 1, settings.torch_threads)
+        if resumed_with is not None and resumed_with != threads:
+            return threads, (
+                f"TORCH_THREADS, not the {resumed_with} of the checkpoint it resumes from: "
+                "on the CPU its metrics may differ from a straight run's"
+            )
+        return threads, "TORCH_THREADS"
+    if resumed_with is not None:
+        return resumed_with, "kept from the checkpoint it resumes from"
     cpus = available_cpus()
     slots = settings.worker_concurrency
     try:
@@ -430,6 +440,10 @@ class JobRun:
             logger.info("job %s: aborted %s abandoned upload(s)", self.claim.job_id, aborted)
 
     def run(self) -> Outcome:
+        try:
+            self.store.prepare_staging(self.claim.job_id, self.claim.attempt)
+        except OSError as error:  # then only the day-old sweep removes what a kill leaves
+            logger.warning("job %s: staging folder not prepared: %s", self.claim.job_id, error)
         self.uploads.start()
         try:
             return self._run()
@@ -470,7 +484,7 @@ class JobRun:
         )
 
     def _run(self) -> Outcome:
-        from engine.checkpoint import StorageFull
+        from engine.checkpoint import StorageFull, checkpoint_cpu_threads
         from engine.config import TrainConfig
         from engine.data import DatasetUnavailable
 
@@ -490,7 +504,8 @@ class JobRun:
             if resume is not None:
                 logger.info("job %s resuming from %s", self.claim.job_id, resume)
             url, md5 = self.settings.download_source(config.dataset)
-            cpu_threads, why = job_cpu_threads(self.settings)
+            resumed_with = checkpoint_cpu_threads(resume) if resume is not None else None
+            cpu_threads, why = job_cpu_threads(self.settings, resumed_with=resumed_with)
             logger.info(
                 "job %s attempt %s trains with %s CPU threads (%s)", *self._ids(), cpu_threads, why
             )

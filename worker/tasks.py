@@ -23,6 +23,23 @@ celery = get_celery()
 _reconciler: Reconciler | None = None
 _notifier: Notifier | None = None
 
+SHUTTING_DOWN = "worker shutting down"
+
+
+class QuietShutdownRejects(logging.Filter):
+    """Celery logs every rejected message as a warning with its traceback (the reject policy
+    of celery.app.trace). A message left in the queue because this worker is stopping is the
+    expected end of a warm shutdown (its job's own message, sent again as the job was handed
+    back, arrives before the worker stops), and the task has said so in one line: drop
+    Celery's record of it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, Reject) and error.reason == SHUTTING_DOWN)
+
+
+logging.getLogger("celery.app.trace").addFilter(QuietShutdownRejects())
+
 
 @celery.task(name=RUN_JOB_TASK)
 def run_job_task(job_id: object) -> str:
@@ -31,7 +48,11 @@ def run_job_task(job_id: object) -> str:
         return "malformed"
     if shutting_down.is_set():
         # Leave the message for another worker rather than claiming a job only to release it.
-        raise Reject("worker shutting down", requeue=True)
+        logger.info(
+            "message for job %s left in the queue for another worker: this one is stopping",
+            job_id,
+        )
+        raise Reject(SHUTTING_DOWN, requeue=True)
     return run_job(job_id, settings=get_settings())
 
 

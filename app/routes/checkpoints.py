@@ -20,6 +20,7 @@ from app.schemas.errors import ErrorRead
 from jobs.artifacts import (
     ArtifactDamaged,
     ArtifactMissing,
+    ArtifactObject,
     ArtifactRecord,
     ArtifactState,
     ArtifactStore,
@@ -96,23 +97,22 @@ def store_of(checkpoint: NamedCheckpoint, settings: Settings) -> ArtifactStore:
 
 
 def checkpoint_listing(named: list[NamedCheckpoint], settings: Settings) -> list[CheckpointRead]:
-    """The named checkpoints with their state and download URLs (the API's and the
-    dashboard's). Checks each object (hashing one not seen before), in the store that holds
-    it: call it after the read transaction. One in a store this server cannot open is
-    `missing`."""
+    """The named checkpoints with their recorded size and sha256, state and download URLs (the
+    API's and the dashboard's). The state is what the store that holds each can say without a
+    request per object (ArtifactStore.listed_states; one in a store this server cannot open is
+    `missing`): call it after the read transaction."""
     states: dict[str, ArtifactState] = {}
+    by_store: dict[str, list[NamedCheckpoint]] = {}
     for checkpoint in named:
-        stored = checkpoint.stored
-        if stored.key in states:
-            continue
+        by_store.setdefault(checkpoint.store_url, []).append(checkpoint)
+    for held in by_store.values():
+        records = list({item.stored.key: item.stored for item in held}.values())
         try:
-            store = store_of(checkpoint, settings)
+            store = store_of(held[0], settings)
         except CheckpointNotFound:
-            states[stored.key] = ArtifactState.MISSING
+            states.update(dict.fromkeys((record.key for record in records), ArtifactState.MISSING))
             continue
-        states[stored.key] = store.state(
-            stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256
-        )
+        states.update(store.listed_states(records))
     return [
         CheckpointRead(
             name=checkpoint.name,
@@ -125,6 +125,58 @@ def checkpoint_listing(named: list[NamedCheckpoint], settings: Settings) -> list
         )
         for checkpoint in named
     ]
+
+
+# Choices of a name's file after the one chosen was found deleted: a worker recording a newer
+# epoch deletes the file a name pointed at once the newer row is committed, which a request
+# that read the pointers just before may find gone.
+ROTATED_AWAY_RETRIES = 2
+
+
+def chosen_checkpoint(job_id: int, name: str) -> NamedCheckpoint:
+    """The checkpoint `name` points at now; CheckpointNotFound when it points at none."""
+    with read_session() as session:
+        job = get_job(session, job_id)
+        found = {checkpoint.name: checkpoint for checkpoint in named_checkpoints(session, job)}
+        status = JobStatus(job.status)
+    checkpoint = found.get(name)
+    if checkpoint is None:
+        if status.ended:
+            raise CheckpointNotFound(f"Job {job_id} {status} without a {name} checkpoint.")
+        raise CheckpointNotFound(f"Job {job_id} has no {name} checkpoint yet.")
+    return checkpoint
+
+
+def open_named_checkpoint(
+    job_id: int, name: str, settings: Settings
+) -> tuple[NamedCheckpoint, ArtifactObject]:
+    """The checkpoint `name` points at, opened and verified (hashed when not seen before)
+    after the read transaction has ended, before any byte or validator is sent. A file found
+    deleted is chosen again while the name has moved on to another one (ROTATED_AWAY_RETRIES);
+    CheckpointNotFound once it has not, CheckpointDamaged for bytes that are not the recorded
+    ones."""
+    checkpoint = chosen_checkpoint(job_id, name)
+    retries_left = ROTATED_AWAY_RETRIES
+    while True:
+        stored = checkpoint.stored
+        store = store_of(checkpoint, settings)
+        try:
+            opened = store.open_verified(
+                stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256
+            )
+            return checkpoint, opened
+        except ArtifactMissing:
+            chosen_again = chosen_checkpoint(job_id, name) if retries_left else checkpoint
+            if chosen_again.stored.key == stored.key:
+                raise CheckpointNotFound(
+                    f"The {name} checkpoint of job {job_id} is no longer in the artifact store."
+                ) from None
+            checkpoint, retries_left = chosen_again, retries_left - 1
+        except ArtifactDamaged:
+            raise CheckpointDamaged(
+                f"The {name} checkpoint of job {job_id} (epoch {checkpoint.epoch}) no longer "
+                "matches its recorded size and sha256; it is not served."
+            ) from None
 
 
 _FILE_HEADERS = {
@@ -189,30 +241,9 @@ def download_checkpoint(
         raise CheckpointNotFound(
             f"No checkpoint {name!r}; names are {', '.join(CHECKPOINT_NAMES)}."
         )
-    with read_session() as session:
-        job = get_job(session, job_id)
-        found = {checkpoint.name: checkpoint for checkpoint in named_checkpoints(session, job)}
-        status = JobStatus(job.status)
-    checkpoint = found.get(name)
-    if checkpoint is None:
-        if status.ended:
-            raise CheckpointNotFound(f"Job {job_id} {status} without a {name} checkpoint.")
-        raise CheckpointNotFound(f"Job {job_id} has no {name} checkpoint yet.")
-    # Opened (and hashed when not seen before) after the read transaction has ended, and
-    # verified before any byte or validator is sent, whatever the request's headers.
+    checkpoint, opened = open_named_checkpoint(job_id, name, settings)
     stored = checkpoint.stored
     store = store_of(checkpoint, settings)
-    try:
-        opened = store.open_verified(stored.key, size_bytes=stored.size_bytes, sha256=stored.sha256)
-    except ArtifactMissing:
-        raise CheckpointNotFound(
-            f"The {name} checkpoint of job {job_id} is no longer in the artifact store."
-        ) from None
-    except ArtifactDamaged:
-        raise CheckpointDamaged(
-            f"The {name} checkpoint of job {job_id} (epoch {checkpoint.epoch}) no longer "
-            "matches its recorded size and sha256; it is not served."
-        ) from None
     filename = f"job-{job_id}-{name}.pt"
     headers = {"X-Checkpoint-Epoch": str(checkpoint.epoch), "Cache-Control": "no-cache"}
     if redirect:
@@ -224,4 +255,13 @@ def download_checkpoint(
             return RedirectResponse(
                 url, status_code=307, headers={**headers, "ETag": f'"{stored.sha256}"'}
             )
-    return object_download(request, opened, etag=stored.sha256, filename=filename, headers=headers)
+    identity = opened.identity
+    return object_download(
+        request,
+        opened,
+        etag=stored.sha256,
+        filename=filename,
+        headers=headers,
+        sha256=stored.sha256,
+        on_changed=lambda: store.forget_digest(identity),
+    )

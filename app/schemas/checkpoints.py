@@ -32,7 +32,10 @@ class CheckpointRead(BaseModel):
     recorded_at: datetime
     url: str
     state: Literal["intact", "damaged", "missing"] = Field(
-        description="Whether the stored bytes match `size_bytes` and `sha256` (checked by the "
-        "API): only an `intact` checkpoint is served; a `damaged` or `missing` one answers "
-        "500 `checkpoint_damaged` or 404 `checkpoint_not_found`."
+        description="Whether the stored bytes match `size_bytes` and `sha256`, as far as the "
+        "listing knows: a local directory's files are checked (hashed once per version); in "
+        "an object store the listing reads no object, so `intact` means present with the "
+        "recorded size and not found damaged by an earlier download. Every download checks "
+        "the bytes before it sends any: a `damaged` or `missing` checkpoint answers 500 "
+        "`checkpoint_damaged` or 404 `checkpoint_not_found`."
     )

@@ -14,6 +14,7 @@ from jobs.artifacts.store import (
     artifact_url,
     configured_locator,
     open_store,
+    set_request_deadline,
     store_at,
     store_locator,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "artifact_url",
     "configured_locator",
     "open_store",
+    "set_request_deadline",
     "store_at",
     "store_locator",
 ]

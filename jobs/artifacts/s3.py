@@ -23,8 +23,15 @@ object, only an incomplete upload, which `abort_incomplete_uploads` removes.
 Reading: `open` is a HEAD (size, ETag, Last-Modified); reads are ranged GETs made conditional on
 that ETag (If-Match), so an opened object never mixes the bytes of two versions of its key. The
 verification cache is keyed by (endpoint, bucket, key, ETag, size, Last-Modified): rewriting an
-object changes its ETag and its time.
-"""
+object changes its ETag and its time. A listing's states come from one LIST of the job's objects
+and the cache, not from a request per object.
+
+Waiting: a worker's client retries each request three times with botocore's backoff (four
+tries), each waiting up to 5 s to connect and 20 s for an answer. A process that answers
+clients (the API) instead gives each request one deadline with its retries included
+(`request_deadline_seconds`): one try of at most 1 + 2 s, and another only while one more
+fits, so a store that does not answer is a 503 within the deadline rather than a minute's
+hang (a refused connection is retried a few times within it)."""
 
 from __future__ import annotations
 
@@ -36,35 +43,50 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import boto3
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import ConnectionError as StoreConnectionError
 from s3transfer.utils import ChunksizeAdjuster
 
+from jobs.artifacts.owners import (
+    MARKER_NAME,
+    owned_by_the_dead,
+    owned_by_the_living,
+    write_marker,
+)
 from jobs.artifacts.store import (
     ArtifactDamaged,
     ArtifactMissing,
     ArtifactObject,
     ArtifactRecord,
+    ArtifactState,
     ArtifactStore,
     ArtifactStoreUnavailable,
     StoreOptions,
 )
 
+T = TypeVar("T")
 MIB = 1024 * 1024
 # Bucket names as S3 allows them (3 to 63 lowercase letters, digits, dots and hyphens).
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
 # An error code that says the request itself was refused for good, not that the server is down.
 _REFUSED_CODES = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
+# Answers that say the server is busy or failing for now, as botocore's standard retries count.
+_BUSY_CODES = frozenset({"SlowDown", "Throttling", "RequestTimeout", "InternalError"})
+# One try of a request under a deadline: to connect, then to hear the first byte of an answer.
+DEADLINE_CONNECT_SECONDS = 1.0
+DEADLINE_READ_SECONDS = 2.0
+FIRST_DEADLINE_RETRY_SECONDS = 0.1
 
 
 def _code(error: ClientError) -> str:
@@ -73,6 +95,13 @@ def _code(error: ClientError) -> str:
 
 def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _worth_retrying(error: Exception) -> bool:
+    """A connection that failed or timed out, or a server that says it is busy or failing."""
+    if isinstance(error, ClientError):
+        return _status(error) >= 500 or _code(error) in _BUSY_CODES
+    return isinstance(error, StoreConnectionError | HTTPClientError)
 
 
 class S3ArtifactObject(ArtifactObject):
@@ -98,8 +127,7 @@ class S3ArtifactObject(ArtifactObject):
     @property
     def identity(self) -> Hashable:
         store = self._store
-        return ("s3", store.endpoint_url, store.bucket, store.full_key(self.key), self.etag,
-                self.size, self.modified)  # fmt: skip
+        return store.object_identity(store.full_key(self.key), self.etag, self.size, self.modified)
 
     def read(self, start: int, length: int) -> bytes:
         if self._closed:
@@ -130,11 +158,13 @@ class S3ArtifactObject(ArtifactObject):
         self._drop_body()
         store = self._store
         try:
-            response = store.client.get_object(
-                Bucket=store.bucket,
-                Key=store.full_key(self.key),
-                Range=f"bytes={start}-{stop - 1}",
-                IfMatch=self.etag,
+            response = store.within_deadline(
+                lambda: store.client.get_object(
+                    Bucket=store.bucket,
+                    Key=store.full_key(self.key),
+                    Range=f"bytes={start}-{stop - 1}",
+                    IfMatch=self.etag,
+                )
             )
         except ClientError as error:
             if _code(error) == "PreconditionFailed" or _status(error) == 412:
@@ -175,21 +205,31 @@ class S3ArtifactStore(ArtifactStore):
         staging_root: Path,
         multipart_threshold: int = 16 * MIB,
         multipart_chunksize: int = 16 * MIB,
+        request_deadline_seconds: float | None = None,
     ) -> None:
         super().__init__()
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
         self.staging_root = Path(staging_root).resolve()
+        self.request_deadline_seconds = request_deadline_seconds
         session = boto3.session.Session()
-        config = Config(
+        if request_deadline_seconds is None:
             # botocore's standard retry mode: throttling, 5xx and dropped connections are
             # retried with exponential backoff and jitter; callers retry for longer on top.
             # Bounded waits: a store that does not answer costs a download at most about a
             # minute, and an upload a try of the caller's retry loop.
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=5,
-            read_timeout=20,
+            # (max_attempts counts the retries: four tries in all.)
+            retries: dict[str, Any] = {"mode": "standard", "max_attempts": 3}
+            connect_timeout, read_timeout = 5.0, 20.0
+        else:
+            # One try per botocore call: within_deadline retries while the deadline allows.
+            retries = {"mode": "standard", "total_max_attempts": 1}
+            connect_timeout, read_timeout = DEADLINE_CONNECT_SECONDS, DEADLINE_READ_SECONDS
+        config = Config(
+            retries=retries,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             max_pool_connections=16,
             # No CRC32 of every part on top: each upload is already checked by the MD5 ETag
             # the server computes from what it received and by the sha256 of the staged file,
@@ -235,7 +275,13 @@ class S3ArtifactStore(ArtifactStore):
                     f"S3_ENDPOINT_URL {endpoint!r} is not an http:// or https:// URL of a server"
                 )
         staging_root = options.staging_root or Path(tempfile.gettempdir()) / "cifar-jobs-staging"
-        return cls(parts.netloc, prefix, endpoint_url=endpoint, staging_root=staging_root)
+        return cls(
+            parts.netloc,
+            prefix,
+            endpoint_url=endpoint,
+            staging_root=staging_root,
+            request_deadline_seconds=options.request_deadline_seconds,
+        )
 
     # -- naming ----------------------------------------------------------------------------
 
@@ -261,11 +307,31 @@ class S3ArtifactStore(ArtifactStore):
             return PermissionError(f"{doing} in {self.describe()} was refused: {error}")
         return ArtifactStoreUnavailable(f"{doing} in {self.describe()} failed: {error}")
 
+    def within_deadline(self, request: Callable[[], T]) -> T:
+        """`request` (one call of the client), tried again after a connection failure or a
+        busy server only while another try still fits in `request_deadline_seconds`; without
+        a deadline, once (botocore retries on its own)."""
+        deadline = self.request_deadline_seconds
+        if deadline is None:
+            return request()
+        longest_try = DEADLINE_CONNECT_SECONDS + DEADLINE_READ_SECONDS
+        started = time.monotonic()
+        wait = FIRST_DEADLINE_RETRY_SECONDS
+        while True:
+            try:
+                return request()
+            except (ClientError, BotoCoreError) as error:
+                elapsed = time.monotonic() - started
+                if not _worth_retrying(error) or elapsed + wait + longest_try > deadline:
+                    raise
+            time.sleep(wait)
+            wait *= 2
+
     # -- the interface ---------------------------------------------------------------------
 
     def check(self) -> None:
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.within_deadline(lambda: self.client.head_bucket(Bucket=self.bucket))
         except ClientError as error:
             if _code(error) in ("404", "NoSuchBucket") or _status(error) == 404:
                 raise ValueError(
@@ -282,12 +348,49 @@ class S3ArtifactStore(ArtifactStore):
     def discard_staging(self, job_id: int, attempt: int) -> None:
         shutil.rmtree(self.staging_dir(job_id, attempt), ignore_errors=True)
 
+    def _resume_copies(self, job_id: int) -> Path:
+        return self.staging_root / "resume" / self.job_prefix(job_id)
+
+    def prepare_staging(self, job_id: int, attempt: int) -> Path:
+        folder = self.staging_dir(job_id, attempt)
+        if folder.parent.is_dir():
+            for earlier in folder.parent.iterdir():
+                if earlier != folder:
+                    shutil.rmtree(earlier, ignore_errors=True)
+        shutil.rmtree(self._resume_copies(job_id), ignore_errors=True)
+        write_marker(folder)
+        return folder
+
+    def discard_dead_staging(self) -> int:
+        removed = 0
+        for folder in sorted((self.staging_root / "jobs").glob("*/attempt-*")):
+            if not folder.is_dir() or not owned_by_the_dead(folder):
+                continue
+            removed += sum(
+                1 for path in folder.rglob("*") if path.is_file() and path.name != MARKER_NAME
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+            job_folder = folder.parent
+            if not any(job_folder.glob("attempt-*")):
+                # No attempt of the job is left on this machine: nor is a use for its copies.
+                with contextlib.suppress(ValueError):
+                    shutil.rmtree(self._resume_copies(int(job_folder.name)), ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    job_folder.rmdir()
+        return removed
+
     def discard_stale_staging(self, *, older_than_seconds: float) -> int:
         cutoff = time.time() - older_than_seconds
         removed = 0
         if not self.staging_root.is_dir():
             return 0
+        # A live attempt's folder is its own (its mark is as old as the attempt).
+        live = [
+            path for path in self.staging_root.glob("jobs/*/attempt-*") if owned_by_the_living(path)
+        ]
         for path in sorted(self.staging_root.rglob("*"), reverse=True):  # files before folders
+            if any(path.is_relative_to(folder) for folder in live):
+                continue
             with contextlib.suppress(OSError):
                 if path.is_file() and path.stat().st_mtime < cutoff:
                     path.unlink()
@@ -450,7 +553,9 @@ class S3ArtifactStore(ArtifactStore):
     def open(self, key: str) -> S3ArtifactObject:
         full_key = self.full_key(key)
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=full_key)
+            head = self.within_deadline(
+                lambda: self.client.head_object(Bucket=self.bucket, Key=full_key)
+            )
         except ClientError as error:
             if _code(error) in _MISSING_CODES or _status(error) == 404:
                 raise ArtifactMissing(f"no object {key!r} in {self.describe()}") from error
@@ -458,6 +563,54 @@ class S3ArtifactStore(ArtifactStore):
         except BotoCoreError as error:
             raise self.unavailable(f"opening {key}", error) from error
         return self._object(key, head)
+
+    def listed_states(self, records: Sequence[ArtifactRecord]) -> dict[str, ArtifactState]:
+        """From one LIST of the objects under the records' common folder: missing when not
+        listed, damaged when its size differs or this process hashed that version (key, ETag,
+        size, time) to another sha256, else intact. An intact object's bytes are not read
+        here; a download checks them before it sends any."""
+        listed = self._list([record.key for record in records])
+        states = {}
+        for record in records:
+            item = listed.get(record.key)
+            if item is None:
+                states[record.key] = ArtifactState.MISSING
+                continue
+            size = int(item["Size"])
+            version = (str(item["ETag"]), size, item["LastModified"].timestamp())
+            digest = self.known_digest(self.object_identity(item["Key"], *version))
+            damaged = size != record.size_bytes or digest not in (None, record.sha256)
+            states[record.key] = ArtifactState.DAMAGED if damaged else ArtifactState.INTACT
+        return states
+
+    def _list(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """{key: LIST entry} of those of `keys` that name an object, from one listing of the
+        folder they all share."""
+        full_keys = {}
+        for key in keys:
+            with contextlib.suppress(ArtifactMissing):  # not a key: no object
+                full_keys[self.full_key(key)] = key
+        if not full_keys:
+            return {}
+        common = os.path.commonprefix(sorted(full_keys))
+        prefix = common[: common.rfind("/") + 1]  # a whole folder: "ckpt/jobs/7/"
+        found: dict[str, dict[str, Any]] = {}
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        try:
+            while True:
+                page = self.within_deadline(lambda: self.client.list_objects_v2(**arguments))
+                for item in page.get("Contents", []):
+                    if item["Key"] in full_keys:
+                        found[full_keys[item["Key"]]] = item
+                if not page.get("IsTruncated"):
+                    return found
+                arguments["ContinuationToken"] = page["NextContinuationToken"]
+        except (ClientError, BotoCoreError) as error:
+            raise self.unavailable(f"listing {prefix}", error) from error
+
+    def object_identity(self, full_key: str, etag: str, size: int, modified: float) -> Hashable:
+        """What the verification cache knows an object's version by."""
+        return ("s3", self.endpoint_url, self.bucket, full_key, etag, size, modified)
 
     def local_file(self, record: ArtifactRecord) -> Path:
         # Downloaded and hashed in one pass; the verified copy replaces any earlier one.

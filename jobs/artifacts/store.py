@@ -45,10 +45,24 @@ class StoreOptions:
     """What a backend may need besides its URL (hashable: stores are cached per URL and
     options). `endpoint_url`: an S3-compatible server other than AWS. `staging_root`: the local
     folder where a remote backend's checkpoints wait for their upload and resumed ones are
-    downloaded to."""
+    downloaded to. `request_deadline_seconds`: how long one request to a remote backend may
+    take, its retries included (a process answering clients); None: the backend's own, patient
+    waits (a worker, whose uploads may retry for minutes anyway)."""
 
     endpoint_url: str | None = None
     staging_root: Path | None = None
+    request_deadline_seconds: float | None = None
+
+
+# Set by a process that answers clients (the API: app.unavailable), for every store it opens.
+_request_deadline_seconds: float | None = None
+
+
+def set_request_deadline(seconds: float | None) -> None:
+    """Give each request this process makes to a remote store one deadline, retries included:
+    a store that does not answer costs a client a few seconds, not botocore's minute."""
+    global _request_deadline_seconds
+    _request_deadline_seconds = seconds
 
 
 class ArtifactStoreUnavailable(OSError):
@@ -113,6 +127,11 @@ class ArtifactObject(ABC):
                 raise ArtifactDamaged(f"{self.key} ended at byte {start} of {self.size}")
             start += len(chunk)
             yield chunk
+
+    def unchanged(self) -> bool:
+        """Whether the object still has the identity it was opened with (nothing written to
+        it since). True for a backend whose reads are bound to the version opened."""
+        return True
 
     # Not abstract: a backend that holds nothing open between reads has nothing to release.
     def close(self) -> None:  # noqa: B027
@@ -207,6 +226,19 @@ class ArtifactStore(ABC):
         """Remove what an attempt left in local staging (files not stored, local copies made
         for it to resume from); nothing for a backend whose staging folder is the store."""
 
+    def prepare_staging(self, job_id: int, attempt: int) -> Path:
+        """The attempt's staging folder, before it writes anything there. A backend whose
+        staging is a local folder of its own marks it as this process's (see
+        discard_dead_staging) and removes what earlier attempts of the job left on this
+        machine: the new attempt holds the lease, so they are dead."""
+        return self.staging_dir(job_id, attempt)
+
+    def discard_dead_staging(self) -> int:
+        """Remove the staging folders of attempts whose worker process on this machine is no
+        longer running (killed: its files will never be stored); how many files. Nothing for a
+        backend whose staging folder is the store."""
+        return 0
+
     def discard_stale_staging(self, *, older_than_seconds: float) -> int:
         """Remove local staging files older than this (left by a worker that was killed before
         it could store them: its attempt resumed from the store, elsewhere); how many."""
@@ -262,6 +294,20 @@ class ArtifactStore(ABC):
             return ArtifactState.DAMAGED
         return ArtifactState.INTACT
 
+    def listed_states(self, records: Sequence[ArtifactRecord]) -> dict[str, ArtifactState]:
+        """{key: state} of the records, for a listing: by default each object checked as
+        `state` does (on a local disk a stat, and a hash on first sight). A remote backend
+        answers from one listing of the store instead of a request per object."""
+        return {
+            record.key: self.state(record.key, size_bytes=record.size_bytes, sha256=record.sha256)
+            for record in records
+        }
+
+    def known_digest(self, identity: Hashable) -> str | None:
+        """The sha256 remembered for this identity, if it was hashed (or stored) before."""
+        with self._digests_lock:
+            return self._digests.get(identity)
+
     def newest_intact(self, records: Sequence[ArtifactRecord]) -> ArtifactRecord | None:
         """The first intact one of `records` (give them newest first), or None."""
         for record in records:
@@ -279,6 +325,12 @@ class ArtifactStore(ABC):
             self._digests.move_to_end(identity)
             while len(self._digests) > self.max_cached_digests:
                 self._digests.popitem(last=False)
+
+    def forget_digest(self, identity: Hashable) -> None:
+        """Drop what is remembered of this identity: bytes read since did not hash to it, so
+        the next request hashes the object again."""
+        with self._digests_lock:
+            self._digests.pop(identity, None)
 
     def _digest(self, opened: ArtifactObject) -> str:
         identity = opened.identity
@@ -310,6 +362,7 @@ def store_options(settings: Settings) -> StoreOptions:
     return StoreOptions(
         endpoint_url=settings.s3_endpoint_url,
         staging_root=settings.resolved_artifact_staging_dir,
+        request_deadline_seconds=_request_deadline_seconds,
     )
 
 
