@@ -86,7 +86,7 @@ class BoundedWaitConnection(psycopg.Connection[Any]):
             ) from None
 
 
-def _configure_sqlite(engine: Engine, *, write: bool) -> None:
+def _configure_sqlite(engine: Engine, *, write: bool, migrations: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own is deferred).
@@ -95,7 +95,10 @@ def _configure_sqlite(engine: Engine, *, write: bool) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={_sqlite_busy_timeout_ms}")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        # A migration rebuilds a table by copying it and dropping the old one (Alembic's batch
+        # mode); with foreign keys enforced, dropping `jobs` would delete every row that
+        # references it (ON DELETE CASCADE): metrics, checkpoints, events.
+        cursor.execute(f"PRAGMA foreign_keys={'OFF' if migrations else 'ON'}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -160,7 +163,7 @@ def _create_engine(url: str, *, write: bool, migrations: bool = False) -> Engine
             connect_args={"timeout": _sqlite_busy_timeout_ms / 1000, "check_same_thread": False},
             **({"poolclass": NullPool} if migrations else {}),
         )
-        _configure_sqlite(engine, write=write)
+        _configure_sqlite(engine, write=write, migrations=migrations)
         return engine
     connect_args: dict[str, Any] = {}
     postgres = parsed.get_backend_name() == "postgresql"

@@ -37,3 +37,35 @@ def test_downgrade_to_base_and_back(database_url: str) -> None:
         assert {"jobs", "experiments", "job_events"} <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_upgrading_a_database_with_jobs_keeps_every_row(configure, database_url: str) -> None:
+    """Migrations that rebuild the jobs table (SQLite's batch mode copies it and drops the old
+    one) must not delete the rows that reference it: with foreign keys enforced, the drop would
+    cascade to every job's metrics, checkpoints and events."""
+    from sqlalchemy import text
+
+    from tests.builders import new_job_id
+    from tests.support import drive_job
+
+    configure(database_url)
+    job_id = new_job_id(hyperparameters={"epochs": 2})
+    drive_job(job_id, 2, finish="succeeded", checkpoint=b"bytes")
+    tables = ("jobs", "epoch_metrics", "checkpoint_files", "job_events")
+
+    def counts() -> dict[str, int]:
+        engine = create_engine(database_url)
+        try:
+            with engine.connect() as connection:
+                return {
+                    table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+                    for table in tables
+                }
+        finally:
+            engine.dispose()
+
+    before = counts()
+    assert before["epoch_metrics"] == 2 and before["checkpoint_files"] >= 1
+    downgrade(database_url, "0006")
+    upgrade(database_url)
+    assert counts() == before
