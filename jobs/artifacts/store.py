@@ -419,6 +419,8 @@ def store_at(locator: str, settings: Settings) -> ArtifactStore:
             raise ValueError(f"{locator!r} is not a store this service recorded")
         locator = urlunsplit(parts._replace(query=""))
     options = StoreOptions(
-        endpoint_url=endpoint, staging_root=settings.resolved_artifact_staging_dir
+        endpoint_url=endpoint,
+        staging_root=settings.resolved_artifact_staging_dir,
+        request_deadline_seconds=_request_deadline_seconds,
     )
     return open_store(locator, options)
