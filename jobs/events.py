@@ -24,6 +24,11 @@ from jobs.errors import ExperimentNotFound, InvalidLastEventId, JobNotFound, Unk
 from jobs.tables import TERMINAL_STATUSES, Experiment, Job, JobEvent, JobStatus, utcnow
 
 JOB_EVENTS_CHANNEL = "job_events"
+# PostgreSQL: every transaction that appends to the log holds this advisory lock shared until it
+# commits; a reader of the whole log (the notifications' outbox) takes it exclusively, without
+# waiting, so that when it reads, no event is being written that could take an id below those
+# it sees (docs/design/outbox.md). Advisory lock keys are per database.
+LOG_WRITERS_LOCK = 7_046_853_201
 STATUS_EVENT = "status"
 EPOCH_EVENT = "epoch"
 # The job columns a status event carries, after the change it reports.
@@ -73,8 +78,15 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _writing_the_log(session: Session) -> None:
+    """Hold the log writers' lock (shared) for the rest of the transaction, on PostgreSQL."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock_shared(LOG_WRITERS_LOCK)))
+
+
 def record_event(session: Session, job_id: int, kind: str, data: Mapping[str, Any]) -> int:
     """Append one event to the job's log in the caller's transaction; returns its seq."""
+    _writing_the_log(session)
     bumped = session.execute(
         update(Job)
         .where(Job.id == job_id)
@@ -130,6 +142,7 @@ def record_first_statuses(
     event record_status would write for it, from the columns it was inserted with, for all of
     them in one statement."""
     now = utcnow()
+    _writing_the_log(session)
     session.execute(
         insert(JobEvent),
         [

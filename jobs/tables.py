@@ -300,7 +300,6 @@ class JobEvent(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),
         Index("ix_job_events_experiment_id", "experiment_id", "id"),
-        Index("ix_job_events_txid", "txid", "id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -313,21 +312,15 @@ class JobEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))  # jobs.events.EVENT_KINDS
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # PostgreSQL: the id of the transaction that wrote the event (a column default), so that a
-    # reader of the log can tell which events can no longer be preceded by one still being
-    # written (docs/design/outbox.md). NULL on SQLite, whose single writer commits events in
-    # id order, and on events written before the column existed.
-    txid: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class EventCursor(Base):
-    """How far a consumer of the job event log has read: the (txid, id) of the last event it
-    handled, moved in the transaction that handles the events (jobs.notifications.outbox)."""
+    """How far a consumer of the job event log has read: the id of the last event it handled,
+    moved in the transaction that handles the events (jobs.notifications.outbox)."""
 
     __tablename__ = "event_cursors"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    txid: Mapped[int] = mapped_column(BigInteger, default=0)
     event_id: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -425,7 +425,7 @@ def test_the_outbox_makes_each_delivery_from_the_log_once_and_not_the_lifecycle(
     with session_scope() as session:
         assert outbox.consume(session) == 0  # the cursor moved past them
     with session_scope() as session:  # read again from the start: nothing new is made
-        session.execute(update(EventCursor).values(txid=0, event_id=0))
+        session.execute(update(EventCursor).values(event_id=0))
     read_outbox()
     assert [item.delivery_id for item in stored_deliveries()] == [row.delivery_id]
 
@@ -482,6 +482,30 @@ def test_an_end_committed_after_a_later_one_is_still_delivered(
         (slow, "succeeded"),
         (fast, "failed"),
     }
+
+
+def test_a_long_transaction_in_another_database_does_not_hold_the_outbox_back(
+    configure: Any, database_url: str
+) -> None:
+    """The outbox waits only for this database's writers of the log: a transaction left open
+    in another database of the same server (a backup, a report) delays nothing."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL server's other databases")
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import POSTGRES_ADMIN_URL
+
+    configure(database_url, NOTIFY_SECRET=SECRET, NOTIFY_ALLOWED_HOSTS="hooks.example.org")
+    job_id = notified_job("https://hooks.example.org/x")
+    drive_job(job_id, 1, finish="succeeded")
+    other = create_engine(POSTGRES_ADMIN_URL)
+    try:
+        with other.connect() as connection:
+            connection.execute(text("SELECT txid_current()"))  # holds a transaction id, open
+            (row,) = deliveries()
+            assert (row.subject_id, row.event) == (job_id, "succeeded")
+    finally:
+        other.dispose()
 
 
 def test_a_job_deleted_before_the_outbox_read_its_end_is_still_notified(

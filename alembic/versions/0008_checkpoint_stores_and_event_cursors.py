@@ -7,10 +7,9 @@ Create Date: 2026-12-07 09:00:00
 `checkpoint_files.relative_path` becomes `key`, and each row records the store that holds it
 (`store_url`). Existing rows get the store configured when the migration runs: run it with the
 ARTIFACT_URL (and S3_ENDPOINT_URL) that held the checkpoints so far. A deleted job's record
-lists the stores its files are in. Each job event records, on PostgreSQL, the transaction that
-wrote it (`txid`), and `event_cursors` holds how far each reader of the log has read; the
-notifications' reader starts after the events that exist now (their notifications were made
-when they happened).
+lists the stores its files are in. `event_cursors` holds how far each reader of the job event log
+has read; the notifications' reader starts after the events that exist now (their notifications
+were made when they happened).
 """
 
 from collections.abc import Sequence
@@ -27,12 +26,8 @@ down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The writing transaction's id, as txid_current() gives it (a 64-bit number that never wraps).
-TXID_DEFAULT = sa.text("txid_current()")
-
 
 def upgrade() -> None:
-    postgresql = op.get_bind().dialect.name == "postgresql"
     with op.batch_alter_table("checkpoint_files") as batch:
         batch.alter_column("relative_path", new_column_name="key")
         batch.add_column(sa.Column("store_url", sa.String(length=1000), nullable=True))
@@ -45,20 +40,9 @@ def upgrade() -> None:
         batch.alter_column("store_url", existing_type=sa.String(length=1000), nullable=False)
     with op.batch_alter_table("artifact_deletions") as batch:
         batch.add_column(sa.Column("store_urls", sa.JSON(), nullable=True))
-    with op.batch_alter_table("job_events") as batch:
-        batch.add_column(
-            sa.Column(
-                "txid",
-                sa.BigInteger(),
-                nullable=True,
-                server_default=TXID_DEFAULT if postgresql else None,
-            )
-        )
-        batch.create_index("ix_job_events_txid", ["txid", "id"])
     cursors = op.create_table(
         "event_cursors",
         sa.Column("name", sa.String(length=64), nullable=False),
-        sa.Column("txid", sa.BigInteger(), nullable=False),
         sa.Column("event_id", sa.BigInteger(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name"),
@@ -69,7 +53,6 @@ def upgrade() -> None:
         [
             {
                 "name": "notifications",
-                "txid": 0,
                 "event_id": int(last),
                 "updated_at": datetime.now(UTC),
             }
@@ -79,9 +62,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("event_cursors")
-    with op.batch_alter_table("job_events") as batch:
-        batch.drop_index("ix_job_events_txid")
-        batch.drop_column("txid")
     with op.batch_alter_table("artifact_deletions") as batch:
         batch.drop_column("store_urls")
     with op.batch_alter_table("checkpoint_files") as batch:

@@ -8,11 +8,12 @@ send, then moves the cursor, all in one transaction. So a consumer killed at any
 either nothing done or everything done, the lifecycle never calls this code, and a delivery is
 made at least once; the unique key (subject, subject_id, event) makes it exactly once.
 
-Order: on SQLite one writer commits at a time, so event ids are commit order and the cursor is
-an id. On PostgreSQL ids are handed out before commit, so an event with a lower id can commit
-after one with a higher id; each event records its transaction's id (`txid`), and the reader
-takes only events of transactions older than every transaction still running (the snapshot's
-xmin), in (txid, id) order: none of those can be preceded by an event not yet visible.
+Order: a reader must never move its cursor past an event that is not visible yet. On SQLite one
+writer commits at a time, so event ids are commit order. On PostgreSQL ids are handed out before
+commit, so an event with a lower id can commit after one with a higher id: every transaction that
+appends to the log holds an advisory lock shared (jobs.events), and a pass reads only once it has
+taken that lock exclusively (without waiting: a pass that cannot, skips); then every event
+written so far has committed, and any written later takes a higher id.
 docs/design/outbox.md has the rules.
 """
 
@@ -25,11 +26,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Row, exists, literal_column, select, tuple_, update
+from sqlalchemy import Row, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from jobs.db import insert_ignoring_duplicates
-from jobs.events import STATUS_EVENT
+from jobs.events import LOG_WRITERS_LOCK, STATUS_EVENT
 from jobs.tables import (
     DELIVERY_PENDING,
     TERMINAL_STATUSES,
@@ -205,33 +206,37 @@ def _cursor(session: Session) -> EventCursor | None:
     if cursor is not None or session.get(EventCursor, CURSOR_NAME) is not None:
         return cursor
     # No cursor yet (an emptied database): read the log from its start.
-    row = {"name": CURSOR_NAME, "txid": 0, "event_id": 0, "updated_at": utcnow()}
+    row = {"name": CURSOR_NAME, "event_id": 0, "updated_at": utcnow()}
     insert_ignoring_duplicates(session, EventCursor, [row])
     return session.execute(locked).scalar_one_or_none()
 
 
+def _no_event_being_written(session: Session) -> bool:
+    """PostgreSQL: take the log writers' lock exclusively for this transaction, if no writer
+    holds it now (True); SQLite's one writer needs none."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.execute(select(func.pg_try_advisory_xact_lock(LOG_WRITERS_LOCK))).scalar())
+
+
 def _ended_events(session: Session, cursor: EventCursor) -> list[Row[Any]]:
-    """The next status events after the cursor that no event still being written can precede."""
-    query = select(JobEvent.id, JobEvent.txid, JobEvent.job_id, JobEvent.data).where(
-        JobEvent.kind == STATUS_EVENT
+    """The next status events after the cursor."""
+    return list(
+        session.execute(
+            select(JobEvent.id, JobEvent.job_id, JobEvent.data)
+            .where(JobEvent.kind == STATUS_EVENT, JobEvent.id > cursor.event_id)
+            .order_by(JobEvent.id)
+            .limit(BATCH)
+        ).all()
     )
-    if session.get_bind().dialect.name == "postgresql":
-        # Every transaction with a lower id has committed or rolled back.
-        horizon = literal_column("txid_snapshot_xmin(txid_current_snapshot())", BigInteger)
-        query = query.where(
-            JobEvent.txid.is_not(None),
-            tuple_(JobEvent.txid, JobEvent.id) > tuple_(cursor.txid, cursor.event_id),
-            JobEvent.txid < horizon,
-        ).order_by(JobEvent.txid, JobEvent.id)
-    else:
-        query = query.where(JobEvent.id > cursor.event_id).order_by(JobEvent.id)
-    return list(session.execute(query.limit(BATCH)).all())
 
 
 def consume(session: Session) -> int:
     """One pass over the log in the caller's transaction: the deliveries owed for the ends
     read, and the cursor moved past them. Returns how many status events were read (BATCH: there
     may be more)."""
+    if not _no_event_being_written(session):
+        return 0  # the next pass reads them
     cursor = _cursor(session)
     if cursor is None:
         return 0
@@ -244,7 +249,7 @@ def consume(session: Session) -> int:
         session.execute(
             update(EventCursor)
             .where(EventCursor.name == CURSOR_NAME)
-            .values(txid=last.txid or 0, event_id=last.id, updated_at=utcnow())
+            .values(event_id=last.id, updated_at=utcnow())
             .execution_options(synchronize_session=False)
         )
     return len(rows)
