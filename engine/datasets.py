@@ -27,6 +27,7 @@ class DatasetInfo:
     md5: str
     mean: tuple[float, float, float]  # per-channel training-set statistics, fractions of 255
     std: tuple[float, float, float]
+    test_images: int = 10_000  # in the official test set
 
     @property
     def archive_name(self) -> str:

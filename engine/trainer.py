@@ -8,6 +8,7 @@ worker) decide what to do with each EpochReport and each CheckpointFile.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +57,13 @@ class EpochMetrics:
     learning_rate: float  # the rate used during this epoch
     seconds: float  # the whole epoch: training and evaluation
     images_per_second: float  # training images over training time
+    # How much the figures above are measurements: the images each pass counted, and the
+    # standard error of each mean loss (a search compares trials within these; None in the
+    # history of a checkpoint written before they were recorded).
+    train_images: int | None = None
+    test_images: int | None = None
+    train_loss_standard_error: float | None = None
+    test_loss_standard_error: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +71,26 @@ class EpochMetrics:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochMetrics:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """One pass over a data set: the mean loss, the accuracy, the standard error of the mean
+    loss and how many images it counted."""
+
+    loss: float
+    accuracy: float
+    loss_standard_error: float
+    images: int
+
+
+def _standard_error(total: float, total_of_squares: float, count: int) -> float:
+    """The standard error of a mean from the sum and the sum of squares of its terms."""
+    if count < 2:
+        return 0.0
+    mean = total / count
+    variance = max(total_of_squares / count - mean * mean, 0.0) * count / (count - 1)
+    return math.sqrt(variance / count)
 
 
 @dataclass
@@ -177,8 +205,9 @@ def train_epoch(
     should_stop: Callable[[], bool] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     compiled_forward_loss: ForwardLoss | None = None,
-) -> tuple[float, float] | None:
-    """One pass over ``loader``: (mean loss, accuracy), or None when ``should_stop`` fired.
+) -> PassResult | None:
+    """One pass over ``loader``, or None when ``should_stop`` fired. The loss's standard error
+    is that of the batches' mean losses (a per-image loss is not kept while training).
 
     Full batches go through ``compiled_forward_loss`` when given, a last partial batch through
     the eager module. Loss and correct counts accumulate on the device; the host reads them
@@ -188,6 +217,8 @@ def train_epoch(
     device = loader.device
     eager_forward_loss = make_forward_loss(model, bf16=bf16)
     loss_sum = torch.zeros((), device=device)
+    batch_loss_sum = torch.zeros((), device=device)
+    batch_loss_squares = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     batches = len(loader)
     for batch_index, (inputs, labels) in enumerate(loader, 1):
@@ -201,26 +232,44 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * labels.shape[0]
+        batch_loss = loss.detach()
+        loss_sum += batch_loss * labels.shape[0]
+        batch_loss_sum += batch_loss
+        batch_loss_squares += batch_loss * batch_loss
         correct += (outputs.detach().argmax(dim=1) == labels).sum()
         if on_batch is not None:
             on_batch(batch_index, batches)
-    return loss_sum.item() / loader.num_images, correct.item() / loader.num_images
+    return PassResult(
+        loss_sum.item() / loader.num_images,
+        correct.item() / loader.num_images,
+        _standard_error(batch_loss_sum.item(), batch_loss_squares.item(), batches),
+        loader.num_images,
+    )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, *, bf16: bool = False) -> tuple[float, float]:
-    """(mean loss, accuracy) of ``model`` in eval mode over ``loader``."""
+def evaluate(model: nn.Module, loader: DeviceLoader, *, bf16: bool = False) -> PassResult:
+    """``model`` in eval mode over ``loader``: its mean loss (with the standard error over the
+    images' losses) and accuracy."""
     model.eval()
     device = loader.device
     loss_sum = torch.zeros((), device=device)
+    loss_squares = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     for inputs, labels in loader:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             outputs = model(inputs)
-        loss_sum += F.cross_entropy(outputs.float(), labels, reduction="sum")
+        losses = F.cross_entropy(outputs.float(), labels, reduction="none")
+        loss_sum += losses.sum()
+        loss_squares += (losses * losses).sum()
         correct += (outputs.argmax(dim=1) == labels).sum()
-    return loss_sum.item() / loader.num_images, correct.item() / loader.num_images
+    images = loader.num_images
+    return PassResult(
+        loss_sum.item() / images,
+        correct.item() / images,
+        _standard_error(loss_sum.item(), loss_squares.item(), images),
+        images,
+    )
 
 
 def _check_resumable(stored: dict[str, Any], config: TrainConfig) -> None:
@@ -440,19 +489,23 @@ def train(
                     stopped = True
                     break
                 train_seconds = time.perf_counter() - epoch_start
-                train_loss, train_accuracy = outcome
-                test_loss, test_accuracy = evaluate(model, test_loader, bf16=bf16)
+                tested = evaluate(model, test_loader, bf16=bf16)
+                test_accuracy = tested.accuracy
                 if scheduler is not None:
                     scheduler.step()
                 metrics = EpochMetrics(
                     epoch=epoch,
-                    train_loss=train_loss,
-                    train_accuracy=train_accuracy,
-                    test_loss=test_loss,
-                    test_accuracy=test_accuracy,
+                    train_loss=outcome.loss,
+                    train_accuracy=outcome.accuracy,
+                    test_loss=tested.loss,
+                    test_accuracy=tested.accuracy,
                     learning_rate=learning_rate,
                     seconds=time.perf_counter() - epoch_start,
                     images_per_second=train_loader.num_images / train_seconds,
+                    train_images=outcome.images,
+                    test_images=tested.images,
+                    train_loss_standard_error=outcome.loss_standard_error,
+                    test_loss_standard_error=tested.loss_standard_error,
                 )
                 history.append(metrics)
                 epochs_done = epoch

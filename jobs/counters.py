@@ -14,10 +14,10 @@ from jobs.tables import ServiceCounter
 EPOCHS_RECORDED = "epochs_recorded"
 MESSAGES_RESENT = "reconciler_messages_resent"
 # What the reaper did with a running job whose worker went silent: back to the queue, failed
-# (attempts spent), cancelled (a cancel was asked meanwhile) or pruned (its pruner had stopped
-# it before the worker could).
+# (attempts spent), cancelled (a cancel was asked meanwhile), pruned or paused (its pruner had
+# stopped or paused it before the worker could).
 LEASES_REAPED = "reconciler_leases_reaped"
-REAP_OUTCOMES = ("requeued", "failed", "cancelled", "pruned")
+REAP_OUTCOMES = ("requeued", "failed", "cancelled", "pruned", "paused")
 
 
 def leases_reaped_counter(outcome: str) -> str:

@@ -69,6 +69,11 @@ class ExperimentNotCancellable(ServiceError):
     code = "not_cancellable"
 
 
+class ExperimentNotResumable(ServiceError):
+    status_code = 409
+    code = "not_resumable"
+
+
 class IdempotencyConflict(ServiceError):
     status_code = 409
     code = "idempotency_key_reused"

@@ -19,7 +19,13 @@ from sqlalchemy.orm import Session
 
 from engine.config import Hyperparameters
 from jobs.dispatch import head_fair_share_key
-from jobs.errors import ExperimentNotCancellable, InvalidFields, JobNotCancellable, TooManyJobs
+from jobs.errors import (
+    ExperimentNotCancellable,
+    ExperimentNotResumable,
+    InvalidFields,
+    JobNotCancellable,
+    TooManyJobs,
+)
 from jobs.lifecycle import cancel_job
 from jobs.listing import get_experiment
 from jobs.metrics import seconds_per_epoch
@@ -242,6 +248,13 @@ def _plan_search(spec: ExperimentCreate) -> ExperimentPlan:
             )
     elif max_trials is None:
         problems.append(("search.max_trials", "give the number of trials"))
+    if search.startup_trials is not None and search.sampler != "tpe":
+        problems.append(
+            (
+                "search.startup_trials",
+                f"only the tpe sampler has start-up trials, not {search.sampler}",
+            )
+        )
     epochs = spec.hyperparameters.epochs
     if search.pruner.type != "none" and search.pruner.min_epochs >= epochs:
         problems.append(
@@ -475,8 +488,9 @@ def summarize(
     )
 
 
-def _cancel_unended(session: Session, experiment_id: int) -> int:
-    cancelled = 0
+def _cancel_unended(session: Session, experiment_id: int) -> list[int]:
+    """Cancel each job of the experiment that has not ended; their ids."""
+    cancelled = []
     for job in experiment_jobs(session, experiment_id):
         if JobStatus(job.status).ended:
             continue
@@ -484,7 +498,7 @@ def _cancel_unended(session: Session, experiment_id: int) -> int:
             cancel_job(session, job.id, cause=EndCause.EXPERIMENT_CANCEL)
         except JobNotCancellable:  # it ended meanwhile
             continue
-        cancelled += 1
+        cancelled.append(job.id)
     return cancelled
 
 
@@ -494,7 +508,8 @@ def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
     cause `experiment_cancel` (the search makes no successor for those), its flag is set once
     they are cancelled (rows are locked job first, experiment second, as a worker ending a
     trial does), and the jobs are read again under that lock, so a trial made meanwhile is
-    cancelled too."""
+    cancelled too. The trials it cancels leave the search: resuming it makes their places
+    again."""
     experiment = get_experiment(session, experiment_id)
     cancelled = _cancel_unended(session, experiment_id)
     if study.search_of(experiment.spec) is not None:
@@ -505,6 +520,7 @@ def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
             .execution_options(synchronize_session=False)
         )
         cancelled += _cancel_unended(session, experiment_id)
+        study.withdraw(session, experiment_id, cancelled)
         session.refresh(experiment)
     if not cancelled:
         raise ExperimentNotCancellable(
@@ -512,3 +528,65 @@ def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
             "cancel."
         )
     return experiment
+
+
+def _search_or_refuse(experiment: Any, field_name: str) -> dict[str, Any]:
+    search = study.search_of(experiment.spec)
+    if search is None:
+        raise InvalidFields(
+            [
+                (
+                    field_name,
+                    f"experiment {experiment.id} is a grid, not a search: it has no trials to add",
+                )
+            ]  # fmt: skip
+        )
+    return search
+
+
+def extend_search(session: Session, experiment_id: int, max_trials: int) -> list[int]:
+    """Set a search's number of trials (raised: more trials, while it runs or after it ended);
+    the new trials are made at once as far as max_concurrent allows. Returns their job ids.
+    InvalidFields naming `max_trials` below the trials made, above a grid's points, or for an
+    experiment that is no search."""
+    get_experiment(session, experiment_id)
+    experiment = study.lock_experiment(session, experiment_id)
+    search = _search_or_refuse(experiment, "max_trials")
+    made = study.counted_trials(session, experiment_id, int(experiment.trials_created))
+    if max_trials < made:
+        raise InvalidFields(
+            [("max_trials", f"the search has made {made} trials; give at least {made}")]
+        )
+    size = grid_size(search["space"])
+    if search["sampler"] == "grid" and size is not None and max_trials > size:
+        raise InvalidFields([("max_trials", f"the grid has {size} points; give at most {size}")])
+    spec = {**experiment.spec, "search": {**search, "max_trials": max_trials}}
+    session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id)
+        .values(spec=spec)
+        .execution_options(synchronize_session=False)
+    )
+    return study.fill(session, experiment_id)
+
+
+def resume_search(session: Session, experiment_id: int) -> list[int]:
+    """A cancelled search goes on: the trials its cancel stopped are made again (each in its
+    place: a grid's point, a random draw), up to max_trials. Returns the new trials' job ids.
+    ExperimentNotResumable for a search that was not cancelled; InvalidFields for a grid
+    experiment."""
+    get_experiment(session, experiment_id)
+    experiment = study.lock_experiment(session, experiment_id)
+    _search_or_refuse(experiment, "experiment")
+    if not experiment.cancel_requested:
+        raise ExperimentNotResumable(
+            f"Experiment {experiment_id} was not cancelled; only a cancelled search resumes "
+            "(raise max_trials to extend one)."
+        )
+    session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id)
+        .values(cancel_requested=False)
+        .execution_options(synchronize_session=False)
+    )
+    return study.fill(session, experiment_id)

@@ -2,10 +2,11 @@
 terminal states never change, and a worker whose lease was taken over can write nothing more
 (docs/design/fenced-transitions.md). Each status change (`_move`) and each newly stored epoch is
 logged as a job event (jobs.events) in the same transaction, and announced as a domain event
-(jobs.signals): `JobEnded` after a final status, `EpochStored` after an epoch an attempt
-trained. What reacts to them is listed in jobs.wiring, not here; a receiver's decision about a
-trial comes back as a value that this module writes. No function here commits: the caller's
-transaction does."""
+(jobs.signals): `JobEnded` after a final status, `JobPaused` when a search trial starts
+waiting at a rung, `EpochStored` after an epoch an attempt trained. What reacts to them is
+listed in jobs.wiring, not here; a receiver's decision about a trial (stop it, pause it, resume
+or stop a paused one) comes back as a value that this module writes. No function here commits:
+the caller's transaction does."""
 
 from __future__ import annotations
 
@@ -26,8 +27,18 @@ from jobs.dispatch import next_claimable
 from jobs.errors import JobNotCancellable, JobNotQueued
 from jobs.events import STATUS_EVENT, record_epoch_event, record_event, record_status, status_data
 from jobs.listing import get_experiment, get_job
-from jobs.metrics import METRIC_NAMES
-from jobs.signals import EndCause, EpochStored, JobEnded, TrialDecision
+from jobs.metrics import METRIC_NAMES, evaluation_of
+from jobs.queue import enqueue_after_commit
+from jobs.signals import (
+    EndCause,
+    EpochStored,
+    JobEnded,
+    JobPaused,
+    ResumeTrial,
+    StopTrial,
+    TrialDecision,
+    TrialMove,
+)
 from jobs.tables import (
     Checkpoint,
     EpochMetric,
@@ -43,6 +54,7 @@ REAP_OUTCOMES = {
     JobStatus.FAILED: "failed",
     JobStatus.CANCELLED: "cancelled",
     JobStatus.PRUNED: "pruned",
+    JobStatus.PAUSED: "paused",
 }
 # The reaper re-sends a queued job's message after lease_seconds, then waits twice as long each
 # time, up to 2**RESEND_BACKOFF_CAP leases: a lost message is replaced, a long queue stays short.
@@ -57,6 +69,7 @@ class StopReason(StrEnum):
     TIMEOUT = "timeout"  # longer than MAX_JOB_SECONDS
     SHUTDOWN = "shutdown"  # the worker is stopping; the job goes back to the queue
     PRUNED = "pruned"  # a search's pruner stopped the trial; it ends `pruned`
+    PAUSED = "paused"  # a search's pruner paused the trial at a rung; it waits `paused`
 
 
 @dataclass(frozen=True)
@@ -134,10 +147,56 @@ def _move(
             experiment_id = session.execute(
                 select(Job.experiment_id).where(Job.id == job_id)
             ).scalar()
-            signals.job_ended(
+            moves = signals.job_ended(
                 session, JobEnded(job_id, JobStatus(data["status"]), experiment_id, cause)
             )
+            _make_moves(session, moves)
     return moved
+
+
+def _make_moves(session: Session, moves: list[TrialMove]) -> None:
+    """Resume or stop paused trials as a search decided. Every trial's decision is written
+    before any of them moves, so a reaction to one move (a stopped trial's end) reads the
+    whole decision."""
+    now = utcnow()
+    written = [
+        move
+        for move in moves
+        if _transition(
+            session,
+            move.job_id,
+            Job.status == JobStatus.PAUSED,
+            trial_state=move.state,
+            rung=move.rung,
+        )
+    ]
+    for move in written:
+        if move.event is not None:
+            record_event(session, move.job_id, *move.event)
+    for move in written:
+        if isinstance(move, ResumeTrial):
+            if _move(
+                session,
+                move.job_id,
+                Job.status == JobStatus.PAUSED,
+                status=JobStatus.QUEUED,
+                enqueued_at=now,
+                enqueue_count=Job.enqueue_count + 1,
+            ):
+                priority = session.execute(
+                    select(Job.priority).where(Job.id == move.job_id)
+                ).scalar()
+                enqueue_after_commit(session, move.job_id, priority=priority)
+        else:
+            assert isinstance(move, StopTrial)
+            _move(
+                session,
+                move.job_id,
+                Job.status == JobStatus.PAUSED,
+                cause=EndCause.PRUNER,
+                status=JobStatus.PRUNED,
+                finished_at=now,
+            )
 
 
 def _fenced(claim: Claim) -> tuple[ColumnElement[bool], ...]:
@@ -252,8 +311,11 @@ def record_epoch(
         raise LeaseLost(f"job {claim.job_id} attempt {claim.attempt} lost its lease")
     epoch = int(metrics["epoch"])
     row = {name: metrics[name] for name in METRIC_NAMES}
+    evaluation = evaluation_of(metrics)
     stored = _record_new_epochs(
-        session, claim.job_id, [{**row, "job_id": claim.job_id, "recorded_at": now}]
+        session,
+        claim.job_id,
+        [{**row, "evaluation": evaluation, "job_id": claim.job_id, "recorded_at": now}],
     )
     job = session.execute(
         select(Job.best_test_accuracy, Job.experiment_id, Job.epochs_total).where(
@@ -272,25 +334,33 @@ def record_epoch(
         updated_at=now,
     )
     if stored:
-        announced = EpochStored(claim.job_id, job.experiment_id, epoch, job.epochs_total, row)
+        announced = EpochStored(
+            claim.job_id, job.experiment_id, epoch, job.epochs_total, row, evaluation
+        )
         for decision in signals.epoch_stored(session, announced):
             _write_trial_decision(session, claim, decision)
     state = session.execute(
-        select(Job.cancel_requested, Job.prune_requested).where(Job.id == claim.job_id)
+        select(Job.cancel_requested, Job.prune_requested, Job.pause_requested).where(
+            Job.id == claim.job_id
+        )
     ).one()
     if state.cancel_requested:
         return EpochDecision(StopReason.CANCELLED)
-    return EpochDecision(StopReason.PRUNED) if state.prune_requested else GO_ON
+    if state.prune_requested:
+        return EpochDecision(StopReason.PRUNED)
+    return EpochDecision(StopReason.PAUSED) if state.pause_requested else GO_ON
 
 
 def _write_trial_decision(session: Session, claim: Claim, decision: TrialDecision) -> None:
-    """A search's decision after an epoch: the trial's attributes and rung, and the request to
-    stop, written while this attempt holds the lease; its event explains it."""
+    """A search's decision after an epoch: the trial's state and rung, and the request to stop
+    or to pause, written while this attempt holds the lease; its event explains it."""
     values: dict[str, Any] = {}
-    if decision.attrs is not None:
-        values.update(trial_attrs=decision.attrs, rung=decision.rung)
+    if decision.state is not None:
+        values.update(trial_state=decision.state, rung=decision.rung)
     if decision.prune:
         values["prune_requested"] = True
+    elif decision.pause:
+        values["pause_requested"] = True
     if not values:
         return
     if not _transition(session, claim.job_id, *_fenced(claim), **values):
@@ -312,6 +382,7 @@ def repair_history(session: Session, claim: Claim, history: list[dict[str, Any]]
     missing = [
         {
             **{name: item[name] for name in METRIC_NAMES},
+            "evaluation": evaluation_of(item),
             "job_id": claim.job_id,
             "recorded_at": now,
         }
@@ -378,8 +449,8 @@ def finish_job(
 def release_job(session: Session, claim: Claim) -> JobStatus | None:
     """running → queued for a worker that is shutting down: the job resumes elsewhere from its
     last checkpoint, and the attempt does not count against MAX_ATTEMPTS. A job whose cancel was
-    asked meanwhile becomes cancelled instead, a trial its pruner stopped becomes pruned. None if
-    the lease was already lost."""
+    asked meanwhile becomes cancelled instead, a trial its pruner stopped becomes pruned, one it
+    paused becomes paused. None if the lease was already lost."""
     now = utcnow()
     released = _move(
         session,
@@ -387,6 +458,7 @@ def release_job(session: Session, claim: Claim) -> JobStatus | None:
         *_fenced(claim),
         Job.cancel_requested.is_(False),
         Job.prune_requested.is_(False),
+        Job.pause_requested.is_(False),
         status=JobStatus.QUEUED,
         attempt=Job.attempt - 1,
         lease_token=None,
@@ -398,11 +470,48 @@ def release_job(session: Session, claim: Claim) -> JobStatus | None:
     )
     if released:
         return JobStatus.QUEUED
-    cancel = session.execute(select(Job.cancel_requested).where(Job.id == claim.job_id)).scalar()
-    final = JobStatus.CANCELLED if cancel else JobStatus.PRUNED
+    asked = session.execute(
+        select(Job.cancel_requested, Job.prune_requested).where(Job.id == claim.job_id)
+    ).one()
+    if not asked.cancel_requested and not asked.prune_requested:
+        return JobStatus.PAUSED if pause_job(session, claim) else None
+    final = JobStatus.CANCELLED if asked.cancel_requested else JobStatus.PRUNED
     if finish_job(session, claim, final):
         return final
     return None
+
+
+def _paused_values(now: datetime) -> dict[str, Any]:
+    """running → paused: the attempt ends without counting against MAX_ATTEMPTS, and the trial
+    holds no worker and no lease while it waits."""
+    return {
+        "status": JobStatus.PAUSED,
+        "pause_requested": False,
+        "attempt": Job.attempt - 1,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "worker": None,
+        "updated_at": now,
+    }
+
+
+def pause_job(session: Session, claim: Claim) -> bool:
+    """running → paused, once the attempt has stopped at the rung its pruner paused it at and
+    its checkpoints are recorded; only while this claim holds the lease. The search is told
+    (`JobPaused`), and the paused trials it then resumes or stops are moved here too."""
+    if not _move(
+        session, claim.job_id, *_fenced(claim), Job.pause_requested.is_(True),
+        **_paused_values(utcnow()),
+    ):  # fmt: skip
+        return False
+    _announce_pause(session, claim.job_id)
+    return True
+
+
+def _announce_pause(session: Session, job_id: int) -> None:
+    job = session.execute(select(Job.experiment_id, Job.epochs_done).where(Job.id == job_id)).one()
+    moves = signals.job_paused(session, JobPaused(job_id, job.experiment_id, job.epochs_done))
+    _make_moves(session, moves)
 
 
 def cancel_job(session: Session, job_id: int, *, cause: EndCause = EndCause.CANCEL) -> Job:
@@ -414,7 +523,8 @@ def cancel_job(session: Session, job_id: int, *, cause: EndCause = EndCause.CANC
     if not _move(
         session,
         job_id,
-        Job.status == JobStatus.QUEUED,
+        # Queued or waiting at a rung: no attempt holds it.
+        Job.status.in_([JobStatus.QUEUED, JobStatus.PAUSED]),
         cause=cause,
         status=JobStatus.CANCELLED,
         cancel_requested=True,
@@ -449,12 +559,16 @@ def set_priority(session: Session, job_id: int, priority: int) -> Job:
 
 
 def set_experiment_priority(session: Session, experiment_id: int, priority: int) -> list[int]:
-    """The experiment's priority, and that of each of its queued jobs; returns their ids."""
+    """The experiment's priority, and that of each of its queued jobs and of its trials waiting
+    at a rung (a search's later trials take it when they are made); returns their ids."""
     experiment = get_experiment(session, experiment_id)
     experiment.priority = priority
     changed = session.execute(
         update(Job)
-        .where(Job.experiment_id == experiment_id, Job.status == JobStatus.QUEUED)
+        .where(
+            Job.experiment_id == experiment_id,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.PAUSED]),
+        )
         .values(priority=priority, updated_at=utcnow())
         .returning(Job.id)
         .execution_options(synchronize_session=False)
@@ -465,7 +579,7 @@ def set_experiment_priority(session: Session, experiment_id: int, priority: int)
 def reap_expired_leases(session: Session, *, now: datetime | None = None) -> list[int]:
     """Jobs whose worker stopped heartbeating: re-queue them (they resume from their last
     checkpoint), or end them when cancel was asked, their pruner stopped them, or the attempts
-    are spent. Returns the ids re-queued."""
+    are spent; a trial its pruner paused waits `paused`. Returns the ids re-queued."""
     now = now or utcnow()
     expired = session.execute(
         select(
@@ -475,6 +589,7 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
             Job.max_attempts,
             Job.cancel_requested,
             Job.prune_requested,
+            Job.pause_requested,
         ).where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
     ).all()
     requeued = []
@@ -484,6 +599,8 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
         elif job.prune_requested:
             # The decision was stored with its epoch; the worker died before carrying it out.
             values = {"status": JobStatus.PRUNED, "finished_at": now}
+        elif job.pause_requested:
+            values = _paused_values(now)
         elif job.attempt >= job.max_attempts:
             values = {
                 "status": JobStatus.FAILED,
@@ -502,16 +619,15 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
             # A cancel that lands after the read above must not be lost in a re-queue.
             Job.cancel_requested.is_(job.cancel_requested),
             cause=EndCause.LEASE_EXPIRED,
-            **values,
-            lease_token=None,
-            lease_expires_at=None,
-            updated_at=now,
+            **{**values, "lease_token": None, "lease_expires_at": None, "updated_at": now},
         )
         if not moved:
             continue
         add_to_counter(session, leases_reaped_counter(REAP_OUTCOMES[values["status"]]))
         if values["status"] == JobStatus.QUEUED:
             requeued.append(job.id)
+        elif values["status"] == JobStatus.PAUSED:
+            _announce_pause(session, job.id)
     return requeued
 
 

@@ -23,6 +23,22 @@ METRIC_NAMES = (
     "seconds",
     "images_per_second",
 )
+# How much an epoch's figures are measurements (EpochMetric.evaluation): the images each pass
+# counted and the standard errors of the mean losses, as the engine reports them.
+EVALUATION_NAMES = (
+    "train_images",
+    "test_images",
+    "train_loss_standard_error",
+    "test_loss_standard_error",
+)
+
+
+def evaluation_of(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The evaluation figures an epoch's report holds (None when it holds none)."""
+    found = {name: metrics[name] for name in EVALUATION_NAMES if metrics.get(name) is not None}
+    return found or None
+
+
 # Read as plain rows rather than ORM objects, which cost several times as much CPU to build
 # (the metrics route is the most polled route with the most rows).
 METRIC_COLUMNS = tuple(getattr(EpochMetric, name) for name in METRIC_NAMES)

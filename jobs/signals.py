@@ -1,12 +1,15 @@
 """Domain events: what the lifecycle announces, and the receivers that react to it inside the
 same transaction.
 
-The lifecycle emits `JobEnded` after every change to a final status and `EpochStored` after
-each epoch an attempt trained is stored. Every receiver of the event's type runs in the emitting
-transaction, in the order jobs.wiring installs them, so what a receiver writes commits with the
-change or not at all. A receiver of `EpochStored` may answer with a `TrialDecision`, which the
-lifecycle writes itself, fenced by the attempt's lease: receivers never change a job's state.
-Reactions that can wait for the commit (notifications) read the job event log instead.
+The lifecycle emits `JobEnded` after every change to a final status, `JobPaused` when a search
+trial starts waiting at a rung, and `EpochStored` after each epoch an attempt trained is stored.
+Every receiver of the event's type runs in the emitting transaction, in the order jobs.wiring
+installs them, so what a receiver writes commits with the change or not at all. Receivers never
+change a job's state: a receiver of `EpochStored` may answer with a `TrialDecision` about that
+trial, which the lifecycle writes fenced by the attempt's lease, and a receiver of `JobEnded` or
+`JobPaused` with moves of paused trials (`ResumeTrial`, `StopTrial`), which the lifecycle makes
+as compare-and-set transitions. Reactions that can wait for the commit (notifications) read the
+job event log instead.
 
 Nothing is emitted until jobs.wiring.connect() has installed the receivers: a process that
 forgot would silently skip reactions, so `emit` refuses instead (NotWired).
@@ -14,7 +17,7 @@ forgot would silently skip reactions, so `emit` refuses instead (NotWired).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -32,6 +35,7 @@ class EndCause(StrEnum):
     EXPERIMENT_CANCEL = "experiment_cancel"  # its experiment was cancelled
     LEASE_EXPIRED = "lease_expired"  # its worker went silent and its attempts ran out, or it
     # had been asked to stop
+    PRUNER = "pruner"  # a trial waiting at a rung that its pruner did not promote
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,15 @@ class JobEnded:
     status: JobStatus
     experiment_id: int | None
     cause: EndCause
+
+
+@dataclass(frozen=True)
+class JobPaused:
+    """A search trial stopped at a rung to wait for the other trials of its bracket."""
+
+    job_id: int
+    experiment_id: int | None
+    epoch: int
 
 
 @dataclass(frozen=True)
@@ -52,21 +65,49 @@ class EpochStored:
     epoch: int
     epochs_total: int
     values: Mapping[str, float]
+    evaluation: Mapping[str, Any] | None = None  # images counted, standard errors
+
+
+# An entry for a job's event log that explains a decision: (kind, data).
+LogEntry = tuple[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class TrialDecision:
     """What a search decided after a trial's epoch, for the lifecycle to write: the trial's
-    search attributes when they changed (and the rung they reached), whether it stops, and an
-    entry for the job's event log that explains the decision."""
+    search state (its decisions so far) and the rung it reached, whether it stops or pauses
+    there, and an entry for the job's event log that explains the decision."""
 
-    attrs: dict[str, Any] | None = None
+    state: dict[str, Any] | None = None
     rung: int | None = None
     prune: bool = False
-    event: tuple[str, dict[str, Any]] | None = None
+    pause: bool = False
+    event: LogEntry | None = None
 
 
-JobEndedReceiver = Callable[[Session, JobEnded], None]
+@dataclass(frozen=True)
+class ResumeTrial:
+    """A paused trial its pruner promoted: back to the queue, to resume from its checkpoint."""
+
+    job_id: int
+    state: dict[str, Any]
+    rung: int | None = None
+    event: LogEntry | None = None
+
+
+@dataclass(frozen=True)
+class StopTrial:
+    """A paused trial its pruner did not promote: it ends `pruned`."""
+
+    job_id: int
+    state: dict[str, Any]
+    rung: int | None = None
+    event: LogEntry | None = None
+
+
+TrialMove = ResumeTrial | StopTrial
+JobEndedReceiver = Callable[[Session, JobEnded], Sequence[TrialMove]]
+JobPausedReceiver = Callable[[Session, JobPaused], Sequence[TrialMove]]
 EpochStoredReceiver = Callable[[Session, EpochStored], TrialDecision | None]
 
 
@@ -75,6 +116,7 @@ class Receivers:
     """The receivers of each event, in the order they run."""
 
     job_ended: tuple[JobEndedReceiver, ...] = field(default_factory=tuple)
+    job_paused: tuple[JobPausedReceiver, ...] = field(default_factory=tuple)
     epoch_stored: tuple[EpochStoredReceiver, ...] = field(default_factory=tuple)
 
 
@@ -100,9 +142,13 @@ def installed() -> Receivers:
     return _installed
 
 
-def job_ended(session: Session, event: JobEnded) -> None:
-    for receiver in installed().job_ended:
-        receiver(session, event)
+def job_ended(session: Session, event: JobEnded) -> list[TrialMove]:
+    """The moves of paused trials the receivers asked for, in their order."""
+    return [move for receiver in installed().job_ended for move in receiver(session, event)]
+
+
+def job_paused(session: Session, event: JobPaused) -> list[TrialMove]:
+    return [move for receiver in installed().job_paused for move in receiver(session, event)]
 
 
 def epoch_stored(session: Session, event: EpochStored) -> list[TrialDecision]:

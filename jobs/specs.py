@@ -17,6 +17,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from engine.config import (
     STRICT,
@@ -31,7 +32,7 @@ from engine.config import (
 from jobs.dispatch import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN
 from jobs.notifications.policy import MAX_URL_CHARS, URL_PATTERN, url_problem
 from jobs.search.pruners import PRUNER_NAMES
-from jobs.search.samplers import SAMPLER_NAMES
+from jobs.search.samplers import DEFAULT_TPE_STARTUP_TRIALS, SAMPLER_NAMES
 from jobs.settings import get_settings
 from models.catalog import BLOCK_NAMES, BlockName
 
@@ -361,6 +362,7 @@ SEARCH_RULES = {
     "search.space.block.choice[i]": "each value is among blocks",
     "search.max_trials": "with the grid sampler, at most the number of grid points",
     "search.pruner.min_epochs": "below hyperparameters.epochs unless the pruner is none",
+    "search.startup_trials": "only with the tpe sampler",
 }
 
 
@@ -446,20 +448,27 @@ class SearchObjective(BaseModel):
 
 
 class SearchPruner(BaseModel):
-    """When a trial stops early. asha: asynchronous successive halving (Optuna's
-    SuccessiveHalvingPruner) with rungs at min_epochs x reduction_factor^k epochs, keeping the
-    best 1/reduction_factor at each; median: stop a trial whose best value so far is worse
-    than the median of earlier trials at the same epoch (Optuna's MedianPruner); none: every
-    trial trains all its epochs."""
+    """When a trial stops early. Every pruner is noise-aware: a trial is never stopped on a
+    difference its evaluation cannot resolve (within NOISE_Z standard errors of the cutoff, or
+    one test image, it goes on). hyperband: trials dealt into brackets whose first rungs are
+    epochs / reduction_factor^s (the last trains every trial to the end); within a bracket a
+    trial pauses at each rung until the bracket's trials all reached it, then the best
+    1/reduction_factor resume from their checkpoints; asha: asynchronous successive halving,
+    rungs at min_epochs x reduction_factor^k, decided as each trial arrives; median: stop a
+    trial whose best value so far is worse than the median of ended trials at the same epoch;
+    none: every trial trains all its epochs."""
 
     model_config = ConfigDict(**STRICT)
 
-    type: PrunerName = "asha"
+    type: PrunerName = "hyperband"
     min_epochs: Annotated[int, IntegralNumber] = Field(
-        1, ge=1, le=1000, description="No trial is stopped before this many epochs."
+        1, ge=1, le=1000, description="No trial is stopped or paused before this many epochs."
     )
     reduction_factor: Annotated[int, IntegralNumber] = Field(
-        3, ge=2, le=10, description="asha: 1 in reduction_factor trials goes on at each rung."
+        3,
+        ge=2,
+        le=10,
+        description="hyperband and asha: 1 in reduction_factor trials goes on at each rung.",
     )
     startup_trials: Annotated[int, IntegralNumber] = Field(
         2, ge=0, le=100, description="median: trials that end before any is stopped."
@@ -495,6 +504,14 @@ class SearchCreate(BaseModel):
     )
     objective: SearchObjective = Field(default_factory=SearchObjective)
     pruner: SearchPruner = Field(default_factory=SearchPruner)
+    startup_trials: Annotated[int | None, IntegralNumber] = Field(
+        None,
+        ge=0,
+        le=MAX_SEARCH_TRIALS,
+        description="tpe: the first trials sampled at random before TPE models the results "
+        f"(Optuna's n_startup_trials); default {DEFAULT_TPE_STARTUP_TRIALS}. Only with the tpe "
+        "sampler.",
+    )
 
 
 ExperimentSort = Literal[
@@ -512,8 +529,49 @@ SortOrder = Literal["asc", "desc"]
 
 
 class PriorityUpdate(BaseModel):
-    """A queued job's or an experiment's new priority."""
+    """A queued job's new priority."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     priority: Priority
+
+
+def _update_schema_extra(schema: dict[str, Any]) -> None:
+    schema["minProperties"] = 1
+    # What depends on the experiment, not on the request; breaking it is a 422 naming the field.
+    schema["x-rules"] = {
+        "max_trials": "a search's only; at least the trials it made, at most its grid's points "
+        "with the grid sampler"
+    }
+    for field in schema["properties"].values():
+        field.pop("default", None)  # left out means unchanged; null is not a value
+
+
+class ExperimentUpdate(BaseModel):
+    """A change to an experiment: its priority (its queued and waiting jobs', and the trials a
+    search makes later), and a search's number of trials (raised to extend it, while it runs
+    or after it ended)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_update_schema_extra)
+
+    priority: Priority | SkipJsonSchema[None] = None
+    max_trials: Annotated[int, IntegralNumber] | SkipJsonSchema[None] = Field(
+        None,
+        ge=1,
+        le=MAX_SEARCH_TRIALS,
+        description="A search's trials in all; at least the trials it has made (and at most "
+        "the grid's points with the grid sampler).",
+    )
+
+    @field_validator("priority", "max_trials", mode="before")
+    @classmethod
+    def _given_as_numbers(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("give a number, or leave the field out")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> ExperimentUpdate:
+        if self.priority is None and self.max_trials is None:
+            raise ValueError("give priority, max_trials or both")
+        return self

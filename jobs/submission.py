@@ -34,12 +34,12 @@ class Submission:
 
 @dataclass(frozen=True)
 class TrialColumns:
-    """A search trial's state on its job row (jobs.search.study): its number, the params it
-    was given and Optuna's system attributes for it."""
+    """A search trial's columns on its job row (jobs.search.study): its number, the params it
+    was given and its search state (bracket, decisions)."""
 
     number: int
     params: dict[str, Any]
-    attrs: dict[str, Any]
+    state: dict[str, Any]
 
 
 def find_by_key(
@@ -121,7 +121,7 @@ def _job_row(
         else {
             "trial_number": trial.number,
             "trial_params": trial.params,
-            "trial_attrs": trial.attrs,
+            "trial_state": trial.state,
         }
     )
     return {

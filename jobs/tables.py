@@ -61,6 +61,9 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     PRUNED = "pruned"  # a search trial its pruner stopped early; its metrics and checkpoints stay
+    # A search trial waiting at a rung for the other trials of its bracket: it holds no worker,
+    # keeps its checkpoints, and resumes from the last one when its pruner promotes it.
+    PAUSED = "paused"
 
     @property
     def ended(self) -> bool:
@@ -75,10 +78,10 @@ TERMINAL_STATUSES = frozenset(
 
 def experiment_status(statuses: Iterable[str]) -> JobStatus:
     """An experiment's status from its jobs': running if any runs, else queued if any is
-    queued, else succeeded if all succeeded or were pruned (a search's budget used up), else
-    failed if any failed, else cancelled."""
+    queued, else paused if a search's trials wait at a rung, else succeeded if all succeeded or
+    were pruned (a search's budget used up), else failed if any failed, else cancelled."""
     present = set(statuses)
-    for status in (JobStatus.RUNNING, JobStatus.QUEUED):
+    for status in (JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.PAUSED):
         if status in present:
             return status
     if present <= {JobStatus.SUCCEEDED, JobStatus.PRUNED}:
@@ -196,6 +199,12 @@ class Job(Base):
     trial_attrs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     rung: Mapped[int | None] = mapped_column(Integer)
     prune_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The pruner paused the trial at a rung (stored with the epoch): its attempt stops, keeps its
+    # checkpoint, and the trial waits `paused` (jobs.search.pruners, Hyperband).
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # A search trial's bracket and every decision its pruner made about it (rung, value,
+    # cutoff, noise margin, trials compared with, outcome), in order.
+    trial_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The number of this job's rows in job_events: each new event takes event_seq + 1 in the
     # UPDATE that also changes the job, so on every backend a job's events commit in seq order.
     event_seq: Mapped[int] = mapped_column(Integer, default=0)
@@ -261,6 +270,9 @@ class EpochMetric(Base):
     learning_rate: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
     images_per_second: Mapped[float] = mapped_column(Float)
+    # How much the figures are measurements (jobs.metrics.EVALUATION_NAMES): the images each
+    # pass counted and the standard errors of the mean losses; NULL for older epochs.
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="metrics")

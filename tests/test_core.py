@@ -158,12 +158,17 @@ def test_the_receivers_of_each_event_in_their_documented_order() -> None:
     from jobs.search import study
 
     assert (
-        signals.Receivers(job_ended=(study.on_job_ended,), epoch_stored=(study.on_epoch_stored,))
+        signals.Receivers(
+            job_ended=(study.on_job_ended,),
+            job_paused=(study.on_job_paused,),
+            epoch_stored=(study.on_epoch_stored,),
+        )
         == wiring.RECEIVERS
     )
     assert signals.installed() == wiring.RECEIVERS  # conftest connected this process
     doc = wiring.__doc__ or ""
-    for receiver in (*wiring.RECEIVERS.job_ended, *wiring.RECEIVERS.epoch_stored):
+    receivers = wiring.RECEIVERS
+    for receiver in (*receivers.job_ended, *receivers.job_paused, *receivers.epoch_stored):
         assert f"{receiver.__module__}.{receiver.__name__}" in doc
 
 
@@ -176,13 +181,15 @@ def test_a_new_reaction_to_a_jobs_end_is_one_receiver_in_the_same_transaction(db
 
     heard: list[signals.JobEnded] = []
 
-    def count_ends(session: Any, event: signals.JobEnded) -> None:
+    def count_ends(session: Any, event: signals.JobEnded) -> list[signals.TrialMove]:
         heard.append(event)
         add_to_counter(session, f"ended:{event.status}")
+        return []
 
     signals.install(
         signals.Receivers(
             job_ended=(*wiring.RECEIVERS.job_ended, count_ends),
+            job_paused=wiring.RECEIVERS.job_paused,
             epoch_stored=wiring.RECEIVERS.epoch_stored,
         )
     )

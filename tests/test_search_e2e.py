@@ -107,3 +107,83 @@ def test_a_search_survives_killed_workers_and_api(tmp_path: Path, dataset_root: 
         log = svc.api.get(f"/experiments/{experiment_id}/events").text
         assert log.count("event: trial_created") == 4
         assert log.count("event: trial_pruned") == len(pruned)
+
+
+# Hyperband on real workers: 2 epochs and reduction factor 2 make two brackets, the first (2
+# trials) with a rung after 1 epoch. Its two trials pause there, holding no worker; the better
+# one (or both, when the noise cannot tell them apart) resumes from its checkpoint.
+HYPERBAND = {
+    "name": "paused search",
+    "blocks": ["mobile"],
+    "hyperparameters": {"epochs": 2, "batch_size": 32, "seed": 3},
+    "train_samples": 96,
+    "test_samples": 32,
+    "search": {
+        "space": {"learning_rate": {"choice": [0.05, 1e-7]}, "momentum": {"choice": [0.0, 0.9]}},
+        "sampler": "grid",
+        "seed": 4,
+        "max_concurrent": 1,
+        "objective": {"metric": "train_loss"},
+        "pruner": {"type": "hyperband", "min_epochs": 1, "reduction_factor": 2},
+    },
+}
+
+
+@pytest.mark.timeout(900)
+def test_a_paused_trial_resumes_from_its_checkpoint_as_if_never_paused(
+    tmp_path: Path, dataset_root: Path
+) -> None:
+    with service(tmp_path, dataset_root, TORCH_THREADS="1") as svc:
+        worker = svc.start_worker()
+        created = svc.api.post("/experiments", json=HYPERBAND)
+        assert created.status_code == 202, created.text
+        experiment_id = created.json()["id"]
+
+        def experiment() -> dict[str, Any]:
+            return dict(svc.api.get(f"/experiments/{experiment_id}").json())
+
+        # The worker is killed once while the first trial waits at its rung: the decision and
+        # the pause survive it.
+        wait_for(
+            lambda: experiment()["status_counts"]["paused"] >= 1,
+            timeout=300,
+            what="a trial paused at its rung",
+        )
+        worker.kill()
+        svc.start_worker()
+        done = wait_for(
+            lambda: (read := experiment())["ended"] and read,
+            timeout=600,
+            interval=1.0,
+            what="the search to end",
+        )
+        assert done["status"] == "succeeded", svc.logs()
+        trials = {
+            job["job_id"]: svc.api.get(f"/jobs/{job['job_id']}").json() for job in done["jobs"]
+        }
+        first_bracket = [job for job in trials.values() if job["trial"]["bracket"] == 0]
+        assert len(first_bracket) == 2
+        resumed = [
+            job
+            for job in first_bracket
+            if [d["outcome"] for d in job["trial"]["decisions"]] == ["paused", "promoted"]
+        ]
+        assert resumed and all(job["status"] == "succeeded" for job in resumed), trials
+        for job in first_bracket:
+            assert job["trial"]["decisions"][0]["outcome"] == "paused"
+            assert job["trial"]["decisions"][0]["epoch"] == 1
+        spent = done["search"]["epochs_spent"]
+        assert spent == sum(job["epochs_done"] for job in trials.values()) <= 8
+
+        # The same settings trained in one go give the same epochs.
+        again = resumed[0]
+        lone = svc.submit({**again["spec"], "name": "uninterrupted"})
+        wait_for(
+            lambda: svc.job(lone)["status"] == "succeeded",
+            timeout=300,
+            what="the uninterrupted run",
+        )
+        compared = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+        paused_run = [{k: row[k] for k in compared} for row in svc.metrics(again["id"])]
+        straight = [{k: row[k] for k in compared} for row in svc.metrics(lone)]
+        assert paused_run == straight

@@ -275,6 +275,7 @@ def every_protected_request(
         ("PATCH", experiment, {"json": {"priority": 1}}, 200),
         ("GET", f"{experiment}/plots/test_accuracy.png", {}, 200),
         ("POST", f"{experiment}/cancel", {}, 200),
+        ("POST", f"{experiment}/resume", {}, 422),  # a grid, not a search
         # An open stream would not end while its jobs run: a bad resume point answers at once.
         ("GET", f"/jobs/{job_id}/events", {"params": {"last_event_id": "x"}}, 400),
         ("GET", f"{experiment}/events", {"params": {"last_event_id": "x"}}, 400),
@@ -311,7 +312,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
             for template in schema["paths"]
             if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path)
         }
-        assert covered == declared and len(declared) == 24
+        assert covered == declared and len(declared) == 25
 
         jobs_before = len(client.get("/jobs", headers=good).json()["items"])
         for method, path, kwargs, _ in requests:

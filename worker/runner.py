@@ -36,6 +36,7 @@ from jobs.lifecycle import (
     cancel_requested,
     claim_next_job,
     finish_job,
+    pause_job,
     record_checkpoint,
     record_epoch,
     release_job,
@@ -76,6 +77,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     PRUNED = "pruned"  # a search's pruner stopped the trial
+    PAUSED = "paused"  # a search's pruner paused the trial at a rung; it waits for its bracket
     RELEASED = "released"  # handed back to the queue by a stopping worker
     LEASE_LOST = "lease_lost"  # another attempt owns the job now
     DATABASE_UNAVAILABLE = "database_unavailable"  # the lease will expire; the reaper requeues
@@ -579,6 +581,8 @@ class JobRun:
             return self._finish(JobStatus.CANCELLED)
         if reason == StopReason.PRUNED:
             return self._finish(JobStatus.PRUNED)
+        if reason == StopReason.PAUSED:
+            return self._pause()
         if reason == StopReason.SHUTDOWN:
             logger.info(
                 "job %s stopped for the worker's shutdown; handing it back", self.claim.job_id
@@ -627,6 +631,29 @@ class JobRun:
         )
         return Outcome(str(status))
 
+    def _pause(self) -> Outcome:
+        """The trial waits at its rung: its checkpoints (the rung's epoch last) are recorded
+        first, so that it resumes from there when promoted."""
+        settled = self._settle_uploads()
+        if settled is not None:
+            return settled
+        paused: list[bool] = []
+
+        def work(session: Any) -> None:
+            paused[:] = [pause_job(session, self.claim)]
+
+        try:
+            self._write(work)
+        except TransientDatabaseError:
+            logger.warning("job %s: could not record the pause; the lease will expire",
+                           self.claim.job_id)  # fmt: skip
+            return Outcome.DATABASE_UNAVAILABLE
+        if not paused[0]:
+            logger.warning("job %s attempt %s lost its lease before pausing", *self._ids())
+            return Outcome.LEASE_LOST
+        logger.info("job %s paused at a rung of its search", self.claim.job_id)
+        return Outcome.PAUSED
+
     def _release(self) -> Outcome:
         outcome: list[JobStatus | None] = []
 
@@ -648,6 +675,9 @@ class JobRun:
         if outcome[0] == JobStatus.PRUNED:
             logger.info("job %s pruned before its worker stopped", self.claim.job_id)
             return Outcome.PRUNED
+        if outcome[0] == JobStatus.PAUSED:
+            logger.info("job %s paused before its worker stopped", self.claim.job_id)
+            return Outcome.PAUSED
         logger.info("job %s released for another worker", self.claim.job_id)
         return Outcome.RELEASED
 

@@ -70,6 +70,23 @@ def job_links(job_id: int) -> JobLinks:
     )
 
 
+def trial_fields(job: Job) -> dict[str, Any]:
+    """A trial's search fields as the API shows them; `cutoff` is the one it was stopped at."""
+    state = job.trial_state or {}
+    decisions = list(state.get("decisions", ()))
+    stopped = [item for item in decisions if item.get("outcome") == "stopped"]
+    return {
+        "number": job.trial_number,
+        "params": job.trial_params or {},
+        "bracket": state.get("bracket"),
+        "rung": job.rung,
+        "prune_requested": job.prune_requested,
+        "pause_requested": job.pause_requested,
+        "decisions": decisions,
+        "cutoff": stopped[-1].get("cutoff") if stopped else None,
+    }
+
+
 def render_job(
     job: Job, queue_position: int | None = None, queue_reason: str | None = None
 ) -> JobRead:
@@ -80,14 +97,7 @@ def render_job(
                 for field in JobRead.model_fields
                 if field not in ("links", "queue_position", "queue_reason", "ended", "trial")
             },
-            "trial": None
-            if job.trial_number is None
-            else {
-                "number": job.trial_number,
-                "params": job.trial_params or {},
-                "rung": job.rung,
-                "prune_requested": job.prune_requested,
-            },
+            "trial": None if job.trial_number is None else trial_fields(job),
             "ended": JobStatus(job.status).ended,
             "queue_position": queue_position,
             "queue_reason": queue_reason,

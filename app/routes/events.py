@@ -22,7 +22,9 @@ from app.schemas.events import (
     JobEndEventData,
     StatusEventData,
     TrialCreatedEventData,
+    TrialPausedEventData,
     TrialPrunedEventData,
+    TrialResumedEventData,
 )
 from app.streams import END_EVENT, EventHub, experiment_event_stream, job_event_stream
 from jobs.events import (
@@ -34,7 +36,13 @@ from jobs.events import (
     experiment_stream_start,
     job_stream_start,
 )
-from jobs.search.study import BEST_CHANGED_EVENT, TRIAL_CREATED_EVENT, TRIAL_PRUNED_EVENT
+from jobs.search.study import (
+    BEST_CHANGED_EVENT,
+    TRIAL_CREATED_EVENT,
+    TRIAL_PAUSED_EVENT,
+    TRIAL_PRUNED_EVENT,
+    TRIAL_RESUMED_EVENT,
+)
 
 router = APIRouter(tags=["events"])
 KEEP_ALIVE_SECONDS = 15
@@ -51,10 +59,23 @@ _EVENTS = (
         "A search made this job as its next trial, with the sampled params.",
     ),
     (
+        TRIAL_PAUSED_EVENT,
+        TrialPausedEventData,
+        True,
+        "The search's pruner paused this trial at its bracket's rung; it waits `paused`.",
+    ),
+    (
+        TRIAL_RESUMED_EVENT,
+        TrialResumedEventData,
+        True,
+        "The search's pruner promoted this waiting trial; it resumes from its checkpoint.",
+    ),
+    (
         TRIAL_PRUNED_EVENT,
         TrialPrunedEventData,
         True,
-        "The search's pruner stopped this trial after an epoch; it ends `pruned`.",
+        "The search's pruner stopped this trial (the decision, its cutoff and noise margin); "
+        "it ends `pruned`.",
     ),
     (
         BEST_CHANGED_EVENT,
@@ -113,7 +134,8 @@ def event_stream_response(
     return {
         200: {
             "description": "A text/event-stream of `status` and `epoch` events (a search's "
-            "trials add `trial_created`, `trial_pruned` and `best_changed`; each `data` is "
+            "trials add `trial_created`, `trial_paused`, `trial_resumed`, `trial_pruned` and "
+            "`best_changed`; each `data` is "
             "one line of JSON, described by the component the event names), then `end`. "
             f"{ids} Keep-alive comments every {KEEP_ALIVE_SECONDS} s while idle.",
             "content": {

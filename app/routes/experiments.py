@@ -24,6 +24,7 @@ from app.schemas.experiments import (
     SearchBest,
     SearchRead,
     SearchRung,
+    SearchWarningRead,
 )
 from jobs import experiments, lifecycle, listing, metrics, retention
 from jobs.experiments import ExperimentSummary
@@ -33,7 +34,7 @@ from jobs.specs import (
     REPORT_PRESET,
     ExperimentCreate,
     ExperimentSort,
-    PriorityUpdate,
+    ExperimentUpdate,
     SortOrder,
 )
 from jobs.tables import Experiment, Job, JobStatus
@@ -109,6 +110,9 @@ def render_search(search: SearchSummary) -> SearchRead:
         rungs=[SearchRung(**asdict(rung)) for rung in search.rungs],
         epochs_spent=search.epochs_spent,
         epochs_full=search.epochs_full,
+        paused=search.paused,
+        settings=search.settings,
+        warnings=[SearchWarningRead(**asdict(warning)) for warning in search.warnings],
     )
 
 
@@ -339,14 +343,38 @@ def get_summary_csv(experiment_id: ExperimentId) -> Response:
     "/{experiment_id}",
     response_model=ExperimentRead,
     responses=error_responses(400, 401, 404, 415, 422),
-    summary="Change the priority of the experiment and of its queued jobs",
+    summary="Change the experiment's priority, or extend a search with more trials",
 )
 def update_experiment(
-    experiment_id: ExperimentId, change: PriorityUpdate, session: SessionDep
+    experiment_id: ExperimentId, change: ExperimentUpdate, session: SessionDep
 ) -> ExperimentRead:
-    """Jobs already running or ended keep theirs."""
-    lifecycle.set_experiment_priority(session, experiment_id, change.priority)
+    """`priority`: its queued jobs and the trials waiting at a rung take it, and so do the
+    trials a search makes later; jobs already running or ended keep theirs. `max_trials`: a
+    search's trials in all, raised to extend it (while it runs or after it ended); the new
+    trials are made at once as far as `max_concurrent` allows. 422 naming `max_trials` below
+    the trials made, above a grid's points, or for an experiment that is no search."""
+    if change.priority is not None:
+        lifecycle.set_experiment_priority(session, experiment_id, change.priority)
+    if change.max_trials is not None:
+        experiments.extend_search(session, experiment_id, change.max_trials)
     experiment = listing.get_experiment(session, experiment_id)
+    session.refresh(experiment)
+    return render_summary(experiments.summarize(session, experiment))
+
+
+@router.post(
+    "/{experiment_id}/resume",
+    response_model=ExperimentRead,
+    responses=error_responses(401, 404, 409, 422),
+    summary="Resume a cancelled search",
+)
+def resume_experiment(experiment_id: ExperimentId, session: SessionDep) -> ExperimentRead:
+    """The trials its cancel stopped are made again (each in its place: a grid's point, a
+    random draw), up to `max_trials`; the ended ones keep their results. 409 not_resumable when
+    the search was not cancelled; 422 for an experiment that is no search."""
+    experiments.resume_search(session, experiment_id)
+    experiment = listing.get_experiment(session, experiment_id)
+    session.refresh(experiment)
     return render_summary(experiments.summarize(session, experiment))
 
 

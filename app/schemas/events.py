@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,19 +56,43 @@ class TrialCreatedEventData(BaseModel):
     job_id: int
     trial: int
     params: dict[str, Any] = Field(description="The sampled value of each searched field.")
+    bracket: int | None = Field(None, description="hyperband: the trial's bracket.")
 
 
-class TrialPrunedEventData(BaseModel):
-    """`trial_pruned`: the pruner stopped the trial after this epoch; it ends `pruned` at its
-    next batch (its `status` event follows)."""
+class TrialDecisionEventData(BaseModel):
+    """A pruner's decision about a trial, as it is kept on the trial (`trial.decisions`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     job_id: int
     trial: int
-    epoch: int
-    rung: int | None = Field(description="asha: the rung where it stopped; null for median.")
-    value: float | None = Field(description="The objective's value at that epoch.")
+    outcome: Literal["went_on", "stopped", "paused", "promoted"]
+    epoch: int = Field(description="The epoch decided at.")
+    rung: int | None = Field(description="The rung (0, 1, ...); null for median.")
+    value: float | None = Field(description="The trial's objective at that epoch.")
+    cutoff: float | None = Field(
+        description="The value it was compared with (null when nothing was compared yet)."
+    )
+    margin: float | None = Field(
+        description="The noise margin: it stops only when worse than the cutoff by more."
+    )
+    compared_with: int = Field(description="Trials the cutoff came from.")
+    bracket: int | None = Field(description="hyperband: the trial's bracket.")
+
+
+class TrialPrunedEventData(TrialDecisionEventData):
+    """`trial_pruned`: the pruner stopped the trial (after this epoch, or at its bracket's rung
+    while it waited); it ends `pruned` (its `status` event follows)."""
+
+
+class TrialPausedEventData(TrialDecisionEventData):
+    """`trial_paused`: the trial reached its bracket's rung and waits there, holding no worker,
+    until every trial of the bracket has reached it (its `status` event, `paused`, follows)."""
+
+
+class TrialResumedEventData(TrialDecisionEventData):
+    """`trial_resumed`: the trial was promoted at its bracket's rung; it goes back to the queue
+    and resumes from its checkpoint (its `status` event, `queued`, follows)."""
 
 
 class BestChangedEventData(BaseModel):
@@ -109,6 +133,8 @@ EVENT_DATA_MODELS: tuple[type[BaseModel], ...] = (
     StatusEventData,
     EpochEventData,
     TrialCreatedEventData,
+    TrialPausedEventData,
+    TrialResumedEventData,
     TrialPrunedEventData,
     BestChangedEventData,
     JobEndEventData,

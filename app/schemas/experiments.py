@@ -155,12 +155,29 @@ class SearchBest(BaseModel):
 
 class SearchRung(BaseModel):
     epochs: int = Field(description="Epochs a trial has trained when it reaches the rung.")
+    bracket: int | None = Field(None, description="hyperband: the bracket the rung belongs to.")
     reached: int = Field(description="Trials that reached it.")
     promoted: int = Field(description="Trials that reached it and went on.")
+    stopped: int = Field(0, description="Trials stopped there.")
+    waiting: int = Field(0, description="hyperband: trials paused there, waiting for the rest.")
     cutoff: float | None = Field(
-        description="The value a trial reaching the rung now must match to go on (the worst "
-        "of the best 1/reduction_factor recorded there)."
+        description="The value a trial at the rung must match to go on (the worst of the best "
+        "1/reduction_factor there), less the noise margin."
     )
+    margin: float | None = Field(
+        None, description="The noise margin of the rung's last decision (see the trials)."
+    )
+    decided: bool = Field(False, description="Whether any trial was judged there yet.")
+
+
+class SearchWarningRead(BaseModel):
+    code: Literal["cutoff_at_chance", "trials_tie"] = Field(
+        description="cutoff_at_chance: a rung's cutoff is within the noise of an accuracy no "
+        "better than chance; trials_tie: most trials tied with a rung's cutoff. Either way the "
+        "rung came before the curves separated."
+    )
+    rung_epochs: int | None
+    message: str
 
 
 class SearchRead(BaseModel):
@@ -169,9 +186,21 @@ class SearchRead(BaseModel):
     max_trials: int
     trials_created: int
     best: SearchBest | None = Field(description="The succeeded trial with the best objective.")
-    rungs: list[SearchRung] = Field(description="asha's rungs; empty for the other pruners.")
+    rungs: list[SearchRung] = Field(
+        description="The pruner's rungs (hyperband: of each bracket); empty for median and none."
+    )
     epochs_spent: int = Field(description="Epochs the trials actually trained.")
     epochs_full: int = Field(description="max_trials x hyperparameters.epochs: with no pruning.")
+    paused: int = Field(0, description="Trials waiting at a rung.")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The sampler's and the pruner's settings as they act, defaults filled in "
+        "(hyperband: its brackets).",
+    )
+    warnings: list[SearchWarningRead] = Field(
+        default_factory=list,
+        description="What the decisions suggest about the settings (a first rung too early).",
+    )
 
 
 class ExperimentRead(BaseModel):

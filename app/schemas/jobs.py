@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -103,15 +103,47 @@ _EPOCH_EXAMPLE: dict[str, Any] = {
 }
 
 
+class TrialDecisionRead(BaseModel):
+    """One decision of the search's pruner about the trial."""
+
+    outcome: Literal["went_on", "stopped", "paused", "promoted"] = Field(
+        description="went_on: compared and kept training; stopped: it ends `pruned`; paused: it "
+        "reached its bracket's rung and waits; promoted: chosen there, it resumes."
+    )
+    epoch: int = Field(description="The epoch decided at.")
+    rung: int | None = Field(description="The rung (0, 1, ...); null for median.")
+    value: float | None = Field(description="The trial's objective at that epoch.")
+    cutoff: float | None = Field(description="The value it was compared with.")
+    margin: float | None = Field(
+        description="The noise margin: a trial stops only when worse than the cutoff by more "
+        "(NOISE_Z standard errors of the difference, at least one test image)."
+    )
+    compared_with: int = Field(description="Trials the cutoff came from.")
+    bracket: int | None = Field(description="hyperband: the trial's bracket.")
+
+
 class TrialRead(BaseModel):
-    """A search trial: what the sampler proposed and how far the pruner let it go."""
+    """A search trial: what the sampler proposed and how far the pruner let it go, and why."""
 
     number: int = Field(description="0, 1, ... in the order the search made its trials.")
     params: dict[str, Any] = Field(description="The sampled value of each searched field.")
+    bracket: int | None = Field(None, description="hyperband: the trial's bracket (0, 1, ...).")
     rung: int | None = Field(
-        description="asha: the highest rung (0, 1, ...) the trial reached; null before the first."
+        description="The highest rung (0, 1, ...) the pruner decided the trial at; null before "
+        "the first."
     )
     prune_requested: bool = Field(description="The pruner stopped it (it ends `pruned`).")
+    pause_requested: bool = Field(
+        False, description="The pruner paused it at a rung (it waits `paused`)."
+    )
+    decisions: list[TrialDecisionRead] = Field(
+        default_factory=list, description="Every decision of the pruner about it, in order."
+    )
+    cutoff: float | None = Field(
+        None,
+        description="For a trial its pruner stopped: the cutoff it fell short of (its last "
+        "decision's, with `margin` there).",
+    )
 
 
 class JobRead(BaseModel):

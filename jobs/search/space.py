@@ -7,12 +7,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 from pydantic import ValidationError
 
 from engine.config import Hyperparameters
@@ -117,20 +111,6 @@ def validate_space(
             problems += found
             checked[name] = {kind: bounds}
     return checked, problems
-
-
-def distribution(dimension: dict[str, list[Any]]) -> BaseDistribution:
-    """The Optuna distribution of a checked dimension."""
-    kind, values = next(iter(dimension.items()))
-    if kind == "choice":
-        return CategoricalDistribution(values)
-    if kind == "int":
-        return IntDistribution(int(values[0]), int(values[1]))
-    return FloatDistribution(float(values[0]), float(values[1]), log=kind == "loguniform")
-
-
-def distributions(space: dict[str, dict[str, list[Any]]]) -> dict[str, BaseDistribution]:
-    return {name: distribution(dimension) for name, dimension in space.items()}
 
 
 def grid_size(space: dict[str, dict[str, list[Any]]]) -> int | None:
