@@ -57,12 +57,39 @@ def decimal(value: float | None, places: int = 4) -> str:
     return "–" if value is None else f"{value:.{places}f}"
 
 
+def compact(value: Any) -> str:
+    """A hyperparameter as a person writes it: 0.030000000000000002 -> "0.03", 1e-07 as is."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def objective(value: float | None, metric: str) -> str:
+    """An objective value as the tables show that metric: accuracies in percent."""
+    return percent(value) if metric.endswith("accuracy") else decimal(value)
+
+
+def points(value: float | None, metric: str) -> str:
+    """A noise margin: percentage points for an accuracy."""
+    if value is None:
+        return "–"
+    return f"±{value * 100:.2f} pp" if metric.endswith("accuracy") else f"±{value:.4f}"
+
+
 def _environment() -> Environment:
     # autoescape=True for every template: every value, a job's name included, is HTML-escaped.
     environment = Environment(
         loader=FileSystemLoader(TEMPLATE_DIR), autoescape=True, undefined=StrictUndefined
     )
-    environment.filters.update(percent=percent, millions=millions, gmacs=gmacs, decimal=decimal)
+    environment.filters.update(
+        percent=percent,
+        millions=millions,
+        gmacs=gmacs,
+        decimal=decimal,
+        compact=compact,
+        objective=objective,
+        points=points,
+    )
     return environment
 
 

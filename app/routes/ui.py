@@ -142,6 +142,7 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
         job_read = render_one_job(session, job)
         rows = epoch_metrics(session, job.id)
         named = named_checkpoints(session, job)
+        search = (job.experiment.spec or {}).get("search") if job.experiment is not None else None
     metrics = [EpochMetricRead.model_validate(row) for row in rows]
     checkpoints = checkpoint_listing(named, get_settings())
     return page(
@@ -154,6 +155,7 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
             "metrics": metrics,
             "checkpoints": checkpoints,
             "spec_rows": _spec_rows(job.spec),
+            "objective_metric": search["objective"]["metric"] if search else "test_accuracy",
             # For the page's script: the state it starts from, and the job's last event in it
             # (the stream is followed from there, so nothing older is replayed over it).
             "initial": {

@@ -92,8 +92,12 @@ export function setLiveMode(mode) {
 export function followEvents(url, { onEvent, onEnd, onUnavailable }) {
   const source = new EventSource(url);
   source.addEventListener("open", () => setLiveMode("live"));
-  // A search's stream also sends trial_created, trial_pruned and best_changed.
-  for (const kind of ["status", "epoch", "trial_created", "trial_pruned", "best_changed"]) {
+  // A search's stream also sends trial_created, trial_paused, trial_resumed, trial_pruned and
+  // best_changed.
+  for (const kind of [
+    "status", "epoch", "trial_created", "trial_paused", "trial_resumed", "trial_pruned",
+    "best_changed",
+  ]) {
     source.addEventListener(kind, (message) => onEvent(kind, JSON.parse(message.data), message.lastEventId));
   }
   source.addEventListener("end", (message) => {

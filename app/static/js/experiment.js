@@ -36,11 +36,16 @@ function showProblem(text) {
   problem.textContent = text || "";
 }
 
+/** A hyperparameter as a person writes it: 0.030000000000000002 is 0.03. */
+function compact(value) {
+  return typeof value === "number" && !Number.isInteger(value) ? String(Number(value.toPrecision(4))) : String(value);
+}
+
 /** "plain lr 0.1 seed 1": the block and the values that vary between the jobs. */
 function jobLabel(job) {
   const varied = Object.entries(job.varied || {})
     .filter(([name]) => name !== "block" && name !== "seed")
-    .map(([name, value]) => `${name} ${value}`);
+    .map(([name, value]) => `${name} ${compact(value)}`);
   const seed = (experiment.varying || []).includes("seed") ? [`seed ${job.seed}`] : [];
   return [job.block, ...varied, ...seed, `(job ${job.job_id})`].join(" ");
 }
@@ -113,7 +118,7 @@ const SUMMARY_COLUMNS = [
 function summaryColumns() {
   // The hyperparameters that vary between the jobs (besides the block) get a column each.
   const varying = (experiment.varying || []).filter((name) => name !== "block" && name !== "seed");
-  const extra = varying.map((name) => [null, name, (job) => String((job.varied || {})[name] ?? "")]);
+  const extra = varying.map((name) => [null, name, (job) => compact((job.varied || {})[name] ?? "")]);
   const seed = [[null, "Seed", (job) => job.seed]];
   // A search's trials: their number and the rung each reached, after the status.
   const trial = experiment.search ? [[null, "Trial", (job) => (job.trial == null ? "" : String(job.trial))], [null, "Rung", (job) => (job.rung == null ? "" : String(job.rung))]] : [];
@@ -181,20 +186,59 @@ function objectiveOf(job, metric) {
   return null;
 }
 
+/** An objective value as the tables show its metric: accuracies in percent. */
+function objectiveText(value, metric) {
+  return metric.endsWith("accuracy") ? percent(value) : decimal(value);
+}
+
+/** A noise margin: percentage points for an accuracy. */
+function marginText(value, metric) {
+  if (value == null) return decimal(null);
+  return metric.endsWith("accuracy") ? `±${(value * 100).toFixed(2)} pp` : `±${decimal(value)}`;
+}
+
+function drawSettings(search, spec) {
+  const settings = search.settings || {};
+  const pruner = settings.pruner || spec.pruner;
+  const sampler = [settings.sampler || spec.sampler, `seed ${settings.seed ?? spec.seed}`];
+  if (settings.startup_trials != null) sampler.push(`${settings.startup_trials} random start-up trials`);
+  const prunerParts = [pruner.type];
+  if (pruner.type !== "none") prunerParts.push(`from epoch ${pruner.min_epochs}`);
+  if (pruner.type === "hyperband" || pruner.type === "asha") prunerParts.push(`1 in ${pruner.reduction_factor} goes on at a rung`);
+  if (pruner.type === "median") prunerParts.push(`after ${pruner.startup_trials} ended trials`);
+  const rows = [
+    ["Sampler", sampler.join(", ")],
+    ["Pruner", prunerParts.join(", ")],
+    ["Objective", `${spec.objective.metric} (${spec.objective.mode})`],
+    ["Trials", `${settings.max_trials ?? spec.max_trials} in all, ${settings.max_concurrent ?? spec.max_concurrent} at once`],
+  ];
+  if (settings.brackets) rows.push(["Brackets", settings.brackets.map((b, index) => `${index}: ${b.trials} trials from epoch ${b.first_rung_epochs}`).join("; ")]);
+  if (settings.rungs_epochs) rows.push(["Rungs at epochs", settings.rungs_epochs.join(", ")]);
+  document.getElementById("search-settings").replaceChildren(...rows.flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]));
+}
+
 function drawSearch() {
   const section = document.getElementById("search");
   const search = experiment.search;
   section.hidden = !search;
   if (!search || !window.Chart) return;
-  const objective = experiment.spec.search.objective;
-  const scaled = (value) => (value == null ? null : objective.metric === "test_accuracy" ? value * 100 : value);
+  const spec = experiment.spec.search;
+  const objective = spec.objective;
+  const accuracy = objective.metric.endsWith("accuracy");
+  const scaled = (value) => (value == null ? null : accuracy ? value * 100 : value);
   const best = search.best;
+  const bestParams = best ? Object.entries(best.params).map(([name, value]) => `${name} ${compact(value)}`).join(", ") : "";
   document.getElementById("search-facts").replaceChildren(
     el("span", {}, `${search.trials_created}/${search.max_trials} trials`),
     el("span", {}, `${search.epochs_spent}/${search.epochs_full} epochs trained`),
+    ...(search.paused ? [el("span", {}, `${search.paused} waiting at a rung`)] : []),
     el("span", {}, `objective: ${objective.metric} (${objective.mode})`),
-    el("span", { id: "search-best" }, best ? `best: ${decimal(best.value)} (job ${best.job_id}: ${Object.entries(best.params).map(([name, value]) => `${name} ${value}`).join(", ")})` : "best: none yet"),
+    el("span", { id: "search-best" }, best ? `best: ${objectiveText(best.value, objective.metric)} (trial ${best.trial}, job ${best.job_id}: ${bestParams})` : "best: none yet"),
   );
+  const warnings = document.getElementById("search-warnings");
+  warnings.hidden = !(search.warnings || []).length;
+  warnings.replaceChildren(...(search.warnings || []).map((warning) => el("li", { dataset: { code: warning.code } }, warning.message)));
+  drawSettings(search, spec);
   // Best so far, in trial order, over the trials that trained every epoch.
   const trials = experiment.jobs.filter((job) => job.trial != null).sort((a, b) => a.trial - b.trial);
   let running = null;
@@ -206,7 +250,7 @@ function drawSearch() {
     if (running == null || (objective.mode === "max" ? value > running : value < running)) running = value;
     bestPoints.push({ x: job.trial, y: scaled(running) });
   }
-  if (!searchCharts.best) searchCharts.best = epochChart(document.getElementById("best-so-far"), objective.metric, objective.metric === "test_accuracy");
+  if (!searchCharts.best) searchCharts.best = epochChart(document.getElementById("best-so-far"), objective.metric, accuracy);
   searchCharts.best.options.scales.x.title.text = "trial";
   searchCharts.best.options.scales.x.min = 0;
   setSeries(searchCharts.best, "best", "best so far", bestPoints, colour(0));
@@ -214,14 +258,16 @@ function drawSearch() {
   searchCharts.best.canvas.dataset.points = String(pointCount(searchCharts.best));
 
   const select = document.getElementById("search-param");
-  const names = Object.keys(experiment.spec.search.space);
+  const names = Object.keys(spec.space);
   if (select.options.length !== names.length) {
     select.replaceChildren(...names.map((name) => el("option", { value: name }, name)));
     select.addEventListener("change", drawSearch);
   }
   const name = select.value || names[0];
-  const numeric = trials.every((job) => typeof (job.varied || {})[name] === "number");
-  const positive = numeric && trials.every((job) => job.varied[name] > 0);
+  // A choice is drawn on a category axis (its values in order), whatever their type; a range
+  // on a linear axis, or a logarithmic one when it was searched on a log scale.
+  const dimension = spec.space[name] || {};
+  const choices = dimension.choice ? [...dimension.choice].sort((a, b) => (typeof a === "number" && typeof b === "number" ? a - b : String(a).localeCompare(String(b)))).map(compact) : null;
   if (!searchCharts.params) {
     searchCharts.params = new window.Chart(document.getElementById("params-vs-objective"), {
       type: "scatter",
@@ -230,14 +276,14 @@ function drawSearch() {
     });
   }
   const chart = searchCharts.params;
-  const categories = numeric ? null : [...new Set(trials.map((job) => String(job.varied[name])))];
-  chart.options.scales.x = positive
-    ? { type: "logarithmic", title: { display: true, text: name } }
-    : numeric
-      ? { type: "linear", title: { display: true, text: name } }
-      : { type: "category", labels: categories, title: { display: true, text: name } };
-  chart.options.scales.y = { title: { display: true, text: objective.metric } };
-  const point = (job) => ({ x: numeric ? job.varied[name] : String(job.varied[name]), y: scaled(objectiveOf(job, objective.metric)), label: `job ${job.job_id} (${job.status}): ${name} ${job.varied[name]}` });
+  chart.options.scales.x = choices
+    ? { type: "category", labels: choices, offset: true, title: { display: true, text: name } }
+    : { type: dimension.loguniform ? "logarithmic" : "linear", title: { display: true, text: name } };
+  chart.options.scales.y = { title: { display: true, text: accuracy ? `${objective.metric} (%)` : objective.metric } };
+  const point = (job) => {
+    const value = (job.varied || {})[name];
+    return { x: choices ? compact(value) : value, y: scaled(objectiveOf(job, objective.metric)), label: `trial ${job.trial}, job ${job.job_id} (${job.status}): ${name} ${compact(value)}` };
+  };
   const ended = trials.filter((job) => job.status === "succeeded" && objectiveOf(job, objective.metric) != null);
   const pruned = trials.filter((job) => job.status === "pruned" && objectiveOf(job, objective.metric) != null);
   chart.data.datasets = [
@@ -247,9 +293,17 @@ function drawSearch() {
   chart.update("none");
   chart.canvas.dataset.points = String(pointCount(chart));
 
-  const rows = search.rungs.map((rung, index) => el("tr", { dataset: { rung: index } },
-    el("td", {}, String(index)), el("td", {}, String(rung.epochs)), el("td", {}, String(rung.reached)),
-    el("td", {}, String(rung.promoted)), el("td", {}, rung.cutoff == null ? "—" : decimal(rung.cutoff))));
+  const rungIndex = new Map();
+  const rows = search.rungs.map((rung) => {
+    const key = rung.bracket ?? "";
+    const index = rungIndex.get(key) ?? 0;
+    rungIndex.set(key, index + 1);
+    return el("tr", { dataset: { rung: index, bracket: key } },
+      el("td", {}, rung.bracket == null ? "—" : String(rung.bracket)), el("td", {}, String(index)),
+      el("td", {}, String(rung.epochs)), el("td", {}, String(rung.reached)), el("td", {}, String(rung.promoted)),
+      el("td", {}, String(rung.stopped)), el("td", {}, String(rung.waiting)),
+      el("td", {}, objectiveText(rung.cutoff, objective.metric)), el("td", {}, marginText(rung.margin, objective.metric)));
+  });
   if (rows.length) document.getElementById("rungs").tBodies[0].replaceChildren(...rows);
 }
 

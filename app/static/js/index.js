@@ -11,17 +11,17 @@ function table(experiments) {
       { dataset: { experimentId: experiment.id, status: experiment.status } },
       el("td", {}, el("a", { href: `/ui/experiments/${Number(experiment.id)}` }, `#${experiment.id}`)),
       el("td", { class: "name" }, experiment.name),
-      el("td", {}, experiment.preset || ""),
+      el("td", {}, experiment.preset || (experiment.spec.search ? `search: ${experiment.spec.search.sampler}, ${experiment.spec.search.pruner.type}` : "")),
       el("td", {}, el("span", { class: `status status-${experiment.status}` }, experiment.status)),
       el("td", {}, Object.entries(experiment.status_counts || {}).filter(([, count]) => count > 0).map(([name, count]) => `${count} ${name}`).join(", ")),
-      el("td", {}, experiment.job_count),
+      el("td", { class: "jobs" }, experiment.spec.search ? `${experiment.job_count}/${experiment.spec.search.max_trials} trials` : String(experiment.job_count)),
       el("td", {}, el("time", { datetime: experiment.created_at }, experiment.created_at.replace("T", " ").slice(0, 19))),
     ),
   );
   return el(
     "table",
     { class: "data", id: "experiment-list" },
-    el("thead", {}, el("tr", {}, ["Experiment", "Name", "Preset", "Status", "Jobs by status", "Jobs", "Created (UTC)"].map((title) => el("th", {}, title)))),
+    el("thead", {}, el("tr", {}, ["Experiment", "Name", "Kind", "Status", "Jobs by status", "Jobs", "Created (UTC)"].map((title) => el("th", {}, title)))),
     el("tbody", {}, rows),
   );
 }
