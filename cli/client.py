@@ -211,6 +211,9 @@ class ApiClient:
             self.request("POST", path, subject=subject, json_body=body, headers=headers)
         )
 
+    def patch_json(self, path: str, body: Any, *, subject: str | None = None) -> Any:
+        return self._json(self.request("PATCH", path, subject=subject, json_body=body))
+
     def get_bytes(self, path: str, *, subject: str | None = None, **params: Any) -> bytes:
         return self.request("GET", path, subject=subject, params=params).content
 

@@ -35,9 +35,16 @@ from cli.render import (
     job_status,
     jobs_table,
     make_console,
+    search_parts,
     status_counts,
 )
-from cli.specs import add_data_flags, add_hyperparameter_flags, experiment_body, job_body
+from cli.specs import (
+    add_data_flags,
+    add_hyperparameter_flags,
+    experiment_body,
+    job_body,
+    search_body,
+)
 
 PROG = "cifar-jobs"
 CHECKPOINT_NAMES = ("latest", "best", "final")
@@ -295,6 +302,54 @@ def submit_experiment(args: argparse.Namespace, api: ApiClient, console: Console
     return 0
 
 
+def submit_search(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    """A search from flags: the experiment's body with its `search` section."""
+    args.preset, args.grid, args.seeds = None, None, None
+    body = search_body(args)
+    if args.dry_run:
+        _print_json(body)
+        return 0
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    experiment = api.post_json("/experiments", body, headers=headers)
+    if args.json:
+        _print_json(experiment)
+    else:
+        search = experiment["search"]
+        console.print(
+            f"search {experiment['id']} submitted: {search['trials_created']} of "
+            f"{search['max_trials']} trials made"
+        )
+        if not args.follow:
+            console.print(experiment_header(experiment))
+    if args.follow:
+        return follow_experiment(
+            api, experiment["id"], console, interval_seconds=_follow_interval(args)
+        )
+    return 0
+
+
+def extend_search(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    experiment = api.patch_json(
+        f"/experiments/{args.experiment_id}",
+        {"max_trials": args.max_trials},
+        subject=f"experiment {args.experiment_id}",
+    )
+    search = experiment.get("search") or {}
+    console.print(
+        f"search {experiment['id']}: {search.get('trials_created')} of "
+        f"{search.get('max_trials')} trials made; {experiment['status']}"
+    )
+    return 0
+
+
+def resume_search(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    experiment = api.post_json(
+        f"/experiments/{args.experiment_id}/resume", subject=f"experiment {args.experiment_id}"
+    )
+    console.print(f"search {experiment['id']} resumed: {experiment['status']}")
+    return 0
+
+
 def list_experiments(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     page = _read_pages(api, "/experiments", args)
     return _print_page(page, args, console, experiments_table)
@@ -311,6 +366,8 @@ def show_experiment(args: argparse.Namespace, api: ApiClient, console: Console) 
         _print_json(experiment)
     else:
         console.print(experiment_header(experiment))
+        for part in search_parts(experiment, width=console.width):
+            console.print(part)
         console.print(experiment_jobs_table(experiment, width=console.width))
     if args.csv:
         output = Path(args.csv)
@@ -506,7 +563,73 @@ def build_parser() -> Parser:
     sub = command(experiments, "follow", follow_experiment_command, "follow an experiment")
     sub.add_argument("experiment_id", type=positive_id, metavar="ID")
     _add_follow_flags(sub, flag=False)
+
+    sub = command(experiments, "extend", extend_search, "give a search more trials")
+    sub.add_argument("experiment_id", type=positive_id, metavar="ID")
+    sub.add_argument(
+        "--max-trials", type=positive_count, required=True, metavar="N", help="trials in all"
+    )
+
+    sub = command(experiments, "resume", resume_search, "resume a cancelled search")
+    sub.add_argument("experiment_id", type=positive_id, metavar="ID")
+
+    _add_search_command(commands, command)
     return parser
+
+
+def _add_search_command(commands: Any, command: Any) -> None:
+    sub = command(
+        commands,
+        "search",
+        submit_search,
+        "submit a hyperparameter search (an experiment whose trials a sampler proposes and a "
+        "pruner stops early)",
+    )
+    sub.add_argument("--name", help="the search's name (required)")
+    sub.add_argument(
+        "--block", action="append", dest="blocks", metavar="BLOCK", help="a block (repeatable)"
+    )
+    sub.add_argument(
+        "--param",
+        action="append",
+        dest="params",
+        metavar="NAME=KIND:ARGS",
+        help="a dimension of the space (repeatable): uniform:LOW:HIGH, loguniform:LOW:HIGH, "
+        "int:LOW:HIGH or choice:V1,V2 (e.g. learning_rate=loguniform:0.001:0.3)",
+    )
+    sub.add_argument("--sampler", dest="search_sampler", choices=("tpe", "random", "grid"))
+    sub.add_argument("--max-trials", dest="search_max_trials", type=positive_count, metavar="N")
+    sub.add_argument(
+        "--max-concurrent", dest="search_max_concurrent", type=positive_count, metavar="N"
+    )
+    sub.add_argument(
+        "--search-seed", dest="search_seed", type=int, metavar="N", help="seeds the sampler"
+    )
+    sub.add_argument(
+        "--startup-trials",
+        dest="search_startup_trials",
+        type=int,
+        metavar="N",
+        help="tpe: random trials before it models the results (default 10)",
+    )
+    sub.add_argument("--pruner", choices=("hyperband", "asha", "median", "none"))
+    sub.add_argument("--min-epochs", type=positive_count, metavar="N")
+    sub.add_argument("--reduction-factor", type=positive_count, metavar="N")
+    sub.add_argument(
+        "--median-startup-trials",
+        type=int,
+        metavar="N",
+        help="median: trials that end before any is stopped",
+    )
+    sub.add_argument(
+        "--objective",
+        metavar="METRIC[:MODE]",
+        help="test_accuracy (default), test_loss or train_loss; mode max or min",
+    )
+    add_data_flags(sub)
+    add_hyperparameter_flags(sub)
+    _add_submit_flags(sub)
+    _add_follow_flags(sub, flag=True)
 
 
 def _add_page_flags(sub: argparse.ArgumentParser, noun: str) -> None:

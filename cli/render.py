@@ -21,6 +21,7 @@ STATUS_STYLES = {
     "failed": "red",
     "cancelled": "magenta",
     "pruned": "blue",
+    "paused": "dark_orange",
 }
 # The per-epoch fields of GET /jobs/{id}/metrics, in the order every format shows them.
 EPOCH_FIELDS = (
@@ -297,10 +298,28 @@ def experiments_table(experiments: list[dict[str, Any]], more: bool, *, width: i
     )
 
 
+def compact(value: Any) -> str:
+    """A hyperparameter as a person writes it: 0.030000000000000002 -> "0.03"."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def objective_text(value: float | None, metric: str) -> str:
+    """An objective value as the tables show its metric: accuracies in percent."""
+    return percent(value) if metric.endswith("accuracy") else decimal(value)
+
+
+def margin_text(value: float | None, metric: str) -> str:
+    if value is None:
+        return EMPTY
+    return f"±{value * 100:.2f} pp" if metric.endswith("accuracy") else f"±{value:.4f}"
+
+
 def varied_label(row: dict[str, Any]) -> str:
     """The job's block and the values that set it apart in its experiment: "plain lr=0.1"."""
     varied = {k: v for k, v in (row.get("varied") or {}).items() if k != "block"}
-    return " ".join([str(row["block"]), *(f"{k}={v}" for k, v in varied.items())])
+    return " ".join([str(row["block"]), *(f"{k}={compact(v)}" for k, v in varied.items())])
 
 
 def experiment_header(experiment: dict[str, Any]) -> str:
@@ -314,12 +333,90 @@ def experiment_header(experiment: dict[str, Any]) -> str:
     search = experiment.get("search")
     if search:
         best = search.get("best")
+        metric = experiment["spec"]["search"]["objective"]["metric"]
+        waiting = f", {search['paused']} waiting at a rung" if search.get("paused") else ""
         header += (
             f"; search: {search['trials_created']}/{search['max_trials']} trials, "
-            f"{search['epochs_spent']}/{search['epochs_full']} epochs"
-            + ("" if best is None else f", best {decimal(best['value'])} (job {best['job_id']})")
+            f"{search['epochs_spent']}/{search['epochs_full']} epochs{waiting}"
+            + (
+                ""
+                if best is None
+                else f", best {objective_text(best['value'], metric)} (trial {best['trial']}, "
+                f"job {best['job_id']})"
+            )
         )
     return header
+
+
+def search_parts(experiment: dict[str, Any], *, width: int) -> list[Any]:
+    """A search's settings, its warnings and its rung table (nothing for a grid experiment)."""
+    search = experiment.get("search")
+    if not search:
+        return []
+    spec = experiment["spec"]["search"]
+    metric = spec["objective"]["metric"]
+    settings = search.get("settings") or {}
+    pruner = settings.get("pruner") or spec["pruner"]
+    sampler = [str(settings.get("sampler", spec["sampler"])), f"seed {spec['seed']}"]
+    if settings.get("startup_trials") is not None:
+        sampler.append(f"{settings['startup_trials']} random start-up trials")
+    pruner_text = [str(pruner["type"])]
+    if pruner["type"] != "none":
+        pruner_text.append(f"from epoch {pruner.get('min_epochs', 1)}")
+    if pruner["type"] in ("hyperband", "asha"):
+        pruner_text.append(f"1 in {pruner.get('reduction_factor', 3)} goes on at a rung")
+    lines = [
+        f"sampler: {', '.join(sampler)}; pruner: {', '.join(pruner_text)}; objective: "
+        f"{metric} ({spec['objective']['mode']}); {spec['max_concurrent']} trials at once",
+    ]
+    for bracket, item in enumerate(settings.get("brackets") or []):
+        lines.append(
+            f"  bracket {bracket}: {item['trials']} trials, first rung at "
+            f"{item['first_rung_epochs']} epochs"
+        )
+    parts: list[Any] = ["\n".join(lines)]
+    for warning in search.get("warnings") or []:
+        parts.append(Text(f"warning: {warning['message']}", style="yellow"))
+    rungs = search.get("rungs") or []
+    if rungs:
+        counters: dict[Any, int] = {}
+        rows: list[list[Cell]] = []
+        for rung in rungs:
+            index = counters.get(rung.get("bracket"), 0)
+            counters[rung.get("bracket")] = index + 1
+            rows.append(
+                [
+                    EMPTY if rung.get("bracket") is None else str(rung["bracket"]),
+                    str(index),
+                    str(rung["epochs"]),
+                    str(rung["reached"]),
+                    str(rung["promoted"]),
+                    str(rung.get("stopped", 0)),
+                    str(rung.get("waiting", 0)),
+                    objective_text(rung.get("cutoff"), metric),
+                    margin_text(rung.get("margin"), metric),
+                ]
+            )
+        parts.append(
+            fitted_table(
+                [
+                    "bracket",
+                    "rung",
+                    "epochs",
+                    "reached",
+                    "went on",
+                    "stopped",
+                    "waiting",
+                    "cutoff",
+                    "noise margin",
+                ],
+                rows,
+                width=width,
+                caption="a trial stops only when worse than the cutoff by more than the "
+                "noise margin",
+            )  # fmt: skip
+        )
+    return parts
 
 
 def experiment_jobs_table(experiment: dict[str, Any], *, width: int) -> Table:
@@ -327,10 +424,12 @@ def experiment_jobs_table(experiment: dict[str, Any], *, width: int) -> Table:
     jobs = experiment.get("jobs") or []
     varying = [name for name in experiment.get("varying") or [] if name != "block"]
     with_report = any(row.get("report") for row in jobs)
+    is_search = experiment.get("search") is not None
     headers = [
         "job",
         "block",
         *varying,
+        *(("trial", "rung") if is_search else ()),
         "status",
         "epochs",
         "params",
@@ -348,7 +447,15 @@ def experiment_jobs_table(experiment: dict[str, Any], *, width: int) -> Table:
         cells: list[Cell] = [
             str(row["job_id"]),
             str(row["block"]),
-            *(str(varied.get(name, row.get(name, EMPTY))) for name in varying),
+            *(compact(varied.get(name, row.get(name, EMPTY))) for name in varying),
+            *(
+                (
+                    EMPTY if row.get("trial") is None else str(row["trial"]),
+                    EMPTY if row.get("rung") is None else str(row["rung"]),
+                )
+                if is_search
+                else ()
+            ),
             styled_status(str(row["status"])),
             f"{row['epochs_done']}/{row['epochs_total']}",
             millions(row.get("params")),

@@ -229,3 +229,70 @@ def experiment_body(args: argparse.Namespace) -> dict[str, Any]:
     if "blocks" not in body and body.get("preset") is None:
         raise UsageError("give the blocks to compare with --block (repeatable) or --preset report")
     return body
+
+
+# --param NAME=KIND:ARGS for a search's space: uniform:LOW:HIGH, loguniform:LOW:HIGH,
+# int:LOW:HIGH or choice:V1,V2,...
+SPACE_KINDS = ("uniform", "loguniform", "int", "choice")
+
+
+def parse_space(entries: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """--param learning_rate=loguniform:0.001:0.3 --param batch_size=choice:16,64 as a search's
+    space; values take the hyperparameter's type (a block's name for `block`)."""
+    space: dict[str, dict[str, list[Any]]] = {}
+    usage = "--param takes NAME=KIND:ARGS (uniform:LOW:HIGH, loguniform:LOW:HIGH, int:LOW:HIGH or "
+    for entry in entries:
+        name, equals, rest = entry.partition("=")
+        name = name.strip()
+        kind, colon, arguments = rest.partition(":")
+        kind = kind.strip()
+        if not equals or not name or not colon or kind not in SPACE_KINDS or not arguments:
+            raise UsageError(f"{usage}choice:V1,V2,...), not {entry!r}")
+        if name in space:
+            raise UsageError(f"--param {name} is given twice")
+        value_kind = None if name == "block" else HYPERPARAMETER_KINDS.get(name)
+        try:
+            if kind == "choice":
+                values = [parse_value(value.strip(), value_kind) for value in arguments.split(",")]
+            else:
+                bounds = arguments.split(":")
+                if len(bounds) != 2:
+                    raise ValueError(f"{kind} takes LOW:HIGH, not {arguments!r}")
+                number = int if kind == "int" else float
+                values = [number(bound) for bound in bounds]
+        except ValueError as error:
+            raise UsageError(f"--param {name}: {error}") from None
+        space[name] = {kind: values}
+    return space
+
+
+def search_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST /experiments body of a search: the --file spec, if any, with the flags laid
+    over it (its `search` section merged field by field)."""
+    body = experiment_body(args)
+    search = dict(body.get("search") or {})
+    if args.params:
+        search["space"] = parse_space(args.params)
+    pruner = dict(search.get("pruner") or {})
+    for flag, field in (
+        ("pruner", "type"),
+        ("min_epochs", "min_epochs"),
+        ("reduction_factor", "reduction_factor"),
+        ("median_startup_trials", "startup_trials"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            pruner[field] = value
+    if pruner:
+        search["pruner"] = pruner
+    for flag in ("sampler", "max_trials", "max_concurrent", "seed", "startup_trials"):
+        value = getattr(args, f"search_{flag}")
+        if value is not None:
+            search[flag] = value
+    if args.objective is not None:
+        metric, _, mode = args.objective.partition(":")
+        search["objective"] = {"metric": metric, **({"mode": mode} if mode else {})}
+    if "space" not in search:
+        raise UsageError("give the space searched with --param (repeatable), or a spec with --file")
+    body["search"] = search
+    return body

@@ -572,3 +572,68 @@ def test_show_says_why_a_queued_job_is_where_it_is() -> None:
     assert not any(
         line.plain.startswith(("queue", "priority")) for line in job_details(running, [])
     )
+
+
+def test_search_dry_run_builds_the_space_from_flags() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run_cli(
+        "search", "--name", "digits", "--block", "mobile",
+        "--param", "learning_rate=loguniform:0.001:0.3", "--param", "batch_size=choice:16,64",
+        "--sampler", "tpe", "--startup-trials", "4", "--max-trials", "12",
+        "--max-concurrent", "2", "--pruner", "hyperband", "--min-epochs", "1",
+        "--reduction-factor", "3", "--objective", "test_loss", "--epochs", "6",
+        "--priority", "5", "--dry-run", url=url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "name": "digits",
+        "blocks": ["mobile"],
+        "hyperparameters": {"epochs": 6},
+        "priority": 5,
+        "search": {
+            "space": {
+                "learning_rate": {"loguniform": [0.001, 0.3]},
+                "batch_size": {"choice": [16, 64]},
+            },
+            "pruner": {"type": "hyperband", "min_epochs": 1, "reduction_factor": 3},
+            "sampler": "tpe",
+            "max_trials": 12,
+            "max_concurrent": 2,
+            "startup_trials": 4,
+            "objective": {"metric": "test_loss"},
+        },
+    }
+    bad = run_cli("search", "--name", "x", "--block", "mobile", "--param", "lr=between:1", url=url)
+    assert_one_line_error(bad, 2)
+    assert "--param takes NAME=KIND:ARGS" in bad.stderr
+
+
+def test_a_search_from_flags_shows_its_settings_then_resumes_and_refuses_a_bad_extension(
+    cli_keyed_api: str,
+) -> None:
+    url = cli_keyed_api
+    made = run_cli(
+        "search", "--name", "flags", "--block", "mobile",
+        "--param", "learning_rate=choice:0.1,0.2", "--sampler", "grid",
+        "--max-concurrent", "1", "--pruner", "none", "--epochs", "2", url=url, api_key=CLI_API_KEY,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    experiment_id = int(re.search(r"search (\d+) submitted: 1 of 2 trials made", made.stdout)[1])
+    shown = run_cli("experiment", "show", str(experiment_id), url=url, api_key=CLI_API_KEY)
+    assert shown.returncode == 0, shown.stderr
+    assert "sampler: grid, seed 0; pruner: none; objective: test_accuracy (max)" in shown.stdout
+    assert re.search(r"\btrial\b.*\brung\b", shown.stdout), shown.stdout
+    cancelled = run_cli("experiment", "cancel", str(experiment_id), url=url, api_key=CLI_API_KEY)
+    assert cancelled.returncode == 0, cancelled.stderr
+    resumed = run_cli("experiment", "resume", str(experiment_id), url=url, api_key=CLI_API_KEY)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"search {experiment_id} resumed: queued" in resumed.stdout
+    again = run_cli("experiment", "resume", str(experiment_id), url=url, api_key=CLI_API_KEY)
+    assert "was not cancelled" in assert_one_line_error(again, 1)
+    too_many = run_cli(
+        "experiment", "extend", str(experiment_id), "--max-trials", "3", url=url,
+        api_key=CLI_API_KEY,
+    )  # fmt: skip
+    assert "the grid has 2 points" in assert_one_line_error(too_many, 2)
+    cleanup = run_cli("experiment", "cancel", str(experiment_id), url=url, api_key=CLI_API_KEY)
+    assert cleanup.returncode == 0, cleanup.stderr
