@@ -19,6 +19,9 @@ from sqlalchemy.pool import NullPool
 
 from jobs import wiring
 
+# The browser fixtures (page, screenshots) for every browser test.
+pytest_plugins = ["tests.browser"]
+
 if TYPE_CHECKING:
     from tests.support import S3Server
 

@@ -12,13 +12,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.browser import Screenshots
 from tests.conftest import service_environment
 from tests.support import free_port, start_api
-from tests.test_dashboard_browser import (  # noqa: F401  (the fixtures)
-    Screenshots,
-    chromium,
-    screenshots,
-)
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +78,7 @@ class OfflinePage:
 
 
 @pytest.fixture
-def offline(chromium: Any, api: str) -> Iterator[OfflinePage]:  # noqa: F811
+def offline(chromium: Any, api: str) -> Iterator[OfflinePage]:
     page = OfflinePage(chromium, api)
     yield page
     page.context.close()
@@ -129,7 +125,7 @@ def test_redoc_lists_the_operations_offline(offline: OfflinePage, api: str) -> N
 def test_redoc_shows_its_logo_from_the_service(
     offline: OfflinePage,
     api: str,
-    screenshots: Screenshots,  # noqa: F811
+    screenshots: Screenshots,
 ) -> None:
     """ReDoc's sidebar credits its maker with a logo that its bundle loads from the vendor's
     CDN; the page serves it from here, so the logo shows and the console stays clean."""

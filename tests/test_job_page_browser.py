@@ -13,14 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.browser import Screenshots
 from tests.conftest import service_environment
 from tests.support import epoch_figures, free_port, start_api
-from tests.test_dashboard_browser import (  # noqa: F401  (the fixtures)
-    Screenshots,
-    chromium,
-    page,
-    screenshots,
-)
 
 pytestmark = pytest.mark.e2e
 
@@ -91,9 +86,9 @@ def header(shown: Any) -> dict[str, str]:
 
 
 def test_the_header_follows_every_epoch_and_never_steps_back(
-    page: Any,  # noqa: F811
+    page: Any,
     service: str,
-    screenshots: Screenshots,  # noqa: F811
+    screenshots: Screenshots,
 ) -> None:
     from jobs.db import session_scope
     from jobs.lifecycle import record_epoch
@@ -134,9 +129,9 @@ def test_the_header_follows_every_epoch_and_never_steps_back(
 
 
 def test_a_queued_job_says_why_it_is_where_it_is(
-    page: Any,  # noqa: F811
+    page: Any,
     service: str,
-    screenshots: Screenshots,  # noqa: F811
+    screenshots: Screenshots,
 ) -> None:
     waiting = submit(service, name="waiting")
     submit(service, name="urgent", priority=5)
