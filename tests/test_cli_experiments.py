@@ -194,10 +194,10 @@ def test_a_search_from_a_yaml_file_followed_shows_its_trials_pruned(
         "search:\n"
         "  space:\n"
         "    learning_rate: {choice: [0.05, 1.0e-7]}\n"
-        "    momentum: {choice: [0.0, 0.9]}\n"
+        "    weight_decay: {choice: [0.0, 1.0e-5]}\n"
         "  sampler: grid\n"
         "  seed: 4\n"
-        "  objective: {metric: train_loss}\n"
+        "  objective: {metric: test_loss}\n"
         "  pruner: {type: asha, min_epochs: 1, reduction_factor: 3}\n"
     )
     result = run_cli(

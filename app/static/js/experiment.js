@@ -299,7 +299,7 @@ function drawSearch() {
     const index = rungIndex.get(key) ?? 0;
     rungIndex.set(key, index + 1);
     return el("tr", { dataset: { rung: index, bracket: key } },
-      el("td", {}, rung.bracket == null ? "—" : String(rung.bracket)), el("td", {}, String(index)),
+      el("td", {}, rung.bracket == null ? decimal(null) : String(rung.bracket)), el("td", {}, String(index)),
       el("td", {}, String(rung.epochs)), el("td", {}, String(rung.reached)), el("td", {}, String(rung.promoted)),
       el("td", {}, String(rung.stopped)), el("td", {}, String(rung.waiting)),
       el("td", {}, objectiveText(rung.cutoff, objective.metric)), el("td", {}, marginText(rung.margin, objective.metric)));
