@@ -72,7 +72,7 @@ def _run_search(body: dict[str, Any]) -> dict[str, Any]:
     from jobs.experiments import create_experiment, summarize
     from jobs.listing import get_experiment
     from jobs.settings import get_settings
-    from jobs.specs import ExperimentCreate
+    from jobs.specs import MAX_EXPERIMENT_JOBS, ExperimentCreate
     from worker.runner import run_job
 
     wiring.connect()
@@ -90,7 +90,8 @@ def _run_search(body: dict[str, Any]) -> dict[str, Any]:
         run_job(0, settings=settings)
     seconds = time.monotonic() - started
     with session_scope(write=False) as session:
-        summary = summarize(session, get_experiment(session, experiment_id))
+        experiment = get_experiment(session, experiment_id)
+        summary = summarize(session, experiment, limit=MAX_EXPERIMENT_JOBS)  # every trial
         assert summary.search is not None
         trials = [
             {

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, literal, select
+from sqlalchemy import ColumnElement, Select, and_, false, func, literal, select, tuple_
 from sqlalchemy.orm import Session, aliased
 
 from jobs.tables import Job, JobStatus
@@ -83,36 +83,83 @@ def _count_ahead(job: type[Job], keys: range = range(len(DISPATCH_ORDER))) -> Co
     return total
 
 
-# Above this many jobs asked about at once, numbering the whole queue once is cheaper than
-# counting the entries ahead of each job (a page of 50 queued jobs near the end of a queue of
-# 1,000 would count 50,000 index entries; numbering reads 1,000).
-RANK_WHOLE_QUEUE_ABOVE = 2
+@dataclass(frozen=True)
+class _Place:
+    """A claimable job's keys in DISPATCH_ORDER."""
+
+    id: int
+    priority: int
+    fair_share_key: int
+
+
+def _between(before: _Place | None, job: _Place) -> list[ColumnElement[bool]]:
+    """Conditions whose counts add up to the claimable jobs after `before` (None: from the
+    queue's head) and before `job` in DISPATCH_ORDER (priority highest first, then
+    fair_share_key and id lowest first); each one range of ix_jobs_dispatch."""
+    rest = tuple_(Job.fair_share_key, Job.id)
+    if before is not None and before.priority == job.priority:
+        return [
+            and_(
+                Job.priority == job.priority,
+                rest > tuple_(before.fair_share_key, before.id),
+                rest < tuple_(job.fair_share_key, job.id),
+            )
+        ]
+    if before is None:
+        segments = [Job.priority > job.priority]
+    else:
+        segments = [
+            and_(Job.priority == before.priority, rest > tuple_(before.fair_share_key, before.id)),
+            and_(Job.priority < before.priority, Job.priority > job.priority),
+        ]
+    return [
+        *segments,
+        and_(Job.priority == job.priority, rest < tuple_(job.fair_share_key, job.id)),
+    ]
 
 
 def queue_positions(session: Session, job_ids: Sequence[int]) -> dict[int, int]:
-    """{job id: position} for those of the jobs that are claimable; 1 is taken next. One query:
-    for a few jobs it counts the index entries ahead of each; for more (a page), it numbers the
-    claimable jobs in DISPATCH_ORDER once, reading only the index. Either way the cost follows
-    the queue's length (at most MAX_QUEUED_JOBS), not the table's."""
+    """{job id: position} for those of the jobs that are claimable; 1 is taken next. Two
+    queries: the jobs' keys, then, in DISPATCH_ORDER, the count of the claimable jobs before
+    the first and between each and the next, all in one statement. Each index entry up to the
+    last of the jobs is read once, and no row: the whole queue is neither read beyond them nor
+    numbered (a window over it would sort it)."""
     wanted = sorted(set(job_ids))
     if not wanted:
         return {}
-    if len(wanted) <= RANK_WHOLE_QUEUE_ABOVE:
-        rows = session.execute(
-            select(Job.id, _count_ahead(Job)).where(Job.id.in_(wanted), _claimable())
+    # Found by id, claimable or not (a planner without statistics would rather read the
+    # queue's index for the status than the few ids).
+    places = [
+        _Place(row.id, row.priority, row.fair_share_key)
+        for row in session.execute(
+            select(
+                Job.id, Job.priority, Job.fair_share_key, Job.status, Job.cancel_requested
+            ).where(Job.id.in_(wanted))
         )
-        return {job_id: int(count) + 1 for job_id, count in rows}
-    order = [
-        getattr(Job, key).desc() if highest_first else getattr(Job, key)
-        for key, highest_first in DISPATCH_ORDER
+        if row.status == JobStatus.QUEUED and not row.cancel_requested
     ]
-    ranked = (
-        select(Job.id.label("id"), func.row_number().over(order_by=order).label("position"))
-        .where(_claimable())
-        .subquery()
-    )
-    rows = session.execute(select(ranked.c.id, ranked.c.position).where(ranked.c.id.in_(wanted)))
-    return {job_id: int(position) for job_id, position in rows}
+    places.sort(key=lambda place: (-place.priority, place.fair_share_key, place.id))
+    counts: list[ColumnElement[int]] = []
+    sizes = []
+    before: _Place | None = None
+    for place in places:
+        segments = _between(before, place)
+        counts += [
+            select(func.count()).select_from(Job).where(_claimable(), segment).scalar_subquery()
+            for segment in segments
+        ]
+        sizes.append(len(segments))
+        before = place
+    if not places:
+        return {}
+    row = list(session.execute(select(*counts)).one())
+    positions = {}
+    position = 0
+    for place, size in zip(places, sizes, strict=True):
+        position += sum(int(count) for count in row[:size]) + 1
+        row = row[size:]
+        positions[place.id] = position
+    return positions
 
 
 def queue_position(session: Session, job_id: int) -> int | None:

@@ -120,12 +120,31 @@ def epoch_metrics_by_job(
     return by_job
 
 
-def seconds_per_epoch(session: Session, experiment_id: int) -> dict[int, float]:
-    """Each job's mean recorded epoch time, for all the experiment's jobs in one query."""
+def job_curves(session: Session, job_ids: Sequence[int], points: int) -> dict[int, list[MetricRow]]:
+    """The curves of these jobs (a page of an experiment's), by job, in one query: each
+    downsampled to `points` in SQL. Reads only these jobs' epoch rows."""
+    if not job_ids:
+        return {}
+    ranked = _ranked([EpochMetric.job_id.in_(sorted(set(job_ids)))], with_job=True)
+    by_job: dict[int, list[MetricRow]] = defaultdict(list)
     rows = session.execute(
-        select(EpochMetric.job_id, func.avg(EpochMetric.seconds))
-        .join(Job, Job.id == EpochMetric.job_id)
-        .where(Job.experiment_id == experiment_id)
-        .group_by(EpochMetric.job_id)
+        select(ranked.c.job_id, *(ranked.c[name] for name in METRIC_NAMES))
+        .where(_kept(ranked.c.rank, ranked.c.count, ranked.c.best_rank, points))
+        .order_by(ranked.c.job_id, ranked.c.epoch)
     )
-    return {job_id: float(mean) for job_id, mean in rows}
+    for row in rows:
+        by_job[row.job_id].append(row)
+    return by_job
+
+
+def epoch_time_values(epochs: int, seconds: float) -> dict[str, Any]:
+    """The job columns that `epochs` more stored epoch rows taking `seconds` in all change: the
+    sum and number of its epoch times and their mean (Job.seconds_per_epoch), so that a summary
+    reads one column instead of averaging the epoch rows."""
+    total = Job.epoch_seconds + seconds
+    recorded = Job.epochs_recorded + epochs
+    return {
+        "epoch_seconds": total,
+        "epochs_recorded": recorded,
+        "seconds_per_epoch": total / recorded,
+    }
