@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from sqlalchemy import Select, literal, null, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from jobs.db import index_order
 from jobs.errors import ExperimentNotFound, InvalidFields, JobNotFound
@@ -278,9 +278,11 @@ def list_experiment_jobs(
     page = experiment_job_keys(
         session, experiment_id, sort=sort, order=order, limit=limit, cursor=cursor
     )
-    rows = {
-        job.id: job for job in session.execute(select(Job).where(Job.id.in_(page.ids))).scalars()
-    }
+    # The training config and a trial's Optuna attributes are no row's to show: read if asked.
+    query = (
+        select(Job).where(Job.id.in_(page.ids)).options(defer(Job.config), defer(Job.trial_attrs))
+    )
+    rows = {job.id: job for job in session.execute(query).scalars()}
     return [rows[job_id] for job_id in page.ids if job_id in rows], page.next_cursor
 
 

@@ -120,20 +120,39 @@ def epoch_metrics_by_job(
     return by_job
 
 
-def job_curves(session: Session, job_ids: Sequence[int], points: int) -> dict[int, list[MetricRow]]:
-    """The curves of these jobs (a page of an experiment's), by job, in one query: each
-    downsampled to `points` in SQL. Reads only these jobs' epoch rows."""
+# One epoch of a curve: its values in METRIC_NAMES order.
+Point = tuple[Any, ...]
+
+
+def job_curves(session: Session, job_ids: Sequence[int], points: int) -> dict[int, list[Point]]:
+    """The curves of these jobs (a page of an experiment's), by job, each downsampled to
+    `points` in SQL; reads only these jobs' epoch rows. The jobs whose kept epoch count fits
+    are read as they are, in the order of the (job, epoch) key, without ranking their rows."""
     if not job_ids:
         return {}
-    ranked = _ranked([EpochMetric.job_id.in_(sorted(set(job_ids)))], with_job=True)
-    by_job: dict[int, list[MetricRow]] = defaultdict(list)
-    rows = session.execute(
-        select(ranked.c.job_id, *(ranked.c[name] for name in METRIC_NAMES))
-        .where(_kept(ranked.c.rank, ranked.c.count, ranked.c.best_rank, points))
-        .order_by(ranked.c.job_id, ranked.c.epoch)
-    )
-    for row in rows:
-        by_job[row.job_id].append(row)
+    recorded = session.execute(
+        select(Job.id, Job.epochs_recorded).where(Job.id.in_(sorted(set(job_ids))))
+    ).all()
+    whole = [job_id for job_id, epochs in recorded if epochs <= points]
+    downsampled = [job_id for job_id, epochs in recorded if epochs > points]
+    by_job: dict[int, list[Point]] = defaultdict(list)
+    queries = []
+    if whole:
+        queries.append(
+            select(EpochMetric.job_id, *METRIC_COLUMNS)
+            .where(EpochMetric.job_id.in_(whole))
+            .order_by(EpochMetric.job_id, EpochMetric.epoch)
+        )
+    if downsampled:
+        ranked = _ranked([EpochMetric.job_id.in_(downsampled)], with_job=True)
+        queries.append(
+            select(ranked.c.job_id, *(ranked.c[name] for name in METRIC_NAMES))
+            .where(_kept(ranked.c.rank, ranked.c.count, ranked.c.best_rank, points))
+            .order_by(ranked.c.job_id, ranked.c.epoch)
+        )
+    for query in queries:
+        for job_id, *values in session.execute(query).tuples():
+            by_job[job_id].append(tuple(values))
     return by_job
 
 

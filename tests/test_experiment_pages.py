@@ -176,12 +176,22 @@ def test_curves_come_in_pages_under_a_byte_cap_as_rows_or_columns(client: TestCl
     assert capped == whole and count > 2
     narrow, count = curves(client, path, max_bytes=10_000, format="columns")
     assert narrow == columns and count < len(capped)
+    # Curves longer than max_points are downsampled, shorter ones read whole: each as the
+    # job's own metrics give it.
+    drive_job(ids[9], 10)
+    mixed, _ = curves(client, path, max_points=20)
+    assert [curve["job_id"] for curve in mixed] == ids[:10]
+    for curve in mixed:
+        own = client.get(f"/jobs/{curve['job_id']}/metrics", params={"max_points": 20}).json()
+        assert curve["metrics"] == own["metrics"]
+    assert len(mixed[0]["metrics"]) <= 20 < 30 and len(mixed[-1]["metrics"]) == 10
     # The rows' order and cursor are the experiment page's.
     by_accuracy, _ = curves(client, path, sort="best_test_accuracy", order="desc", limit=2)
     page = client.get(
         f"/experiments/{made['id']}", params={"sort": "best_test_accuracy", "order": "desc"}
     ).json()
     ranked = [row["job_id"] for row in page["jobs"] if row["epochs_done"]]
+    assert len(ranked) == 10
     assert [curve["job_id"] for curve in by_accuracy] == ranked
 
 

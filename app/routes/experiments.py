@@ -478,18 +478,13 @@ def _curves_within(
     return fragments, page.next_cursor
 
 
-def _curve_json(job_id: int, rows: list[metrics.MetricRow], format: MetricsFormat) -> bytes:
+def _curve_json(job_id: int, points: list[metrics.Point], format: MetricsFormat) -> bytes:
     """One job's curve as JSON, the floats that JSON cannot hold (a diverged loss) as null."""
+    curve: dict[str, Any] = {"job_id": job_id}
     if format == "rows":
-        curve: dict[str, Any] = {
-            "job_id": job_id,
-            "metrics": [
-                {name: getattr(row, name) for name in metrics.METRIC_NAMES} for row in rows
-            ],
-        }
+        curve["metrics"] = [dict(zip(metrics.METRIC_NAMES, point, strict=True)) for point in points]
     else:
-        curve = {"job_id": job_id}
-        curve.update((name, [getattr(row, name) for row in rows]) for name in metrics.METRIC_NAMES)
+        curve.update(zip(metrics.METRIC_NAMES, map(list, zip(*points, strict=True)), strict=True))
     text = json.dumps(curve, separators=(",", ":"))
     # Only numbers are written after the keys, so these words are Python's non-finite floats.
     for word in ("-Infinity", "Infinity", "NaN"):
