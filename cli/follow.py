@@ -25,6 +25,8 @@ from cli.render import (
 )
 
 POLL_SECONDS = 1.0
+# An experiment's every job row in one answer (the API's most jobs of an experiment).
+EXPERIMENT_ROWS = 1000
 # A follower outlives a restart of the API or a busy database: it keeps polling through
 # connection failures and 503 answers for this long before it gives up.
 OUTAGE_SECONDS = 120.0
@@ -195,7 +197,7 @@ def follow_experiment(
     succeeded, 1 otherwise. Ctrl-C stops following and leaves the jobs running."""
     subject = f"experiment {experiment_id}"
     path = f"/experiments/{experiment_id}"
-    experiment = api.get_json(path, subject=subject)
+    experiment = api.get_json(path, subject=subject, limit=EXPERIMENT_ROWS)
     poller = _Poller(console, interval_seconds)
     progress = _progress(console)
     overall = None
@@ -235,7 +237,7 @@ def follow_experiment(
             if experiment["ended"]:
                 break
             poller.pause()
-            polled = poller.call(api.get_json, path, subject=subject)
+            polled = poller.call(api.get_json, path, subject=subject, limit=EXPERIMENT_ROWS)
             if polled is not None:
                 experiment = polled
     except KeyboardInterrupt:

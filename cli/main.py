@@ -25,7 +25,7 @@ from cli.client import (
 )
 from cli.download import download_checkpoint
 from cli.errors import EXIT_INTERRUPTED, CliError, UsageError
-from cli.follow import POLL_SECONDS, follow_experiment, follow_job
+from cli.follow import EXPERIMENT_ROWS, POLL_SECONDS, follow_experiment, follow_job
 from cli.render import (
     EPOCH_FIELDS,
     experiment_header,
@@ -361,7 +361,9 @@ def show_experiment(args: argparse.Namespace, api: ApiClient, console: Console) 
     if args.csv == "-":
         sys.stdout.buffer.write(api.get_bytes(f"{path}/summary.csv", subject=subject))
         return 0
-    experiment = api.get_json(path, subject=subject, sort=args.sort, order=args.order)
+    experiment = api.get_json(
+        path, subject=subject, sort=args.sort, order=args.order, limit=EXPERIMENT_ROWS
+    )
     if args.json:
         _print_json(experiment)
     else:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,8 +26,7 @@ from jobs.errors import (
     TooManyJobs,
 )
 from jobs.lifecycle import cancel_job
-from jobs.listing import get_experiment
-from jobs.metrics import seconds_per_epoch
+from jobs.listing import EXPERIMENT_JOBS_PAGE, get_experiment, list_experiment_jobs
 from jobs.search import study
 from jobs.search.space import grid_size, validate_space
 from jobs.settings import Settings
@@ -45,14 +43,12 @@ from jobs.specs import (
     REPORT_HYPERPARAMETERS,
     REPORT_PRESET,
     ExperimentCreate,
-    ExperimentSort,
     JobCreate,
-    SortOrder,
     canonical_sha256,
 )
+from jobs.status_counts import experiment_counts
 from jobs.submission import add_jobs, ensure_queue_room, find_by_key
 from jobs.tables import Experiment, Job, JobStatus, experiment_status, utcnow
-from models.catalog import BLOCK_NAMES
 
 
 @dataclass(frozen=True)
@@ -379,23 +375,6 @@ def job_labels(experiment: Experiment, jobs: list[Job]) -> dict[int, str]:
     return {job.id: describe(job.block, varied_values(job, varying)) for job in jobs}
 
 
-def empty_counts() -> dict[JobStatus, int]:
-    return dict.fromkeys(JobStatus, 0)
-
-
-def status_counts(session: Session, experiment_ids: list[int]) -> dict[int, dict[JobStatus, int]]:
-    """Each experiment's job count per status (every status present), in one query."""
-    counts = {experiment_id: empty_counts() for experiment_id in experiment_ids}
-    rows = session.execute(
-        select(Job.experiment_id, Job.status, func.count())
-        .where(Job.experiment_id.in_(experiment_ids))
-        .group_by(Job.experiment_id, Job.status)
-    )
-    for experiment_id, status, count in rows:
-        counts[cast(int, experiment_id)][JobStatus(status)] = count
-    return counts
-
-
 def counts_status(counts: dict[JobStatus, int]) -> JobStatus:
     """The experiment's status from its jobs' status counts."""
     return experiment_status(status for status, n in counts.items() if n)
@@ -418,22 +397,17 @@ def experiment_job_ids(session: Session, experiment_id: int) -> list[int]:
     )
 
 
-# Blocks and statuses sort in their natural order (the registry's, the lifecycle's).
-SORT_RANKS: dict[str, dict[str, int]] = {
-    "block": {name: rank for rank, name in enumerate(BLOCK_NAMES)},
-    "status": {str(status): rank for rank, status in enumerate(JobStatus)},
-}
-
-
 @dataclass(frozen=True)
 class ExperimentSummary:
-    """An experiment with its jobs (sorted as asked) and what its summary shows of them."""
+    """An experiment with a page of its jobs (sorted as asked), the cursor of the next page,
+    and the figures its summary shows: every one kept as jobs change, so a summary costs its
+    page, whatever the number of jobs and epochs."""
 
     experiment: Experiment
     jobs: list[Job]
     counts: dict[JobStatus, int]
     varying: list[str]
-    seconds_per_epoch: dict[int, float] = field(default_factory=dict)
+    next_cursor: str | None = None
     search: study.SearchSummary | None = None
 
     @property
@@ -441,49 +415,27 @@ class ExperimentSummary:
         return counts_status(self.counts)
 
 
-def _sort_value(job: Job, sort: ExperimentSort, seconds: dict[int, float]) -> Any:
-    if sort == "job_id":
-        return job.id
-    if sort == "seconds_per_epoch":
-        return seconds.get(job.id)
-    value = getattr(job, sort)
-    ranks = SORT_RANKS.get(sort)
-    if value is not None and ranks is not None:
-        return ranks.get(str(value), len(ranks))
-    return value
-
-
-def sort_jobs(
-    jobs: Sequence[Job], sort: ExperimentSort, order: SortOrder, seconds: dict[int, float]
-) -> list[Job]:
-    """Jobs by one column, ties by job id, jobs without a value last in either order."""
-    by_id = sorted(jobs, key=lambda job: job.id)
-    present = [job for job in by_id if _sort_value(job, sort, seconds) is not None]
-    missing = [job for job in by_id if _sort_value(job, sort, seconds) is None]
-    # sorted() is stable with reverse=True too: ties keep their job id order.
-    present.sort(key=lambda job: _sort_value(job, sort, seconds), reverse=order == "desc")
-    return present + missing
-
-
 def summarize(
     session: Session,
     experiment: Experiment,
     *,
-    sort: ExperimentSort = "job_id",
-    order: SortOrder = "asc",
+    sort: str = "job_id",
+    order: str = "asc",
+    limit: int = EXPERIMENT_JOBS_PAGE,
+    cursor: str | None = None,
 ) -> ExperimentSummary:
-    """The experiment with every job (two queries whatever the number of jobs)."""
-    jobs = experiment_jobs(session, experiment.id)
-    seconds = seconds_per_epoch(session, experiment.id)
-    counts = empty_counts()
-    counts.update(Counter(JobStatus(job.status) for job in jobs))
+    """The experiment with a page of its jobs (jobs.listing.list_experiment_jobs), its kept
+    status counts and, for a search, where it stands."""
+    jobs, next_cursor = list_experiment_jobs(
+        session, experiment.id, sort=sort, order=order, limit=limit, cursor=cursor
+    )
     search = study.search_of(experiment.spec)
     return ExperimentSummary(
         experiment=experiment,
-        jobs=sort_jobs(jobs, sort, order, seconds),
-        counts=counts,
+        jobs=jobs,
+        counts=experiment_counts(session, [experiment.id])[experiment.id],
         varying=varying_fields(experiment.spec),
-        seconds_per_epoch=seconds,
+        next_cursor=next_cursor,
         search=None if search is None else study.summarize_search(session, experiment, search),
     )
 

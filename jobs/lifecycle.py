@@ -20,14 +20,14 @@ from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from jobs import signals
+from jobs import signals, status_counts
 from jobs.counters import EPOCHS_RECORDED, MESSAGES_RESENT, add_to_counter, leases_reaped_counter
 from jobs.db import insert_ignoring_duplicates as _insert_ignoring_duplicates
 from jobs.dispatch import next_claimable
 from jobs.errors import JobNotCancellable, JobNotQueued
 from jobs.events import STATUS_EVENT, record_epoch_event, record_event, record_status, status_data
 from jobs.listing import get_experiment, get_job
-from jobs.metrics import METRIC_NAMES, evaluation_of
+from jobs.metrics import METRIC_NAMES, epoch_time_values, evaluation_of
 from jobs.queue import enqueue_after_commit
 from jobs.signals import (
     EndCause,
@@ -134,19 +134,20 @@ def _move(
     session: Session,
     job_id: int,
     *conditions: Any,
+    from_status: JobStatus,
     cause: EndCause = EndCause.ATTEMPT,
     **values: Any,
 ) -> bool:
-    """A status change: `_transition`, a status event when it happened, and `JobEnded` (with
-    what ended it) when the status is final."""
-    moved = _transition(session, job_id, *conditions, **values)
+    """A status change from `from_status` (a condition of the change): `_transition`, and when
+    it happened the kept status counts (jobs.status_counts), a status event, and `JobEnded`
+    (with what ended it) when the status is final."""
+    moved = _transition(session, job_id, Job.status == from_status, *conditions, **values)
     if moved:
         data = status_data(session, job_id)
+        experiment_id = session.execute(select(Job.experiment_id).where(Job.id == job_id)).scalar()
+        status_counts.moved(session, experiment_id, from_status, data["status"])
         record_event(session, job_id, STATUS_EVENT, data)
         if data["ended"]:
-            experiment_id = session.execute(
-                select(Job.experiment_id).where(Job.id == job_id)
-            ).scalar()
             moves = signals.job_ended(
                 session, JobEnded(job_id, JobStatus(data["status"]), experiment_id, cause)
             )
@@ -178,7 +179,7 @@ def _make_moves(session: Session, moves: list[TrialMove]) -> None:
             if _move(
                 session,
                 move.job_id,
-                Job.status == JobStatus.PAUSED,
+                from_status=JobStatus.PAUSED,
                 status=JobStatus.QUEUED,
                 enqueued_at=now,
                 enqueue_count=Job.enqueue_count + 1,
@@ -192,7 +193,7 @@ def _make_moves(session: Session, moves: list[TrialMove]) -> None:
             _move(
                 session,
                 move.job_id,
-                Job.status == JobStatus.PAUSED,
+                from_status=JobStatus.PAUSED,
                 cause=EndCause.PRUNER,
                 status=JobStatus.PRUNED,
                 finished_at=now,
@@ -229,8 +230,8 @@ def claim_job(session: Session, job_id: int, *, worker: str, lease_seconds: floa
     claimed = _move(
         session,
         job_id,
-        Job.status == JobStatus.QUEUED,
         Job.cancel_requested.is_(False),
+        from_status=JobStatus.QUEUED,
         status=JobStatus.RUNNING,
         attempt=Job.attempt + 1,
         lease_token=token,
@@ -267,12 +268,16 @@ def cancel_requested(session: Session, claim: Claim) -> bool | None:
 
 def _record_new_epochs(session: Session, job_id: int, rows: list[dict[str, Any]]) -> list[int]:
     """Store the epochs' metrics rows that are not stored yet, each with its epoch event (so an
-    epoch recorded again makes no second event); returns the epochs stored."""
+    epoch recorded again makes no second event) and its time added to the job's; returns the
+    epochs stored."""
     inserted = _insert_ignoring_duplicates(session, EpochMetric, rows, EpochMetric.epoch)
     stored = sorted(int(row.epoch) for row in inserted)
     by_epoch = {int(row["epoch"]): row for row in rows}
     for epoch in stored:
         record_epoch_event(session, job_id, {name: by_epoch[epoch][name] for name in METRIC_NAMES})
+    if stored:
+        seconds = sum(float(by_epoch[epoch]["seconds"]) for epoch in stored)
+        _transition(session, job_id, **epoch_time_values(len(stored), seconds))
     add_to_counter(session, EPOCHS_RECORDED, len(stored))
     return stored
 
@@ -436,6 +441,7 @@ def finish_job(
         session,
         claim.job_id,
         *_fenced(claim),
+        from_status=JobStatus.RUNNING,
         status=status,
         error_reason=error_reason,
         error=error,
@@ -459,6 +465,7 @@ def release_job(session: Session, claim: Claim) -> JobStatus | None:
         Job.cancel_requested.is_(False),
         Job.prune_requested.is_(False),
         Job.pause_requested.is_(False),
+        from_status=JobStatus.RUNNING,
         status=JobStatus.QUEUED,
         attempt=Job.attempt - 1,
         lease_token=None,
@@ -501,7 +508,7 @@ def pause_job(session: Session, claim: Claim) -> bool:
     (`JobPaused`), and the paused trials it then resumes or stops are moved here too."""
     if not _move(
         session, claim.job_id, *_fenced(claim), Job.pause_requested.is_(True),
-        **_paused_values(utcnow()),
+        from_status=JobStatus.RUNNING, **_paused_values(utcnow()),
     ):  # fmt: skip
         return False
     _announce_pause(session, claim.job_id)
@@ -520,16 +527,20 @@ def cancel_job(session: Session, job_id: int, *, cause: EndCause = EndCause.CANC
     ended otherwise. `cause`: who asked (the job's `JobEnded` says it)."""
     job = get_job(session, job_id)
     now = utcnow()
-    if not _move(
-        session,
-        job_id,
-        # Queued or waiting at a rung: no attempt holds it.
-        Job.status.in_([JobStatus.QUEUED, JobStatus.PAUSED]),
-        cause=cause,
-        status=JobStatus.CANCELLED,
-        cancel_requested=True,
-        finished_at=now,
-    ) and _transition(
+    # Queued, or waiting at a rung: no attempt holds it.
+    waiting = (
+        _move(
+            session,
+            job_id,
+            from_status=status,
+            cause=cause,
+            status=JobStatus.CANCELLED,
+            cancel_requested=True,
+            finished_at=now,
+        )
+        for status in (JobStatus.QUEUED, JobStatus.PAUSED)
+    )
+    if not any(waiting) and _transition(
         session,
         job_id,
         Job.status == JobStatus.RUNNING,
@@ -613,11 +624,11 @@ def reap_expired_leases(session: Session, *, now: datetime | None = None) -> lis
         moved = _move(
             session,
             job.id,
-            Job.status == JobStatus.RUNNING,
             Job.lease_token == job.lease_token,
             Job.lease_expires_at < now,
             # A cancel that lands after the read above must not be lost in a re-queue.
             Job.cancel_requested.is_(job.cancel_requested),
+            from_status=JobStatus.RUNNING,
             cause=EndCause.LEASE_EXPIRED,
             **{**values, "lease_token": None, "lease_expires_at": None, "updated_at": now},
         )

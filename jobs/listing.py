@@ -17,11 +17,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from sqlalchemy import Select, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, literal, null, select, tuple_
+from sqlalchemy.orm import Session, defer
 
+from jobs.db import index_order
 from jobs.errors import ExperimentNotFound, InvalidFields, JobNotFound
-from jobs.tables import Experiment, Job, JobTag
+from jobs.tables import Experiment, Job, JobStatus, JobTag
+from models.catalog import BLOCK_NAMES
 
 # "created": newest first (ids grow with submission). "best_test_accuracy": highest first,
 # jobs without one (not yet tested) after every job with one, newest first among them.
@@ -42,10 +44,16 @@ class Cursor:
 
     def encode(self) -> str:
         data: dict[str, Any] = {"of": self.of, "id": self.id}
-        if self.of == "jobs:best_test_accuracy":
+        if _has_value(self.of):
             data["value"] = self.value
         raw = json.dumps(data, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _has_value(of: str) -> bool:
+    """Whether a list's cursor holds a sort value besides the id."""
+    sort = of.split(":")[1] if ":" in of else None
+    return sort is not None and sort not in ("created", "job_id")
 
 
 def _bad_cursor(message: str) -> InvalidFields:
@@ -63,7 +71,7 @@ def decode_cursor(text: str, of: str) -> Cursor:
         data = json.loads(raw)
     except (binascii.Error, ValueError):
         raise _bad_cursor(f"not a cursor of this list; {hint}") from None
-    expected = {"of", "id", "value"} if of == "jobs:best_test_accuracy" else {"of", "id"}
+    expected = {"of", "id", "value"} if _has_value(of) else {"of", "id"}
     if not isinstance(data, dict) or set(data) != expected or data.get("of") != of:
         raise _bad_cursor(f"a cursor of another list or sort; {hint}")
     job_id, value = data["id"], data.get("value")
@@ -102,29 +110,14 @@ def list_jobs(
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[Job], str | None]:
-    """A page of jobs in `sort` order and the cursor of the next page (None after the last)."""
+    """A page of jobs in `sort` order and the cursor of the next page (None after the last).
+    Every filter and the sort are columns of one index (jobs.tables): of the jobs for up to
+    two of status, block and experiment, of the tag rows, which carry their job's copy of
+    those columns, when filtering by tag."""
     of = f"jobs:{sort}"
     after = decode_cursor(cursor, of) if cursor is not None else None
-    query = select(Job)
-    # The id column the page is ordered by: the tag's rows when filtering by tag, so that the
-    # scan runs over job_tags' primary key (tag, job_id) instead of every job.
-    order_id: Any = Job.id
-    if tag is not None:
-        query = query.join(JobTag, JobTag.job_id == Job.id).where(JobTag.tag == tag)
-        order_id = JobTag.job_id
-    if experiment_id is not None:
-        query = query.where(Job.experiment_id == experiment_id)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if block is not None:
-        query = query.where(Job.block == block)
-
-    if sort == "created":
-        if after is not None:
-            query = query.where(order_id < after.id)
-        jobs = _fetch(session, query.order_by(order_id.desc()), limit + 1)
-    else:
-        jobs = _by_accuracy(session, query, order_id, after, limit + 1)
+    with index_order(session):
+        jobs = _jobs_page(session, status, block, experiment_id, tag, sort, after, limit + 1)
     if len(jobs) <= limit:
         return jobs, None
     jobs = jobs[:limit]
@@ -133,17 +126,51 @@ def list_jobs(
     return jobs, Cursor(of, last.id, value).encode()
 
 
+def _jobs_page(
+    session: Session,
+    status: str | None,
+    block: str | None,
+    experiment_id: int | None,
+    tag: str | None,
+    sort: JobSort,
+    after: Cursor | None,
+    count: int,
+) -> list[Job]:
+    query = select(Job)
+    columns: Any = Job
+    order_id: Any = Job.id
+    if tag is not None:
+        query = query.join(JobTag, JobTag.job_id == Job.id).where(JobTag.tag == tag)
+        columns, order_id = JobTag, JobTag.job_id
+    if experiment_id is not None:
+        query = query.where(columns.experiment_id == experiment_id)
+    if status is not None:
+        query = query.where(columns.status == status)
+    if block is not None:
+        query = query.where(columns.block == block)
+
+    if sort == "created":
+        if after is not None:
+            query = query.where(order_id < after.id)
+        return _fetch(session, query.order_by(order_id.desc()), count)
+    return _by_accuracy(session, query, columns.best_test_accuracy, order_id, after, count)
+
+
 def _fetch(session: Session, query: Select[Job], count: int) -> list[Job]:
     return list(session.execute(query.limit(count)).scalars())
 
 
 def _by_accuracy(
-    session: Session, query: Select[Job], order_id: Any, after: Cursor | None, count: int
+    session: Session,
+    query: Select[Job],
+    accuracy: Any,
+    order_id: Any,
+    after: Cursor | None,
+    count: int,
 ) -> list[Job]:
     """Highest best test accuracy first, ties newest first, then the jobs without one, newest
     first. Two range scans (jobs with a value, then those without) rather than one ORDER BY
     with NULLS LAST, which PostgreSQL cannot read from an ascending index."""
-    accuracy = Job.best_test_accuracy
     jobs: list[Job] = []
     if after is None or after.value is not None:
         tested = query.where(accuracy.is_not(None))
@@ -154,8 +181,181 @@ def _by_accuracy(
         untested = query.where(accuracy.is_(None))
         if after is not None and after.value is None:
             untested = untested.where(order_id < after.id)
-        jobs += _fetch(session, untested.order_by(order_id.desc()), count - len(jobs))
+        # Ordered by the null too: the index's own order, which the planner then reads.
+        ordered = untested.order_by(accuracy.desc(), order_id.desc())
+        jobs += _fetch(session, ordered, count - len(jobs))
     return jobs
+
+
+# An experiment's jobs sort by one of these columns; block and status in their own order (the
+# registry's, the lifecycle's), the others by value. Jobs without a value come last in either
+# order, ties by job id.
+EXPERIMENT_SORT_COLUMNS: dict[str, Any] = {
+    "job_id": Job.id,
+    "block": Job.block,
+    "status": Job.status,
+    "best_test_accuracy": Job.best_test_accuracy,
+    "final_test_accuracy": Job.final_test_accuracy,
+    "final_train_loss": Job.final_train_loss,
+    "seconds_per_epoch": Job.seconds_per_epoch,
+    "params": Job.params,
+    "macs": Job.macs,
+}
+RANKED_VALUES: dict[str, tuple[str, ...]] = {
+    "block": tuple(BLOCK_NAMES),
+    "status": tuple(JobStatus),
+}
+EXPERIMENT_ORDERS = ("asc", "desc")
+# A page of an experiment's jobs: 100 unless asked (at most the largest experiment).
+EXPERIMENT_JOBS_PAGE = 100
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """A page of an experiment's jobs in one sort: each job's id and its place in the sort (the
+    value, or the rank of its block or status, that a cursor after it holds), and the cursor
+    of the page after it."""
+
+    of: str
+    keys: list[tuple[int, float | None]]
+    next_cursor: str | None
+
+    @property
+    def ids(self) -> list[int]:
+        return [job_id for job_id, _ in self.keys]
+
+    def cursor_after(self, index: int) -> str:
+        """The cursor of the page that starts after the job at `index` of this one."""
+        job_id, value = self.keys[index]
+        return Cursor(self.of, job_id, value).encode()
+
+
+def experiment_job_keys(
+    session: Session,
+    experiment_id: int,
+    *,
+    sort: str = "job_id",
+    order: str = "asc",
+    limit: int = EXPERIMENT_JOBS_PAGE,
+    cursor: str | None = None,
+) -> JobKeys:
+    """A page of the experiment's jobs in `sort` order, read from one index (experiment,
+    column, id) and nothing else: a ranked column one range per value in its order, another
+    column the jobs with a value, then those without."""
+    if sort not in EXPERIMENT_SORT_COLUMNS or order not in EXPERIMENT_ORDERS:
+        raise InvalidFields([("sort", f"not a sort of an experiment's jobs: {sort} {order}")])
+    of = f"experiment:{sort}:{order}"
+    after = decode_cursor(cursor, of) if cursor is not None else None
+    descending = order == "desc"
+    with index_order(session):
+        if sort == "job_id":
+            query = select(Job.id, null()).where(Job.experiment_id == experiment_id)
+            if after is not None:
+                query = query.where(Job.id < after.id if descending else Job.id > after.id)
+            ordered = query.order_by(Job.id.desc() if descending else Job.id)
+            keys = _keys(session, ordered, limit + 1)
+        elif sort in RANKED_VALUES:
+            keys = _by_rank(session, experiment_id, sort, descending, after, limit + 1)
+        else:
+            keys = _by_value(session, experiment_id, sort, descending, after, limit + 1)
+    if len(keys) <= limit:
+        return JobKeys(of, keys, None)
+    page = JobKeys(of, keys[:limit], None)
+    return JobKeys(of, page.keys, page.cursor_after(limit - 1))
+
+
+def list_experiment_jobs(
+    session: Session,
+    experiment_id: int,
+    *,
+    sort: str = "job_id",
+    order: str = "asc",
+    limit: int = EXPERIMENT_JOBS_PAGE,
+    cursor: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """A page of the experiment's jobs (experiment_job_keys), as rows, and the cursor of the
+    next page."""
+    page = experiment_job_keys(
+        session, experiment_id, sort=sort, order=order, limit=limit, cursor=cursor
+    )
+    # The training config and a trial's Optuna attributes are no row's to show: read if asked.
+    query = (
+        select(Job).where(Job.id.in_(page.ids)).options(defer(Job.config), defer(Job.trial_attrs))
+    )
+    rows = {job.id: job for job in session.execute(query).scalars()}
+    return [rows[job_id] for job_id in page.ids if job_id in rows], page.next_cursor
+
+
+def _keys(session: Session, query: Select[int, Any], count: int) -> list[tuple[int, float | None]]:
+    return [
+        (int(job_id), None if value is None else float(value))
+        for job_id, value in session.execute(query.limit(count))
+    ]
+
+
+def _by_rank(
+    session: Session,
+    experiment_id: int,
+    sort: str,
+    descending: bool,
+    after: Cursor | None,
+    count: int,
+) -> list[tuple[int, float | None]]:
+    """One range per value of the column, in its order (reversed when descending), each by id."""
+    column = EXPERIMENT_SORT_COLUMNS[sort]
+    ranked = list(enumerate(RANKED_VALUES[sort]))
+    start = None if after is None else after.value
+    keys: list[tuple[int, float | None]] = []
+    for rank, value in reversed(ranked) if descending else ranked:
+        if start is not None and ((rank > start) if descending else (rank < start)):
+            continue  # a group the pages before have read
+        group = select(Job.id, literal(rank)).where(
+            Job.experiment_id == experiment_id, column == value
+        )
+        if after is not None and rank == start:
+            group = group.where(Job.id > after.id)
+        keys += _keys(session, group.order_by(column, Job.id), count - len(keys))
+        if len(keys) == count:
+            break
+    return keys
+
+
+def _by_value(
+    session: Session,
+    experiment_id: int,
+    sort: str,
+    descending: bool,
+    after: Cursor | None,
+    count: int,
+) -> list[tuple[int, float | None]]:
+    """The jobs with a value by value (ties by id), then those without, by id. Descending, the
+    rest of the cursor's tie is one range and the lower values another, whose ties the database
+    puts in id order (reading at most one tie's index entries beyond the page). Each is ordered
+    by every column of the index after its equalities (a tie's value, a null), so that its
+    order is the index's."""
+    column = EXPERIMENT_SORT_COLUMNS[sort]
+    query = select(Job.id, column).where(Job.experiment_id == experiment_id)
+    keys: list[tuple[int, float | None]] = []
+    if after is None or after.value is not None:
+        valued = query.where(column.is_not(None))
+        if after is None:
+            ordered = valued.order_by(column.desc() if descending else column, Job.id)
+            keys = _keys(session, ordered, count)
+        elif descending:
+            tie = valued.where(column == after.value, Job.id > after.id)
+            keys = _keys(session, tie.order_by(column, Job.id), count)
+            if len(keys) < count:
+                lower = valued.where(column < after.value).order_by(column.desc(), Job.id)
+                keys += _keys(session, lower, count - len(keys))
+        else:
+            later = valued.where(tuple_(column, Job.id) > tuple_(after.value, after.id))
+            keys = _keys(session, later.order_by(column, Job.id), count)
+    if len(keys) < count and column.nullable:
+        missing = query.where(column.is_(None))
+        if after is not None and after.value is None:
+            missing = missing.where(Job.id > after.id)
+        keys += _keys(session, missing.order_by(column, Job.id), count - len(keys))
+    return keys
 
 
 def list_experiments(

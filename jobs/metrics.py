@@ -136,12 +136,50 @@ def epoch_metrics_by_job(
     return by_job
 
 
-def seconds_per_epoch(session: Session, experiment_id: int) -> dict[int, float]:
-    """Each job's mean recorded epoch time, for all the experiment's jobs in one query."""
-    rows = session.execute(
-        select(EpochMetric.job_id, func.avg(EpochMetric.seconds))
-        .join(Job, Job.id == EpochMetric.job_id)
-        .where(Job.experiment_id == experiment_id)
-        .group_by(EpochMetric.job_id)
-    )
-    return {job_id: float(mean) for job_id, mean in rows}
+# One epoch of a curve: its values in METRIC_NAMES order.
+Point = tuple[Any, ...]
+
+
+def job_curves(session: Session, job_ids: Sequence[int], points: int) -> dict[int, list[Point]]:
+    """The curves of these jobs (a page of an experiment's), by job, each downsampled to
+    `points` in SQL; reads only these jobs' epoch rows. The jobs whose kept epoch count fits
+    are read as they are, in the order of the (job, epoch) key, without ranking their rows."""
+    if not job_ids:
+        return {}
+    recorded = session.execute(
+        select(Job.id, Job.epochs_recorded).where(Job.id.in_(sorted(set(job_ids))))
+    ).all()
+    whole = [job_id for job_id, epochs in recorded if epochs <= points]
+    downsampled = [job_id for job_id, epochs in recorded if epochs > points]
+    by_job: dict[int, list[Point]] = defaultdict(list)
+    queries = []
+    if whole:
+        queries.append(
+            select(EpochMetric.job_id, *METRIC_COLUMNS)
+            .where(EpochMetric.job_id.in_(whole))
+            .order_by(EpochMetric.job_id, EpochMetric.epoch)
+        )
+    if downsampled:
+        ranked = _ranked([EpochMetric.job_id.in_(downsampled)], with_job=True)
+        queries.append(
+            select(ranked.c.job_id, *(ranked.c[name] for name in METRIC_NAMES))
+            .where(_kept(ranked.c.rank, ranked.c.count, ranked.c.best_rank, points))
+            .order_by(ranked.c.job_id, ranked.c.epoch)
+        )
+    for query in queries:
+        for job_id, *values in session.execute(query).tuples():
+            by_job[job_id].append(tuple(values))
+    return by_job
+
+
+def epoch_time_values(epochs: int, seconds: float) -> dict[str, Any]:
+    """The job columns that `epochs` more stored epoch rows taking `seconds` in all change: the
+    sum and number of its epoch times and their mean (Job.seconds_per_epoch), so that a summary
+    reads one column instead of averaging the epoch rows."""
+    total = Job.epoch_seconds + seconds
+    recorded = Job.epochs_recorded + epochs
+    return {
+        "epoch_seconds": total,
+        "epochs_recorded": recorded,
+        "seconds_per_epoch": total / recorded,
+    }

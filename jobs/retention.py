@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import delete, exists, func, insert, select
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
+from jobs import status_counts
 from jobs.artifacts import artifact_store, store_at
 from jobs.db import session_scope
 from jobs.errors import NotFinished
@@ -49,10 +50,10 @@ ENDED = sorted(str(status) for status in TERMINAL_STATUSES)
 
 
 def _delete_rows(session: Session, job_ids: Sequence[int]) -> None:
-    """The jobs' rows (metrics, checkpoints, events and tags go with them, ON DELETE CASCADE)
-    and a record of each whose files are to be removed, with the stores they were recorded in,
-    in the caller's transaction. The notifications their ends owe are made first: their
-    events go with them."""
+    """The jobs' rows (metrics, checkpoints, events and tags go with them, ON DELETE CASCADE),
+    taken off the kept status counts, and a record of each whose files are to be removed, with
+    the stores they were recorded in, in the caller's transaction. The notifications their ends
+    owe are made first: their events go with them."""
     if not job_ids:
         return
     outbox.settle(session, job_ids)
@@ -75,9 +76,15 @@ def _delete_rows(session: Session, job_ids: Sequence[int]) -> None:
             for job_id in job_ids
         ],
     )
-    session.execute(
-        delete(Job).where(Job.id.in_(job_ids)).execution_options(synchronize_session=False)
-    )
+    deleted = session.execute(
+        delete(Job)
+        .where(Job.id.in_(job_ids))
+        .returning(Job.experiment_id, Job.status)
+        .execution_options(synchronize_session=False)
+    ).all()
+    removed = Counter((row.experiment_id, str(row.status)) for row in deleted)
+    for (experiment_id, status), jobs in removed.items():
+        status_counts.note(session, experiment_id, status, -jobs)
 
 
 def delete_job(session: Session, job_id: int) -> None:
@@ -107,6 +114,7 @@ def delete_experiment(session: Session, experiment_id: int) -> list[int]:
     job_ids = sorted(job_id for job_id, _ in rows)
     _delete_rows(session, job_ids)
     session.execute(delete(Experiment).where(Experiment.id == experiment_id))
+    status_counts.forget_experiment(session, experiment_id)
     return job_ids
 
 
@@ -175,16 +183,20 @@ def prune_finished(
         if len(batch) < PRUNE_BATCH:
             break
     with session_scope() as session:
-        empty = session.execute(
-            delete(Experiment)
-            .where(
-                Experiment.created_at < finished_before,
-                ~exists().where(Job.experiment_id == Experiment.id),
-            )
-            .execution_options(synchronize_session=False)
+        emptied = list(
+            session.execute(
+                delete(Experiment)
+                .where(
+                    Experiment.created_at < finished_before,
+                    ~exists().where(Job.experiment_id == Experiment.id),
+                )
+                .returning(Experiment.id)
+                .execution_options(synchronize_session=False)
+            ).scalars()
         )
-        assert isinstance(empty, CursorResult)
-        experiments = int(empty.rowcount)
+        for experiment_id in emptied:
+            status_counts.forget_experiment(session, experiment_id)
+        experiments = len(emptied)
     sweep_artifact_deletions(settings)
     return jobs, experiments
 

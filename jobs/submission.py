@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.datasets import DATASETS
+from jobs import status_counts
 from jobs.dispatch import head_fair_share_key
 from jobs.errors import IdempotencyConflict, QueueFull
 from jobs.events import record_first_statuses, record_status
@@ -91,9 +92,7 @@ def create_job(
 def ensure_queue_room(session: Session, *, settings: Settings, adding: int) -> None:
     """QueueFull (503 with Retry-After) unless `adding` more queued jobs stay within
     MAX_QUEUED_JOBS."""
-    queued = session.execute(
-        select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
-    ).scalar_one()
+    queued = status_counts.service_counts(session)[JobStatus.QUEUED]
     if queued + adding > settings.max_queued_jobs:
         adds = "" if adding == 1 else f" and this request adds {adding}"
         raise QueueFull(
@@ -152,8 +151,16 @@ def _job_row(
     }
 
 
-def _tag_rows(job_id: int, spec: JobCreate) -> list[dict[str, Any]]:
-    return [{"tag": tag, "job_id": job_id} for tag in dict.fromkeys(spec.tags)]
+def _tag_rows(job_id: int, spec: JobCreate, experiment_id: int | None) -> list[dict[str, Any]]:
+    """The job's tag rows, with the copy of its filter columns each carries (jobs.tables.JobTag)
+    as a new job has them."""
+    copied = {
+        "status": JobStatus.QUEUED,
+        "block": spec.block,
+        "experiment_id": experiment_id,
+        "best_test_accuracy": None,
+    }
+    return [{"tag": tag, "job_id": job_id, **copied} for tag in dict.fromkeys(spec.tags)]
 
 
 def add_job(
@@ -183,7 +190,8 @@ def add_job(
     session.add(job)
     session.flush()
     if spec.tags:
-        session.execute(insert(JobTag), _tag_rows(job.id, spec))
+        session.execute(insert(JobTag), _tag_rows(job.id, spec, experiment_id))
+    status_counts.note(session, experiment_id, JobStatus.QUEUED, 1)
     record_status(session, job.id)
     enqueue_after_commit(session, job.id, priority=spec.priority)
     return job
@@ -221,9 +229,14 @@ def add_jobs(
             [{**row, "event_seq": 1} for row in rows],
         )
     )
-    tags = [tag for job_id, spec in zip(ids, specs, strict=True) for tag in _tag_rows(job_id, spec)]
+    tags = [
+        tag
+        for job_id, spec in zip(ids, specs, strict=True)
+        for tag in _tag_rows(job_id, spec, experiment_id)
+    ]
     if tags:
         session.execute(insert(JobTag), tags)
+    status_counts.note(session, experiment_id, JobStatus.QUEUED, len(ids))
     record_first_statuses(session, list(zip(ids, rows, strict=True)), experiment_id=experiment_id)
     for job_id, spec in zip(ids, specs, strict=True):
         enqueue_after_commit(session, job_id, priority=spec.priority)

@@ -174,6 +174,11 @@ class Job(Base):
     best_test_accuracy: Mapped[float | None] = mapped_column(Float)
     final_test_accuracy: Mapped[float | None] = mapped_column(Float)
     final_train_loss: Mapped[float | None] = mapped_column(Float)
+    # The sum and number of the job's recorded epoch times, added to with each stored epoch
+    # row, and their mean: an experiment's summary and sort read them instead of its epoch rows.
+    epoch_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    epochs_recorded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    seconds_per_epoch: Mapped[float | None] = mapped_column(Float)
 
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)
@@ -217,9 +222,11 @@ class Job(Base):
         back_populates="job", order_by="Checkpoint.epoch", cascade="all, delete-orphan"
     )
 
-    # One index per list order and filter, so that each page is a range scan of an index (ids
-    # grow with submission: "newest first" is id order); and the dispatch order's, so that a
-    # claim is one seek and a queue position counts index entries only.
+    # One index per list order and filter, and per pair of filters, so that each page is a
+    # range scan of an index that holds every filter as an equality, whatever the planner knows
+    # of the data (ids grow with submission: "newest first" is id order); one per column an
+    # experiment's jobs sort by; the dispatch order's, so that a claim is one seek and a queue
+    # position counts index entries only; and the queue's oldest job is one seek.
     __table_args__ = (
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_block_id", "block", "id"),
@@ -228,20 +235,87 @@ class Job(Base):
         Index("ix_jobs_status_best_accuracy", "status", "best_test_accuracy", "id"),
         Index("ix_jobs_block_best_accuracy", "block", "best_test_accuracy", "id"),
         Index("ix_jobs_experiment_best_accuracy", "experiment_id", "best_test_accuracy", "id"),
+        Index("ix_jobs_status_block_id", "status", "block", "id"),
+        Index("ix_jobs_status_block_best_accuracy", "status", "block", "best_test_accuracy", "id"),
+        Index("ix_jobs_experiment_status_id", "experiment_id", "status", "id"),
+        Index("ix_jobs_experiment_block_id", "experiment_id", "block", "id"),
+        Index(
+            "ix_jobs_experiment_status_best_accuracy",
+            "experiment_id",
+            "status",
+            "best_test_accuracy",
+            "id",
+        ),
+        Index(
+            "ix_jobs_experiment_block_best_accuracy",
+            "experiment_id",
+            "block",
+            "best_test_accuracy",
+            "id",
+        ),
+        Index("ix_jobs_experiment_final_accuracy", "experiment_id", "final_test_accuracy", "id"),
+        Index("ix_jobs_experiment_final_loss", "experiment_id", "final_train_loss", "id"),
+        Index("ix_jobs_experiment_seconds_per_epoch", "experiment_id", "seconds_per_epoch", "id"),
+        Index("ix_jobs_experiment_params", "experiment_id", "params", "id"),
+        Index("ix_jobs_experiment_macs", "experiment_id", "macs", "id"),
         Index("ix_jobs_dispatch", "status", "cancel_requested", "priority", "fair_share_key", "id"),
+        Index("ix_jobs_status_created", "status", "created_at"),
     )
 
 
 class JobTag(Base):
-    """A job's tags, one row each, so that listing the jobs with a tag is a range scan."""
+    """A job's tags, one row each, so that listing the jobs with a tag is a range scan. Each row
+    carries a copy of the job's filter and sort columns, so that a tag with another filter or
+    the accuracy sort is a range scan of one index too. They are copied when the row is made,
+    and a trigger on the job row (JOB_TAGS_TRIGGER, made by the migrations) copies each later
+    change of status, best test accuracy or experiment in the statement that makes it."""
 
     __tablename__ = "job_tags"
 
     tag: Mapped[str] = mapped_column(String(50), primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    block: Mapped[str] = mapped_column(String(32))
+    experiment_id: Mapped[int | None] = mapped_column(Integer)
+    best_test_accuracy: Mapped[float | None] = mapped_column(Float)
 
     # Deleting a job finds its tags by job id.
-    __table_args__ = (Index("ix_job_tags_job_id", "job_id"),)
+    __table_args__ = (
+        Index("ix_job_tags_job_id", "job_id"),
+        Index("ix_job_tags_best_accuracy", "tag", "best_test_accuracy", "job_id"),
+        Index("ix_job_tags_status", "tag", "status", "job_id"),
+        Index("ix_job_tags_block", "tag", "block", "job_id"),
+        Index("ix_job_tags_experiment", "tag", "experiment_id", "job_id"),
+        Index("ix_job_tags_status_best_accuracy", "tag", "status", "best_test_accuracy", "job_id"),
+        Index("ix_job_tags_block_best_accuracy", "tag", "block", "best_test_accuracy", "job_id"),
+        Index(
+            "ix_job_tags_experiment_best_accuracy",
+            "tag",
+            "experiment_id",
+            "best_test_accuracy",
+            "job_id",
+        ),
+    )
+
+
+# The name of the trigger that copies a job's status and best test accuracy to its tag rows.
+JOB_TAGS_TRIGGER = "job_tags_follow_job"
+
+
+class JobCount(Base):
+    """How many jobs have each status: per experiment, and for the whole service (experiment_id
+    ALL_JOBS). Kept by jobs.status_counts in the transactions that make, move and delete jobs,
+    so that a list of experiments and a scrape read a few rows instead of counting jobs."""
+
+    __tablename__ = "job_counts"
+
+    experiment_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    jobs: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# JobCount.experiment_id of the whole service's counts (experiment ids start at 1).
+ALL_JOBS = 0
 
 
 class ArtifactDeletion(Base):

@@ -1,11 +1,12 @@
 """What /metrics reports about the service as a whole, read from the database at scrape time.
 
-Every API process reads the same rows, so any of them answers the same: the jobs by status, the
-queue and the age of its oldest job, the running jobs of each worker and each worker's heartbeat
-(the `workers` table), and the counters (`service_counters`: epochs recorded, leases reaped,
-messages re-sent) that are added to in the very transaction of what they count. A scrape is a
-handful of aggregate queries over indexes (ix_jobs_status_created serves the first two), so it
-stays fast at 100,000 jobs whatever the number of epoch rows.
+Every API process reads the same rows, so any of them answers the same: the jobs by status and
+the queue's depth (the kept counts of jobs.status_counts), the age of the queue's oldest job
+(one seek of ix_jobs_status_created), the running jobs of each worker and each worker's
+heartbeat (the `workers` table), and the counters (`service_counters`: epochs recorded, leases
+reaped, messages re-sent) that are added to in the very transaction of what they count. So a
+scrape reads a few rows whatever the number of jobs, queued jobs and epoch rows; only the
+running jobs and the notification deliveries are counted.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from jobs.counters import EPOCHS_RECORDED, MESSAGES_RESENT, REAP_OUTCOMES, leases_reaped_counter
 from jobs.db import session_scope
+from jobs.status_counts import service_counts
 from jobs.tables import (
     DELIVERY_STATES,
     Job,
@@ -62,16 +64,13 @@ def delivery_counts(session: Session) -> dict[str, int]:
 
 def read_snapshot(session: Session, *, now: datetime | None = None) -> Snapshot:
     now = now or utcnow()
-    by_status = {status.value: 0 for status in JobStatus}
-    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
-        by_status[status] = int(count)
+    by_status = {status.value: count for status, count in service_counts(session).items()}
     oldest = session.execute(
-        select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED)
+        select(Job.created_at)
+        .where(Job.status == JobStatus.QUEUED)
+        .order_by(Job.created_at)
+        .limit(1)
     ).scalar()
-    if isinstance(oldest, str):  # SQLite answers an aggregate of a datetime column as text
-        oldest = datetime.fromisoformat(oldest)
-    if oldest is not None and oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=now.tzinfo)
     running = {
         worker or "": int(count)
         for worker, count in session.execute(

@@ -71,6 +71,7 @@ DATABASE_FIXTURES = {
     "configure",
     "postgres_template",
     "db",
+    "empty_database_url",
 }
 
 
@@ -239,6 +240,29 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         from jobs.db import dispose_engines
 
         dispose_engines()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind, not migrated (for tests of a migration on the rows an
+    earlier revision holds)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+        return
+    require_server("PostgreSQL", "127.0.0.1", 5432)
+    name = f"cifar_empty_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        from jobs.db import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture

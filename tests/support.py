@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -211,11 +212,13 @@ def drive_job(
     finish: str | None = None,
     checkpoint: bytes | None = None,
     checkpoint_epochs: tuple[int, ...] | None = None,
+    seconds: dict[int, float] | None = None,
 ) -> Claim:
     """Take a job through the calls a worker makes (claim, record epochs 1..epochs, each
     checkpointed epoch's file written under ARTIFACT_DIR and recorded, optionally finish), in
     this process's settings. Epoch e has train_loss 4/e, train_accuracy 0.1e, test_accuracy
-    0.05e; each checkpointed epoch (default: the last) gets a file holding ``checkpoint``."""
+    0.05e and takes 2 s (or ``seconds[e]``); each checkpointed epoch (default: the last) gets a
+    file holding ``checkpoint``."""
     import hashlib
 
     from jobs.artifacts import artifact_store
@@ -237,7 +240,8 @@ def drive_job(
     checkpointed = (epochs,) if checkpoint_epochs is None else checkpoint_epochs
     for e in range(1, epochs + 1):
         with session_scope() as session:
-            record_epoch(session, claim, epoch_figures(e), lease_seconds=600)
+            figures = {**epoch_figures(e), "seconds": (seconds or {}).get(e, 2.0)}
+            record_epoch(session, claim, figures, lease_seconds=600)
         if checkpoint is not None and e in checkpointed:
             content = checkpoint
             key = store.checkpoint_key(job_id, claim.attempt, e)
@@ -510,10 +514,12 @@ def epoch_row(epoch: int, accuracy: float = 0.5) -> dict[str, Any]:
 
 def add_experiment(job_ids: list[int], name: str = "experiment") -> int:
     """Group existing jobs as one experiment, as if they had been submitted together: the
-    experiment row, and its id on the jobs and on the events they have so far."""
+    experiment row, and its id on the jobs and on the events they have so far (and so the kept
+    status counts, made again from the rows)."""
     from sqlalchemy import update
 
     from jobs.db import session_scope
+    from jobs.status_counts import recount
     from jobs.tables import Experiment, Job, JobEvent
 
     with session_scope() as session:
@@ -523,6 +529,7 @@ def add_experiment(job_ids: list[int], name: str = "experiment") -> int:
         grouped = {"experiment_id": experiment.id}
         session.execute(update(Job).where(Job.id.in_(job_ids)).values(grouped))
         session.execute(update(JobEvent).where(JobEvent.job_id.in_(job_ids)).values(grouped))
+        recount(session)
         return experiment.id
 
 
@@ -596,3 +603,23 @@ def s3_objects(server: S3Server, bucket: str, prefix: str = "") -> dict[str, byt
         for item in page.get("Contents", []):
             found[item["Key"]] = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
     return found
+
+
+@contextmanager
+def statements_of(*, write: bool) -> Iterator[list[str]]:
+    """The SQL this process's read (or write) sessions run meanwhile."""
+    from sqlalchemy import event
+
+    from jobs.db import get_engine
+
+    seen: list[str] = []
+
+    def record(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    engine = get_engine(write=write)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -388,3 +388,82 @@ def test_a_search_from_the_dashboard(
     # No bracket (asha); rung 0 at epoch 1: 4 reached, 2 went on, 2 stopped.
     assert rung[:6] == ["–", "0", "1", "4", "2", "2"]
     screenshots.take(page, "16-experiment-search")
+
+
+def test_a_large_experiments_page_polls_a_page_of_jobs_in_two_requests(
+    page: Any, configure: Any, tmp_path: Path, screenshots: Screenshots
+) -> None:
+    """A 150-job experiment on a server whose event streams are unavailable: the page shows
+    100 jobs and their curves, and each poll is one request for the page's rows and, when
+    they recorded epochs, one for their curves; never one per job."""
+    from jobs.migrations import upgrade
+    from tests.support import drive_job
+
+    env = configure(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    upgrade(env["DATABASE_URL"])
+    port = free_port()
+    api = start_api(env, tmp_path, port)  # no worker: the test records the epochs
+    base = f"http://127.0.0.1:{port}"
+    try:
+        made = httpx.post(
+            f"{base}/experiments",
+            json={
+                "name": "wide",
+                "blocks": ["mobile"],
+                "hyperparameters": {"epochs": 3},
+                "seeds": list(range(150)),
+            },
+        ).json()
+        every = httpx.get(f"{base}/experiments/{made['id']}", params={"limit": 1000}).json()
+        ids = sorted(row["job_id"] for row in every["jobs"])
+        assert len(ids) == 150
+        for job_id in ids[:3]:
+            drive_job(job_id, 2)
+        requests: list[str] = []
+        page.route(
+            re.compile(r".*/experiments/\d+/events.*"),
+            lambda route: route.fulfill(status=404, body="{}"),
+        )
+        page.on(
+            "request",
+            lambda request: (
+                requests.append(request.url.removeprefix(base))
+                if "/events" not in request.url
+                else None
+            ),
+        )
+        page.goto(f"{base}/ui/experiments/{made['id']}")
+        page.wait_for_selector('#live-mode[data-mode="polling"]')
+        wait_for_count(page, "#summary tbody tr[data-job-id]", 100, timeout_ms=30_000)
+        page.wait_for_function(
+            "() => Number(document.querySelector('canvas.curve-chart').dataset.points) >= 6",
+            timeout=30_000,
+        )
+        drive_job(ids[3], 1)  # a new epoch on the page: its curves are read again
+        page.wait_for_function(
+            "() => Number(document.querySelector('canvas.curve-chart').dataset.points) >= 7",
+            timeout=30_000,
+        )
+        page.wait_for_timeout(4_500)  # two more polls with nothing new
+        screenshots.take(page, "15-large-experiment-polling")
+        assert page.locator("#summary tbody tr[data-job-id]").count() == 100
+        assert "jobs 1–100 of 150" in page.inner_text("#page-facts")
+        api_calls = [url for url in requests if not url.startswith(("/static", "/ui"))]
+        assert not [url for url in api_calls if url.startswith("/jobs/")], api_calls
+        rows = [url for url in api_calls if url.startswith(f"/experiments/{made['id']}?")]
+        curves = [url for url in api_calls if "/metrics?" in url]
+        assert all("format=columns" in url and "limit=100" in url for url in curves), curves
+        assert len(curves) <= 3 and len(rows) >= 3, api_calls
+        assert len(api_calls) == len(rows) + len(curves), api_calls
+
+        page.click("#next-page")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#summary tbody tr[data-job-id]').length === 50"
+        )
+        shown = [
+            int(row.get_attribute("data-job-id") or 0)
+            for row in page.locator("#summary tbody tr[data-job-id]").all()
+        ]
+        assert shown == ids[100:]
+    finally:
+        api.stop()

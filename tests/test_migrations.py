@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from jobs.migrations import downgrade, upgrade
-from jobs.tables import Base
+from jobs.tables import JOB_TAGS_TRIGGER, Base
 
 
 def test_migrated_schema_matches_the_tables(database_url: str) -> None:
@@ -69,3 +69,19 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(configure, database_url:
     downgrade(database_url, "0006")
     upgrade(database_url)
     assert counts() == before
+
+
+def test_the_tag_rows_trigger_is_made(database_url: str) -> None:
+    """The trigger that keeps each tag row's copy of its job's columns (a batch migration that
+    recreates the jobs table on SQLite would drop it silently)."""
+    query = {
+        "sqlite": "SELECT name FROM sqlite_master WHERE type = 'trigger'",
+        "postgresql": "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal",
+    }
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            names = set(connection.execute(text(query[engine.dialect.name])).scalars())
+    finally:
+        engine.dispose()
+    assert JOB_TAGS_TRIGGER in names

@@ -1,7 +1,7 @@
 """search trials that pause at a rung, their decisions, and how noisy each epoch's figures are
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-07 12:00:00
 
 A trial's pruner may pause it at a rung (`jobs.pause_requested`, then the status `paused`);
@@ -16,25 +16,26 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# Plain ALTER TABLE, not Alembic's batch mode: rebuilding `jobs` on SQLite would drop the
+# trigger that keeps its tag rows' copies (0009). SQLite adds and drops these columns in place.
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("jobs") as batch:
-        batch.add_column(
-            sa.Column("pause_requested", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-        batch.add_column(sa.Column("trial_state", sa.JSON(), nullable=True))
-    with op.batch_alter_table("epoch_metrics") as batch:
-        batch.add_column(sa.Column("evaluation", sa.JSON(), nullable=True))
+    op.add_column(
+        "jobs",
+        sa.Column("pause_requested", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    op.add_column("jobs", sa.Column("trial_state", sa.JSON(), nullable=True))
+    op.add_column("epoch_metrics", sa.Column("evaluation", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("epoch_metrics") as batch:
-        batch.drop_column("evaluation")
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("trial_state")
-        batch.drop_column("pause_requested")
+    op.drop_column("epoch_metrics", "evaluation")
+    op.drop_column("jobs", "trial_state")
+    op.drop_column("jobs", "pause_requested")

@@ -26,16 +26,26 @@ def refuse_offset(offset: object) -> None:
         raise InvalidFields([("offset", OFFSET_GONE)])
 
 
-def next_page(request: Request, response: Response, cursor: str | None) -> str | None:
-    """The next page's URL (this request's, with `cursor` replaced), also sent as an RFC 8288
-    `Link: <...>; rel="next"` header; None after the last page."""
+def next_url(request: Request, cursor: str | None) -> str | None:
+    """The next page's URL: this request's, with `cursor` replaced; None after the last page."""
     if cursor is None:
         return None
     query = [
         (name, value) for name, value in request.query_params.multi_items() if name != "cursor"
     ]
-    url = f"{request.url.path}?{urlencode([*query, ('cursor', cursor)])}"
-    response.headers["Link"] = f'<{url}>; rel="next"'
+    return f"{request.url.path}?{urlencode([*query, ('cursor', cursor)])}"
+
+
+def next_link(url: str) -> str:
+    """The RFC 8288 `Link` header that points at the next page."""
+    return f'<{url}>; rel="next"'
+
+
+def next_page(request: Request, response: Response, cursor: str | None) -> str | None:
+    """The next page's URL (next_url), also sent as a `Link: <...>; rel="next"` header."""
+    url = next_url(request, cursor)
+    if url is not None:
+        response.headers["Link"] = next_link(url)
     return url
 
 

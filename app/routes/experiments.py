@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict
-from typing import Annotated, Any
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from app.deps import SessionDep, SettingsDep, read_session
-from app.routes.common import error_responses, next_page, refuse_offset
+from app.routes.common import error_responses, next_link, next_page, next_url, refuse_offset
 from app.routes.params import ExperimentId, IdempotencyKey
 from app.schemas.errors import ErrorRead
 from app.schemas.experiments import (
     ExperimentJobRow,
     ExperimentLinks,
     ExperimentList,
+    ExperimentMetricColumns,
     ExperimentMetrics,
     ExperimentPlotLinks,
     ExperimentRead,
@@ -26,8 +32,9 @@ from app.schemas.experiments import (
     SearchRung,
     SearchWarningRead,
 )
-from jobs import experiments, lifecycle, listing, metrics, retention
+from jobs import experiments, lifecycle, listing, metrics, retention, status_counts
 from jobs.experiments import ExperimentSummary
+from jobs.search import study
 from jobs.search.study import SearchSummary
 from jobs.specs import (
     MAX_EXPERIMENT_JOBS,
@@ -56,6 +63,8 @@ SUMMARY_COLUMNS_AFTER = (
     "seconds_per_epoch",
 )
 SEARCH_COLUMNS = ("trial", "rung")
+# The summary CSV reads this many jobs per transaction.
+CSV_JOBS_PER_READ = 200
 # Preset "report": what the report published for the row's block (ReportFigures), "report_"
 # and the figure's name; empty where it prints none.
 REPORT_COLUMNS = tuple(f"report_{name}" for name in ReportFigures.model_fields)
@@ -121,6 +130,7 @@ def render_experiment(
     counts: dict[JobStatus, int],
     jobs: list[ExperimentJobRow] | None = None,
     search: SearchSummary | None = None,
+    jobs_next: str | None = None,
 ) -> ExperimentRead:
     status = experiments.counts_status(counts)
     return ExperimentRead(
@@ -138,13 +148,12 @@ def render_experiment(
         varying=experiments.varying_fields(experiment.spec),
         search=None if search is None else render_search(search),
         jobs=jobs or [],
+        jobs_next=jobs_next,
         links=experiment_links(experiment.id),
     )
 
 
-def _job_row(
-    job: Job, experiment: Experiment, varying: list[str], seconds_per_epoch: float | None
-) -> ExperimentJobRow:
+def _job_row(job: Job, experiment: Experiment, varying: list[str]) -> ExperimentJobRow:
     report = REPORT_RESULTS.get(job.block) if experiment.preset == REPORT_PRESET else None
     return ExperimentJobRow(
         job_id=job.id,
@@ -160,19 +169,29 @@ def _job_row(
         best_test_accuracy=job.best_test_accuracy,
         final_test_accuracy=job.final_test_accuracy,
         final_train_loss=job.final_train_loss,
-        seconds_per_epoch=seconds_per_epoch,
+        seconds_per_epoch=job.seconds_per_epoch,
         trial=job.trial_number,
         rung=job.rung,
         report=None if report is None else ReportFigures(**asdict(report)),
     )
 
 
-def render_summary(summary: ExperimentSummary) -> ExperimentRead:
-    rows = [
-        _job_row(job, summary.experiment, summary.varying, summary.seconds_per_epoch.get(job.id))
-        for job in summary.jobs
-    ]
-    return render_experiment(summary.experiment, summary.counts, rows, summary.search)
+def render_summary(summary: ExperimentSummary, jobs_next: str | None = None) -> ExperimentRead:
+    """The experiment with its page of job rows; `jobs_next` the URL of the next page."""
+    rows = [_job_row(job, summary.experiment, summary.varying) for job in summary.jobs]
+    return render_experiment(summary.experiment, summary.counts, rows, summary.search, jobs_next)
+
+
+def first_page(summary: ExperimentSummary) -> ExperimentRead:
+    """The answer of a change to the experiment: its first page of jobs, by job id, and the URL
+    of the next (a GET of the experiment)."""
+    cursor = summary.next_cursor
+    following = (
+        None
+        if cursor is None
+        else f"/experiments/{summary.experiment.id}?" + urlencode({"cursor": cursor})
+    )
+    return render_summary(summary, following)
 
 
 def _report_cells(row: ExperimentJobRow) -> list[Any]:
@@ -181,27 +200,72 @@ def _report_cells(row: ExperimentJobRow) -> list[Any]:
     return [figures.get(column.removeprefix("report_")) for column in REPORT_COLUMNS]
 
 
-def summary_csv(summary: ExperimentRead) -> str:
-    """The summary's rows as CSV; the varying hyperparameters (a search's searched ones) get a
-    column each, a search's rows their trial number and rung, and a report experiment's rows
-    the figures the report published, as its page shows them beside the measured ones."""
-    hyperparameters = [name for name in summary.varying if name not in ("block", "seed")]
-    after = SUMMARY_COLUMNS_AFTER + (SEARCH_COLUMNS if summary.search is not None else ())
-    report = REPORT_COLUMNS if summary.preset == REPORT_PRESET else ()
+@dataclass(frozen=True)
+class SummaryCsv:
+    """The columns of an experiment's summary CSV: the varying hyperparameters (a search's
+    searched ones) get a column each, a search's rows their trial number and rung, and a report
+    experiment's rows the figures the report published, as its page shows them beside the
+    measured ones."""
+
+    experiment: Experiment
+    hyperparameters: list[str]
+    after: tuple[str, ...]
+    report: tuple[str, ...]
+
+    @classmethod
+    def of(cls, experiment: Experiment) -> SummaryCsv:
+        varying = experiments.varying_fields(experiment.spec)
+        searched = study.search_of(experiment.spec) is not None
+        return cls(
+            experiment,
+            [name for name in varying if name not in ("block", "seed")],
+            SUMMARY_COLUMNS_AFTER + (SEARCH_COLUMNS if searched else ()),
+            REPORT_COLUMNS if experiment.preset == REPORT_PRESET else (),
+        )
+
+    def header(self) -> str:
+        return _csv_line(
+            [*SUMMARY_COLUMNS_BEFORE, *self.hyperparameters, *self.after, *self.report]
+        )
+
+    def lines(self, jobs: list[Job]) -> str:
+        """The jobs' rows (None is written as an empty cell)."""
+        varying = experiments.varying_fields(self.experiment.spec)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        for job in jobs:
+            row = _job_row(job, self.experiment, varying)
+            varied = [experiments.format_value(row.varied[name]) for name in self.hyperparameters]
+            writer.writerow(
+                [
+                    *(getattr(row, column) for column in SUMMARY_COLUMNS_BEFORE),
+                    *varied,
+                    *(getattr(row, column) for column in self.after),
+                    *(_report_cells(row) if self.report else ()),
+                ]
+            )
+        return buffer.getvalue()
+
+
+def _csv_line(cells: list[Any]) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow([*SUMMARY_COLUMNS_BEFORE, *hyperparameters, *after, *report])
-    for row in summary.jobs:
-        varied = [experiments.format_value(row.varied[name]) for name in hyperparameters]
-        writer.writerow(
-            [
-                *(getattr(row, column) for column in SUMMARY_COLUMNS_BEFORE),
-                *varied,
-                *(getattr(row, column) for column in after),
-                *(_report_cells(row) if report else ()),
-            ]
-        )  # None is written as an empty cell
+    csv.writer(buffer).writerow(cells)
     return buffer.getvalue()
+
+
+def summary_csv_chunks(experiment: Experiment, page: int | None = None) -> Iterator[str]:
+    """The summary CSV a page of jobs at a time, by job id, each page read in a transaction of
+    its own: memory and each read follow the page, and a job made meanwhile (a search's trial)
+    is still listed, once."""
+    columns = SummaryCsv.of(experiment)
+    yield columns.header()
+    cursor: str | None = ""
+    while cursor is not None:
+        with read_session() as session:
+            jobs, cursor = listing.list_experiment_jobs(
+                session, experiment.id, limit=page or CSV_JOBS_PER_READ, cursor=cursor or None
+            )
+        yield columns.lines(jobs)
 
 
 @router.post(
@@ -227,7 +291,7 @@ def submit_experiment(
     if not made.created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/experiments/{experiment.id}"
-    return render_summary(experiments.summarize(session, experiment))
+    return first_page(experiments.summarize(session, experiment))
 
 
 @router.get(
@@ -253,7 +317,7 @@ def list_experiments(
     refuse_offset(offset)
     with read_session() as session:
         page, next_cursor = listing.list_experiments(session, limit=limit, cursor=cursor)
-        counts = experiments.status_counts(session, [item.id for item in page])
+        counts = status_counts.experiment_counts(session, [item.id for item in page])
         return ExperimentList(
             items=[render_experiment(item, counts[item.id]) for item in page],
             limit=limit,
@@ -261,36 +325,73 @@ def list_experiments(
         )
 
 
+CURSOR_DESCRIPTION = (
+    "Where the page starts: the `cursor` of the page before's next URL (`jobs_next`, `next`). "
+    "Opaque; the cursors of a sort and order serve the experiment's rows and its curves alike."
+)
+SortQuery = Annotated[
+    ExperimentSort,
+    Query(
+        description="Column to sort the jobs by (block: plain, residual, mobile; status: "
+        + ", ".join(JobStatus)
+        + "); jobs without a value come last, ties by job id."
+    ),
+]
+CursorQuery = Annotated[str | None, Query(max_length=200, description=CURSOR_DESCRIPTION)]
+
+
 @router.get(
     "/{experiment_id}",
     response_model=ExperimentRead,
     responses=error_responses(401, 404, 422),
-    summary="One experiment: a row per job with its results",
+    summary="One experiment: its figures and a page of job rows with their results",
 )
 def get_experiment(
+    request: Request,
+    response: Response,
     experiment_id: ExperimentId,
-    sort: Annotated[
-        ExperimentSort,
-        Query(
-            description="Column to sort the jobs by (block: plain, residual, mobile; status: "
-            "queued, running, succeeded, failed, cancelled, pruned); jobs without a value come "
-            "last."
-        ),
-    ] = "job_id",
+    sort: SortQuery = "job_id",
     order: SortOrder = "asc",
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_EXPERIMENT_JOBS,
+            description=f"Job rows per page: {listing.EXPERIMENT_JOBS_PAGE} unless asked, "
+            f"at most {MAX_EXPERIMENT_JOBS:,} (an experiment's most jobs).",
+        ),
+    ] = listing.EXPERIMENT_JOBS_PAGE,
+    cursor: CursorQuery = None,
+    offset: Annotated[str | None, Query(include_in_schema=False)] = None,
 ) -> ExperimentRead:
+    """The status counts and every figure are kept as the jobs change, and the rows are a range
+    of an index in the order asked, so the answer costs its page whatever the experiment's
+    size. Follow `jobs_next` (or the Link header) for the next rows."""
+    refuse_offset(offset)
     with read_session() as session:
         experiment = listing.get_experiment(session, experiment_id)
-        return render_summary(experiments.summarize(session, experiment, sort=sort, order=order))
+        summary = experiments.summarize(
+            session, experiment, sort=sort, order=order, limit=limit, cursor=cursor
+        )
+        return render_summary(summary, next_page(request, response, summary.next_cursor))
+
+
+MetricsFormat = Literal["rows", "columns"]
+# The most bytes an answer of curves has unless the client asks for more.
+CURVES_MAX_BYTES = 1_000_000
+CURVES_MAX_BYTES_LIMIT = 32_000_000
+# Room kept for the end of an answer of curves: `next`'s URL and the closing brackets.
+_CURVES_TAIL_BYTES = 1_000
 
 
 @router.get(
     "/{experiment_id}/metrics",
-    response_model=ExperimentMetrics,
+    response_model=ExperimentMetrics | ExperimentMetricColumns,
     responses=error_responses(401, 404, 422),
-    summary="Every job's per-epoch curve, downsampled, for overlaid plots",
+    summary="The jobs' per-epoch curves, downsampled, for overlaid plots, a page of jobs at a time",
 )
 def get_experiment_metrics(
+    request: Request,
     experiment_id: ExperimentId,
     max_points: Annotated[
         int,
@@ -300,21 +401,99 @@ def get_experiment_metrics(
             description="At most this many epochs per job (fewer for large experiments).",
         ),
     ] = 100,
-) -> ExperimentMetrics:
+    format: Annotated[
+        MetricsFormat,
+        Query(
+            description="rows: an object per epoch. columns: a list per metric, about half the "
+            "bytes."
+        ),
+    ] = "rows",
+    sort: SortQuery = "job_id",
+    order: SortOrder = "asc",
+    limit: Annotated[
+        int,
+        Query(ge=1, le=MAX_EXPERIMENT_JOBS, description="Jobs per page, at most."),
+    ] = MAX_EXPERIMENT_JOBS,
+    cursor: CursorQuery = None,
+    max_bytes: Annotated[
+        int,
+        Query(
+            ge=10_000,
+            le=CURVES_MAX_BYTES_LIMIT,
+            description="The page ends before the job whose curve would take the answer over "
+            "this many bytes (a page always has at least one job).",
+        ),
+    ] = CURVES_MAX_BYTES,
+    offset: Annotated[str | None, Query(include_in_schema=False)] = None,
+) -> Response:
+    """The experiment's jobs in the order asked, a page at a time: `limit` jobs, fewer when the
+    next curve would take the answer over `max_bytes` (1 MB unless asked). Each page reads only
+    its jobs' epoch rows. Follow `next` (or the Link header) for the rest."""
+    refuse_offset(offset)
     with read_session() as session:
         experiment = listing.get_experiment(session, experiment_id)
-        curves = metrics.epoch_metrics_by_job(session, experiment.id, max_points=max_points)
-        jobs = experiments.status_counts(session, [experiment.id])[experiment.id]
-        return ExperimentMetrics.model_validate(
-            {
-                "experiment_id": experiment.id,
-                "points_per_job": metrics.points_per_job(sum(jobs.values()), max_points),
-                "jobs": [
-                    {"job_id": job_id, "metrics": rows} for job_id, rows in sorted(curves.items())
-                ],
-            },
-            from_attributes=True,
+        jobs = sum(
+            status_counts.experiment_counts(session, [experiment.id])[experiment.id].values()
         )
+        points = metrics.points_per_job(jobs, max_points)
+        page = listing.experiment_job_keys(
+            session, experiment.id, sort=sort, order=order, limit=limit, cursor=cursor
+        )
+        head = (
+            f'{{"experiment_id":{experiment.id},"format":"{format}",'
+            f'"points_per_job":{points},"jobs":['
+        ).encode()
+        fragments, next_cursor = _curves_within(
+            session, page, points, format, max_bytes - len(head) - _CURVES_TAIL_BYTES
+        )
+    following = next_url(request, next_cursor)
+    body = b"".join(
+        [head, b",".join(fragments), b'],"next":', json.dumps(following).encode(), b"}"]
+    )
+    links = None if following is None else {"Link": next_link(following)}
+    return Response(body, media_type="application/json", headers=links)
+
+
+# About the most bytes one epoch of a curve takes in each format, to read as many jobs' curves
+# at once as an answer can hold.
+_POINT_BYTES = {"rows": 200, "columns": 90}
+
+
+def _curves_within(
+    session: Session, page: listing.JobKeys, points: int, format: MetricsFormat, room: int
+) -> tuple[list[bytes], str | None]:
+    """The page's curves as JSON, in its order, as many as fit in `room` bytes (at least one),
+    read a batch of jobs at a time, and the cursor of the page after the last one given."""
+    fragments: list[bytes] = []
+    used = 0
+    batch = max(1, room // (points * _POINT_BYTES[format]))
+    for start in range(0, len(page.ids), batch):
+        chunk = page.ids[start : start + batch]
+        curves = metrics.job_curves(session, chunk, points)
+        for offset, job_id in enumerate(chunk, start=start):
+            rows = curves.get(job_id)
+            if not rows:
+                continue
+            fragment = _curve_json(job_id, rows, format)
+            if fragments and used + len(fragment) + 1 > room:
+                return fragments, page.cursor_after(offset - 1)
+            fragments.append(fragment)
+            used += len(fragment) + 1
+    return fragments, page.next_cursor
+
+
+def _curve_json(job_id: int, points: list[metrics.Point], format: MetricsFormat) -> bytes:
+    """One job's curve as JSON, the floats that JSON cannot hold (a diverged loss) as null."""
+    curve: dict[str, Any] = {"job_id": job_id}
+    if format == "rows":
+        curve["metrics"] = [dict(zip(metrics.METRIC_NAMES, point, strict=True)) for point in points]
+    else:
+        curve.update(zip(metrics.METRIC_NAMES, map(list, zip(*points, strict=True)), strict=True))
+    text = json.dumps(curve, separators=(",", ":"))
+    # Only numbers are written after the keys, so these words are Python's non-finite floats.
+    for word in ("-Infinity", "Infinity", "NaN"):
+        text = text.replace(word, "null")
+    return text.encode()
 
 
 @router.get(
@@ -324,11 +503,11 @@ def get_experiment_metrics(
     summary="The experiment's job rows as CSV",
 )
 def get_summary_csv(experiment_id: ExperimentId) -> Response:
+    """Streamed a page of jobs at a time, by job id."""
     with read_session() as session:
         experiment = listing.get_experiment(session, experiment_id)
-        summary = render_summary(experiments.summarize(session, experiment))
-    return Response(
-        summary_csv(summary),
+    return StreamingResponse(
+        summary_csv_chunks(experiment),
         media_type="text/csv",  # Starlette adds "; charset=utf-8"
         headers={
             "Content-Disposition": (
@@ -359,7 +538,7 @@ def update_experiment(
         experiments.extend_search(session, experiment_id, change.max_trials)
     experiment = listing.get_experiment(session, experiment_id)
     session.refresh(experiment)
-    return render_summary(experiments.summarize(session, experiment))
+    return first_page(experiments.summarize(session, experiment))
 
 
 @router.post(
@@ -375,7 +554,7 @@ def resume_experiment(experiment_id: ExperimentId, session: SessionDep) -> Exper
     experiments.resume_search(session, experiment_id)
     experiment = listing.get_experiment(session, experiment_id)
     session.refresh(experiment)
-    return render_summary(experiments.summarize(session, experiment))
+    return first_page(experiments.summarize(session, experiment))
 
 
 @router.delete(
@@ -401,4 +580,4 @@ def cancel_experiment(experiment_id: ExperimentId, session: SessionDep) -> Exper
     """Each job as POST /jobs/{id}/cancel would: a queued one never starts, a running one stops
     at the next batch. 409 when every job had already ended."""
     experiment = experiments.cancel_experiment(session, experiment_id)
-    return render_summary(experiments.summarize(session, experiment))
+    return first_page(experiments.summarize(session, experiment))

@@ -24,13 +24,54 @@ class JobCurve(BaseModel):
     metrics: list[EpochMetricRead]
 
 
+class JobCurveColumns(BaseModel):
+    """One job's curve column by column: the i-th value of each list is one epoch's."""
+
+    job_id: int
+    epoch: list[int]
+    train_loss: list[float | None]
+    train_accuracy: list[float | None]
+    test_loss: list[float | None]
+    test_accuracy: list[float | None]
+    learning_rate: list[float | None]
+    seconds: list[float | None]
+    images_per_second: list[float | None]
+
+
+POINTS_PER_JOB_DESCRIPTION = (
+    "The most epochs given per job: max_points, or less so that the curves of all the "
+    "experiment's jobs stay within 100,000 points. Each curve keeps its first, last and best "
+    "epoch."
+)
+METRICS_JOBS_DESCRIPTION = (
+    "The jobs of this page that have recorded epochs, in the page's order (job id by default). "
+    "A page holds `limit` jobs, fewer when the next job's curve would take the answer over "
+    "`max_bytes` (never none)."
+)
+METRICS_NEXT_DESCRIPTION = (
+    'The next page of curves (also in the Link header, rel="next"); null after the last job. '
+    "Its `cursor` is opaque: pass it back unchanged."
+)
+
+
 class ExperimentMetrics(BaseModel):
+    """Every job's curve, an object per epoch (`format=rows`, the default)."""
+
     experiment_id: int
-    points_per_job: int = Field(
-        description="The most epochs given per job: max_points, or less so that the whole "
-        "answer stays within 100,000 points. Each curve keeps its first, last and best epoch."
-    )
-    jobs: list[JobCurve] = Field(description="The jobs that have recorded epochs, by id.")
+    format: Literal["rows"] = "rows"
+    points_per_job: int = Field(description=POINTS_PER_JOB_DESCRIPTION)
+    jobs: list[JobCurve] = Field(description=METRICS_JOBS_DESCRIPTION)
+    next: str | None = Field(None, description=METRICS_NEXT_DESCRIPTION)
+
+
+class ExperimentMetricColumns(BaseModel):
+    """Every job's curve, a list per metric (`format=columns`): about half the bytes of rows."""
+
+    experiment_id: int
+    format: Literal["columns"] = "columns"
+    points_per_job: int = Field(description=POINTS_PER_JOB_DESCRIPTION)
+    jobs: list[JobCurveColumns] = Field(description=METRICS_JOBS_DESCRIPTION)
+    next: str | None = Field(None, description=METRICS_NEXT_DESCRIPTION)
 
 
 class ReportFigures(BaseModel):
@@ -105,6 +146,7 @@ _EXPERIMENT_EXAMPLE: dict[str, Any] = {
     "status_counts": {"queued": 2, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0},
     "job_count": 3,
     "varying": ["block"],
+    "jobs_next": None,
     "jobs": [
         {
             "job_id": 1,
@@ -227,7 +269,16 @@ class ExperimentRead(BaseModel):
     search: SearchRead | None = Field(
         None, description="A search's progress; null for a grid and in listings."
     )
-    jobs: list[ExperimentJobRow] = Field(description="Empty in listings.")
+    jobs: list[ExperimentJobRow] = Field(
+        description="A page of the experiment's jobs in the order asked (`sort`, `order`): "
+        "`limit` of them, 100 unless asked (at most 1,000). Empty in listings."
+    )
+    jobs_next: str | None = Field(
+        None,
+        description="The next page of `jobs` (a GET of the experiment with its `cursor`; also "
+        'in the Link header, rel="next", of GET /experiments/{id}); null on the last page '
+        "and in listings.",
+    )
     links: ExperimentLinks
 
 

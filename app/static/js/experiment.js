@@ -1,7 +1,7 @@
-// The experiment page: the summary (GET /experiments/{id}), every job's curves overlaid and
-// growing from GET /experiments/{id}/events (or, on a server without it, from polling), the
-// accuracy-vs-MACs chart, and for the "report" preset the report's published figures beside
-// the measured ones.
+// The experiment page: the summary (GET /experiments/{id}) a page of jobs at a time, the curves
+// of the page's jobs overlaid and growing from GET /experiments/{id}/events (or, on a server
+// without it, from polling the page's curves in one request), the accuracy-vs-MACs chart, and
+// for the "report" preset the report's published figures beside the measured ones.
 
 import {
   POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, gmacs,
@@ -16,8 +16,15 @@ const experimentId = Number(root.dataset.experimentId);
 const isReport = root.dataset.preset === "report";
 const problem = document.getElementById("experiment-problem");
 
+// The jobs a page of the summary shows (and its charts draw): what an experiment of any size
+// costs one request.
+const PAGE_ROWS = 100;
+// Points per curve when polling: a page of curves stays well under the API's 1 MB.
+const POLLED_POINTS = 100;
+
 let experiment = null;
 let sort = { column: "job_id", order: "asc" };
+let pages = [null]; // the cursor of each page read so far; the last is the one shown
 const curves = new Map(); // job id -> Map(epoch -> metric row)
 
 // Each curve chart shows one metric for the jobs of its section's blocks (all jobs outside one).
@@ -134,6 +141,7 @@ function drawSummary() {
     const button = el("button", { type: "button", class: "link", dataset: { sort: column } }, title + (current ? (sort.order === "asc" ? " ▲" : " ▼") : ""));
     button.addEventListener("click", () => {
       sort = { column, order: current && sort.order === "asc" ? "desc" : "asc" };
+      pages = [null];
       load();
     });
     return el("th", { "aria-sort": current ? (sort.order === "asc" ? "ascending" : "descending") : null }, button);
@@ -141,6 +149,38 @@ function drawSummary() {
   table.tHead.replaceChildren(el("tr", {}, headings));
   const rows = experiment.jobs.map((job) => el("tr", { dataset: { jobId: job.job_id, status: job.status } }, columns.map(([, , cell]) => el("td", {}, cell(job)))));
   table.tBodies[0].replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: columns.length }, "No jobs."))]));
+  drawPager();
+}
+
+/** Which jobs the page shows, and the buttons to the pages around it. */
+function drawPager() {
+  const first = (pages.length - 1) * PAGE_ROWS + 1;
+  const shown = experiment.jobs.length;
+  document.getElementById("page-facts").textContent = shown && experiment.job_count > shown
+    ? `jobs ${first}–${first + shown - 1} of ${experiment.job_count} (the charts show these)`
+    : "";
+  document.getElementById("previous-page").hidden = pages.length === 1;
+  document.getElementById("next-page").hidden = !experiment.jobs_next;
+}
+
+function cursorOf(url) {
+  return new URL(url, window.location.origin).searchParams.get("cursor");
+}
+
+document.getElementById("next-page").addEventListener("click", () => {
+  if (!experiment || !experiment.jobs_next) return;
+  pages.push(cursorOf(experiment.jobs_next));
+  load();
+});
+document.getElementById("previous-page").addEventListener("click", () => {
+  if (pages.length > 1) pages.pop();
+  load();
+});
+
+/** The query of the page shown: its sort, its size and where it starts. */
+function pageQuery() {
+  const cursor = pages[pages.length - 1];
+  return `sort=${encodeURIComponent(sort.column)}&order=${sort.order}&limit=${PAGE_ROWS}` + (cursor ? `&cursor=${encodeURIComponent(cursor)}` : "");
 }
 
 const NOT_PUBLISHED = "not published";
@@ -322,7 +362,7 @@ function draw() {
 
 async function load() {
   try {
-    experiment = await api(`/experiments/${experimentId}?sort=${encodeURIComponent(sort.column)}&order=${sort.order}`);
+    experiment = await api(`/experiments/${experimentId}?${pageQuery()}`);
     showProblem(null);
     draw();
   } catch (error) {
@@ -346,17 +386,40 @@ function updateJob(state) {
   scheduleLoad();
 }
 
-/** For servers without the event stream: the experiment and each job's new epochs every 2 s. */
+/** The curves of the page's jobs, as columns: one request (a few if the page's curves are
+ * over the API's byte cap), whatever the number of jobs. */
+async function loadCurves(current) {
+  const wanted = new Set(current.jobs.filter((job) => job.epochs_done > 0).map((job) => job.job_id));
+  let url = `/experiments/${experimentId}/metrics?format=columns&max_points=${POLLED_POINTS}&${pageQuery()}`;
+  while (url && wanted.size) {
+    const answer = await api(url);
+    for (const curve of answer.jobs) {
+      wanted.delete(curve.job_id);
+      const rows = new Map();
+      curve.epoch.forEach((epoch, index) => {
+        const row = { job_id: curve.job_id, epoch };
+        for (const name of Object.keys(curve)) if (name !== "job_id" && name !== "epoch") row[name] = curve[name][index];
+        rows.set(epoch, row);
+      });
+      curves.set(curve.job_id, rows);
+    }
+    url = answer.jobs.length ? answer.next : null;
+  }
+  scheduleCurves();
+}
+
+let polledEpochs = null;
+
+/** For servers without the event stream: the page of the experiment, and its curves when its
+ * jobs recorded epochs, every 2 s. */
 async function poll() {
   const current = await load();
   if (current) {
-    for (const job of current.jobs) {
-      const known = curves.get(job.job_id);
-      const since = known ? Math.max(0, ...known.keys()) : 0;
-      if (known && since >= job.epochs_done) continue;
+    const epochs = current.jobs.map((job) => `${job.job_id}:${job.epochs_done}`).join(",");
+    if (epochs !== polledEpochs) {
       try {
-        const metrics = await api(`/jobs/${job.job_id}/metrics?since_epoch=${since}`);
-        metrics.metrics.forEach((row) => addEpoch({ ...row, job_id: job.job_id }));
+        await loadCurves(current);
+        polledEpochs = epochs;
       } catch (error) {
         showProblem(describeError(error));
       }
