@@ -20,10 +20,12 @@ costs; on curves shaped as a researcher meets them.
 3. Decision cost. A search with `--decision-trials` trials is written straight into a fresh
    database; the core's work after an epoch at a rung (every trial's value there read and
    compared) and when a trial ends (the next trial made: its sampler asked) is timed, each in a
-   transaction rolled back, `--repeats` times, for each pruner and sampler.
+   transaction rolled back, `--repeats` times, for each pruner and sampler, on SQLite and on
+   PostgreSQL (a database of its own on the server of `--postgres-url`, dropped at the end).
 
     python -m bench.search_efficiency [--orders 200] [--real] [--decision-trials 1000]
-        [--repeats 30] [--json PATH]
+        [--repeats 30] [--databases sqlite postgresql] [--skip-replays] [--skip-decisions]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from bench.api_latency import service_environment, this_process_uses
+from bench.scale import DEFAULT_POSTGRES_URL, _database
 from bench.search_replay import replay
 from jobs.search.pruners import Objective, pruner_for
 
@@ -379,11 +382,23 @@ def _seed_trials(experiment_id: int, trials: int, epochs: int, rung_epochs: list
 
 
 def _decision_cost_of(
-    args: argparse.Namespace, workdir: Path, pruner: dict[str, Any], sampler: str
+    args: argparse.Namespace, workdir: Path, database: str, pruner: dict[str, Any], sampler: str
+) -> dict[str, Any]:
+
+    from jobs import wiring
+
+    wiring.connect()
+    folder = workdir / f"decision-{database}-{pruner['type']}-{sampler}"
+    with _database(database, folder, args.postgres_url) as url:
+        env = {**service_environment(folder), "DATABASE_URL": url}
+        return _decision_cost_in(args, env, pruner, sampler)
+
+
+def _decision_cost_in(
+    args: argparse.Namespace, env: dict[str, str], pruner: dict[str, Any], sampler: str
 ) -> dict[str, Any]:
     from sqlalchemy import select, update
 
-    from jobs import wiring
     from jobs.db import session_scope
     from jobs.experiments import create_experiment
     from jobs.lifecycle import claim_job, finish_job, record_epoch
@@ -392,8 +407,6 @@ def _decision_cost_of(
     from jobs.specs import ExperimentCreate
     from jobs.tables import Experiment, Job, JobStatus
 
-    wiring.connect()
-    env = service_environment(workdir / f"decision-{pruner['type']}-{sampler}")
     epochs = 100
     body = {
         "name": "decision cost",
@@ -425,7 +438,7 @@ def _decision_cost_of(
             session.execute(
                 update(Experiment)
                 .where(Experiment.id == experiment_id)
-                .values(trials_created=ended + 1)
+                .values(trials_created=ended + 1, next_place=ended + 1)
             )
             session.execute(
                 update(Job)
@@ -470,8 +483,18 @@ def decision_cost(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {
         "trials": args.decision_trials,
         **{
-            f"{pruner}+{sampler}": _decision_cost_of(args, workdir, PRUNERS[pruner], sampler)
-            for pruner, sampler in (("asha", "random"), ("asha", "tpe"), ("median", "random"))
+            database: {
+                f"{pruner}+{sampler}": _decision_cost_of(
+                    args, workdir, database, PRUNERS[pruner], sampler
+                )
+                for pruner, sampler in (
+                    ("asha", "random"),
+                    ("asha", "tpe"),
+                    ("median", "random"),
+                    ("hyperband", "random"),
+                )
+            }
+            for database in args.databases
         },
     }
 
@@ -513,6 +536,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decision-trials", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--skip-decisions", action="store_true")
+    parser.add_argument("--skip-replays", action="store_true")
+    parser.add_argument(
+        "--databases",
+        nargs="+",
+        choices=["sqlite", "postgresql"],
+        default=["sqlite", "postgresql"],
+        help="where the decision cost is measured",
+    )
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     report: dict[str, Any] = {
@@ -520,12 +552,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.platform(),
         "orders": args.orders,
     }
-    _progress(f"replays: {args.orders} orders per shape and pruner")
-    report["replays"] = {
-        shape: replay_shape(curves_of, args.orders, workers=args.workers)
-        for shape, curves_of in SHAPES.items()
-    }
-    print(_table(report["replays"]), flush=True)
+    if not args.skip_replays:
+        _progress(f"replays: {args.orders} orders per shape and pruner")
+        report["replays"] = {
+            shape: replay_shape(curves_of, args.orders, workers=args.workers)
+            for shape, curves_of in SHAPES.items()
+        }
+        print(_table(report["replays"]), flush=True)
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
         if args.real:

@@ -504,7 +504,7 @@ def extend_search(session: Session, experiment_id: int, max_trials: int) -> list
     get_experiment(session, experiment_id)
     experiment = study.lock_experiment(session, experiment_id)
     search = _search_or_refuse(experiment, "max_trials")
-    made = study.counted_trials(session, experiment_id, int(experiment.trials_created))
+    made = study.counted_trials(experiment)
     if max_trials < made:
         raise InvalidFields(
             [("max_trials", f"the search has made {made} trials; give at least {made}")]

@@ -138,6 +138,12 @@ class Experiment(Base):
     # A search's trials made so far: the next trial's number, raised only under the experiment's
     # row lock (and compared-and-set), so no trial number is ever given twice.
     trials_created: Mapped[int] = mapped_column(Integer, default=0)
+    # Of those, the trials cancelled with the search (withdrawn: they do not count against
+    # max_trials); the sampler places they held, to be given again first; and the next place
+    # never given. Kept here, under the same lock, so making a trial reads no other trial.
+    trials_withdrawn: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    free_places: Mapped[list[int] | None] = mapped_column(JSON, default=list)
+    next_place: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Set (first, in the same transaction) when the experiment is cancelled: a search then
     # makes no more trials.
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -138,6 +138,7 @@ REFUSED_DESTINATIONS = (
     "not a valid URL",
     "must name a host",
     "port 0",
+    "must not percent-encode the host",
 )
 
 

@@ -386,6 +386,52 @@ def test_the_experiment_stream_follows_every_trial_to_the_end(
     assert json.loads(events[-1]["data"]) == {"experiment_id": experiment_id, "status": "succeeded"}
 
 
+def test_best_changed_names_each_new_best_and_the_one_it_beat(client: TestClient) -> None:
+    """A trial that succeeds with a better objective than every earlier one is announced with
+    the best it beat; a tie keeps the earlier trial, a worse value announces nothing."""
+    from jobs.db import session_scope
+    from jobs.events import events_after
+
+    value = {0.1: 0.5, 0.2: 0.4, 0.3: 0.5, 0.4: 0.7, 0.5: 0.6}
+    body = {
+        **search_body(
+            space={"learning_rate": {"choice": sorted(value)}},
+            sampler="grid",
+            max_trials=5,
+            pruner={"type": "none"},
+        ),
+        "hyperparameters": {"epochs": 1, "batch_size": 32},
+    }
+    experiment_id = client.post("/experiments", json=body).json()["id"]
+    ran = run_search(client, experiment_id, lambda params, epoch: value[params["learning_rate"]])
+    assert [status for _, status, _ in ran] == [JobStatus.SUCCEEDED] * 5
+    lr = {
+        job["id"]: job["trial"]["params"]["learning_rate"]
+        for job in client.get(f"/jobs?experiment_id={experiment_id}&limit=10").json()["items"]
+    }
+    expected, best = [], None
+    for job_id, _, _ in ran:
+        now = value[lr[job_id]]
+        if best is None or now > best[1]:
+            expected.append(
+                (job_id, now, None if best is None else best[0], None if best is None else best[1])
+            )
+            best = (job_id, now)
+    with session_scope() as session:
+        announced = [
+            (e.data["job_id"], e.data["value"], e.data["previous_job_id"], e.data["previous_value"])
+            for e in events_after(session, experiment_id=experiment_id)
+            if e.kind == "best_changed"
+        ]
+        params = [
+            e.data["params"]
+            for e in events_after(session, experiment_id=experiment_id)
+            if e.kind == "best_changed"
+        ]
+    assert announced == expected and len(expected) >= 2
+    assert [p["learning_rate"] for p in params] == [lr[job_id] for job_id, *_ in expected]
+
+
 def test_trials_ending_at_once_make_each_successor_once(client: TestClient) -> None:
     """Two workers end two trials in the same instant: each ending makes one successor, under
     the experiment's row lock, and no trial number is given twice."""

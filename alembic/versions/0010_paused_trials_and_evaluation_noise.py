@@ -7,7 +7,9 @@ Create Date: 2026-12-07 12:00:00
 A trial's pruner may pause it at a rung (`jobs.pause_requested`, then the status `paused`);
 every decision about a trial is kept with it (`jobs.trial_state`); each epoch records the images
 its evaluations counted and the standard errors of its mean losses (`epoch_metrics.evaluation`),
-which the pruners compare trials within.
+which the pruners compare trials within. A search keeps its withdrawn trials' count and places,
+and its next sampler place, on the experiment (`experiments.trials_withdrawn`, `free_places`,
+`next_place`): before, every trial's place was its number.
 """
 
 from collections.abc import Sequence
@@ -33,9 +35,21 @@ def upgrade() -> None:
     )
     op.add_column("jobs", sa.Column("trial_state", sa.JSON(), nullable=True))
     op.add_column("epoch_metrics", sa.Column("evaluation", sa.JSON(), nullable=True))
+    op.add_column(
+        "experiments",
+        sa.Column("trials_withdrawn", sa.Integer(), nullable=False, server_default="0"),
+    )
+    op.add_column("experiments", sa.Column("free_places", sa.JSON(), nullable=True))
+    op.add_column(
+        "experiments", sa.Column("next_place", sa.Integer(), nullable=False, server_default="0")
+    )
+    op.execute("UPDATE experiments SET next_place = trials_created")
 
 
 def downgrade() -> None:
+    op.drop_column("experiments", "next_place")
+    op.drop_column("experiments", "free_places")
+    op.drop_column("experiments", "trials_withdrawn")
     op.drop_column("epoch_metrics", "evaluation")
     op.drop_column("jobs", "trial_state")
     op.drop_column("jobs", "pause_requested")

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 from optuna.trial import TrialState
-from sqlalchemy import Text, func, select, type_coerce, update
+from sqlalchemy import Text, func, or_, select, type_coerce, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
@@ -115,13 +116,18 @@ class Trial(NamedTuple):
 
     @property
     def observed_state(self) -> TrialState:
-        if self.prune_requested or self.status == JobStatus.PRUNED:
-            return TrialState.PRUNED
-        if self.status == JobStatus.SUCCEEDED:
-            return TrialState.COMPLETE
-        if self.status in (*ACTIVE, JobStatus.PAUSED):
-            return TrialState.RUNNING
-        return TrialState.FAIL
+        return observed_state(self.status, self.prune_requested)
+
+
+def observed_state(status: str, prune_requested: bool) -> TrialState:
+    """A trial's state as a sampler sees it."""
+    if prune_requested or status == JobStatus.PRUNED:
+        return TrialState.PRUNED
+    if status == JobStatus.SUCCEEDED:
+        return TrialState.COMPLETE
+    if status in (*ACTIVE, JobStatus.PAUSED):
+        return TrialState.RUNNING
+    return TrialState.FAIL
 
 
 def search_of(spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -152,6 +158,9 @@ def lock_experiment(session: Session, experiment_id: int) -> Any:
             Experiment.spec,
             Experiment.priority,
             Experiment.trials_created,
+            Experiment.trials_withdrawn,
+            Experiment.free_places,
+            Experiment.next_place,
             Experiment.cancel_requested,
         )
         .where(Experiment.id == experiment_id)
@@ -264,24 +273,31 @@ def measured_at(
     spec: dict[str, Any],
     *,
     job_ids: Iterable[int] | None = None,
+    succeeded: bool = False,
 ) -> dict[int, Measured]:
-    """Each trial's objective at `epoch` (of the trials that reached it, or of `job_ids`), with
-    its standard error."""
-    query = (
-        select(
-            EpochMetric.job_id,
-            getattr(EpochMetric, metric),
-            type_coerce(EpochMetric.evaluation, Text),
-        )
-        .join(Job, Job.id == EpochMetric.job_id)
-        .where(
-            Job.experiment_id == experiment_id,
-            Job.trial_number.is_not(None),
-            EpochMetric.epoch == epoch,
-        )
+    """Each trial's objective at `epoch` (of the trials that reached it, only those that
+    succeeded, or of `job_ids`), with its standard error."""
+    columns = (
+        EpochMetric.job_id,
+        getattr(EpochMetric, metric),
+        type_coerce(EpochMetric.evaluation, Text),
     )
-    if job_ids is not None:
-        query = query.where(EpochMetric.job_id.in_(sorted(set(job_ids))))
+    if job_ids is not None:  # by the metrics' key alone
+        query = select(*columns).where(
+            EpochMetric.job_id.in_(sorted(set(job_ids))), EpochMetric.epoch == epoch
+        )
+    else:
+        query = (
+            select(*columns)
+            .join(Job, Job.id == EpochMetric.job_id)
+            .where(
+                Job.experiment_id == experiment_id,
+                Job.trial_number.is_not(None),
+                EpochMetric.epoch == epoch,
+            )
+        )
+        if succeeded:
+            query = query.where(Job.status == JobStatus.SUCCEEDED)
     rows = session.execute(query).all()
     evaluations = _json_values([row[2] for row in rows])
     return {
@@ -289,6 +305,23 @@ def measured_at(
         for index, row in enumerate(rows)
         if _finite(row[1]) is not None
     }
+
+
+def _curve(
+    session: Session, job_id: int, metric: str, upto: int, spec: dict[str, Any]
+) -> list[Measured]:
+    """The trial's finite objective at each epoch up to `upto`."""
+    rows = session.execute(
+        select(getattr(EpochMetric, metric), type_coerce(EpochMetric.evaluation, Text)).where(
+            EpochMetric.job_id == job_id, EpochMetric.epoch <= upto
+        )
+    ).all()
+    evaluations = _json_values([row[1] for row in rows])
+    return [
+        _measured(metric, float(row[0]), evaluations[index] or None, spec)
+        for index, row in enumerate(rows)
+        if _finite(row[0]) is not None
+    ]
 
 
 # -- asking: the next trials -------------------------------------------------------------------
@@ -331,21 +364,42 @@ def trial_job_spec(
     )
 
 
-def observations(
-    session: Session, experiment_id: int, search: dict[str, Any], trials: Sequence[Trial]
-) -> list[Observation]:
-    """The trials as a sampler sees them; withdrawn trials (cancelled with their search) are
-    left out, so a resumed search proposes their points again."""
-    last = metric_values(session, experiment_id, search["objective"]["metric"])
+def observations(session: Session, experiment_id: int, search: dict[str, Any]) -> list[Observation]:
+    """The trials as a sampler sees them, by number, each with its objective at its last
+    recorded epoch; withdrawn trials (cancelled with their search) are left out, so a resumed
+    search proposes their points again. One query, reading no decision record."""
+    value = getattr(EpochMetric, search["objective"]["metric"])
+    rows = session.execute(
+        select(
+            Job.trial_number,
+            Job.status,
+            Job.prune_requested,
+            type_coerce(Job.trial_params, Text),
+            value,
+        )
+        .outerjoin(
+            EpochMetric, (EpochMetric.job_id == Job.id) & (EpochMetric.epoch == Job.epochs_done)
+        )
+        .where(
+            Job.experiment_id == experiment_id,
+            Job.trial_number.is_not(None),
+            # Only a cancelled trial can have been withdrawn: the others' state is not parsed.
+            or_(
+                Job.status != JobStatus.CANCELLED,
+                func.coalesce(Job.trial_state["withdrawn"].as_boolean(), False).is_(False),
+            ),
+        )
+        .order_by(Job.trial_number)
+    ).all()
+    params = _json_values([row[3] for row in rows])
     return [
         Observation(
-            trial.number,
-            trial.params,
-            trial.observed_state,
-            _finite(last[trial.job_id][1]) if trial.job_id in last else None,
+            int(row[0]),
+            params[index],
+            observed_state(row[1], row[2]),
+            None if row[4] is None else _finite(float(row[4])),
         )
-        for trial in trials
-        if not trial.state.get("withdrawn")
+        for index, row in enumerate(rows)
     ]
 
 
@@ -365,14 +419,21 @@ def fill(session: Session, experiment_id: int) -> list[int]:
         .where(Job.experiment_id == experiment_id, Job.status.in_(ACTIVE))
     ).scalar_one()
     made = int(experiment.trials_created)
-    withdrawn_total, withdrawn, fresh = _withdrawn(session, experiment_id)
-    room = min(search["max_concurrent"] - active, search["max_trials"] - (made - withdrawn_total))
+    room = min(search["max_concurrent"] - active, search["max_trials"] - counted_trials(experiment))
     if room <= 0:
         return []
+    # A withdrawn trial's place is given first: a resumed grid search proposes its point again.
+    free = list(experiment.free_places or [])
+    fresh = int(experiment.next_place)
+    places = [*free[:room], *range(fresh, fresh + room - len(free[:room]))]
     moved = session.execute(
         update(Experiment)
         .where(Experiment.id == experiment_id, Experiment.trials_created == made)
-        .values(trials_created=made + room)
+        .values(
+            trials_created=made + room,
+            free_places=free[room:],
+            next_place=fresh + room - len(free[:room]),
+        )
         .execution_options(synchronize_session=False)
     )
     assert isinstance(moved, CursorResult)
@@ -381,14 +442,12 @@ def fill(session: Session, experiment_id: int) -> list[int]:
     sampler = sampler_for(search)
     history: list[Observation] = []
     if sampler.reads_history:
-        history = observations(session, experiment_id, search, load_trials(session, experiment_id))
+        history = observations(session, experiment_id, search)
     pruner = pruner_for(search["pruner"])
     epochs = int(experiment.spec["hyperparameters"]["epochs"])
     settings = get_settings()
     priority = int(experiment.priority)
     created = []
-    # A withdrawn trial's place is taken first: a resumed grid search proposes its point again.
-    places = [*withdrawn, *range(fresh, fresh + room)][:room]
     for offset, place in enumerate(places):
         number = made + offset
         params = sampler.ask(place, history)
@@ -410,43 +469,13 @@ def fill(session: Session, experiment_id: int) -> list[int]:
         if sampler.reads_history:
             history.append(Observation(number, params, TrialState.RUNNING))
         created.append(job.id)
-    if withdrawn:
-        _settle_withdrawn(session, experiment_id, withdrawn[: len(places)])
     return created
 
 
-def counted_trials(session: Session, experiment_id: int, made: int) -> int:
-    """The trials that count against max_trials: those made, less those withdrawn."""
-    return made - _withdrawn(session, experiment_id)[0]
-
-
-def _place(trial: Trial) -> int:
-    return int(trial.state.get("place", trial.number))
-
-
-def _withdrawn(session: Session, experiment_id: int) -> tuple[int, list[int], int]:
-    """How many trials were cancelled with their search (they do not count against
-    max_trials), the sampler places of those not made again yet, and the next place never
-    given."""
-    trials = load_trials(session, experiment_id)
-    withdrawn = [trial for trial in trials if trial.state.get("withdrawn")]
-    places = [_place(trial) for trial in withdrawn if not trial.state.get("replaced")]
-    fresh = max((_place(trial) for trial in trials), default=-1) + 1
-    return len(withdrawn), places, fresh
-
-
-def _settle_withdrawn(session: Session, experiment_id: int, places: list[int]) -> None:
-    """Mark the withdrawn trials whose places were just taken again."""
-    for trial in load_trials(session, experiment_id):
-        place = int(trial.state.get("place", trial.number))
-        if trial.state.get("withdrawn") and not trial.state.get("replaced") and place in places:
-            places.remove(place)
-            session.execute(
-                update(Job)
-                .where(Job.id == trial.job_id)
-                .values(trial_state={**trial.state, "replaced": True})
-                .execution_options(synchronize_session=False)
-            )
+def counted_trials(experiment: Any) -> int:
+    """The trials that count against max_trials: those made, less those withdrawn (the
+    experiment's row as lock_experiment reads it)."""
+    return int(experiment.trials_created) - int(experiment.trials_withdrawn)
 
 
 # -- telling: a trial ended or paused ---------------------------------------------------------
@@ -483,9 +512,7 @@ def trial_ended(session: Session, job_id: int) -> list[int]:
     if search is None:
         return []
     if job.status == JobStatus.SUCCEEDED:
-        trials = load_trials(session, job.experiment_id)
-        last = metric_values(session, job.experiment_id, search["objective"]["metric"])
-        _note_best(session, search, trials, last, job_id)
+        _note_best(session, job.experiment_id, search, job_id)
     return fill(session, job.experiment_id)
 
 
@@ -503,45 +530,104 @@ def best_trial(
     return best
 
 
-def _note_best(
+def _best_succeeded(
     session: Session,
+    experiment_id: int,
     search: dict[str, Any],
-    trials: list[Trial],
-    last: dict[int, tuple[int, float]],
-    job_id: int,
-) -> None:
-    before = best_trial(search, [t for t in trials if t.job_id != job_id], last)
-    now = best_trial(search, trials, last)
-    if now is None or now[0].job_id != job_id:
+    *,
+    job_id: int | None = None,
+    excluding: int | None = None,
+) -> tuple[int, int, float] | None:
+    """(job id, trial number, value) of the succeeded trial with the best finite objective at
+    its last epoch (ties: the lower number), of one job's or leaving one out; in SQL, so a
+    trial's end reads no other trial."""
+    column = getattr(EpochMetric, search["objective"]["metric"])
+    query = (
+        select(Job.id, Job.trial_number, column)
+        .join(EpochMetric, (EpochMetric.job_id == Job.id) & (EpochMetric.epoch == Job.epochs_done))
+        .where(
+            Job.experiment_id == experiment_id,
+            Job.trial_number.is_not(None),
+            Job.status == JobStatus.SUCCEEDED,
+            # Neither NULL, NaN (above every number on PostgreSQL) nor infinite.
+            column.between(-sys.float_info.max, sys.float_info.max),
+        )
+        .order_by(column.desc() if maximizing(search) else column.asc(), Job.trial_number)
+        .limit(1)
+    )
+    if job_id is not None:
+        query = query.where(Job.id == job_id)
+    if excluding is not None:
+        query = query.where(Job.id != excluding)
+    row = session.execute(query).first()
+    return None if row is None else (int(row[0]), int(row[1]), float(row[2]))
+
+
+def _note_best(session: Session, experiment_id: int, search: dict[str, Any], job_id: int) -> None:
+    """Record `best_changed` when the trial that just succeeded is the search's best now."""
+    now = _best_succeeded(session, experiment_id, search, job_id=job_id)
+    if now is None:
         return
+    before = _best_succeeded(session, experiment_id, search, excluding=job_id)
+    if before is not None and not (
+        better(search, now[2], before[2]) or (now[2] == before[2] and now[1] < before[1])
+    ):
+        return
+    params = session.execute(
+        select(type_coerce(Job.trial_params, Text)).where(Job.id == job_id)
+    ).scalar_one()
     record_event(
         session,
         job_id,
         BEST_CHANGED_EVENT,
         {
             "job_id": job_id,
-            "trial": now[0].number,
-            "params": now[0].params,
-            "value": now[1],
-            "previous_job_id": None if before is None else before[0].job_id,
-            "previous_value": None if before is None else before[1],
+            "trial": now[1],
+            "params": _json_values([params])[0],
+            "value": now[2],
+            "previous_job_id": None if before is None else before[0],
+            "previous_value": None if before is None else before[2],
         },
     )
 
 
 def withdraw(session: Session, experiment_id: int, job_ids: Iterable[int]) -> None:
-    """Trials cancelled with their search leave it: a resumed search makes their places again."""
+    """Trials cancelled with their search leave it: they no longer count against max_trials,
+    and a resumed search gives their sampler places again. The caller holds the experiment's
+    row lock."""
     ids = sorted(set(job_ids))
     if not ids:
         return
-    for trial in load_trials(session, experiment_id):
-        if trial.job_id in ids:
-            session.execute(
-                update(Job)
-                .where(Job.id == trial.job_id)
-                .values(trial_state={**trial.state, "withdrawn": True})
-                .execution_options(synchronize_session=False)
-            )
+    rows = session.execute(
+        select(Job.id, Job.trial_number, type_coerce(Job.trial_state, Text)).where(
+            Job.experiment_id == experiment_id,
+            Job.trial_number.is_not(None),
+            Job.id.in_(ids),
+        )
+    ).all()
+    places = []
+    for (job_id, number, _), state in zip(rows, _json_values([r[2] for r in rows]), strict=True):
+        if state.get("withdrawn"):
+            continue
+        places.append(int(state.get("place", number)))
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(trial_state={**state, "withdrawn": True})
+            .execution_options(synchronize_session=False)
+        )
+    if not places:
+        return
+    experiment = lock_experiment(session, experiment_id)
+    session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id)
+        .values(
+            trials_withdrawn=int(experiment.trials_withdrawn) + len(places),
+            free_places=sorted([*(experiment.free_places or []), *places]),
+        )
+        .execution_options(synchronize_session=False)
+    )
 
 
 # -- pruning: after each recorded epoch, and at a bracket's rung ------------------------------
@@ -637,24 +723,8 @@ def _decision(
         entries = [Entry(job_id, value) for job_id, value in at_rung.items()]
         return pruner.on_arrival(entry, epoch, entries, epochs=epochs, objective=objective)
     if isinstance(pruner, MedianPruner):
-        ended = session.execute(
-            select(Job.id).where(
-                Job.experiment_id == experiment_id,
-                Job.trial_number.is_not(None),
-                Job.status == JobStatus.SUCCEEDED,
-            )
-        ).scalars()
-        peers = measured_at(session, experiment_id, metric, epoch, spec, job_ids=list(ended))
-        curve = session.execute(
-            select(EpochMetric.epoch).where(
-                EpochMetric.job_id == entry.job_id, EpochMetric.epoch <= epoch
-            )
-        ).scalars()
-        values = [
-            measured_at(session, experiment_id, metric, e, spec, job_ids=[entry.job_id])
-            for e in curve
-        ]
-        own = [found[entry.job_id] for found in values if entry.job_id in found]
+        peers = measured_at(session, experiment_id, metric, epoch, spec, succeeded=True)
+        own = _curve(session, entry.job_id, metric, epoch, spec)
         best = max(own, key=lambda m: m.value if objective.maximize else -m.value)
         return pruner.on_epoch(
             Entry(entry.job_id, best),
