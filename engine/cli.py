@@ -159,7 +159,7 @@ def _existing_checkpoints(folder: Path) -> list[CheckpointFile]:
 def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from engine.trainer import train
+    from engine.trainer import TrainingDiverged, train
 
     try:
         config = TrainConfig.model_validate(
@@ -212,7 +212,7 @@ def run_train(args: argparse.Namespace) -> int:
             download_url=args.download_url,
             download_md5=args.download_md5,
         )
-    except DatasetUnavailable as error:
+    except (DatasetUnavailable, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     _write_json(args.out / "metrics.json", [item.to_dict() for item in result.history])

@@ -93,6 +93,24 @@ def _standard_error(total: float, total_of_squares: float, count: int) -> float:
     return math.sqrt(variance / count)
 
 
+class TrainingDiverged(ArithmeticError):
+    """A loss became NaN or infinite: the weights are beyond use, so training stops there (the
+    epoch is neither reported nor checkpointed). Names the epoch, the loss and the learning
+    rate, the usual cause."""
+
+    def __init__(self, epoch: int, which: str, value: float, learning_rate: float) -> None:
+        self.epoch = epoch
+        super().__init__(
+            f"training diverged at epoch {epoch}: the {which} loss is {value} with "
+            f"learning_rate {learning_rate:g}; a lower learning rate usually trains"
+        )
+
+
+def check_finite(epoch: int, which: str, value: float, learning_rate: float) -> None:
+    if not math.isfinite(value):
+        raise TrainingDiverged(epoch, which, value, learning_rate)
+
+
 @dataclass
 class EpochReport:
     """One finished epoch, reported before its checkpoint is written."""
@@ -489,7 +507,9 @@ def train(
                     stopped = True
                     break
                 train_seconds = time.perf_counter() - epoch_start
+                check_finite(epoch, "train", outcome.loss, learning_rate)
                 tested = evaluate(model, test_loader, bf16=bf16)
+                check_finite(epoch, "test", tested.loss, learning_rate)
                 test_accuracy = tested.accuracy
                 if scheduler is not None:
                     scheduler.step()

@@ -100,6 +100,7 @@ class FailureReason(StrEnum):
     TIMEOUT = "timeout"
     WORKER_LOST = "worker_lost"
     ARTIFACT_STORE_UNAVAILABLE = "artifact_store_unavailable"
+    DIVERGED = "diverged"
 
     @property
     def description(self) -> str:
@@ -114,6 +115,8 @@ FAILURE_REASON_DESCRIPTIONS = {
     FailureReason.WORKER_LOST: "the worker stopped responding on each of MAX_ATTEMPTS attempts",
     FailureReason.ARTIFACT_STORE_UNAVAILABLE: "a checkpoint could not be stored in (or read "
     "back from) the artifact store within ARTIFACT_UPLOAD_TIMEOUT_SECONDS",
+    FailureReason.DIVERGED: "a loss became NaN or infinite (error names the epoch and the "
+    "learning rate, the usual cause); the epochs before it are kept",
 }
 # The names under which a job's checkpoint files are served; each points at one epoch's file.
 CHECKPOINT_NAMES = ("latest", "best", "final")

@@ -4,6 +4,7 @@ resuming, compiling."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -294,6 +295,39 @@ def test_resume_rejects_a_different_config_and_returns_when_done(
     assert done.epochs_done == 1 and not done.stopped and events == []
     assert [m.to_dict() for m in done.history] == [m.to_dict() for m in first.history]
     assert not (tmp_path / "resumed").exists() and not _checkpoint_threads()
+
+
+# A learning rate far too high for batches of four: the test loss is NaN after the first epoch.
+DIVERGING = TrainConfig(
+    block="mobile",
+    dataset="cifar10",
+    batch_size=4,
+    learning_rate=10.0,
+    epochs=3,
+    train_samples=32,
+    test_samples=16,
+    augment=False,
+)
+
+
+def test_a_diverging_run_stops_at_the_epoch_naming_the_loss_and_learning_rate(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A NaN or infinite loss stops training at that epoch: it is neither reported nor
+    checkpointed, and the error says which loss, which epoch and the learning rate."""
+    reports: list[EpochReport] = []
+    with pytest.raises(trainer.TrainingDiverged) as raised:
+        train(DIVERGING, data_dir=data_dir, checkpoint_dir=tmp_path, on_epoch=reports.append)
+    error = raised.value
+    assert error.epoch == len(reports) + 1
+    assert re.fullmatch(
+        rf"training diverged at epoch {error.epoch}: the (train|test) loss is (nan|-?inf) with "
+        r"learning_rate 10; a lower learning rate usually trains",
+        str(error),
+    ), str(error)
+    assert sorted(path.name for path in tmp_path.glob("*.pt")) == [
+        checkpoint_file_name(epoch) for epoch in range(1, error.epoch)
+    ]
 
 
 def test_config_round_trips_and_validates_strictly() -> None:

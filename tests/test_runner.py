@@ -228,6 +228,30 @@ def test_training_error_fails_the_job_with_the_exception(new_job) -> None:
     assert epochs_recorded(job_id) == [1, 2]
 
 
+def test_a_diverging_job_fails_as_diverged_keeping_the_epochs_before(
+    configure, database_url: str
+) -> None:
+    """With the real engine, on both databases: a learning rate far too high makes a loss NaN;
+    the job fails `diverged` naming the epoch and the learning rate, its earlier epochs kept
+    (SQLite cannot even store a NaN in a metric column)."""
+    configure(database_url)
+    spec = JobCreate(
+        block="mobile",
+        dataset="cifar100",
+        hyperparameters={"epochs": 3, "batch_size": 4, "learning_rate": 10.0, "augment": False},
+        train_samples=32,
+        test_samples=16,
+    )
+    with session_scope() as session:
+        job_id = submission.create_job(session, spec, settings=get_settings()).job.id
+    assert runner.run_job(job_id, settings=get_settings()) == "failed"
+    job = job_row(job_id)
+    assert job.error_reason == "diverged", job.error
+    epoch = int((job.error or "").split("training diverged at epoch ")[1].split(":")[0])
+    assert "learning_rate 10" in (job.error or "")
+    assert epochs_recorded(job_id) == list(range(1, epoch))
+
+
 def test_timeout(new_job, monkeypatch: pytest.MonkeyPatch) -> None:
     job_id = new_job()
     settings = get_settings().model_copy(update={"max_job_seconds": 0.0})

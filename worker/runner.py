@@ -489,6 +489,7 @@ class JobRun:
         from engine.checkpoint import StorageFull, checkpoint_cpu_threads
         from engine.config import TrainConfig
         from engine.data import DatasetUnavailable
+        from engine.trainer import TrainingDiverged
 
         trainer: Trainer
         if self.trainer is not None:
@@ -545,6 +546,11 @@ class JobRun:
                 JobStatus.FAILED,
                 error_reason=FailureReason.DATASET_UNAVAILABLE,
                 error=dataset_help(config.dataset, self.settings, error),
+            )
+        except TrainingDiverged as error:
+            logger.warning("job %s: %s", self.claim.job_id, error)
+            return self._finish(
+                JobStatus.FAILED, error_reason=FailureReason.DIVERGED, error=str(error)
             )
         except StorageFull as error:
             return self._finish(
