@@ -10,6 +10,13 @@ event counts while that connection is down; on SQLite by polling the newest even
 subscriber of that job. A subscriber reads the database itself only for its catch-up (the
 history it has not seen), and again if it fell more than `SUBSCRIBER_BACKLOG` events behind.
 
+An experiment's stream reads its log by `experiment_seq`, the order in which its events
+committed (jobs.events): its history in pages of `EXPERIMENT_PAGE_EVENTS`, then whatever
+follows each time the hub wakes it (`LISTEN experiment_events` on PostgreSQL, a new newest id
+on SQLite, every poll while LISTEN is down, and at least every `EXPERIMENT_CHECK_SECONDS`). Each
+read is one indexed range of new events; an id is one number however many jobs the experiment
+has, and a search's new trials need no following of their own.
+
 Why nothing is missed or sent twice: the hub keeps, per watched job, the seq of the last event
 it handed out, and always reads on from there; a job's events become visible in seq order
 (jobs.events). A subscriber registers before its catch-up read, so everything the hub hands out
@@ -41,18 +48,19 @@ from jobs.db import (
     session_scope,
 )
 from jobs.events import (
+    EXPERIMENT_EVENTS_CHANNEL,
     JOB_EVENTS_CHANNEL,
     Cursor,
     LoggedEvent,
-    encode_cursor,
     ended_statuses,
     event_counts,
     events_after,
+    experiment_events_after,
     latest_event_id,
 )
-from jobs.experiments import experiment_job_ids
 from jobs.settings import get_settings
-from jobs.tables import experiment_status
+from jobs.status_counts import experiment_counts
+from jobs.tables import JobStatus, experiment_status
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,6 +80,10 @@ WATCHER_APPLICATION_NAME = "cifar-jobs event watcher"
 # Events a subscriber may have waiting (its client reads slowly); beyond that they are dropped
 # and the subscriber re-reads the log from its cursor once it catches up.
 SUBSCRIBER_BACKLOG = 1000
+# An experiment stream reads its log in pages of this many events.
+EXPERIMENT_PAGE_EVENTS = 500
+# An experiment stream reads again at least this often, whatever it was told.
+EXPERIMENT_CHECK_SECONDS = 5.0
 
 
 class Subscription:
@@ -129,6 +141,8 @@ class EventHub:
         self.backlog = backlog
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscriptions: dict[int, set[Subscription]] = {}
+        # Per experiment, the wake-ups of the streams that follow it.
+        self._experiment_waiters: dict[int, set[asyncio.Event]] = {}
         # Per watched job, the seq of the last event handed to its subscribers.
         self._handed_out: dict[int, int] = {}
         # Watched jobs to read at the next pass whatever the change detection says.
@@ -152,6 +166,31 @@ class EventHub:
         if self._watcher is None:
             self._watcher = _Watcher(self, get_settings().resolved_database_url)
         return subscription
+
+    def subscribe_experiment(self, experiment_id: int) -> asyncio.Event:
+        """A wake-up, set whenever the experiment may have new events."""
+        self._bind_to_running_loop()
+        waiter = asyncio.Event()
+        self._experiment_waiters.setdefault(experiment_id, set()).add(waiter)
+        if self._watcher is None:
+            self._watcher = _Watcher(self, get_settings().resolved_database_url)
+        return waiter
+
+    def unsubscribe_experiment(self, experiment_id: int, waiter: asyncio.Event) -> None:
+        waiters = self._experiment_waiters.get(experiment_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._experiment_waiters[experiment_id]
+        if not self._subscriptions and not self._experiment_waiters:
+            self._idle_since = time.monotonic()
+
+    def _wake_experiments(self, experiment_ids: Iterable[int] | None = None) -> None:
+        """Wake the streams of these experiments (None: of every experiment)."""
+        chosen = self._experiment_waiters.keys() if experiment_ids is None else experiment_ids
+        for experiment_id in list(chosen):
+            for waiter in self._experiment_waiters.get(experiment_id, ()):
+                waiter.set()
 
     def caught_up(self, subscription: Subscription, cursor: Cursor) -> None:
         """The subscriber's catch-up read saw each job up to cursor[job]."""
@@ -184,7 +223,7 @@ class EventHub:
                 del self._subscriptions[job_id]
                 self._handed_out.pop(job_id, None)
                 self._dirty.discard(job_id)
-        if not self._subscriptions:
+        if not self._subscriptions and not self._experiment_waiters:
             self._idle_since = time.monotonic()
 
     async def stop(self) -> None:
@@ -202,6 +241,7 @@ class EventHub:
         if self._loop is not loop:
             self._loop = loop
             self._subscriptions.clear()
+            self._experiment_waiters.clear()
             self._handed_out.clear()
             self._dirty.clear()
             self._wake = asyncio.Event()
@@ -223,7 +263,11 @@ class EventHub:
 
     def _idle_too_long(self) -> bool:
         idle_seconds = time.monotonic() - self._idle_since
-        return not self._subscriptions and idle_seconds > self.idle_stop_seconds
+        return (
+            not self._subscriptions
+            and not self._experiment_waiters
+            and idle_seconds > self.idle_stop_seconds
+        )
 
     def _hand_out(self, events: Iterable[LoggedEvent]) -> None:
         batches: dict[Subscription, list[LoggedEvent]] = {}
@@ -247,6 +291,7 @@ class _Watcher:
         self.postgres = is_postgresql(database_url)
         self.latest_event_id: int | None = None
         self.notified: set[int] = set()
+        self.notified_experiments: set[int] = set()
         self.listening = False
         self.listener = asyncio.create_task(self._listen()) if self.postgres else None
         self.task = asyncio.create_task(self._run())
@@ -302,17 +347,23 @@ class _Watcher:
     async def _changed_jobs(self) -> set[int]:
         hub = self.hub
         if not self.postgres:
-            if not hub._watched():
+            if not hub._watched() and not hub._experiment_waiters:
                 return set()  # a newly watched job is read in full (dirty) anyway
             latest = await hub._in_thread(_read_latest_event_id)
             if latest == self.latest_event_id:
                 return set()
             self.latest_event_id = latest
+            hub._wake_experiments()
             return hub._watched()
         if self.listening:
             notified, self.notified = self.notified, set()
+            experiments, self.notified_experiments = self.notified_experiments, set()
+            hub._wake_experiments(experiments)
             return notified
+        hub._wake_experiments()  # polling: each experiment stream reads what is new
         watched = hub._watched()
+        if not watched:
+            return set()
         counts = await hub._in_thread(_read_event_counts, job_ids=watched)
         return {
             job_id for job_id, count in counts.items() if count > hub._handed_out.get(job_id, 0)
@@ -332,15 +383,20 @@ class _Watcher:
                 )
                 try:
                     await connection.execute(f"LISTEN {JOB_EVENTS_CHANNEL}")
+                    await connection.execute(f"LISTEN {EXPERIMENT_EVENTS_CHANNEL}")
                     self.listening = True
                     # Whatever committed before LISTEN took effect is read once now.
                     self.hub._dirty |= self.hub._watched()
+                    self.hub._wake_experiments()
                     self.hub._wake.set()
                     delay = LISTEN_RETRY_FIRST_SECONDS
                     while True:
                         async for notify in connection.notifies(timeout=LISTEN_CHECK_SECONDS):
                             with contextlib.suppress(ValueError):
-                                self.notified.add(int(notify.payload))
+                                if notify.channel == EXPERIMENT_EVENTS_CHANNEL:
+                                    self.notified_experiments.add(int(notify.payload))
+                                else:
+                                    self.notified.add(int(notify.payload))
                                 self.hub._wake.set()
                         await asyncio.wait_for(
                             connection.execute("SELECT 1"), POSTGRES_REPLY_TIMEOUT_SECONDS
@@ -380,16 +436,33 @@ def _read_event_counts(*, job_ids: set[int]) -> dict[int, int]:
 
 
 def _read_history(
-    *, job_ids: list[int], experiment_id: int | None, cursor: Cursor
+    *, job_ids: list[int], cursor: Cursor
 ) -> tuple[dict[int, str], list[LoggedEvent]]:
     """Which jobs have ended, then the events after the cursor: in this order, so that a job
     seen ended has its last event among those read."""
     with session_scope(write=False) as session:
         ended = ended_statuses(session, job_ids)
-        if experiment_id is not None:
-            events = events_after(session, experiment_id=experiment_id, cursor=cursor)
-        else:
-            events = events_after(session, job_ids=job_ids, cursor=cursor)
+        events = events_after(session, job_ids=job_ids, cursor=cursor)
+    return ended, events
+
+
+def _read_experiment(
+    *, experiment_id: int, after: int
+) -> tuple[JobStatus | None, list[LoggedEvent]]:
+    """The experiment's status if every job of it has ended (None while one has not), then its
+    next page of events after experiment_seq `after`: in this order, so that an experiment seen
+    ended has its last events among those read or still to read."""
+    with session_scope(write=False) as session:
+        counts = experiment_counts(session, [experiment_id]).get(experiment_id, {})
+        present = [status for status, jobs in counts.items() if jobs > 0]
+        ended = (
+            experiment_status(present)
+            if present and all(JobStatus(status).ended for status in present)
+            else None
+        )
+        events = experiment_events_after(
+            session, experiment_id, after, limit=EXPERIMENT_PAGE_EVENTS
+        )
     return ended, events
 
 
@@ -397,16 +470,13 @@ def _read_history(
 
 
 class _Follower:
-    """Follows some jobs' logs from a cursor: the history, then live events, until every job has
+    """Follows one job's log from a cursor: the history, then live events, until the job has
     ended. `cursor` and `ended` are current at each event yielded."""
 
-    def __init__(
-        self, hub: EventHub, job_ids: Collection[int], cursor: Cursor, experiment_id: int | None
-    ) -> None:
+    def __init__(self, hub: EventHub, job_ids: Collection[int], cursor: Cursor) -> None:
         self.hub = hub
         self.job_ids = sorted(job_ids)
         self.cursor = dict(cursor)
-        self.experiment_id = experiment_id
         self.ended: dict[int, str] = {}
 
     def _all_ended(self) -> bool:
@@ -422,26 +492,10 @@ class _Follower:
             yield event
 
     async def events(self) -> AsyncIterator[LoggedEvent]:
-        while True:
-            async for event in self._follow():
-                yield event
-            if self._all_ended():
-                return
-            # A search made trials since: follow them too, from their first event.
-
-    async def _follow(self) -> AsyncIterator[LoggedEvent]:
-        """Events until every job followed has ended, or until an experiment turns out to have
-        jobs not followed yet (a search's next trials, made in the transaction that ended one,
-        so they exist once that end is seen): then self.job_ids holds them, and this returns."""
         subscription = self.hub.subscribe(self.job_ids)
         try:
             ended, history = await run_in_threadpool(
-                functools.partial(
-                    _read_history,
-                    job_ids=self.job_ids,
-                    experiment_id=self.experiment_id,
-                    cursor=dict(self.cursor),
-                )
+                functools.partial(_read_history, job_ids=self.job_ids, cursor=dict(self.cursor))
             )
             read_up_to = dict(self.cursor)
             for event in history:
@@ -450,8 +504,6 @@ class _Follower:
             self.ended.update(ended)
             for event in self._unseen(history):
                 yield event
-            if await self._grown():
-                return
             while not self._all_ended():
                 live = await subscription.next_events()
                 if live is None:  # fell behind: read on from the cursor instead
@@ -460,32 +512,10 @@ class _Follower:
                             _read_events, job_ids=self.job_ids, cursor=dict(self.cursor)
                         )
                     )
-                some_ended = False
                 for event in self._unseen(live):
-                    some_ended = some_ended or event.ended_status is not None
                     yield event
-                if some_ended and await self._grown():
-                    return
         finally:
             self.hub.unsubscribe(subscription)
-
-    async def _grown(self) -> bool:
-        """Whether the experiment has jobs not followed yet; adds them to self.job_ids."""
-        if self.experiment_id is None:
-            return False
-        jobs = await run_in_threadpool(
-            functools.partial(_read_experiment_jobs, experiment_id=self.experiment_id)
-        )
-        added = set(jobs) - set(self.job_ids)
-        if not added:
-            return False
-        self.job_ids = sorted(set(self.job_ids) | added)
-        return True
-
-
-def _read_experiment_jobs(*, experiment_id: int) -> list[int]:
-    with session_scope(write=False) as session:
-        return experiment_job_ids(session, experiment_id)
 
 
 # The last event of every stream, after which the server closes it (the log's own kinds are
@@ -501,19 +531,36 @@ def _sse(event: str, data: dict[str, Any], event_id: str | None = None) -> Serve
 
 async def job_event_stream(hub: EventHub, job_id: int, seen_seq: int) -> AsyncIterator[Any]:
     """A job's events after seq `seen_seq` (id: the seq), then `end` once the job has ended."""
-    follower = _Follower(hub, [job_id], {job_id: seen_seq}, experiment_id=None)
+    follower = _Follower(hub, [job_id], {job_id: seen_seq})
     async for event in follower.events():
         yield _sse(event.kind, event.data, str(event.seq))
     yield _sse(END_EVENT, {"job_id": job_id, "status": follower.ended[job_id]})
 
 
 async def experiment_event_stream(
-    hub: EventHub, experiment_id: int, job_ids: Collection[int], cursor: Cursor
+    hub: EventHub, experiment_id: int, after: int, seen: Cursor | None = None
 ) -> AsyncIterator[Any]:
-    """The events of every job of the experiment that the cursor has not seen (id: the cursor
-    after the event), then `end` once all of them have ended."""
-    follower = _Follower(hub, job_ids, cursor, experiment_id=experiment_id)
-    async for event in follower.events():
-        yield _sse(event.kind, event.data, encode_cursor(follower.cursor))
-    status = experiment_status(follower.ended.values())
-    yield _sse(END_EVENT, {"experiment_id": experiment_id, "status": str(status)})
+    """The experiment's events after experiment_seq `after` (id: the event's experiment_seq),
+    less those a per-job cursor `seen` (an id of the stream's earlier form) covers; then `end`
+    once every job of it has ended."""
+    seen = seen or {}
+    waiter = hub.subscribe_experiment(experiment_id)
+    try:
+        while True:
+            waiter.clear()  # a wake-up during the read below is kept for the wait after it
+            ended, events = await run_in_threadpool(
+                functools.partial(_read_experiment, experiment_id=experiment_id, after=after)
+            )
+            for event in events:
+                after = int(event.experiment_seq or after)
+                if event.seq > seen.get(event.job_id, 0):
+                    yield _sse(event.kind, event.data, str(after))
+            if len(events) == EXPERIMENT_PAGE_EVENTS:
+                continue
+            if ended is not None:
+                yield _sse(END_EVENT, {"experiment_id": experiment_id, "status": str(ended)})
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), EXPERIMENT_CHECK_SECONDS)
+    finally:
+        hub.unsubscribe_experiment(experiment_id, waiter)

@@ -131,6 +131,7 @@ def build(database_url: str, shape: Shape, *, seed: int = 0) -> dict[str, Any]:
     job_rows: list[dict[str, Any]] = []
     tag_rows: list[dict[str, Any]] = []
     event_rows: list[dict[str, Any]] = []
+    event_seqs: dict[int | None, int] = {}  # per experiment, its last event number
     finished: dict[int, tuple[int, float]] = {}  # job id: epochs recorded, seconds each
     queued_in: dict[int | None, int] = {}  # queued jobs so far per experiment (fair share)
     specs = {
@@ -236,13 +237,32 @@ def build(database_url: str, shape: Shape, *, seed: int = 0) -> dict[str, Any]:
             ["queued", *(["running"] if status != "queued" else []), *([status] if ended else [])],
             start=1,
         ):
+            last = shown == status
+            event_seqs[experiment_id] = event_seqs.get(experiment_id, 0) + 1
             event_rows.append(
                 {
                     "job_id": job_id,
                     "experiment_id": experiment_id,
                     "seq": seq,
+                    "experiment_seq": event_seqs[experiment_id] if experiment_id else None,
                     "kind": "status",
-                    "data": {"job_id": job_id, "status": shown},
+                    # As record_status writes them (jobs.events.STATUS_FIELDS).
+                    "data": {
+                        "job_id": job_id,
+                        "status": shown,
+                        "epochs_done": epochs_done if last else 0,
+                        "epochs_total": shape.epochs,
+                        "attempt": 0 if shown == "queued" else 1,
+                        "cancel_requested": last and status == "cancelled",
+                        "error_reason": job_rows[-1]["error_reason"] if last else None,
+                        "error": job_rows[-1]["error"] if last else None,
+                        "best_test_accuracy": best if last else None,
+                        "final_test_accuracy": job_rows[-1]["final_test_accuracy"]
+                        if last
+                        else None,
+                        "final_train_loss": job_rows[-1]["final_train_loss"] if last else None,
+                        "ended": last and ended,
+                    },
                     "created_at": created,
                 }
             )
@@ -449,6 +469,7 @@ def routes(ids: dict[str, Any], client: httpx.Client) -> dict[str, Call]:
         measured[f"GET /jobs?{name}&sort=best"] = jobs(**params, sort="best_test_accuracy")
     base = f"/experiments/{experiment}"
     fifth = _page_cursor(client, base, {"sort": "best_test_accuracy", "order": "desc"}, 5)
+    last_event_id = client.get(base).json()["last_event_id"]
     measured |= {
         "GET /jobs/{id} (queued)": lambda api, n: api.get(f"/jobs/{ids['queued_job']}"),
         "GET /jobs/{id} (finished)": lambda api, n: api.get(f"/jobs/{ids['finished_job']}"),
@@ -472,6 +493,12 @@ def routes(ids: dict[str, Any], client: httpx.Client) -> dict[str, Call]:
         "GET /experiments/{id}/metrics": lambda api, n: api.get(f"{base}/metrics"),
         "GET /experiments/{id}/metrics?format=columns": lambda api, n: api.get(
             f"{base}/metrics", params={"format": "columns"}
+        ),
+        # An ended experiment's stream: its whole log (each job's status events), then from
+        # the last_event_id its page reads (only the end).
+        "GET /experiments/{id}/events (history)": lambda api, n: api.get(f"{base}/events"),
+        "GET /experiments/{id}/events (from last_event_id)": lambda api, n: api.get(
+            f"{base}/events", params={"last_event_id": last_event_id}
         ),
         "GET / (dashboard)": lambda api, n: api.get("/"),
         "GET /ui/experiments/{id}": lambda api, n: api.get(f"/ui/experiments/{experiment}"),

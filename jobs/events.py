@@ -4,8 +4,12 @@ each job, in order, written in the same transaction as the change itself.
 `record_event` takes the job's next `seq` in an UPDATE of the job row, so each job's events
 become visible in seq order on every backend and "everything after seq N" is an exact resume
 point; events of different jobs may commit in any order (docs/design/outbox.md says how a reader
-of all of them keeps its place). On PostgreSQL each event also sends `NOTIFY job_events,
-'<job id>'` at commit for the API processes' watchers; on SQLite they poll the newest id.
+of all of them keeps its place). An experiment's events get their `experiment_seq` as their
+transaction commits, under a lock per experiment taken last (so it closes no cycle of waits):
+they become visible in that order too, and "everything after experiment_seq N" is the
+experiment stream's resume point, one number however many jobs it has. On PostgreSQL each event
+also sends `NOTIFY job_events, '<job id>'` (and `NOTIFY experiment_events, '<experiment id>'`)
+at commit for the API processes' watchers; on SQLite they poll the newest id.
 Opening a stream checks the job or experiment and a Last-Event-ID before the stream starts, so
 the answer can still be a JSON error."""
 
@@ -17,13 +21,17 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, insert, not_, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, event, func, insert, not_, or_, select, text, update
+from sqlalchemy.orm import Session, SessionTransaction
 
 from jobs.errors import ExperimentNotFound, InvalidLastEventId, JobNotFound, UnknownLastEventId
 from jobs.tables import TERMINAL_STATUSES, Experiment, Job, JobEvent, JobStatus, utcnow
 
 JOB_EVENTS_CHANNEL = "job_events"
+EXPERIMENT_EVENTS_CHANNEL = "experiment_events"
+# PostgreSQL: the advisory lock (this class, the experiment's id) under which a committing
+# transaction numbers its events of that experiment.
+EXPERIMENT_SEQ_LOCK_CLASS = 70_468_532
 # PostgreSQL: every transaction that appends to the log holds this advisory lock shared until it
 # commits; a reader of the whole log (the notifications' outbox) takes it exclusively, without
 # waiting, so that when it reads, no event is being written that could take an id below those
@@ -48,10 +56,15 @@ STATUS_FIELDS = (
 Cursor = dict[int, int]
 _CURSOR_ENTRY = r"[1-9][0-9]{0,9}:(?:0|[1-9][0-9]{0,9})"
 # The form of each stream's ids (regular expressions to match in full), as the API documents it.
+# An experiment stream's id is its event's experiment_seq; the per-job cursor its ids were before
+# ("4:7.5:3", job 4 seen up to its event 7 ...) is still taken as a resume point.
 EXPERIMENT_CURSOR_PATTERN = rf"{_CURSOR_ENTRY}(?:\.{_CURSOR_ENTRY})*"
 JOB_EVENT_ID_PATTERN = r"0|[1-9][0-9]{0,9}"
+EXPERIMENT_EVENT_ID_PATTERN = rf"{JOB_EVENT_ID_PATTERN}|{EXPERIMENT_CURSOR_PATTERN}"
 _EXPERIMENT_CURSOR = re.compile(EXPERIMENT_CURSOR_PATTERN)
 _JOB_CURSOR = re.compile(JOB_EVENT_ID_PATTERN)
+# session.info: the experiments whose events this transaction wrote (numbered at commit).
+_PENDING_EXPERIMENTS = "jobs.events.pending_experiments"
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,7 @@ class LoggedEvent:
     seq: int
     kind: str
     data: dict[str, Any]
+    experiment_seq: int | None = None
 
     @property
     def ended_status(self) -> str | None:
@@ -105,7 +119,58 @@ def record_event(session: Session, job_id: int, kind: str, data: Mapping[str, An
         )
     )
     _notify(session, [job_id])
+    number_at_commit(session, bumped.experiment_id)
     return int(bumped.event_seq)
+
+
+def number_at_commit(session: Session, experiment_id: int | None) -> None:
+    """Have the experiment's events not numbered yet numbered as the transaction commits."""
+    if experiment_id is not None:
+        session.info.setdefault(_PENDING_EXPERIMENTS, set()).add(int(experiment_id))
+
+
+# Numbers the transaction's events of one experiment after those already committed.
+_NUMBER_EXPERIMENT_EVENTS = text(
+    "UPDATE job_events SET experiment_seq = numbered.n FROM ("
+    " SELECT id, (SELECT coalesce(max(experiment_seq), 0) FROM job_events"
+    "  WHERE experiment_id = :experiment) + row_number() OVER (ORDER BY id) AS n"
+    " FROM job_events WHERE experiment_id = :experiment AND experiment_seq IS NULL"
+    ") AS numbered WHERE job_events.id = numbered.id"
+)
+
+
+# First of the commit hooks (insert=True, whatever the import order): these locks are taken
+# before the kept status counts' rows (jobs.status_counts), in every process alike.
+@event.listens_for(Session, "before_commit", insert=True)
+def _number_experiment_events(session: Session) -> None:
+    """As the transaction commits: its events of each experiment get the next experiment_seqs,
+    under the experiment's lock held to the commit (PostgreSQL; SQLite's one writer needs none),
+    so an experiment's events become visible in experiment_seq order. Taken in experiment order,
+    after every lock of the transaction's own work and before only the kept counts' rows, whose
+    holders never wait for it: no cycle of waits can pass through it."""
+    if session.in_nested_transaction():
+        return  # a savepoint: the outer transaction numbers them
+    pending = session.info.pop(_PENDING_EXPERIMENTS, None)
+    if not pending:
+        return
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for experiment_id in sorted(pending):
+        if postgres:
+            session.execute(
+                text(
+                    "SELECT pg_advisory_xact_lock(CAST(:class AS integer), CAST(:key AS integer))"
+                ),
+                {"class": EXPERIMENT_SEQ_LOCK_CLASS, "key": experiment_id},
+            )
+        session.execute(_NUMBER_EXPERIMENT_EVENTS, {"experiment": experiment_id})
+        if postgres:
+            session.execute(select(func.pg_notify(EXPERIMENT_EVENTS_CHANNEL, str(experiment_id))))
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_PENDING_EXPERIMENTS, None)
 
 
 def _notify(session: Session, job_ids: Sequence[int]) -> None:
@@ -161,6 +226,7 @@ def record_first_statuses(
         ],
     )
     _notify(session, [job_id for job_id, _ in jobs])
+    number_at_commit(session, experiment_id)
 
 
 def record_status(session: Session, job_id: int) -> int:
@@ -309,34 +375,80 @@ def job_stream_start(session: Session, job_id: int, points: Sequence[ResumePoint
     return seq
 
 
+def last_experiment_event(session: Session, experiment_id: int) -> int:
+    """The experiment_seq of the experiment's newest committed event (0: none)."""
+    return int(
+        session.execute(
+            select(func.max(JobEvent.experiment_seq)).where(JobEvent.experiment_id == experiment_id)
+        ).scalar()
+        or 0
+    )
+
+
+def experiment_events_after(
+    session: Session, experiment_id: int, after: int, *, limit: int
+) -> list[LoggedEvent]:
+    """The experiment's next `limit` events after experiment_seq `after`, in that order."""
+    rows = session.execute(
+        select(JobEvent.job_id, JobEvent.seq, JobEvent.kind, JobEvent.data, JobEvent.experiment_seq)
+        .where(JobEvent.experiment_id == experiment_id, JobEvent.experiment_seq > after)
+        .order_by(JobEvent.experiment_seq)
+        .limit(limit)
+    ).all()
+    return [
+        LoggedEvent(row.job_id, row.seq, row.kind, row.data, row.experiment_seq) for row in rows
+    ]
+
+
+def _is_experiment_event_id(text: str) -> bool:
+    return _is_job_event_id(text) or is_cursor_form(text)
+
+
 def experiment_stream_start(
     session: Session, experiment_id: int, points: Sequence[ResumePoint]
-) -> tuple[list[int], Cursor]:
-    """The experiment's jobs and the cursor after which its stream starts (empty: the whole
-    history)."""
+) -> tuple[int, Cursor]:
+    """Where the experiment's stream starts: after this experiment_seq (0: the whole history),
+    skipping what a per-job cursor (an id of the stream's earlier form) says was seen."""
     if session.get(Experiment, experiment_id) is None:
         raise ExperimentNotFound(experiment_id)
-    counts = {
-        row.id: int(row.event_seq)
-        for row in session.execute(
-            select(Job.id, Job.event_seq).where(Job.experiment_id == experiment_id)
-        )
-    }
     form = "send the id of the last event received, as it was"
-    point = _resume_from(points, is_cursor_form, form)
+    point = _resume_from(points, _is_experiment_event_id, form)
     if point is None:
-        return sorted(counts), {}
+        return 0, {}
     resume, sent_as = point
+    last = last_experiment_event(session, experiment_id)
+    if _is_job_event_id(resume):
+        if int(resume) > last:
+            raise UnknownLastEventId(
+                f"The {sent_as} {resume!r} is beyond experiment {experiment_id}'s last event "
+                f"({last})."
+            )
+        return int(resume), {}
     try:
         cursor = decode_cursor(resume)
     except ValueError:
         raise UnknownLastEventId(
             f"The {sent_as} {resume!r} names a job twice: it is no id this stream sent; {form}."
         ) from None
+    counts = {
+        row.id: int(row.event_seq)
+        for row in session.execute(
+            select(Job.id, Job.event_seq).where(Job.experiment_id == experiment_id)
+        )
+    }
     for job_id, seq in cursor.items():
         if job_id not in counts or seq > counts[job_id]:
             raise UnknownLastEventId(
                 f"The {sent_as} {resume!r} names no point of experiment "
                 f"{experiment_id}'s events (job {job_id}, event {seq})."
             )
-    return sorted(counts), cursor
+    # The stream reads on from the first event the cursor has not seen, skipping the later
+    # ones it has.
+    unseen = [and_(JobEvent.job_id == job_id, JobEvent.seq > seq) for job_id, seq in cursor.items()]
+    first_unseen = session.execute(
+        select(func.min(JobEvent.experiment_seq)).where(
+            JobEvent.experiment_id == experiment_id,
+            or_(JobEvent.job_id.not_in(sorted(cursor)), *unseen),
+        )
+    ).scalar()
+    return (last if first_unseen is None else int(first_unseen) - 1), cursor

@@ -25,6 +25,7 @@ from jobs.errors import (
     JobNotCancellable,
     TooManyJobs,
 )
+from jobs.events import last_experiment_event
 from jobs.lifecycle import cancel_job
 from jobs.listing import EXPERIMENT_JOBS_PAGE, get_experiment, list_experiment_jobs
 from jobs.search import study
@@ -409,6 +410,9 @@ class ExperimentSummary:
     varying: list[str]
     next_cursor: str | None = None
     search: study.SearchSummary | None = None
+    # The experiment's newest event number when it was read (read first: following its events
+    # from there misses nothing the rest shows).
+    last_event_id: int = 0
 
     @property
     def status(self) -> JobStatus:
@@ -426,6 +430,7 @@ def summarize(
 ) -> ExperimentSummary:
     """The experiment with a page of its jobs (jobs.listing.list_experiment_jobs), its kept
     status counts and, for a search, where it stands."""
+    last_event_id = last_experiment_event(session, experiment.id)
     jobs, next_cursor = list_experiment_jobs(
         session, experiment.id, sort=sort, order=order, limit=limit, cursor=cursor
     )
@@ -437,6 +442,7 @@ def summarize(
         varying=varying_fields(experiment.spec),
         next_cursor=next_cursor,
         search=None if search is None else study.summarize_search(session, experiment, search),
+        last_event_id=last_event_id,
     )
 
 

@@ -389,12 +389,15 @@ class Checkpoint(Base):
 class JobEvent(Base):
     """What happened to a job, in order: status changes and epoch rows. Written in the same
     transaction as the change it describes; `seq` counts 1, 2, ... per job (the event stream's
-    id), `id` orders events across jobs on one SQLite file (polling watchers use it)."""
+    id), `id` orders events across jobs on one SQLite file (polling watchers use it), and
+    `experiment_seq` orders an experiment's events as they committed (its stream's id; given
+    as the transaction commits, jobs.events)."""
 
     __tablename__ = "job_events"
     __table_args__ = (
         UniqueConstraint("job_id", "seq", name="uq_job_events_job_seq"),
         Index("ix_job_events_experiment_id", "experiment_id", "id"),
+        Index("uq_job_events_experiment_seq", "experiment_id", "experiment_seq", unique=True),
         {"sqlite_autoincrement": True},
     )
 
@@ -404,6 +407,7 @@ class JobEvent(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     experiment_id: Mapped[int | None] = mapped_column(Integer)
     seq: Mapped[int] = mapped_column(Integer)
+    experiment_seq: Mapped[int | None] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(16))  # jobs.events.EVENT_KINDS
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

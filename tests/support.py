@@ -514,11 +514,13 @@ def epoch_row(epoch: int, accuracy: float = 0.5) -> dict[str, Any]:
 
 def add_experiment(job_ids: list[int], name: str = "experiment") -> int:
     """Group existing jobs as one experiment, as if they had been submitted together: the
-    experiment row, and its id on the jobs and on the events they have so far (and so the kept
-    status counts, made again from the rows)."""
+    experiment row, and its id on the jobs and on the events they have so far (numbered in id
+    order for the experiment's stream; and so the kept status counts, made again from the
+    rows)."""
     from sqlalchemy import update
 
     from jobs.db import session_scope
+    from jobs.events import number_at_commit
     from jobs.status_counts import recount
     from jobs.tables import Experiment, Job, JobEvent
 
@@ -529,6 +531,7 @@ def add_experiment(job_ids: list[int], name: str = "experiment") -> int:
         grouped = {"experiment_id": experiment.id}
         session.execute(update(Job).where(Job.id.in_(job_ids)).values(grouped))
         session.execute(update(JobEvent).where(JobEvent.job_id.in_(job_ids)).values(grouped))
+        number_at_commit(session, experiment.id)
         recount(session)
         return experiment.id
 

@@ -29,12 +29,14 @@ def test_scale_benchmark_builds_a_small_database_and_times_every_route(tmp_path:
         "GET /experiments/{id}?sort=best desc (page 5)",
         "GET /experiments/{id}/metrics?format=columns",
         "GET /experiments/{id}/summary.csv",
+        "GET /experiments/{id}/events (history)",
+        "GET /experiments/{id}/events (from last_event_id)",
         "GET /metrics (Prometheus)",
         "POST /jobs",
         "POST /experiments (10 jobs)",
     ):
         assert route in latency, route
-    assert len(latency) == 3 + 12 * 2 + 18
+    assert len(latency) == 3 + 12 * 2 + 20
     for row in latency.values():
         assert row["p95_ms"] >= row["p50_ms"] > 0 and row["max_bytes"] > 0
         assert row["api_cpu_ms"] >= 0 and row["db_cpu_ms"] == 0  # SQLite has no server

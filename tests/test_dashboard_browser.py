@@ -467,3 +467,58 @@ def test_a_large_experiments_page_polls_a_page_of_jobs_in_two_requests(
         assert shown == ids[100:]
     finally:
         api.stop()
+
+
+def test_a_large_experiments_page_reads_its_curves_then_follows_only_new_events(
+    page: Any, configure: Any, tmp_path: Path, screenshots: Screenshots
+) -> None:
+    """A 150-job experiment whose jobs already logged many events, streams available: the page
+    reads the curves so far from the experiment's metrics, then follows the event stream from
+    the experiment's last_event_id (its history is not replayed); an epoch recorded after that
+    reaches the chart live."""
+    from jobs.migrations import upgrade
+    from tests.support import drive_job
+
+    env = configure(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    upgrade(env["DATABASE_URL"])
+    port = free_port()
+    api = start_api(env, tmp_path, port)  # no worker: the test records the epochs
+    base = f"http://127.0.0.1:{port}"
+    try:
+        made = httpx.post(
+            f"{base}/experiments",
+            json={
+                "name": "wide and long",
+                "blocks": ["mobile"],
+                "hyperparameters": {"epochs": 40},
+                "seeds": list(range(150)),
+            },
+        ).json()
+        every = httpx.get(f"{base}/experiments/{made['id']}", params={"limit": 1000}).json()
+        ids = sorted(row["job_id"] for row in every["jobs"])
+        for job_id in ids[:20]:
+            drive_job(job_id, 30)
+        last = httpx.get(f"{base}/experiments/{made['id']}").json()["last_event_id"]
+        assert int(last) > 600  # the 150 first statuses, 20 x (running + 30 epochs)
+        streams: list[str] = []
+        page.on(
+            "request",
+            lambda request: (
+                streams.append(request.url.removeprefix(base)) if "/events" in request.url else None
+            ),
+        )
+        page.goto(f"{base}/ui/experiments/{made['id']}")
+        page.wait_for_selector('#live-mode[data-mode="live"]')
+        page.wait_for_function(
+            "() => Number(document.querySelector('canvas.curve-chart').dataset.points) >= 600",
+            timeout=30_000,
+        )
+        assert streams == [f"/experiments/{made['id']}/events?last_event_id={last}"], streams
+        drive_job(ids[20], 1)  # running, then one epoch: it reaches the chart from the stream
+        page.wait_for_function(
+            "() => Number(document.querySelector('canvas.curve-chart').dataset.points) >= 601",
+            timeout=30_000,
+        )
+        screenshots.take(page, "17-large-experiment-live")
+    finally:
+        api.stop()

@@ -36,6 +36,7 @@ from jobs.events import (
     decode_job_event_id,
     encode_cursor,
     events_after,
+    last_experiment_event,
     record_event,
 )
 from jobs.lifecycle import (
@@ -47,7 +48,7 @@ from jobs.lifecycle import (
     repair_history,
 )
 from jobs.tables import Job, JobEvent, experiment_status, utcnow
-from tests.builders import new_job_id
+from tests.builders import new_job_id, new_jobs
 from tests.conftest import service_environment
 from tests.support import (
     add_experiment,
@@ -81,6 +82,11 @@ def logged(job_id: int) -> list[tuple[int, str, dict[str, Any]]]:
     assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
     assert event_seq == len(rows)
     return [(row.seq, row.kind, row.data) for row in rows]
+
+
+def events_of(job_id: int) -> list[Any]:
+    with session_scope(write=False) as session:
+        return events_after(session, job_ids=[job_id])
 
 
 def statuses(job_id: int) -> list[str]:
@@ -238,6 +244,63 @@ def test_concurrent_writers_of_one_job_get_consecutive_seqs(db: str) -> None:
     assert len(logged(job_id)) == 41  # the check inside: seqs 1..41 in id order
 
 
+def test_an_experiments_events_are_numbered_in_the_order_they_commit(db: str) -> None:
+    """Job events take their ids when written, experiment_seq when their transaction commits:
+    a transaction that wrote first but commits last gets the later number, so reading "after
+    N" never skips one that commits late. 4 threads x 10 events over 4 jobs give 1..41 in
+    commit order."""
+    jobs = [create_job() for _ in range(4)]
+    experiment_id = add_experiment(jobs)  # numbers their first events 1..4
+    if db.startswith("postgresql"):
+        opened, written = threading.Event(), threading.Event()
+
+        def slow() -> None:
+            with session_scope() as session:
+                record_event(session, jobs[0], "status", {"slow": True})
+                opened.set()
+                assert written.wait(30)
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        assert opened.wait(30)
+        with session_scope() as session:
+            record_event(session, jobs[1], "status", {"slow": False})
+        written.set()
+        thread.join()
+        with session_scope(write=False) as session:
+            rows = session.execute(
+                select(JobEvent.id, JobEvent.experiment_seq, JobEvent.data)
+                .where(JobEvent.experiment_id == experiment_id, JobEvent.experiment_seq > 4)
+                .order_by(JobEvent.experiment_seq)
+            ).all()
+        assert [row.data["slow"] for row in rows] == [False, True]
+        assert rows[0].id > rows[1].id  # written second, committed first
+    errors: list[BaseException] = []
+
+    def write(job_id: int) -> None:
+        try:
+            for index in range(10):
+                with session_scope() as session:
+                    record_event(session, job_id, "status", {"n": index})
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(job_id,)) for job_id in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    slow_pair = 2 if db.startswith("postgresql") else 0
+    with session_scope(write=False) as session:
+        numbers = session.execute(
+            select(JobEvent.experiment_seq)
+            .where(JobEvent.experiment_id == experiment_id)
+            .order_by(JobEvent.experiment_seq)
+        ).scalars()
+        assert list(numbers) == list(range(1, len(jobs) + slow_pair + 40 + 1))
+
+
 def test_events_after_reads_on_from_a_cursor(db: str) -> None:
     first, second, alone = create_job(), create_job(), create_job()
     drive_job(first, 2, finish="succeeded")  # seqs 1-5
@@ -350,7 +413,9 @@ def test_stream_errors_are_json_and_name_the_header(client: Any) -> None:
     assert "last_event_id parameter" in response.json()["detail"]
     experiment_id = add_experiment([job_id])
     for cursor, status in (
-        ("1", 400),
+        ("x", 400),
+        ("1.0", 400),
+        ("2", 409),  # beyond the experiment's one event
         (f"{job_id}:9", 409),
         (f"{job_id + 1}:1", 409),
         (f"{job_id}:1.{job_id}:1", 409),
@@ -362,7 +427,7 @@ def test_stream_errors_are_json_and_name_the_header(client: Any) -> None:
         assert response.json()["error"] == "invalid_last_event_id"
 
 
-def test_a_finished_experiment_streams_every_job_with_cursor_ids(client: Any) -> None:
+def test_a_finished_experiment_streams_every_job_with_numbered_ids(client: Any) -> None:
     first = client.post("/jobs", json={"block": "mobile"}).json()["id"]
     second = client.post("/jobs", json={"block": "plain"}).json()["id"]
     drive_job(first, 1, finish="succeeded")
@@ -371,14 +436,52 @@ def test_a_finished_experiment_streams_every_job_with_cursor_ids(client: Any) ->
     events = stream_text(client, f"/experiments/{experiment_id}/events")
     assert events[-1] == ("end", None, {"experiment_id": experiment_id, "status": "failed"})
     ids = [event_id for _, event_id, _ in events[:-1]]
-    assert decode_cursor(ids[-1]) == {first: 4, second: 4}
-    assert len(events) == 9
-    # From any event's id, a reconnect gets exactly the events after it.
-    for index, cursor in enumerate(ids):
-        rest = stream_text(
-            client, f"/experiments/{experiment_id}/events", headers={"Last-Event-ID": cursor}
-        )
-        assert rest == events[index + 1 :]
+    assert ids == [str(number) for number in range(1, 9)]
+    with session_scope(write=False) as session:
+        assert last_experiment_event(session, experiment_id) == 8
+    # From any event's id, a reconnect gets exactly the events after it; so it does from the
+    # per-job cursor the stream's ids were before (job: its last event seen).
+    seen: dict[int, int] = {}
+    for index, event_id in enumerate(ids):
+        job_id = events[index][2]["job_id"]
+        seen[job_id] = seen.get(job_id, 0) + 1
+        for resume in (event_id, encode_cursor(seen)):
+            rest = stream_text(
+                client, f"/experiments/{experiment_id}/events", headers={"Last-Event-ID": resume}
+            )
+            assert rest == events[index + 1 :], resume
+
+
+def test_an_experiments_last_event_id_follows_only_what_happens_next(client: Any) -> None:
+    """The dashboard's way in: read the experiment, then stream from its last_event_id."""
+    body = {"name": "two", "blocks": ["mobile", "plain"], "hyperparameters": {"epochs": 1}}
+    experiment = client.post("/experiments", json=body).json()
+    jobs = [job["job_id"] for job in experiment["jobs"]]
+    read = client.get(f"/experiments/{experiment['id']}").json()
+    assert read["last_event_id"] == "2"  # each job's first status
+    assert client.get("/experiments").json()["items"][0]["last_event_id"] is None
+    for job_id in jobs:
+        drive_job(job_id, 1, finish="succeeded")
+    everything = stream_text(client, f"/experiments/{experiment['id']}/events")
+    since = stream_text(
+        client,
+        f"/experiments/{experiment['id']}/events",
+        params={"last_event_id": read["last_event_id"]},
+    )
+    assert since == everything[2:] and len(since) == 2 * 3 + 1
+
+
+def test_an_experiment_id_stays_one_number_however_many_jobs(client: Any) -> None:
+    """130 jobs with 4 events each, read in two pages: every id is the event's number, not a
+    cursor of every job seen."""
+    jobs = new_jobs(130)
+    experiment_id = add_experiment(jobs)
+    for job_id in jobs:
+        drive_job(job_id, 1, finish="succeeded")
+    events = stream_text(client, f"/experiments/{experiment_id}/events")
+    ids = [int(event_id) for _, event_id, _ in events[:-1]]
+    assert ids == list(range(1, 521))
+    assert events[-1] == ("end", None, {"experiment_id": experiment_id, "status": "succeeded"})
 
 
 # --- the hub, in process ----------------------------------------------------------------------
@@ -490,9 +593,8 @@ def test_an_experiment_stream_follows_all_its_jobs_live(db: str) -> None:
         received: list[Any] = []
         ready = asyncio.Event()
         task = asyncio.create_task(
-            collect(experiment_event_stream(hub, experiment_id, [first, second], {}), received,
-                    ready)
-        )  # fmt: skip
+            collect(experiment_event_stream(hub, experiment_id, 0), received, ready)
+        )
         await asyncio.wait_for(ready.wait(), 30)
         await asyncio.to_thread(drive_job, first, 2, finish="succeeded")
         await asyncio.sleep(0.3)
@@ -504,13 +606,15 @@ def test_an_experiment_stream_follows_all_its_jobs_live(db: str) -> None:
 
     received = asyncio.run(scenario())
     assert received[-1] == ("end", None, {"experiment_id": experiment_id, "status": "cancelled"})
-    seen = [(data["job_id"], decode_cursor(event_id)) for _, event_id, data in received[:-1]]
-    assert len(seen) == 5 + 4  # each job's history and live events, once each
-    previous: dict[int, int] = {}
-    for job_id, cursor in seen:  # each id advances exactly the job of its event by one
-        assert cursor == {**previous, job_id: previous.get(job_id, 0) + 1}
-        previous = cursor
-    assert previous == {first: 5, second: 4}
+    ids = [int(event_id) for _, event_id, _ in received[:-1]]
+    assert ids == list(range(1, 5 + 4 + 1))  # each job's history and live events, once each
+    per_job = [(data["job_id"], data) for _, _, data in received[:-1]]
+    assert [data for job_id, data in per_job if job_id == first] == [
+        event.data for event in events_of(first)
+    ]
+    assert [data for job_id, data in per_job if job_id == second] == [
+        event.data for event in events_of(second)
+    ]
 
 
 def test_the_listener_reconnects_and_nothing_is_lost_meanwhile(db: str) -> None:

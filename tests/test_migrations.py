@@ -85,3 +85,31 @@ def test_the_tag_rows_trigger_is_made(database_url: str) -> None:
     finally:
         engine.dispose()
     assert JOB_TAGS_TRIGGER in names
+
+
+def test_upgrading_numbers_each_experiments_events_in_id_order(
+    configure, database_url: str
+) -> None:
+    """0010 gives the events already logged their experiment_seq (the experiment stream's id):
+    1, 2, 3 ... per experiment, in id order; lone jobs' events get none."""
+    from tests.builders import new_job_id
+    from tests.support import add_experiment, drive_job
+
+    configure(database_url)
+    grouped = [new_job_id(), new_job_id()]
+    alone = new_job_id()
+    for job_id in (*grouped, alone):
+        drive_job(job_id, 1, finish="succeeded")
+    experiment_id = add_experiment(grouped)
+    downgrade(database_url, "0009")
+    upgrade(database_url)
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT experiment_id, experiment_seq FROM job_events ORDER BY id")
+            ).all()
+    finally:
+        engine.dispose()
+    assert [seq for experiment, seq in rows if experiment == experiment_id] == list(range(1, 9))
+    assert all(seq is None for experiment, seq in rows if experiment is None) and len(rows) == 12

@@ -143,13 +143,18 @@ def test_a_last_event_id_the_schema_allows_is_never_refused_as_malformed(client:
             "/experiments/{experiment_id}/events",
             {
                 "": 200,
+                "0": 200,
+                "1": 200,
+                "4": 200,
+                "5": 409,
+                # the per-job cursors its ids were before
                 f"{job_id}:0": 200,
                 f"{job_id}:2": 200,
                 f"{job_id}:5": 409,
                 f"{job_id + 1}:1": 409,
                 f"{job_id}:1.{job_id}:2": 409,
             },
-            ["none", "null", "1", f"{job_id}", f"{job_id}:", f"{job_id}:01", f"0{job_id}:1"],
+            ["none", "null", "01", "+1", "1.0", f"{job_id}:", f"{job_id}:01", f"0{job_id}:1"],
         ),
     }
     for url, (path, allowed, malformed) in cases.items():

@@ -9,7 +9,9 @@ every decision about a trial is kept with it (`jobs.trial_state`); each epoch re
 its evaluations counted and the standard errors of its mean losses (`epoch_metrics.evaluation`),
 which the pruners compare trials within. A search keeps its withdrawn trials' count and places,
 and its next sampler place, on the experiment (`experiments.trials_withdrawn`, `free_places`,
-`next_place`): before, every trial's place was its number.
+`next_place`): before, every trial's place was its number. An experiment's events are numbered
+in the order they committed (`job_events.experiment_seq`, its stream's id): the existing ones in
+id order.
 """
 
 from collections.abc import Sequence
@@ -44,9 +46,24 @@ def upgrade() -> None:
         "experiments", sa.Column("next_place", sa.Integer(), nullable=False, server_default="0")
     )
     op.execute("UPDATE experiments SET next_place = trials_created")
+    op.add_column("job_events", sa.Column("experiment_seq", sa.Integer(), nullable=True))
+    op.execute(
+        "UPDATE job_events SET experiment_seq = numbered.n FROM ("
+        " SELECT id, row_number() OVER (PARTITION BY experiment_id ORDER BY id) AS n"
+        " FROM job_events WHERE experiment_id IS NOT NULL) AS numbered"
+        " WHERE job_events.id = numbered.id"
+    )
+    op.create_index(
+        "uq_job_events_experiment_seq",
+        "job_events",
+        ["experiment_id", "experiment_seq"],
+        unique=True,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("uq_job_events_experiment_seq", table_name="job_events")
+    op.drop_column("job_events", "experiment_seq")
     op.drop_column("experiments", "next_place")
     op.drop_column("experiments", "free_places")
     op.drop_column("experiments", "trials_withdrawn")

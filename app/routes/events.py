@@ -29,7 +29,7 @@ from app.schemas.events import (
 from app.streams import END_EVENT, EventHub, experiment_event_stream, job_event_stream
 from jobs.events import (
     EPOCH_EVENT,
-    EXPERIMENT_CURSOR_PATTERN,
+    EXPERIMENT_EVENT_ID_PATTERN,
     JOB_EVENT_ID_PATTERN,
     STATUS_EVENT,
     ResumePoint,
@@ -150,8 +150,9 @@ JOB_EVENT_STREAM = event_stream_response(
 )
 EXPERIMENT_EVENT_STREAM = event_stream_response(
     ExperimentEndEventData,
-    EXPERIMENT_CURSOR_PATTERN,
-    "Each id is an opaque cursor, to send back as Last-Event-ID.",
+    "[1-9][0-9]{0,9}",
+    "Each id is the experiment's event number (its events counted in the order they were "
+    "written, across its jobs), to send back as Last-Event-ID.",
 )
 ERRORS: dict[int | str, dict[str, Any]] = {
     **error_responses(401, 404),
@@ -175,7 +176,7 @@ def _last_event_id_schema(pattern: str) -> WithJsonSchema:
 
 # The form is checked by the route (400 naming the header or parameter), not by FastAPI (422).
 JOB_LAST_EVENT_ID = _last_event_id_schema(JOB_EVENT_ID_PATTERN)
-EXPERIMENT_LAST_EVENT_ID = _last_event_id_schema(EXPERIMENT_CURSOR_PATTERN)
+EXPERIMENT_LAST_EVENT_ID = _last_event_id_schema(EXPERIMENT_EVENT_ID_PATTERN)
 RESUME = (
     "Resume after this event: the id of the last event received (EventSource sends it when it "
     "reconnects). Without it (or empty) the whole history is sent first."
@@ -196,7 +197,9 @@ ExperimentLastEventIdHeader = Annotated[
     str | None,
     Header(
         alias="Last-Event-ID",
-        description=f"{RESUME} An experiment stream's ids are opaque cursors.",
+        description=f"{RESUME} An experiment stream's ids are its event numbers (the "
+        "experiment's `last_event_id` follows only what happens from then on); the per-job "
+        "cursors (`4:7.5:3`) it sent before are still taken.",
     ),
     EXPERIMENT_LAST_EVENT_ID,
 ]
@@ -264,5 +267,5 @@ def experiment_events(
     back as Last-Event-ID. Ends with an `end` event once every job has ended."""
     points = _resume_points(last_event_id_header, last_event_id)
     with read_session() as session:
-        job_ids, cursor = experiment_stream_start(session, experiment_id, points)
-    return _stream(request, experiment_event_stream(_hub(request), experiment_id, job_ids, cursor))
+        after, seen = experiment_stream_start(session, experiment_id, points)
+    return _stream(request, experiment_event_stream(_hub(request), experiment_id, after, seen))

@@ -131,6 +131,7 @@ def render_experiment(
     jobs: list[ExperimentJobRow] | None = None,
     search: SearchSummary | None = None,
     jobs_next: str | None = None,
+    last_event_id: int | None = None,
 ) -> ExperimentRead:
     status = experiments.counts_status(counts)
     return ExperimentRead(
@@ -149,6 +150,7 @@ def render_experiment(
         search=None if search is None else render_search(search),
         jobs=jobs or [],
         jobs_next=jobs_next,
+        last_event_id=None if last_event_id is None else str(last_event_id),
         links=experiment_links(experiment.id),
     )
 
@@ -179,7 +181,14 @@ def _job_row(job: Job, experiment: Experiment, varying: list[str]) -> Experiment
 def render_summary(summary: ExperimentSummary, jobs_next: str | None = None) -> ExperimentRead:
     """The experiment with its page of job rows; `jobs_next` the URL of the next page."""
     rows = [_job_row(job, summary.experiment, summary.varying) for job in summary.jobs]
-    return render_experiment(summary.experiment, summary.counts, rows, summary.search, jobs_next)
+    return render_experiment(
+        summary.experiment,
+        summary.counts,
+        rows,
+        summary.search,
+        jobs_next,
+        last_event_id=summary.last_event_id,
+    )
 
 
 def first_page(summary: ExperimentSummary) -> ExperimentRead:

@@ -147,6 +147,7 @@ _EXPERIMENT_EXAMPLE: dict[str, Any] = {
     "job_count": 3,
     "varying": ["block"],
     "jobs_next": None,
+    "last_event_id": "9",
     "jobs": [
         {
             "job_id": 1,
@@ -279,6 +280,12 @@ class ExperimentRead(BaseModel):
         'in the Link header, rel="next", of GET /experiments/{id}); null on the last page '
         "and in listings.",
     )
+    last_event_id: str | None = Field(
+        None,
+        description="The number of the experiment's newest event when this was read: sent as "
+        "Last-Event-ID (or last_event_id) to GET /experiments/{id}/events, the stream sends "
+        "only what happened since. Null in listings.",
+    )
     links: ExperimentLinks
 
 
@@ -287,7 +294,7 @@ class ExperimentList(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "items": [{**_EXPERIMENT_EXAMPLE, "jobs": []}],
+                    "items": [{**_EXPERIMENT_EXAMPLE, "jobs": [], "last_event_id": None}],
                     "limit": 50,
                     "next": None,
                 }

@@ -438,19 +438,29 @@ postButton(document.getElementById("cancel-experiment"), `/experiments/${experim
   return "Cancel requested for every job that had not ended.";
 });
 
+// The curves so far come from the page's metrics (bounded, whatever the number of jobs and
+// epochs); the event stream then sends only what happens after the experiment was read.
 const first = await load();
 if (!first) {
   setLiveMode("offline");
-} else if (first.ended && first.jobs.every((job) => job.epochs_done === 0)) {
-  setLiveMode("ended");
 } else {
-  followEvents(`/experiments/${experimentId}/events`, {
-    // trial_created, trial_pruned and best_changed: the search's figures come with the next load.
-    onEvent: (kind, data) => (kind === "epoch" ? addEpoch(data) : kind === "status" ? updateJob(data) : scheduleLoad()),
-    onEnd: () => load(),
-    onUnavailable: () => {
-      setLiveMode("polling");
-      poll();
-    },
-  });
+  try {
+    await loadCurves(first);
+  } catch (error) {
+    showProblem(describeError(error));
+  }
+  if (first.ended) {
+    setLiveMode("ended");
+  } else {
+    const since = new URLSearchParams({ last_event_id: first.last_event_id || "" });
+    followEvents(`/experiments/${experimentId}/events?${since}`, {
+      // trial_created, trial_pruned and best_changed: the search's figures come with the next load.
+      onEvent: (kind, data) => (kind === "epoch" ? addEpoch(data) : kind === "status" ? updateJob(data) : scheduleLoad()),
+      onEnd: () => load(),
+      onUnavailable: () => {
+        setLiveMode("polling");
+        poll();
+      },
+    });
+  }
 }
