@@ -290,10 +290,11 @@ def create_experiment(
     *,
     settings: Settings,
     idempotency_key: str | None = None,
+    owner: str | None = None,
 ) -> ExperimentSubmission:
-    """Add the experiment and all its queued jobs to the caller's transaction (all or none);
-    the job ids are sent to the queue once it commits. The same Idempotency-Key and body give
-    back the experiment made first."""
+    """Add the experiment, owned by `owner` with all its jobs, and all its queued jobs to the
+    caller's transaction (all or none); the job ids are sent to the queue once it commits. The
+    same Idempotency-Key and body give back the experiment made first."""
     plan = plan_experiment(spec)
     search = plan.spec.get("search")
     fingerprint = plan.fingerprint()
@@ -314,6 +315,7 @@ def create_experiment(
         priority=spec.priority,
         trials_created=0,
         cancel_requested=False,
+        owner=owner,
     )
     try:
         with session.begin_nested():
@@ -335,6 +337,7 @@ def create_experiment(
             settings=settings,
             experiment_id=experiment.id,
             first_fair_share_key=head_fair_share_key(session, spec.priority),
+            owner=owner,
         )
     if search is not None:
         study.fill(session, experiment.id)

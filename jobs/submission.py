@@ -58,10 +58,16 @@ def find_by_key(
 
 
 def create_job(
-    session: Session, spec: JobCreate, *, settings: Settings, idempotency_key: str | None = None
+    session: Session,
+    spec: JobCreate,
+    *,
+    settings: Settings,
+    idempotency_key: str | None = None,
+    owner: str | None = None,
 ) -> Submission:
-    """Add a queued job to the session; its id is sent to the queue once the caller's
-    transaction commits. A concurrent request with the same Idempotency-Key gets that job."""
+    """Add a queued job, owned by `owner`, to the session; its id is sent to the queue once the
+    caller's transaction commits. A concurrent request with the same Idempotency-Key gets that
+    job."""
     fingerprint = spec.fingerprint()
     if idempotency_key is not None:
         existing = find_by_key(session, Job, idempotency_key, fingerprint)
@@ -77,6 +83,7 @@ def create_job(
                 settings=settings,
                 idempotency_key=idempotency_key,
                 fair_share_key=fair_share_key,
+                owner=owner,
             )
     except IntegrityError:
         # Another request with the same Idempotency-Key committed first.
@@ -110,6 +117,7 @@ def _job_row(
     idempotency_key: str | None,
     fair_share_key: int,
     now: datetime,
+    owner: str | None,
     trial: TrialColumns | None = None,
 ) -> dict[str, Any]:
     """The columns of a new queued job built from `spec`."""
@@ -126,6 +134,7 @@ def _job_row(
     return {
         **trial_columns,
         "experiment_id": experiment_id,
+        "owner": owner,
         "name": spec.name,
         "tags": list(spec.tags),
         "block": spec.block,
@@ -171,6 +180,7 @@ def add_job(
     experiment_id: int | None = None,
     idempotency_key: str | None = None,
     fair_share_key: int = 0,
+    owner: str | None = None,
     trial: TrialColumns | None = None,
 ) -> Job:
     """The one way a single job row is made: a queued job built from `spec` (a search's trial
@@ -184,6 +194,7 @@ def add_job(
             idempotency_key=idempotency_key,
             fair_share_key=fair_share_key,
             now=utcnow(),
+            owner=owner,
             trial=trial,
         )
     )
@@ -204,6 +215,7 @@ def add_jobs(
     settings: Settings,
     experiment_id: int,
     first_fair_share_key: int,
+    owner: str | None = None,
 ) -> list[int]:
     """An experiment's jobs, in job order: the same rows, tags and first status events as
     `add_job` makes one by one, in a few statements for all of them (a 1,000-job experiment
@@ -219,6 +231,7 @@ def add_jobs(
             idempotency_key=None,
             fair_share_key=first_fair_share_key + index,
             now=now,
+            owner=owner,
         )
         for index, spec in enumerate(specs)
     ]

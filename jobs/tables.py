@@ -127,6 +127,7 @@ class Experiment(Base):
     trials are its jobs (jobs.search)."""
 
     __tablename__ = "experiments"
+    __table_args__ = (Index("ix_experiments_owner_id", "owner", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -150,6 +151,8 @@ class Experiment(Base):
     # Set (first, in the same transaction) when the experiment is cancelled: a search then
     # makes no more trials.
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The name of the user who submitted it (jobs.accounts); None without accounts.
+    owner: Mapped[str | None] = mapped_column(String(64))
 
     jobs: Mapped[list[Job]] = relationship(back_populates="experiment", order_by="Job.id")
 
@@ -161,6 +164,9 @@ class Job(Base):
     experiment_id: Mapped[int | None] = mapped_column(
         ForeignKey("experiments.id", ondelete="SET NULL")
     )
+    # The name of the user who submitted it, or its experiment's (jobs.accounts); None without
+    # accounts.
+    owner: Mapped[str | None] = mapped_column(String(64))
     name: Mapped[str | None] = mapped_column(String(200))
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     block: Mapped[str] = mapped_column(String(32))
@@ -269,6 +275,8 @@ class Job(Base):
         Index("ix_jobs_experiment_macs", "experiment_id", "macs", "id"),
         Index("ix_jobs_dispatch", "status", "cancel_requested", "priority", "fair_share_key", "id"),
         Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_owner_id", "owner", "id"),
+        Index("ix_jobs_owner_status_id", "owner", "status", "id"),
     )
 
 
@@ -482,3 +490,64 @@ class NotificationDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# A user's role: an admin may do anything, a member may change only what they own.
+ROLE_MEMBER, ROLE_ADMIN = "member", "admin"
+ROLES = (ROLE_MEMBER, ROLE_ADMIN)
+
+
+class User(Base):
+    """A person of the lab (jobs.accounts). Never deleted, only disabled, so that the owner
+    and actor names in jobs and the audit trail always name someone."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Limits on this user's queued and running jobs; None: the service's settings apply.
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class UserToken(Base):
+    """One of a user's API tokens: only its SHA-256 is kept (a token is 32 random bytes, so a
+    fast hash is enough), shown once when made; revoked tokens stay, marked."""
+
+    __tablename__ = "user_tokens"
+    __table_args__ = (Index("ix_user_tokens_user_id", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEvent(Base):
+    """Who did what to which job or experiment (submitted, cancelled, re-prioritised, deleted,
+    notifications changed) or user: no foreign key, so it outlives what it names."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_job_id", "job_id", "id"),
+        Index("ix_audit_events_experiment_id", "experiment_id", "id"),
+        Index("ix_audit_events_actor", "actor", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    experiment_id: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)

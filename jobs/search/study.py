@@ -458,6 +458,7 @@ def fill(session: Session, experiment_id: int) -> list[int]:
             settings=settings,
             experiment_id=experiment_id,
             fair_share_key=head_fair_share_key(session, priority),
+            owner=experiment.owner,
             trial=TrialColumns(number, params, state),
         )
         record_event(
