@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, service_environment
+from tests.support import free_port, start_api
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Every change of the job page's "live" badge, recorded from before the page's own scripts run.
@@ -88,3 +89,18 @@ def page(chromium: Any) -> Iterator[Any]:
     yield new_page
     context.close()
     assert not problems, problems
+
+
+def api_alone(root: Path, dataset_root: Path) -> Iterator[tuple[str, str]]:
+    """(URL, database URL) of the API on a fresh embedded default in `root`, without a worker:
+    a browser test records the epochs itself. For a module fixture to yield from."""
+    from jobs.migrations import upgrade
+
+    database_url = f"sqlite:///{root / 'jobs.sqlite3'}"
+    upgrade(database_url)
+    port = free_port()
+    process = start_api(service_environment(root, database_url, dataset_root), root, port)
+    try:
+        yield f"http://127.0.0.1:{port}", database_url
+    finally:
+        process.stop()

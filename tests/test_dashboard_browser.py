@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -390,19 +391,18 @@ def test_a_search_from_the_dashboard(
     screenshots.take(page, "16-experiment-search")
 
 
-def test_a_large_experiments_page_polls_a_page_of_jobs_in_two_requests(
-    page: Any, configure: Any, tmp_path: Path, screenshots: Screenshots
-) -> None:
-    """A 150-job experiment on a server whose event streams are unavailable: the page shows
-    100 jobs and their curves, and each poll is one request for the page's rows and, when
-    they recorded epochs, one for their curves; never one per job."""
+@contextmanager
+def wide_experiment(
+    configure: Any, tmp_path: Path, *, epochs: int
+) -> Iterator[tuple[str, int, list[int]]]:
+    """The API alone (no worker: the test records the epochs) on a fresh SQLite database with a
+    150-job experiment of `epochs` epochs: (its URL, the experiment's id, its job ids)."""
     from jobs.migrations import upgrade
-    from tests.support import drive_job
 
     env = configure(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
     upgrade(env["DATABASE_URL"])
     port = free_port()
-    api = start_api(env, tmp_path, port)  # no worker: the test records the epochs
+    api = start_api(env, tmp_path, port)
     base = f"http://127.0.0.1:{port}"
     try:
         made = httpx.post(
@@ -410,13 +410,27 @@ def test_a_large_experiments_page_polls_a_page_of_jobs_in_two_requests(
             json={
                 "name": "wide",
                 "blocks": ["mobile"],
-                "hyperparameters": {"epochs": 3},
+                "hyperparameters": {"epochs": epochs},
                 "seeds": list(range(150)),
             },
         ).json()
         every = httpx.get(f"{base}/experiments/{made['id']}", params={"limit": 1000}).json()
         ids = sorted(row["job_id"] for row in every["jobs"])
         assert len(ids) == 150
+        yield base, made["id"], ids
+    finally:
+        api.stop()
+
+
+def test_a_large_experiments_page_polls_a_page_of_jobs_in_two_requests(
+    page: Any, configure: Any, tmp_path: Path, screenshots: Screenshots
+) -> None:
+    """A 150-job experiment on a server whose event streams are unavailable: the page shows
+    100 jobs and their curves, and each poll is one request for the page's rows and, when
+    they recorded epochs, one for their curves; never one per job."""
+    from tests.support import drive_job
+
+    with wide_experiment(configure, tmp_path, epochs=3) as (base, experiment_id, ids):
         for job_id in ids[:3]:
             drive_job(job_id, 2)
         requests: list[str] = []
@@ -432,7 +446,7 @@ def test_a_large_experiments_page_polls_a_page_of_jobs_in_two_requests(
                 else None
             ),
         )
-        page.goto(f"{base}/ui/experiments/{made['id']}")
+        page.goto(f"{base}/ui/experiments/{experiment_id}")
         page.wait_for_selector('#live-mode[data-mode="polling"]')
         wait_for_count(page, "#summary tbody tr[data-job-id]", 100, timeout_ms=30_000)
         page.wait_for_function(
@@ -450,7 +464,7 @@ def test_a_large_experiments_page_polls_a_page_of_jobs_in_two_requests(
         assert "jobs 1–100 of 150" in page.inner_text("#page-facts")
         api_calls = [url for url in requests if not url.startswith(("/static", "/ui"))]
         assert not [url for url in api_calls if url.startswith("/jobs/")], api_calls
-        rows = [url for url in api_calls if url.startswith(f"/experiments/{made['id']}?")]
+        rows = [url for url in api_calls if url.startswith(f"/experiments/{experiment_id}?")]
         curves = [url for url in api_calls if "/metrics?" in url]
         assert all("format=columns" in url and "limit=100" in url for url in curves), curves
         assert len(curves) <= 3 and len(rows) >= 3, api_calls
@@ -465,8 +479,6 @@ def test_a_large_experiments_page_polls_a_page_of_jobs_in_two_requests(
             for row in page.locator("#summary tbody tr[data-job-id]").all()
         ]
         assert shown == ids[100:]
-    finally:
-        api.stop()
 
 
 def test_a_large_experiments_page_reads_its_curves_then_follows_only_new_events(
@@ -476,29 +488,12 @@ def test_a_large_experiments_page_reads_its_curves_then_follows_only_new_events(
     reads the curves so far from the experiment's metrics, then follows the event stream from
     the experiment's last_event_id (its history is not replayed); an epoch recorded after that
     reaches the chart live."""
-    from jobs.migrations import upgrade
     from tests.support import drive_job
 
-    env = configure(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
-    upgrade(env["DATABASE_URL"])
-    port = free_port()
-    api = start_api(env, tmp_path, port)  # no worker: the test records the epochs
-    base = f"http://127.0.0.1:{port}"
-    try:
-        made = httpx.post(
-            f"{base}/experiments",
-            json={
-                "name": "wide and long",
-                "blocks": ["mobile"],
-                "hyperparameters": {"epochs": 40},
-                "seeds": list(range(150)),
-            },
-        ).json()
-        every = httpx.get(f"{base}/experiments/{made['id']}", params={"limit": 1000}).json()
-        ids = sorted(row["job_id"] for row in every["jobs"])
+    with wide_experiment(configure, tmp_path, epochs=40) as (base, experiment_id, ids):
         for job_id in ids[:20]:
             drive_job(job_id, 30)
-        last = httpx.get(f"{base}/experiments/{made['id']}").json()["last_event_id"]
+        last = httpx.get(f"{base}/experiments/{experiment_id}").json()["last_event_id"]
         assert int(last) > 600  # the 150 first statuses, 20 x (running + 30 epochs)
         streams: list[str] = []
         page.on(
@@ -507,18 +502,16 @@ def test_a_large_experiments_page_reads_its_curves_then_follows_only_new_events(
                 streams.append(request.url.removeprefix(base)) if "/events" in request.url else None
             ),
         )
-        page.goto(f"{base}/ui/experiments/{made['id']}")
+        page.goto(f"{base}/ui/experiments/{experiment_id}")
         page.wait_for_selector('#live-mode[data-mode="live"]')
         page.wait_for_function(
             "() => Number(document.querySelector('canvas.curve-chart').dataset.points) >= 600",
             timeout=30_000,
         )
-        assert streams == [f"/experiments/{made['id']}/events?last_event_id={last}"], streams
+        assert streams == [f"/experiments/{experiment_id}/events?last_event_id={last}"], streams
         drive_job(ids[20], 1)  # running, then one epoch: it reaches the chart from the stream
         page.wait_for_function(
             "() => Number(document.querySelector('canvas.curve-chart').dataset.points) >= 601",
             timeout=30_000,
         )
         screenshots.take(page, "17-large-experiment-live")
-    finally:
-        api.stop()

@@ -225,23 +225,29 @@ def test_concurrent_writers_of_one_job_get_consecutive_seqs(db: str) -> None:
     """The UPDATE that takes the next seq serialises a job's writers: 4 threads x 10 events
     give seqs 1..41 with no conflict, and id order is seq order."""
     job_id = create_job()
+    write_at_once([job_id] * 4, events=10)
+    assert len(logged(job_id)) == 41  # the check inside: seqs 1..41 in id order
+
+
+def write_at_once(job_ids: list[int], *, events: int) -> None:
+    """One thread per entry of `job_ids`, each logging `events` events of its job, one
+    transaction each, all at once."""
     errors: list[BaseException] = []
 
-    def write() -> None:
+    def write(job_id: int) -> None:
         try:
-            for index in range(10):
+            for index in range(events):
                 with session_scope() as session:
                     record_event(session, job_id, "status", {"n": index})
         except BaseException as error:  # pragma: no cover - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=write) for _ in range(4)]
+    threads = [threading.Thread(target=write, args=(job_id,)) for job_id in job_ids]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert errors == []
-    assert len(logged(job_id)) == 41  # the check inside: seqs 1..41 in id order
 
 
 def test_an_experiments_events_are_numbered_in_the_order_they_commit(db: str) -> None:
@@ -275,22 +281,7 @@ def test_an_experiments_events_are_numbered_in_the_order_they_commit(db: str) ->
             ).all()
         assert [row.data["slow"] for row in rows] == [False, True]
         assert rows[0].id > rows[1].id  # written second, committed first
-    errors: list[BaseException] = []
-
-    def write(job_id: int) -> None:
-        try:
-            for index in range(10):
-                with session_scope() as session:
-                    record_event(session, job_id, "status", {"n": index})
-        except BaseException as error:  # pragma: no cover - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=write, args=(job_id,)) for job_id in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    write_at_once(jobs, events=10)
     slow_pair = 2 if db.startswith("postgresql") else 0
     with session_scope(write=False) as session:
         numbers = session.execute(

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import browser
 from tests.browser import Screenshots
-from tests.conftest import service_environment
-from tests.support import epoch_figures, free_port, start_api
+from tests.support import epoch_figures
 
 pytestmark = pytest.mark.e2e
 
@@ -45,17 +45,7 @@ def api_alone(
     tmp_path_factory: pytest.TempPathFactory, dataset_root: Path
 ) -> Iterator[tuple[str, str]]:
     """(URL, database URL) of the API on the embedded default, without a worker."""
-    from jobs.migrations import upgrade
-
-    root = tmp_path_factory.mktemp("job-page")
-    database_url = f"sqlite:///{root / 'jobs.sqlite3'}"
-    upgrade(database_url)
-    port = free_port()
-    process = start_api(service_environment(root, database_url, dataset_root), root, port)
-    try:
-        yield f"http://127.0.0.1:{port}", database_url
-    finally:
-        process.stop()
+    yield from browser.api_alone(tmp_path_factory.mktemp("job-page"), dataset_root)
 
 
 @pytest.fixture

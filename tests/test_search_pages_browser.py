@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import browser
 from tests.browser import Screenshots
-from tests.conftest import service_environment
-from tests.support import free_port, start_api
 
 pytestmark = pytest.mark.e2e
 
@@ -44,17 +43,8 @@ SEARCH: dict[str, Any] = {
 def api_alone(
     tmp_path_factory: pytest.TempPathFactory, dataset_root: Path
 ) -> Iterator[tuple[str, str]]:
-    from jobs.migrations import upgrade
-
-    root = tmp_path_factory.mktemp("search-pages")
-    database_url = f"sqlite:///{root / 'jobs.sqlite3'}"
-    upgrade(database_url)
-    port = free_port()
-    process = start_api(service_environment(root, database_url, dataset_root), root, port)
-    try:
-        yield f"http://127.0.0.1:{port}", database_url
-    finally:
-        process.stop()
+    """(URL, database URL) of the API on the embedded default, without a worker."""
+    yield from browser.api_alone(tmp_path_factory.mktemp("search-pages"), dataset_root)
 
 
 def accuracy(params: dict[str, Any], epoch: int) -> float:
