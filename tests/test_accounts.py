@@ -432,9 +432,19 @@ def test_audit_trail_outlives_what_it_names(api: TestClient) -> None:
     assert api.post(f"/jobs/{job}/cancel", headers=ADMIN).status_code == 200
     from jobs.db import session_scope
     from jobs.lifecycle import finish_job
-    from jobs.tables import JobStatus
+    from jobs.tables import JobEvent, JobStatus
 
-    with session_scope() as session:  # the worker stops it
+    with session_scope() as session:
+        # The cancel request's status event names who asked.
+        data = (
+            session.execute(
+                select(JobEvent.data).where(JobEvent.job_id == job).order_by(JobEvent.seq.desc())
+            )
+            .scalars()
+            .first()
+        )
+        assert data is not None and data["cancel_requested"] and data["by"] == "admin"
+        # The worker stops it.
         assert finish_job(session, claim, JobStatus.CANCELLED)
     experiment = api.post("/experiments", json=GRID, headers=ada).json()["id"]
     api.patch(f"/experiments/{experiment}", json={"priority": 2}, headers=ada)
