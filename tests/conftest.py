@@ -393,15 +393,27 @@ def db(configure, database_url: str, db_settings: dict[str, str]) -> str:
     return database_url
 
 
+# With TEST_API_KEY set, every in-process client's API runs with that API_KEY and sends it: the
+# in-process tests then check that the built-in admin may do all a service without accounts
+# lets anyone do (`TEST_API_KEY=k make test-fast`).
+TEST_API_KEY = os.environ.get("TEST_API_KEY") or None
+# For the tests of a service without API_KEY, which TEST_API_KEY would give one.
+without_api_key = pytest.mark.skipif(
+    TEST_API_KEY is not None, reason="checks a service without API_KEY; TEST_API_KEY sets one"
+)
+
+
 @pytest.fixture
 def client(configure, database_url: str):
     """An in-process API client on each database, with the embedded broker (no worker)."""
     from fastapi.testclient import TestClient
 
-    configure(database_url)
+    keyed = {} if TEST_API_KEY is None else {"API_KEY": TEST_API_KEY}
+    configure(database_url, **keyed)
     from app.main import create_app
 
-    with TestClient(create_app()) as test_client:
+    headers = {} if TEST_API_KEY is None else {"X-API-Key": TEST_API_KEY}
+    with TestClient(create_app(), headers=headers) as test_client:
         yield test_client
 
 

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from tests.conftest import without_api_key
 from tests.support import drive_job
 
 KEY = "s3cret-key"
@@ -207,6 +208,7 @@ def test_bad_requests_change_nothing(api: TestClient) -> None:
     assert api.get("/users", headers=ADMIN).json() == users_before
 
 
+@without_api_key
 def test_without_api_key_there_are_no_accounts(client: TestClient) -> None:
     assert client.get("/me").json() == {"name": None, "role": "admin", "accounts": False}
     assert_error(client.post("/users", json={"name": "ada"}), 409, "accounts_off", "API_KEY")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import service_environment
+from tests.conftest import service_environment, without_api_key
 from tests.support import Process, drive_job, free_port, start_api
 from tests.support import broker_messages as count_broker_messages
 
@@ -392,6 +392,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
                 assert "401" in operation["responses"], (method, path)
 
 
+@without_api_key
 def test_without_api_key_setting_no_key_is_needed(client: TestClient) -> None:
     assert client.get("/jobs").status_code == 200
     assert client.get("/jobs", headers={"X-API-Key": "anything"}).status_code == 200

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.auth import SIGN_IN_COOKIE, sign_in_token
 from tests.builders import job_body, submit_job
+from tests.conftest import without_api_key
 from tests.support import drive_job, flip_bit_keeping_mtime
 
 SMALL_JOB = job_body(hyperparameters={"epochs": 2}, train_samples=40)
@@ -305,6 +306,7 @@ def test_signing_in_never_leads_to_another_site(keyed_client: TestClient, next_p
     assert 'name="next" value="/"' in form
 
 
+@without_api_key
 def test_without_api_key_there_is_nothing_to_sign_in_to(client: TestClient) -> None:
     page = assert_html(client.get("/ui/login?next=%2Fui%2Fsubmit"))
     assert "no API key set" in page and 'href="/ui/submit"' in page
