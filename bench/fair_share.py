@@ -172,7 +172,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         folder = workdir / kind
         folder.mkdir()
         with _database(kind, folder, args.postgres_url) as url:
-            env = {**service_environment(folder), "DATABASE_URL": url}
+            env = {
+                **service_environment(folder),
+                "DATABASE_URL": url,
+                # Room for the timed submissions (each rolled back) on a full queue.
+                "MAX_QUEUED_JOBS": str(args.queued + 1),
+            }
             with this_process_uses(env):
                 upgrade()
                 started = time.perf_counter()
