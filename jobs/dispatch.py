@@ -1,20 +1,24 @@
 """The order in which free workers take queued jobs, stated once: the claim takes the first job
 in it, and a queued job's position is the number of claimable jobs before it, plus one.
-docs/design/dispatch-order.md states the rule (priority, then fair share, then id) and why.
+docs/design/dispatch-order.md states the rule (priority, then the owners' turns, then fair
+share within an owner, then id) and why, and how the turns are kept.
 The same counts, kept apart by key, say why a job is where it is (`queue_place`): a position can
 get worse while a job waits, as jobs of higher priority arrive and later submissions join the
-turns ahead of it."""
+turns ahead of it. A person at their running-jobs limit keeps their places; a claim passes over
+their jobs until one of theirs ends (`has_running_room`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, literal, select, text
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, text, update
+from sqlalchemy.orm import Session
 
-from jobs.tables import Job, JobStatus
+from jobs.settings import get_settings
+from jobs.tables import Job, JobStatus, User
 
 PRIORITY_MIN = -100
 PRIORITY_MAX = 100
@@ -23,9 +27,14 @@ DEFAULT_PRIORITY = 0
 # The sort keys, first to last, and whether each sorts highest first.
 DISPATCH_ORDER: tuple[tuple[str, bool], ...] = (
     ("priority", True),
+    ("owner_turn", False),
     ("fair_share_key", False),
     ("id", False),
 )
+# PostgreSQL: the advisory lock every claim of a job whose owner has a running limit holds until
+# it commits, so that two workers cannot both count the owner's running jobs below the limit
+# and both start one. Claims are short; one lock for all owners cannot form a cycle of waits.
+RUNNING_LIMIT_LOCK = 7_046_853_202
 
 
 def _claimable(table: type[Job] = Job) -> ColumnElement[bool]:
@@ -33,55 +42,138 @@ def _claimable(table: type[Job] = Job) -> ColumnElement[bool]:
     return and_(table.status == JobStatus.QUEUED, table.cancel_requested == false())
 
 
-def next_claimable() -> Select[int]:
-    """The id of the job a free worker takes next: the highest priority among the claimable
-    jobs (one seek), then the lowest (fair_share_key, id) at that priority (one more)."""
-    top = select(func.max(Job.priority)).where(_claimable()).scalar_subquery()
+def _owned_by(owner: str | None) -> ColumnElement[bool]:
+    # Jobs without an owner (a service without accounts) are one person's.
+    return Job.owner.is_(None) if owner is None else Job.owner == owner
+
+
+def next_claimable(passed_over: Collection[str] = ()) -> Select[int, str | None]:
+    """The id and owner of the job a free worker takes next: the highest priority among the
+    claimable jobs (one seek), then the lowest (owner_turn, fair_share_key, id) at that
+    priority (one more). The jobs of the owners `passed_over` (at their running limit) are
+    skipped; the owner is the index's last column, so they are skipped on its entries."""
+    allowed = [or_(Job.owner.is_(None), Job.owner.not_in(passed_over))] if passed_over else []
+    top = select(func.max(Job.priority)).where(_claimable(), *allowed).scalar_subquery()
     return (
-        select(Job.id)
-        .where(_claimable(), Job.priority == top)
-        .order_by(Job.fair_share_key, Job.id)
+        select(Job.id, Job.owner)
+        .where(_claimable(), *allowed, Job.priority == top)
+        .order_by(Job.owner_turn, Job.fair_share_key, Job.id)
         .limit(1)
     )
 
 
-def head_fair_share_key(session: Session, priority: int) -> int:
-    """The fair-share key a job submitted now at this priority starts from: the lowest key
-    queued at that priority, else the highest key of a running job (the queue has just
-    drained), else 0."""
+def head_fair_share_key(session: Session, priority: int, owner: str | None) -> int:
+    """The fair-share key a job of `owner` submitted now at this priority starts from: the
+    lowest key of the owner's queued jobs at that priority (the head of their own turns), else
+    the highest key of their running jobs (their queue has just drained), else 0. Keys order
+    one owner's jobs only; other people's are apart in turns (`take_turns`)."""
     queued = session.execute(
-        select(func.min(Job.fair_share_key)).where(_claimable(), Job.priority == priority)
+        select(func.min(Job.fair_share_key)).where(
+            _owned_by(owner), _claimable(), Job.priority == priority
+        )
     ).scalar()
     if queued is not None:
         return int(queued)
     running = session.execute(
-        select(func.max(Job.fair_share_key)).where(Job.status == JobStatus.RUNNING)
+        select(func.max(Job.fair_share_key)).where(
+            _owned_by(owner), Job.status == JobStatus.RUNNING
+        )
     ).scalar()
     return int(running) + 1 if running is not None else 0
 
 
-def _ahead_on_key(ahead: type[Job], job: type[Job], index: int) -> list[ColumnElement[bool]]:
-    """`ahead` equals `job` on the keys before DISPATCH_ORDER[index] and comes first on it."""
-    key, highest_first = DISPATCH_ORDER[index]
-    mine, theirs = getattr(ahead, key), getattr(job, key)
-    equal = [getattr(ahead, name) == getattr(job, name) for name, _ in DISPATCH_ORDER[:index]]
-    return [*equal, mine > theirs if highest_first else mine < theirs]
-
-
-def _count_ahead(job: type[Job], keys: range = range(len(DISPATCH_ORDER))) -> ColumnElement[int]:
-    """The claimable jobs before `job` in DISPATCH_ORDER by one of `keys`: one count per key
-    (ahead on that key, equal on those before), each a range of ix_jobs_dispatch; an OR of the
-    terms would not be one range on every backend."""
-    total: ColumnElement[int] = literal(0)
-    for index in keys:
-        ahead = aliased(Job)
-        total = total + (
-            select(func.count())
-            .select_from(ahead)
-            .where(_claimable(ahead), *_ahead_on_key(ahead, job, index))
-            .scalar_subquery()
+def first_turn(session: Session, priority: int, owner: str | None) -> int:
+    """The turn the owner's first queued job at this priority takes: the one it has (an owner
+    keeps their place), else the queue's head turn at that priority (a newcomer joins the turn
+    being served), else one past the turns of the jobs running at it, else 0."""
+    own = session.execute(
+        select(Job.owner_turn)
+        .where(_owned_by(owner), _claimable(), Job.priority == priority)
+        .order_by(Job.fair_share_key, Job.id)
+        .limit(1)
+    ).scalar()
+    if own is not None:
+        return int(own)
+    head = session.execute(
+        select(func.min(Job.owner_turn)).where(_claimable(), Job.priority == priority)
+    ).scalar()
+    if head is not None:
+        return int(head)
+    running = session.execute(
+        select(func.max(Job.owner_turn)).where(
+            Job.status == JobStatus.RUNNING, Job.priority == priority
         )
-    return total
+    ).scalar()
+    return int(running) + 1 if running is not None else 0
+
+
+def take_turns(session: Session, owner: str | None, priority: int, first: int) -> None:
+    """Number the owner's queued jobs at this priority first, first + 1, ... in their own order
+    (fair_share_key, id): one job of theirs per turn. One UPDATE of the rows whose turn
+    changes; their updated_at stays, as nothing about the job itself changed."""
+    ranked = (
+        select(
+            Job.id,
+            (func.row_number().over(order_by=(Job.fair_share_key, Job.id)) + (first - 1)).label(
+                "turn"
+            ),
+        )
+        .where(_owned_by(owner), _claimable(), Job.priority == priority)
+        .subquery()
+    )
+    session.execute(
+        update(Job)
+        .where(Job.id == ranked.c.id, Job.owner_turn != ranked.c.turn)
+        .values(owner_turn=ranked.c.turn, updated_at=Job.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+
+
+@contextmanager
+def turns_kept(session: Session, owner: str | None, priorities: Iterable[int]) -> Iterator[None]:
+    """Around a change that adds, moves or removes queued jobs of `owner` at these priorities:
+    their turns are numbered again from where the owner's first turn was before it (a job
+    added ahead of the owner's others takes it; the job that held it, cancelled or moved,
+    leaves it to the next). Costs one UPDATE of the owner's jobs whose turn changes."""
+    firsts = {
+        priority: first_turn(session, priority, owner) for priority in sorted(set(priorities))
+    }
+    yield
+    for priority, first in firsts.items():
+        take_turns(session, owner, priority, first)
+
+
+def running_limit(session: Session, owner: str | None) -> int | None:
+    """How many of the owner's jobs may run at once: the user's own max_running_jobs, else
+    MAX_RUNNING_JOBS_PER_USER; None (no limit) for jobs without an owner or when neither is
+    set."""
+    if owner is None:
+        return None
+    own = session.execute(select(User.max_running_jobs).where(User.name == owner)).scalar()
+    return int(own) if own is not None else get_settings().max_running_jobs_per_user
+
+
+def running_jobs(session: Session, owner: str) -> int:
+    return int(
+        session.execute(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner == owner, Job.status == JobStatus.RUNNING)
+        ).scalar_one()
+    )
+
+
+def has_running_room(session: Session, owner: str | None) -> bool:
+    """Whether a claim may start one more of the owner's jobs. With a limit, counted under
+    RUNNING_LIMIT_LOCK on PostgreSQL, which the claiming transaction holds until it commits
+    (a count read after the lock sees every claim committed before it); SQLite's write
+    transactions are one at a time already."""
+    limit = running_limit(session, owner)
+    if owner is None or limit is None:
+        return True
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(RUNNING_LIMIT_LOCK)))
+    return running_jobs(session, owner) < limit
 
 
 @dataclass(frozen=True)
@@ -90,6 +182,7 @@ class _Place:
 
     id: int
     priority: int
+    owner_turn: int
     fair_share_key: int
 
 
@@ -99,52 +192,84 @@ class _Place:
 _COUNT = (
     "(SELECT count(*) FROM jobs WHERE status = :queued AND cancel_requested = :unrequested AND {})"
 )
+# The keys after priority, all lowest first, and the letter their parameters are named by.
+_AT_PRIORITY = (("owner_turn", "t"), ("fair_share_key", "f"), ("id", "i"))
 
 
-def _after(k: str) -> list[str]:
-    """At a priority, after the job (fa, ia) in (fair_share_key, id) order: two ranges (a row
-    value comparison is one range on PostgreSQL but not on SQLite, which would read every entry
-    of the key)."""
-    return [f"fair_share_key = :{k}fa AND id > :{k}ia", f"fair_share_key > :{k}fa"]
+# A row value comparison would be one range on PostgreSQL but not on SQLite (which would read
+# every entry of the first key), so each comparison of several keys is written as a few ranges,
+# equal on the keys before one and past it on that one.
+def _after(k: str, keys: tuple[tuple[str, str], ...] = _AT_PRIORITY) -> list[str]:
+    """At a priority, after the job named `{k}..a` on `keys`: one range per key."""
+    (key, letter), rest = keys[0], keys[1:]
+    return (
+        [f"{key} > :{k}{letter}a", *(f"{key} = :{k}{letter}a AND {c}" for c in _after(k, rest))]
+        if rest
+        else [f"{key} > :{k}{letter}a"]
+    )
 
 
-def _before(k: str) -> list[str]:
-    """At a priority, before the job (fb, ib) in (fair_share_key, id) order: two ranges."""
-    return [f"fair_share_key < :{k}fb", f"fair_share_key = :{k}fb AND id < :{k}ib"]
+def _before(k: str, keys: tuple[tuple[str, str], ...] = _AT_PRIORITY) -> list[str]:
+    """At a priority, before the job named `{k}..b` on `keys`: one range per key."""
+    (key, letter), rest = keys[0], keys[1:]
+    return (
+        [f"{key} < :{k}{letter}b", *(f"{key} = :{k}{letter}b AND {c}" for c in _before(k, rest))]
+        if rest
+        else [f"{key} < :{k}{letter}b"]
+    )
+
+
+def _inside(
+    before: _Place, job: _Place, k: str, keys: tuple[tuple[str, str], ...] = _AT_PRIORITY
+) -> list[str]:
+    """At one priority, after `before` and before `job` on `keys`: the ranges of the gap."""
+    (key, letter), rest = keys[0], keys[1:]
+    after, until = f":{k}{letter}a", f":{k}{letter}b"
+    if not rest:
+        return [f"{key} > {after} AND {key} < {until}"]
+    if getattr(before, key) == getattr(job, key):
+        return [f"{key} = {until} AND {c}" for c in _inside(before, job, k, rest)]
+    return [
+        *(f"{key} = {after} AND {c}" for c in _after(k, rest)),
+        f"{key} > {after} AND {key} < {until}",
+        *(f"{key} = {until} AND {c}" for c in _before(k, rest)),
+    ]
+
+
+def _parameters(place: _Place, k: str, side: str) -> dict[str, int]:
+    return {
+        f"{k}p{side}": place.priority,
+        f"{k}t{side}": place.owner_turn,
+        f"{k}f{side}": place.fair_share_key,
+        f"{k}i{side}": place.id,
+    }
 
 
 def _between(before: _Place | None, job: _Place, k: str) -> tuple[list[str], dict[str, int]]:
     """Conditions whose counts add up to the claimable jobs after `before` (None: from the
-    queue's head) and before `job` in DISPATCH_ORDER (priority highest first, then
-    fair_share_key and id lowest first), each one range of ix_jobs_dispatch, and their
-    parameters, named after `k`."""
-    parameters = {f"{k}pb": job.priority, f"{k}fb": job.fair_share_key, f"{k}ib": job.id}
+    queue's head) and before `job` in DISPATCH_ORDER, each one range of ix_jobs_dispatch, and
+    their parameters, named after `k`."""
+    parameters = _parameters(job, k, "b")
     at_job = f"priority = :{k}pb AND "
     if before is None:
         return [f"priority > :{k}pb", *(at_job + part for part in _before(k))], parameters
-    parameters |= {
-        f"{k}pa": before.priority,
-        f"{k}fa": before.fair_share_key,
-        f"{k}ia": before.id,
-    }
+    parameters |= _parameters(before, k, "a")
     if before.priority != job.priority:
         return [
             *(f"priority = :{k}pa AND " + part for part in _after(k)),
             f"priority < :{k}pa AND priority > :{k}pb",
             *(at_job + part for part in _before(k)),
         ], parameters
-    if before.fair_share_key == job.fair_share_key:
-        return [at_job + f"fair_share_key = :{k}fb AND id > :{k}ia AND id < :{k}ib"], parameters
-    return [
-        at_job + f"fair_share_key = :{k}fa AND id > :{k}ia",
-        at_job + f"fair_share_key > :{k}fa AND fair_share_key < :{k}fb",
-        at_job + f"fair_share_key = :{k}fb AND id < :{k}ib",
-    ], parameters
+    return [at_job + part for part in _inside(before, job, k)], parameters
 
 
-# Jobs whose places one statement counts (a page's most; each takes up to 5 columns, and SQLite
+# Jobs whose places one statement counts (a page's most; each takes up to 7 columns, and SQLite
 # answers at most 2,000).
 PLACES_PER_STATEMENT = 200
+
+
+def _order(place: _Place) -> tuple[int, int, int, int]:
+    return (-place.priority, place.owner_turn, place.fair_share_key, place.id)
 
 
 def queue_positions(session: Session, job_ids: Sequence[int]) -> dict[int, int]:
@@ -159,17 +284,22 @@ def queue_positions(session: Session, job_ids: Sequence[int]) -> dict[int, int]:
     # Found by id, claimable or not (a planner without statistics would rather read the
     # queue's index for the status than the few ids).
     places = [
-        _Place(row.id, row.priority, row.fair_share_key)
+        _Place(row.id, row.priority, row.owner_turn, row.fair_share_key)
         for row in session.execute(
             select(
-                Job.id, Job.priority, Job.fair_share_key, Job.status, Job.cancel_requested
+                Job.id,
+                Job.priority,
+                Job.owner_turn,
+                Job.fair_share_key,
+                Job.status,
+                Job.cancel_requested,
             ).where(Job.id.in_(wanted))
         )
         if row.status == JobStatus.QUEUED and not row.cancel_requested
     ]
     if not places:
         return {}
-    places.sort(key=lambda place: (-place.priority, place.fair_share_key, place.id))
+    places.sort(key=_order)
     positions: dict[int, int] = {}
     position = 0
     before: _Place | None = None
@@ -199,34 +329,57 @@ def queue_position(session: Session, job_id: int) -> int | None:
 
 @dataclass(frozen=True)
 class QueuePlace:
-    """Why a queued job is where it is: the claimable jobs ahead of it, by the key of the
-    dispatch order that puts each there (they add up to position - 1)."""
+    """Why a queued job is where it is: the claimable jobs ahead of it, by what puts each there
+    (they add up to position - 1), and the owner's running limit when the owner is at it."""
 
     position: int
     priority: int
     higher_priority: int  # of a higher priority
-    earlier_turns: int  # at its priority, with a lower fair-share key: their turn comes first
-    same_turn: int  # at its priority and key, queued before it
+    other_people: int  # at its priority, other owners' jobs whose turn comes first
+    earlier_turns: int  # its owner's, at its priority, with a lower fair-share key
+    same_turn: int  # its owner's, at its priority and key, queued before it
+    owner: str | None = None
+    running_limit: int | None = None  # set while the owner has this many jobs running
 
     @property
     def reason(self) -> str:
         """One sentence, e.g. "3rd: after 1 job of higher priority and 1 job at priority 0 with
         an earlier turn (experiments and lone jobs take turns, one job each per turn)." """
+        waits = (
+            ""
+            if self.running_limit is None
+            else f" It waits until one of {self.owner}'s {_jobs(self.running_limit)} running "
+            "ends (their running-jobs limit); free workers take the jobs after it meanwhile."
+        )
         if self.position == 1:
-            return "1st: a free worker takes it next."
+            return ("1st." if waits else "1st: a free worker takes it next.") + waits
+        whose = "" if self.owner is None else f" of {self.owner}'s"
         parts = []
         if self.higher_priority:
             parts.append(f"{_jobs(self.higher_priority)} of higher priority")
-        if self.earlier_turns:
+        if self.other_people:
             parts.append(
-                f"{_jobs(self.earlier_turns)} at priority {self.priority} with an earlier turn"
+                f"{_jobs(self.other_people)} of other people's turns at priority {self.priority}"
             )
+        if self.earlier_turns:
+            at = f"at priority {self.priority}"
+            parts.append(f"{_jobs(self.earlier_turns)}{whose} {at} with an earlier turn")
         if self.same_turn:
-            parts.append(f"{_jobs(self.same_turn)} queued before it for the same turn")
+            parts.append(f"{_jobs(self.same_turn)}{whose} queued before it for the same turn")
         listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
-        turns = self.earlier_turns or self.same_turn
-        rule = " (experiments and lone jobs take turns, one job each per turn)" if turns else ""
-        return f"{_ordinal(self.position)}: after {listed}{rule}."
+        own_turns = bool(self.earlier_turns or self.same_turn)
+        if self.other_people and own_turns:
+            rule = (
+                " (people take turns, one job each per turn, and so do each one's experiments"
+                " and lone jobs)"
+            )
+        elif self.other_people:
+            rule = " (people take turns, one job each per turn)"
+        elif own_turns:
+            rule = " (experiments and lone jobs take turns, one job each per turn)"
+        else:
+            rule = ""
+        return f"{_ordinal(self.position)}: after {listed}{rule}.{waits}"
 
 
 def _jobs(count: int) -> str:
@@ -241,23 +394,58 @@ def _ordinal(number: int) -> str:
 
 
 def queue_place(session: Session, job_id: int) -> QueuePlace | None:
-    """The job's position and what puts it there; None unless the job is claimable. One query:
-    the counts queue_position makes, kept apart (ranges of ix_jobs_dispatch, no row read)."""
-    row = session.execute(
+    """The job's position and what puts it there; None unless the job is claimable. Two
+    queries: the job's keys, then the counts queue_position makes, kept apart (ranges of
+    ix_jobs_dispatch), and its owner's jobs ahead of it (ranges of ix_jobs_owner_queue: an
+    owner's jobs take their turns in their own order); no row of the queue is read. With a
+    running limit, two more: the limit and the owner's running jobs."""
+    job = session.execute(
         select(
+            Job.id,
             Job.priority,
-            _count_ahead(Job, range(0, 1)).label("higher"),
-            _count_ahead(Job, range(1, 2)).label("earlier"),
-            _count_ahead(Job, range(2, 3)).label("same"),
-        ).where(Job.id == job_id, _claimable())
+            Job.owner_turn,
+            Job.fair_share_key,
+            Job.owner,
+            Job.status,
+            Job.cancel_requested,
+        ).where(Job.id == job_id)
     ).first()
-    if row is None:
+    if job is None or job.status != JobStatus.QUEUED or job.cancel_requested:
         return None
-    higher, earlier, same = int(row.higher), int(row.earlier), int(row.same)
+    place = _Place(job.id, job.priority, job.owner_turn, job.fair_share_key)
+    parameters: dict[str, Any] = {
+        "queued": JobStatus.QUEUED.value,
+        "unrequested": False,
+        "owner": job.owner,
+        **_parameters(place, "j", "b"),
+    }
+    owned = "owner IS NULL" if job.owner is None else "owner = :owner"
+    at_priority = "priority = :jpb AND "
+    own = f"{owned} AND {at_priority}"
+    groups = [
+        ["priority > :jpb"],
+        [at_priority + part for part in _before("j")],
+        [own + "fair_share_key < :jfb"],
+        [own + "fair_share_key = :jfb AND id < :jib"],
+    ]
+    counts = [_COUNT.format(segment) for group in groups for segment in group]
+    row = list(session.execute(text(f"SELECT {', '.join(counts)}"), parameters).one())
+    totals = []
+    for group in groups:
+        totals.append(sum(int(count) for count in row[: len(group)]))
+        row = row[len(group) :]
+    higher, at_priority_ahead, earlier, same = totals
+    limit = running_limit(session, job.owner)
+    at_limit = (
+        limit is not None and job.owner is not None and running_jobs(session, job.owner) >= limit
+    )
     return QueuePlace(
-        position=higher + earlier + same + 1,
-        priority=int(row.priority),
+        position=higher + at_priority_ahead + 1,
+        priority=int(job.priority),
         higher_priority=higher,
+        other_people=at_priority_ahead - earlier - same,
         earlier_turns=earlier,
         same_turn=same,
+        owner=job.owner,
+        running_limit=limit if at_limit else None,
     )

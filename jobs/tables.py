@@ -178,8 +178,10 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # A free worker takes the highest priority first (PRIORITY_MIN..PRIORITY_MAX, jobs.dispatch);
-    # among equal priorities the lowest fair_share_key, then the lowest id.
+    # among equal priorities the lowest owner_turn (people take turns), then the lowest
+    # fair_share_key (an owner's experiments and lone jobs take turns), then the lowest id.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    owner_turn: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     fair_share_key: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     params: Mapped[int] = mapped_column(BigInteger)
@@ -273,10 +275,29 @@ class Job(Base):
         Index("ix_jobs_experiment_seconds_per_epoch", "experiment_id", "seconds_per_epoch", "id"),
         Index("ix_jobs_experiment_params", "experiment_id", "params", "id"),
         Index("ix_jobs_experiment_macs", "experiment_id", "macs", "id"),
-        Index("ix_jobs_dispatch", "status", "cancel_requested", "priority", "fair_share_key", "id"),
+        Index(
+            "ix_jobs_dispatch",
+            "status",
+            "cancel_requested",
+            "priority",
+            "owner_turn",
+            "fair_share_key",
+            "id",
+            "owner",
+        ),
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_owner_id", "owner", "id"),
         Index("ix_jobs_owner_status_id", "owner", "status", "id"),
+        # An owner's queued jobs at a priority in their own turn order (jobs.dispatch).
+        Index(
+            "ix_jobs_owner_queue",
+            "owner",
+            "status",
+            "cancel_requested",
+            "priority",
+            "fair_share_key",
+            "id",
+        ),
     )
 
 
