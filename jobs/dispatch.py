@@ -348,8 +348,8 @@ class QueuePlace:
         waits = (
             ""
             if self.running_limit is None
-            else f" It waits until one of {self.owner}'s {_jobs(self.running_limit)} running "
-            "ends (their running-jobs limit); free workers take the jobs after it meanwhile."
+            else f" It waits for one of {self.owner}'s running jobs to end (their limit: "
+            f"{self.running_limit} at once); free workers take the jobs after it meanwhile."
         )
         if self.position == 1:
             return ("1st." if waits else "1st: a free worker takes it next.") + waits
