@@ -1,36 +1,41 @@
 """The order in which free workers take queued jobs, stated once: the claim takes the first job
 in it, and a queued job's position is the number of claimable jobs before it, plus one.
-docs/design/dispatch-order.md states the rule (priority, then the owners' turns, then fair
-share within an owner, then id) and why, and how the turns are kept.
-The same counts, kept apart by key, say why a job is where it is (`queue_place`): a position can
-get worse while a job waits, as jobs of higher priority arrive and later submissions join the
+docs/design/dispatch-order.md states the rule (priority, then people's turns, then each
+person's own order by fair share and id) and why, and how the turns are kept.
+The same counts, kept apart, say why a job is where it is (`queue_place`): a position can get
+worse while a job waits, as jobs of higher priority arrive and later submissions join the
 turns ahead of it. A person at their running-jobs limit keeps their places; a claim passes over
 their jobs until one of theirs ends (`has_running_room`)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, func, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, false, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from jobs.settings import get_settings
-from jobs.tables import Job, JobStatus, User
+from jobs.tables import Job, JobStatus, OwnerTurn, User
 
 PRIORITY_MIN = -100
 PRIORITY_MAX = 100
 DEFAULT_PRIORITY = 0
 
-# The sort keys, first to last, and whether each sorts highest first.
+# The sort keys, first to last, and whether each sorts highest first. A job's turn is its
+# owner's next_turn (OwnerTurn) plus the number of the owner's claimable jobs before it at its
+# priority in their own order (fair_share_key, id); within a turn, owners go in the order they
+# joined (then by name).
 DISPATCH_ORDER: tuple[tuple[str, bool], ...] = (
     ("priority", True),
-    ("owner_turn", False),
+    ("turn", False),
+    ("joined", False),
     ("fair_share_key", False),
     ("id", False),
 )
+# The owner key of jobs without an owner: they are one person's.
+NO_OWNER = ""
 # PostgreSQL: the advisory lock every claim of a job whose owner has a running limit holds until
 # it commits, so that two workers cannot both count the owner's running jobs below the limit
 # and both start one. Claims are short; one lock for all owners cannot form a cycle of waits.
@@ -42,35 +47,120 @@ def _claimable(table: type[Job] = Job) -> ColumnElement[bool]:
     return and_(table.status == JobStatus.QUEUED, table.cancel_requested == false())
 
 
+def _key(owner: str | None) -> str:
+    return NO_OWNER if owner is None else owner
+
+
 def _owned_by(owner: str | None) -> ColumnElement[bool]:
-    # Jobs without an owner (a service without accounts) are one person's.
     return Job.owner.is_(None) if owner is None else Job.owner == owner
 
 
-def next_claimable(passed_over: Collection[str] = ()) -> Select[int, str | None]:
-    """The id and owner of the job a free worker takes next: the highest priority among the
-    claimable jobs (one seek), then the lowest (owner_turn, fair_share_key, id) at that
-    priority (one more). The jobs of the owners `passed_over` (at their running limit) are
-    skipped; the owner is the index's last column, so they are skipped on its entries."""
-    allowed = [or_(Job.owner.is_(None), Job.owner.not_in(passed_over))] if passed_over else []
-    top = select(func.max(Job.priority)).where(_claimable(), *allowed).scalar_subquery()
-    return (
-        select(Job.id, Job.owner)
-        .where(_claimable(), *allowed, Job.priority == top)
-        .order_by(Job.owner_turn, Job.fair_share_key, Job.id)
+def _own_queue(owner: str | None, priority: int) -> list[ColumnElement[bool]]:
+    """The owner's claimable jobs at a priority: a range of ix_jobs_owner_queue."""
+    return [_owned_by(owner), _claimable(), Job.priority == priority]
+
+
+@dataclass(frozen=True)
+class _Turns:
+    """An owner's row of owner_turns at a priority."""
+
+    owner: str | None
+    next_turn: int
+    joined: int
+
+    @property
+    def tie(self) -> tuple[int, str]:
+        """The order of owners within one turn."""
+        return (self.joined, _key(self.owner))
+
+
+def _turns_at(session: Session, priority: int) -> list[_Turns]:
+    return [
+        _Turns(None if row.owner == NO_OWNER else row.owner, row.next_turn, row.joined)
+        for row in session.execute(
+            select(OwnerTurn.owner, OwnerTurn.next_turn, OwnerTurn.joined).where(
+                OwnerTurn.priority == priority
+            )
+        )
+    ]
+
+
+def _first_own(session: Session, owner: str | None, priority: int) -> int | None:
+    """The owner's first claimable job at the priority, in their own order: one seek."""
+    found = session.execute(
+        select(Job.id)
+        .where(*_own_queue(owner, priority))
+        .order_by(Job.fair_share_key, Job.id)
         .limit(1)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def next_claimable(
+    session: Session, passed_over: Collection[str] = ()
+) -> tuple[int, str | None, int] | None:
+    """The id, owner and priority of the job a free worker takes next: at the highest priority
+    with a claimable job (one seek), the first job (one seek each) of the owner whose turn comes
+    first (one read of that priority's owner_turns), passing over the owners `passed_over` (at
+    their running limit); if they are all passed over, the next priority down."""
+    below: int | None = None
+    while True:
+        lower = [] if below is None else [Job.priority < below]
+        top = session.execute(select(func.max(Job.priority)).where(_claimable(), *lower)).scalar()
+        if top is None:
+            return None
+        for turns in sorted(_turns_at(session, top), key=lambda t: (t.next_turn, t.tie)):
+            if turns.owner is not None and turns.owner in passed_over:
+                continue
+            job_id = _first_own(session, turns.owner, top)
+            if job_id is not None:
+                return job_id, turns.owner, int(top)
+        below = int(top)
+
+
+def took_turn(session: Session, owner: str | None, priority: int, turns: int = 1) -> None:
+    """The owner's job at this priority was claimed (turns=1): their next job takes the next
+    turn; or given back to the queue (turns=-1): it takes its turn again."""
+    session.execute(
+        update(OwnerTurn)
+        .where(OwnerTurn.priority == priority, OwnerTurn.owner == _key(owner))
+        .values(next_turn=OwnerTurn.next_turn + turns)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def join_turns(session: Session, owner: str | None, priority: int) -> None:
+    """Before a job of `owner` becomes claimable at this priority (submitted, re-prioritised,
+    resumed): if the owner has no job queued there, they join the turns at the turn being
+    served (the lowest next_turn of the owners with jobs queued there; none queued: the highest
+    next_turn there, or 0), or keep their own if it is later (a person cannot save up turns by
+    emptying their queue), and go last within a turn. Costs a seek per owner at the priority."""
+    if _first_own(session, owner, priority) is not None:
+        return
+    everyone = _turns_at(session, priority)
+    waiting = [t.next_turn for t in everyone if _first_own(session, t.owner, priority) is not None]
+    served = min(waiting) if waiting else max((t.next_turn for t in everyone), default=0)
+    joined = session.execute(select(func.max(OwnerTurn.joined))).scalar()
+    mine = next((t for t in everyone if t.owner == owner), None)
+    values = {
+        "next_turn": served if mine is None else max(mine.next_turn, served),
+        "joined": (joined or 0) + 1,
+    }
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(
+        dialect.insert(OwnerTurn)
+        .values(priority=priority, owner=_key(owner), **values)
+        .on_conflict_do_update(index_elements=["priority", "owner"], set_=values)
     )
 
 
 def head_fair_share_key(session: Session, priority: int, owner: str | None) -> int:
     """The fair-share key a job of `owner` submitted now at this priority starts from: the
-    lowest key of the owner's queued jobs at that priority (the head of their own turns), else
+    lowest key of the owner's queued jobs at that priority (the head of their own order), else
     the highest key of their running jobs (their queue has just drained), else 0. Keys order
-    one owner's jobs only; other people's are apart in turns (`take_turns`)."""
+    one owner's jobs only; people are apart in turns."""
     queued = session.execute(
-        select(func.min(Job.fair_share_key)).where(
-            _owned_by(owner), _claimable(), Job.priority == priority
-        )
+        select(func.min(Job.fair_share_key)).where(*_own_queue(owner, priority))
     ).scalar()
     if queued is not None:
         return int(queued)
@@ -80,67 +170,6 @@ def head_fair_share_key(session: Session, priority: int, owner: str | None) -> i
         )
     ).scalar()
     return int(running) + 1 if running is not None else 0
-
-
-def first_turn(session: Session, priority: int, owner: str | None) -> int:
-    """The turn the owner's first queued job at this priority takes: the one it has (an owner
-    keeps their place), else the queue's head turn at that priority (a newcomer joins the turn
-    being served), else one past the turns of the jobs running at it, else 0."""
-    own = session.execute(
-        select(Job.owner_turn)
-        .where(_owned_by(owner), _claimable(), Job.priority == priority)
-        .order_by(Job.fair_share_key, Job.id)
-        .limit(1)
-    ).scalar()
-    if own is not None:
-        return int(own)
-    head = session.execute(
-        select(func.min(Job.owner_turn)).where(_claimable(), Job.priority == priority)
-    ).scalar()
-    if head is not None:
-        return int(head)
-    running = session.execute(
-        select(func.max(Job.owner_turn)).where(
-            Job.status == JobStatus.RUNNING, Job.priority == priority
-        )
-    ).scalar()
-    return int(running) + 1 if running is not None else 0
-
-
-def take_turns(session: Session, owner: str | None, priority: int, first: int) -> None:
-    """Number the owner's queued jobs at this priority first, first + 1, ... in their own order
-    (fair_share_key, id): one job of theirs per turn. One UPDATE of the rows whose turn
-    changes; their updated_at stays, as nothing about the job itself changed."""
-    ranked = (
-        select(
-            Job.id,
-            (func.row_number().over(order_by=(Job.fair_share_key, Job.id)) + (first - 1)).label(
-                "turn"
-            ),
-        )
-        .where(_owned_by(owner), _claimable(), Job.priority == priority)
-        .subquery()
-    )
-    session.execute(
-        update(Job)
-        .where(Job.id == ranked.c.id, Job.owner_turn != ranked.c.turn)
-        .values(owner_turn=ranked.c.turn, updated_at=Job.updated_at)
-        .execution_options(synchronize_session=False)
-    )
-
-
-@contextmanager
-def turns_kept(session: Session, owner: str | None, priorities: Iterable[int]) -> Iterator[None]:
-    """Around a change that adds, moves or removes queued jobs of `owner` at these priorities:
-    their turns are numbered again from where the owner's first turn was before it (a job
-    added ahead of the owner's others takes it; the job that held it, cancelled or moved,
-    leaves it to the next). Costs one UPDATE of the owner's jobs whose turn changes."""
-    firsts = {
-        priority: first_turn(session, priority, owner) for priority in sorted(set(priorities))
-    }
-    yield
-    for priority, first in firsts.items():
-        take_turns(session, owner, priority, first)
 
 
 def running_limit(session: Session, owner: str | None) -> int | None:
@@ -178,148 +207,136 @@ def has_running_room(session: Session, owner: str | None) -> bool:
 
 @dataclass(frozen=True)
 class _Place:
-    """A claimable job's keys in DISPATCH_ORDER."""
+    """A claimable job's keys."""
 
     id: int
     priority: int
-    owner_turn: int
     fair_share_key: int
+    owner: str | None
 
 
-# A count of claimable jobs (as _claimable states them, "= false" included) in one range of
-# ix_jobs_dispatch. The positions of a page take one such count or a few per job, so they are
-# written as SQL text: building and compiling 150 subqueries as expressions cost 15 ms a page.
-_COUNT = (
-    "(SELECT count(*) FROM jobs WHERE status = :queued AND cancel_requested = :unrequested AND {})"
-)
-# The keys after priority, all lowest first, and the letter their parameters are named by.
-_AT_PRIORITY = (("owner_turn", "t"), ("fair_share_key", "f"), ("id", "i"))
+@dataclass(frozen=True)
+class _Counts:
+    """The claimable jobs ahead of one job, by what puts them there."""
+
+    higher_priority: int
+    other_people: int
+    earlier_turns: int  # the owner's own, with a lower fair-share key
+    same_turn: int  # the owner's own, at its key, queued before it
 
 
-# A row value comparison would be one range on PostgreSQL but not on SQLite (which would read
-# every entry of the first key), so each comparison of several keys is written as a few ranges,
-# equal on the keys before one and past it on that one.
-def _after(k: str, keys: tuple[tuple[str, str], ...] = _AT_PRIORITY) -> list[str]:
-    """At a priority, after the job named `{k}..a` on `keys`: one range per key."""
-    (key, letter), rest = keys[0], keys[1:]
-    return (
-        [f"{key} > :{k}{letter}a", *(f"{key} = :{k}{letter}a AND {c}" for c in _after(k, rest))]
-        if rest
-        else [f"{key} > :{k}{letter}a"]
-    )
+def _count(session: Session, *conditions: ColumnElement[bool], at_most: int | None = None) -> int:
+    """The claimable jobs that meet the conditions (a range of an index), or at most
+    `at_most` of them (reading no more index entries than that)."""
+    ahead = select(Job.id).where(_claimable(), *conditions)
+    if at_most is not None:
+        if at_most <= 0:
+            return 0
+        ahead = ahead.limit(at_most)
+    return int(session.execute(select(func.count()).select_from(ahead.subquery())).scalar_one())
 
 
-def _before(k: str, keys: tuple[tuple[str, str], ...] = _AT_PRIORITY) -> list[str]:
-    """At a priority, before the job named `{k}..b` on `keys`: one range per key."""
-    (key, letter), rest = keys[0], keys[1:]
-    return (
-        [f"{key} < :{k}{letter}b", *(f"{key} = :{k}{letter}b AND {c}" for c in _before(k, rest))]
-        if rest
-        else [f"{key} < :{k}{letter}b"]
-    )
+def _counts(session: Session, places: list[_Place]) -> dict[int, _Counts]:
+    """The counts ahead of each job. Per priority: one count of the jobs of higher priority;
+    per owner: their jobs' own ranks from the gaps between them in their own order (each index
+    entry read once); per other owner at the priority: their jobs in earlier turns, one count
+    of at most the most any of the jobs needs."""
+    found: dict[int, _Counts] = {}
+    for priority in sorted({place.priority for place in places}, reverse=True):
+        higher = _count(session, Job.priority > priority)
+        everyone = {_key(turns.owner): turns for turns in _turns_at(session, priority)}
+        here = [place for place in places if place.priority == priority]
+        # Each job's turn and tie, from its owner's row and its rank among their jobs.
+        ranks: dict[int, tuple[int, int]] = {}  # id: (own earlier keys, own same key)
+        for owner in sorted({_key(place.owner) for place in here}):
+            own = sorted(
+                (place for place in here if _key(place.owner) == owner),
+                key=lambda place: (place.fair_share_key, place.id),
+            )
+            mine = _owned_by(own[0].owner)
+            for place in own:
+                earlier = _count(
+                    session,
+                    mine,
+                    Job.priority == priority,
+                    Job.fair_share_key < place.fair_share_key,
+                )
+                same = _count(
+                    session,
+                    mine,
+                    Job.priority == priority,
+                    Job.fair_share_key == place.fair_share_key,
+                    Job.id < place.id,
+                )
+                ranks[place.id] = (earlier, same)
+        turn_of: dict[int, tuple[int, tuple[int, str]]] = {}
+        for place in here:
+            turns = everyone.get(_key(place.owner))
+            rank = sum(ranks[place.id])
+            if turns is None:  # never joined (rows made behind the service's back): turn 0
+                turn_of[place.id] = (rank, (2**62, _key(place.owner)))
+            else:
+                turn_of[place.id] = (turns.next_turn + rank, turns.tie)
+        # Another owner has a job ahead in each of their turns before this job's, and in its
+        # turn if they come first within a turn: at most that many, at most all they have.
+        others: dict[int, int] = {place.id: 0 for place in here}
+        for key, turns in everyone.items():
+            wanted = {
+                place.id: turn_of[place.id][0]
+                - turns.next_turn
+                + (1 if turns.tie < turn_of[place.id][1] else 0)
+                for place in here
+                if _key(place.owner) != key
+            }
+            if not wanted or max(wanted.values()) <= 0:
+                continue
+            queued = _count(
+                session,
+                _owned_by(turns.owner),
+                Job.priority == priority,
+                at_most=max(wanted.values()),
+            )
+            for job_id, need in wanted.items():
+                others[job_id] += max(0, min(need, queued))
+        for place in here:
+            earlier, same = ranks[place.id]
+            found[place.id] = _Counts(higher, others[place.id], earlier, same)
+    return found
 
 
-def _inside(
-    before: _Place, job: _Place, k: str, keys: tuple[tuple[str, str], ...] = _AT_PRIORITY
-) -> list[str]:
-    """At one priority, after `before` and before `job` on `keys`: the ranges of the gap."""
-    (key, letter), rest = keys[0], keys[1:]
-    after, until = f":{k}{letter}a", f":{k}{letter}b"
-    if not rest:
-        return [f"{key} > {after} AND {key} < {until}"]
-    if getattr(before, key) == getattr(job, key):
-        return [f"{key} = {until} AND {c}" for c in _inside(before, job, k, rest)]
-    return [
-        *(f"{key} = {after} AND {c}" for c in _after(k, rest)),
-        f"{key} > {after} AND {key} < {until}",
-        *(f"{key} = {until} AND {c}" for c in _before(k, rest)),
-    ]
-
-
-def _parameters(place: _Place, k: str, side: str) -> dict[str, int]:
-    return {
-        f"{k}p{side}": place.priority,
-        f"{k}t{side}": place.owner_turn,
-        f"{k}f{side}": place.fair_share_key,
-        f"{k}i{side}": place.id,
-    }
-
-
-def _between(before: _Place | None, job: _Place, k: str) -> tuple[list[str], dict[str, int]]:
-    """Conditions whose counts add up to the claimable jobs after `before` (None: from the
-    queue's head) and before `job` in DISPATCH_ORDER, each one range of ix_jobs_dispatch, and
-    their parameters, named after `k`."""
-    parameters = _parameters(job, k, "b")
-    at_job = f"priority = :{k}pb AND "
-    if before is None:
-        return [f"priority > :{k}pb", *(at_job + part for part in _before(k))], parameters
-    parameters |= _parameters(before, k, "a")
-    if before.priority != job.priority:
-        return [
-            *(f"priority = :{k}pa AND " + part for part in _after(k)),
-            f"priority < :{k}pa AND priority > :{k}pb",
-            *(at_job + part for part in _before(k)),
-        ], parameters
-    return [at_job + part for part in _inside(before, job, k)], parameters
-
-
-# Jobs whose places one statement counts (a page's most; each takes up to 7 columns, and SQLite
-# answers at most 2,000).
-PLACES_PER_STATEMENT = 200
-
-
-def _order(place: _Place) -> tuple[int, int, int, int]:
-    return (-place.priority, place.owner_turn, place.fair_share_key, place.id)
-
-
-def queue_positions(session: Session, job_ids: Sequence[int]) -> dict[int, int]:
-    """{job id: position} for those of the jobs that are claimable; 1 is taken next. Two
-    queries for a page: the jobs' keys, then, in DISPATCH_ORDER, the count of the claimable
-    jobs before the first and between each and the next, each a range of ix_jobs_dispatch.
-    Each index entry up to the last of the jobs is read once, and no row: the whole queue is
-    neither read beyond them nor numbered (a window over it would sort it)."""
-    wanted = sorted(set(job_ids))
-    if not wanted:
-        return {}
+def _claimable_places(session: Session, job_ids: Sequence[int]) -> list[_Place]:
     # Found by id, claimable or not (a planner without statistics would rather read the
     # queue's index for the status than the few ids).
-    places = [
-        _Place(row.id, row.priority, row.owner_turn, row.fair_share_key)
+    return [
+        _Place(row.id, row.priority, row.fair_share_key, row.owner)
         for row in session.execute(
             select(
                 Job.id,
                 Job.priority,
-                Job.owner_turn,
                 Job.fair_share_key,
+                Job.owner,
                 Job.status,
                 Job.cancel_requested,
-            ).where(Job.id.in_(wanted))
+            ).where(Job.id.in_(sorted(set(job_ids))))
         )
         if row.status == JobStatus.QUEUED and not row.cancel_requested
     ]
-    if not places:
-        return {}
-    places.sort(key=_order)
-    positions: dict[int, int] = {}
-    position = 0
-    before: _Place | None = None
-    for start in range(0, len(places), PLACES_PER_STATEMENT):
-        batch = places[start : start + PLACES_PER_STATEMENT]
-        counts: list[str] = []
-        parameters: dict[str, Any] = {"queued": JobStatus.QUEUED.value, "unrequested": False}
-        sizes = []
-        for number, place in enumerate(batch):
-            segments, named = _between(before, place, f"j{number}")
-            counts += [_COUNT.format(segment) for segment in segments]
-            parameters |= named
-            sizes.append(len(segments))
-            before = place
-        row = list(session.execute(text(f"SELECT {', '.join(counts)}"), parameters).one())
-        for place, size in zip(batch, sizes, strict=True):
-            position += sum(int(count) for count in row[:size]) + 1
-            row = row[size:]
-            positions[place.id] = position
-    return positions
+
+
+def queue_positions(session: Session, job_ids: Sequence[int]) -> dict[int, int]:
+    """{job id: position} for those of the jobs that are claimable; 1 is taken next. Counts of
+    index ranges (`_counts`), never a read of the queue's rows: each job's higher priorities,
+    its owner's jobs before it, and the other owners' jobs in the turns before its own."""
+    places = _claimable_places(session, job_ids)
+    counts = _counts(session, places)
+    return {
+        job_id: found.higher_priority
+        + found.other_people
+        + found.earlier_turns
+        + found.same_turn
+        + 1
+        for job_id, found in counts.items()
+    }
 
 
 def queue_position(session: Session, job_id: int) -> int | None:
@@ -354,15 +371,13 @@ class QueuePlace:
         if self.position == 1:
             return ("1st." if waits else "1st: a free worker takes it next.") + waits
         whose = "" if self.owner is None else f" of {self.owner}'s"
+        at = f"at priority {self.priority}"
         parts = []
         if self.higher_priority:
             parts.append(f"{_jobs(self.higher_priority)} of higher priority")
         if self.other_people:
-            parts.append(
-                f"{_jobs(self.other_people)} of other people's turns at priority {self.priority}"
-            )
+            parts.append(f"{_jobs(self.other_people)} of other people's turns {at}")
         if self.earlier_turns:
-            at = f"at priority {self.priority}"
             parts.append(f"{_jobs(self.earlier_turns)}{whose} {at} with an earlier turn")
         if self.same_turn:
             parts.append(f"{_jobs(self.same_turn)}{whose} queued before it for the same turn")
@@ -394,58 +409,31 @@ def _ordinal(number: int) -> str:
 
 
 def queue_place(session: Session, job_id: int) -> QueuePlace | None:
-    """The job's position and what puts it there; None unless the job is claimable. Two
-    queries: the job's keys, then the counts queue_position makes, kept apart (ranges of
-    ix_jobs_dispatch), and its owner's jobs ahead of it (ranges of ix_jobs_owner_queue: an
-    owner's jobs take their turns in their own order); no row of the queue is read. With a
-    running limit, two more: the limit and the owner's running jobs."""
-    job = session.execute(
-        select(
-            Job.id,
-            Job.priority,
-            Job.owner_turn,
-            Job.fair_share_key,
-            Job.owner,
-            Job.status,
-            Job.cancel_requested,
-        ).where(Job.id == job_id)
-    ).first()
-    if job is None or job.status != JobStatus.QUEUED or job.cancel_requested:
+    """The job's position and what puts it there; None unless the job is claimable: the
+    counts queue_position makes, kept apart, and with a running limit two more reads (the
+    limit and the owner's running jobs)."""
+    places = _claimable_places(session, [job_id])
+    if not places:
         return None
-    place = _Place(job.id, job.priority, job.owner_turn, job.fair_share_key)
-    parameters: dict[str, Any] = {
-        "queued": JobStatus.QUEUED.value,
-        "unrequested": False,
-        "owner": job.owner,
-        **_parameters(place, "j", "b"),
-    }
-    owned = "owner IS NULL" if job.owner is None else "owner = :owner"
-    at_priority = "priority = :jpb AND "
-    own = f"{owned} AND {at_priority}"
-    groups = [
-        ["priority > :jpb"],
-        [at_priority + part for part in _before("j")],
-        [own + "fair_share_key < :jfb"],
-        [own + "fair_share_key = :jfb AND id < :jib"],
-    ]
-    counts = [_COUNT.format(segment) for group in groups for segment in group]
-    row = list(session.execute(text(f"SELECT {', '.join(counts)}"), parameters).one())
-    totals = []
-    for group in groups:
-        totals.append(sum(int(count) for count in row[: len(group)]))
-        row = row[len(group) :]
-    higher, at_priority_ahead, earlier, same = totals
-    limit = running_limit(session, job.owner)
+    place = places[0]
+    found = _counts(session, places)[job_id]
+    limit = running_limit(session, place.owner)
     at_limit = (
-        limit is not None and job.owner is not None and running_jobs(session, job.owner) >= limit
+        limit is not None
+        and place.owner is not None
+        and running_jobs(session, place.owner) >= limit
     )
     return QueuePlace(
-        position=higher + at_priority_ahead + 1,
-        priority=int(job.priority),
-        higher_priority=higher,
-        other_people=at_priority_ahead - earlier - same,
-        earlier_turns=earlier,
-        same_turn=same,
-        owner=job.owner,
+        position=found.higher_priority
+        + found.other_people
+        + found.earlier_turns
+        + found.same_turn
+        + 1,
+        priority=place.priority,
+        higher_priority=found.higher_priority,
+        other_people=found.other_people,
+        earlier_turns=found.earlier_turns,
+        same_turn=found.same_turn,
+        owner=place.owner,
         running_limit=limit if at_limit else None,
     )

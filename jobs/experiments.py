@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.config import Hyperparameters
-from jobs.dispatch import head_fair_share_key, turns_kept
+from jobs.dispatch import head_fair_share_key
 from jobs.errors import (
     ExperimentNotCancellable,
     ExperimentNotResumable,
@@ -450,21 +450,16 @@ def summarize(
 
 
 def _cancel_unended(session: Session, experiment_id: int) -> list[int]:
-    """Cancel each job of the experiment that has not ended; their ids. The owner's turns are
-    numbered again once, after all of them (jobs.dispatch)."""
+    """Cancel each job of the experiment that has not ended; their ids."""
     cancelled = []
-    jobs = experiment_jobs(session, experiment_id)
-    owner = jobs[0].owner if jobs else None
-    queued_at = {job.priority for job in jobs if job.status == JobStatus.QUEUED}
-    with turns_kept(session, owner, queued_at):
-        for job in jobs:
-            if JobStatus(job.status).ended:
-                continue
-            try:
-                cancel_job(session, job.id, cause=EndCause.EXPERIMENT_CANCEL, keep_turns=False)
-            except JobNotCancellable:  # it ended meanwhile
-                continue
-            cancelled.append(job.id)
+    for job in experiment_jobs(session, experiment_id):
+        if JobStatus(job.status).ended:
+            continue
+        try:
+            cancel_job(session, job.id, cause=EndCause.EXPERIMENT_CANCEL)
+        except JobNotCancellable:  # it ended meanwhile
+            continue
+        cancelled.append(job.id)
     return cancelled
 
 

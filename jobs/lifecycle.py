@@ -23,7 +23,13 @@ from sqlalchemy.orm import Session
 from jobs import signals, status_counts
 from jobs.counters import EPOCHS_RECORDED, MESSAGES_RESENT, add_to_counter, leases_reaped_counter
 from jobs.db import insert_ignoring_duplicates as _insert_ignoring_duplicates
-from jobs.dispatch import has_running_room, next_claimable, running_limit, turns_kept
+from jobs.dispatch import (
+    has_running_room,
+    join_turns,
+    next_claimable,
+    running_limit,
+    took_turn,
+)
 from jobs.errors import JobNotCancellable, JobNotQueued
 from jobs.events import STATUS_EVENT, record_epoch_event, record_event, record_status, status_data
 from jobs.listing import get_experiment, get_job
@@ -148,7 +154,7 @@ def _move(
         status_counts.moved(session, experiment_id, from_status, data["status"])
         record_event(session, job_id, STATUS_EVENT, data)
         if from_status == JobStatus.RUNNING:
-            _wake_for_owner(session, job_id)
+            _running_stopped(session, job_id, data["status"])
         if data["ended"]:
             moves = signals.job_ended(
                 session, JobEnded(job_id, JobStatus(data["status"]), experiment_id, cause)
@@ -157,18 +163,20 @@ def _move(
     return moved
 
 
-def _wake_for_owner(session: Session, job_id: int) -> None:
-    """One of a job's owner's running jobs stopped: if the owner has a running limit, a worker
-    may have passed over their queued jobs and spent those jobs' messages, so one message is
-    sent for their first queued job (a message only wakes a worker, which claims the first
-    job it may)."""
-    owner = session.execute(select(Job.owner).where(Job.id == job_id)).scalar()
-    if owner is None or running_limit(session, owner) is None:
+def _running_stopped(session: Session, job_id: int, status: str) -> None:
+    """One of an owner's jobs stopped running. Back in the queue, it takes its turn again
+    (it is its owner's first). And if the owner has a running limit, a worker may have passed
+    over their queued jobs and spent those jobs' messages, so one message is sent for their
+    first queued job (a message only wakes a worker, which claims the first job it may)."""
+    job = session.execute(select(Job.owner, Job.priority).where(Job.id == job_id)).one()
+    if status == JobStatus.QUEUED:
+        took_turn(session, job.owner, job.priority, -1)
+    if job.owner is None or running_limit(session, job.owner) is None:
         return
     waiting = session.execute(
         select(Job.id, Job.priority)
         .where(
-            Job.owner == owner,
+            Job.owner == job.owner,
             Job.status == JobStatus.QUEUED,
             Job.cancel_requested.is_(False),
         )
@@ -199,21 +207,22 @@ def _make_moves(session: Session, moves: list[TrialMove]) -> None:
             record_event(session, move.job_id, *move.event)
     for move in written:
         if isinstance(move, ResumeTrial):
-            # Back in the queue with its fair-share key: its owner's turns are numbered again.
             trial = session.execute(
                 select(Job.owner, Job.priority).where(Job.id == move.job_id)
             ).one()
-            with turns_kept(session, trial.owner, [trial.priority]):
-                resumed = _move(
-                    session,
-                    move.job_id,
-                    from_status=JobStatus.PAUSED,
-                    status=JobStatus.QUEUED,
-                    enqueued_at=now,
-                    enqueue_count=Job.enqueue_count + 1,
-                )
-            if resumed:
-                enqueue_after_commit(session, move.job_id, priority=trial.priority)
+            join_turns(session, trial.owner, trial.priority)
+            if _move(
+                session,
+                move.job_id,
+                from_status=JobStatus.PAUSED,
+                status=JobStatus.QUEUED,
+                enqueued_at=now,
+                enqueue_count=Job.enqueue_count + 1,
+            ):
+                priority = session.execute(
+                    select(Job.priority).where(Job.id == move.job_id)
+                ).scalar()
+                enqueue_after_commit(session, move.job_id, priority=priority)
         else:
             assert isinstance(move, StopTrial)
             _move(
@@ -242,15 +251,16 @@ def claim_next_job(session: Session, *, worker: str, lease_seconds: float) -> Cl
     over: the claim takes the first job of the order whose owner has room (jobs.dispatch)."""
     passed_over: set[str] = set()
     while True:
-        first = session.execute(next_claimable(passed_over)).first()
+        first = next_claimable(session, passed_over)
         if first is None:
             return None
-        job_id, owner = first
+        job_id, owner, priority = first
         if owner is not None and not has_running_room(session, owner):
             passed_over.add(owner)
             continue
         claim = claim_job(session, job_id, worker=worker, lease_seconds=lease_seconds)
         if claim is not None:
+            took_turn(session, owner, priority)
             return claim
 
 
@@ -553,36 +563,26 @@ def _announce_pause(session: Session, job_id: int) -> None:
     _make_moves(session, moves)
 
 
-def cancel_job(
-    session: Session,
-    job_id: int,
-    *,
-    cause: EndCause = EndCause.CANCEL,
-    keep_turns: bool = True,
-) -> Job:
+def cancel_job(session: Session, job_id: int, *, cause: EndCause = EndCause.CANCEL) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next batch (the
     worker ends it `cancelled`). Cancelling twice is harmless; JobNotCancellable for a job that
-    ended otherwise. `cause`: who asked (the job's `JobEnded` says it). A queued job's turn goes
-    to its owner's next job (`keep_turns=False`: the caller numbers the turns again once, after
-    cancelling many)."""
+    ended otherwise. `cause`: who asked (the job's `JobEnded` says it)."""
     job = get_job(session, job_id)
     now = utcnow()
-    turns = [job.priority] if keep_turns and job.status == JobStatus.QUEUED else []
-    with turns_kept(session, job.owner, turns):
-        # Queued, or waiting at a rung: no attempt holds it.
-        waiting = any(
-            _move(
-                session,
-                job_id,
-                from_status=status,
-                cause=cause,
-                status=JobStatus.CANCELLED,
-                cancel_requested=True,
-                finished_at=now,
-            )
-            for status in (JobStatus.QUEUED, JobStatus.PAUSED)
+    # Queued, or waiting at a rung: no attempt holds it.
+    waiting = (
+        _move(
+            session,
+            job_id,
+            from_status=status,
+            cause=cause,
+            status=JobStatus.CANCELLED,
+            cancel_requested=True,
+            finished_at=now,
         )
-    if not waiting and _transition(
+        for status in (JobStatus.QUEUED, JobStatus.PAUSED)
+    )
+    if not any(waiting) and _transition(
         session,
         job_id,
         Job.status == JobStatus.RUNNING,
@@ -600,12 +600,11 @@ def cancel_job(
 
 def set_priority(session: Session, job_id: int, priority: int) -> Job:
     """Change a queued job's priority; it keeps its fair-share key, so among its owner's jobs at
-    its new priority it takes its turn as if it had been queued there, and its owner's turns
-    at both priorities are numbered again. JobNotQueued once it has started or ended."""
+    its new priority it takes its turn as if it had been queued there (its owner joins the
+    turns there if they had nothing queued). JobNotQueued once it has started or ended."""
     job = get_job(session, job_id)
-    with turns_kept(session, job.owner, [job.priority, priority]):
-        moved = _transition(session, job_id, Job.status == JobStatus.QUEUED, priority=priority)
-    if not moved:
+    join_turns(session, job.owner, priority)
+    if not _transition(session, job_id, Job.status == JobStatus.QUEUED, priority=priority):
         session.refresh(job)
         raise JobNotQueued(
             f"Job {job_id} is {job.status}; only a queued job's priority can be changed."
@@ -619,24 +618,18 @@ def set_experiment_priority(session: Session, experiment_id: int, priority: int)
     at a rung (a search's later trials take it when they are made); returns their ids."""
     experiment = get_experiment(session, experiment_id)
     experiment.priority = priority
-    queued_at = session.execute(
-        select(Job.priority)
-        .where(Job.experiment_id == experiment_id, Job.status == JobStatus.QUEUED)
-        .distinct()
+    join_turns(session, experiment.owner, priority)
+    changed = session.execute(
+        update(Job)
+        .where(
+            Job.experiment_id == experiment_id,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.PAUSED]),
+        )
+        .values(priority=priority, updated_at=utcnow())
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
     ).scalars()
-    with turns_kept(session, experiment.owner, [*queued_at, priority]):
-        changed = session.execute(
-            update(Job)
-            .where(
-                Job.experiment_id == experiment_id,
-                Job.status.in_([JobStatus.QUEUED, JobStatus.PAUSED]),
-            )
-            .values(priority=priority, updated_at=utcnow())
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        ).scalars()
-        changed_ids = sorted(changed)
-    return changed_ids
+    return sorted(changed)
 
 
 def reap_expired_leases(session: Session, *, now: datetime | None = None) -> list[int]:

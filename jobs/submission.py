@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from engine.datasets import DATASETS
 from jobs import status_counts
-from jobs.dispatch import head_fair_share_key, turns_kept
+from jobs.dispatch import head_fair_share_key, join_turns
 from jobs.errors import IdempotencyConflict, QueueFull
 from jobs.events import record_first_statuses, record_status
 from jobs.queue import enqueue_after_commit
@@ -184,8 +184,10 @@ def add_job(
     trial: TrialColumns | None = None,
 ) -> Job:
     """The one way a single job row is made: a queued job built from `spec` (a search's trial
-    with its trial columns), added and flushed (so its id is known), given its owner's turn
-    (jobs.dispatch), and sent to the queue once the caller's transaction commits."""
+    with its trial columns), added and flushed (so its id is known), and sent to the queue once
+    the caller's transaction commits. Its owner joins the turns at its priority if they had
+    nothing queued there (jobs.dispatch)."""
+    join_turns(session, owner, spec.priority)
     job = Job(
         **_job_row(
             spec,
@@ -198,9 +200,8 @@ def add_job(
             trial=trial,
         )
     )
-    with turns_kept(session, owner, [spec.priority]):
-        session.add(job)
-        session.flush()
+    session.add(job)
+    session.flush()
     if spec.tags:
         session.execute(insert(JobTag), _tag_rows(job.id, spec, experiment_id))
     status_counts.note(session, experiment_id, JobStatus.QUEUED, 1)
@@ -222,8 +223,10 @@ def add_jobs(
     `add_job` makes one by one, in a few statements for all of them (a 1,000-job experiment
     row by row spends seconds in per-statement overhead); each id is sent to the queue once
     the caller's transaction commits. Their fair-share keys count up from
-    `first_fair_share_key`, and they take their owner's turns (jobs.dispatch)."""
+    `first_fair_share_key`."""
     now = utcnow()
+    for priority in sorted({spec.priority for spec in specs}):
+        join_turns(session, owner, priority)
     rows = [
         _job_row(
             spec,
@@ -237,13 +240,12 @@ def add_jobs(
         for index, spec in enumerate(specs)
     ]
     # The first status event is seq 1 of each job (record_status would bump 0 to 1).
-    with turns_kept(session, owner, {spec.priority for spec in specs}):
-        ids = list(
-            session.scalars(
-                insert(Job).returning(Job.id, sort_by_parameter_order=True),
-                [{**row, "event_seq": 1} for row in rows],
-            )
+    ids = list(
+        session.scalars(
+            insert(Job).returning(Job.id, sort_by_parameter_order=True),
+            [{**row, "event_seq": 1} for row in rows],
         )
+    )
     tags = [
         tag
         for job_id, spec in zip(ids, specs, strict=True)
