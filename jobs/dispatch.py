@@ -253,22 +253,30 @@ def _counts(session: Session, places: list[_Place]) -> dict[int, _Counts]:
                 (place for place in here if _key(place.owner) == owner),
                 key=lambda place: (place.fair_share_key, place.id),
             )
-            mine = _owned_by(own[0].owner)
+            mine = [_owned_by(own[0].owner), Job.priority == priority]
+            fsk = Job.fair_share_key
+            before: _Place | None = None
             for place in own:
-                earlier = _count(
-                    session,
-                    mine,
-                    Job.priority == priority,
-                    Job.fair_share_key < place.fair_share_key,
-                )
-                same = _count(
-                    session,
-                    mine,
-                    Job.priority == priority,
-                    Job.fair_share_key == place.fair_share_key,
-                    Job.id < place.id,
-                )
+                if before is None:
+                    earlier = _count(session, *mine, fsk < place.fair_share_key)
+                    same = _count(session, *mine, fsk == place.fair_share_key, Job.id < place.id)
+                elif before.fair_share_key == place.fair_share_key:
+                    earlier, same = ranks[before.id]
+                    gap = [fsk == place.fair_share_key, Job.id > before.id, Job.id < place.id]
+                    same += 1 + _count(session, *mine, *gap)
+                else:
+                    # From the job before: the rest of its key, the keys between, then this
+                    # key's jobs before this one; each index entry is read once.
+                    earlier = sum(ranks[before.id]) + 1
+                    earlier += _count(
+                        session, *mine, fsk == before.fair_share_key, Job.id > before.id
+                    )
+                    earlier += _count(
+                        session, *mine, fsk > before.fair_share_key, fsk < place.fair_share_key
+                    )
+                    same = _count(session, *mine, fsk == place.fair_share_key, Job.id < place.id)
                 ranks[place.id] = (earlier, same)
+                before = place
         turn_of: dict[int, tuple[int, tuple[int, str]]] = {}
         for place in here:
             turns = everyone.get(_key(place.owner))
