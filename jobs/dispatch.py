@@ -116,6 +116,17 @@ def next_claimable(
             job_id = _first_own(session, turns.owner, top)
             if job_id is not None:
                 return job_id, turns.owner, int(top)
+        if not passed_over:
+            # Jobs whose owner never joined the turns there (rows written behind the
+            # service's back) still run: the first in their own order, one seek.
+            unjoined = session.execute(
+                select(Job.id, Job.owner)
+                .where(_claimable(), Job.priority == top)
+                .order_by(Job.fair_share_key, Job.id)
+                .limit(1)
+            ).first()
+            if unjoined is not None:
+                return int(unjoined.id), unjoined.owner, int(top)
         below = int(top)
 
 

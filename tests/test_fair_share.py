@@ -302,3 +302,17 @@ def test_a_count_against_the_limit_waits_for_the_claim_that_holds_it(
     counting.join(timeout=30)
     assert answer == [False]
     assert claim() is None
+
+
+def test_a_job_whose_owner_never_joined_the_turns_still_runs(db: str) -> None:
+    """Rows written behind the service's back (no owner_turns row): the job is still claimed."""
+    from sqlalchemy import delete
+
+    from jobs.tables import OwnerTurn
+
+    waiting = lone("alice")
+    with session_scope() as session:
+        session.execute(delete(OwnerTurn))
+    with session_scope(write=False) as session:
+        assert dispatch.queue_position(session, waiting) == 1
+    assert claim() == waiting
