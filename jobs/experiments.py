@@ -339,7 +339,7 @@ def create_experiment(
             plan.jobs,
             settings=settings,
             experiment_id=experiment.id,
-            first_fair_share_key=head_fair_share_key(session, spec.priority),
+            first_fair_share_key=head_fair_share_key(session, spec.priority, owner),
             owner=owner,
         )
     if search is not None:

@@ -24,7 +24,13 @@ from jobs import audit, signals, status_counts
 from jobs.accounts import Identity, ensure_may_change
 from jobs.counters import EPOCHS_RECORDED, MESSAGES_RESENT, add_to_counter, leases_reaped_counter
 from jobs.db import insert_ignoring_duplicates as _insert_ignoring_duplicates
-from jobs.dispatch import next_claimable
+from jobs.dispatch import (
+    has_running_room,
+    join_turns,
+    next_claimable,
+    running_limit,
+    took_turn,
+)
 from jobs.errors import JobNotCancellable, JobNotQueued
 from jobs.events import STATUS_EVENT, record_epoch_event, record_event, status_data
 from jobs.listing import get_experiment, get_job
@@ -150,6 +156,8 @@ def _move(
         experiment_id = session.execute(select(Job.experiment_id).where(Job.id == job_id)).scalar()
         status_counts.moved(session, experiment_id, from_status, data["status"])
         record_event(session, job_id, STATUS_EVENT, _asked_by(data, by))
+        if from_status == JobStatus.RUNNING:
+            _running_stopped(session, job_id, data["status"])
         if data["ended"]:
             moves = signals.job_ended(
                 session, JobEnded(job_id, JobStatus(data["status"]), experiment_id, cause)
@@ -161,6 +169,29 @@ def _move(
 def _asked_by(data: dict[str, Any], by: str | None) -> dict[str, Any]:
     """A status event's data, with `by` (who asked for the change) when a user asked."""
     return data if by is None else {**data, "by": by}
+
+
+def _running_stopped(session: Session, job_id: int, status: str) -> None:
+    """One of an owner's jobs stopped running. Back in the queue, it takes its turn again
+    (it is its owner's first). And if the owner has a running limit, a worker may have passed
+    over their queued jobs and spent those jobs' messages, so one message is sent for their
+    first queued job (a message only wakes a worker, which claims the first job it may)."""
+    job = session.execute(select(Job.owner, Job.priority).where(Job.id == job_id)).one()
+    if status == JobStatus.QUEUED:
+        took_turn(session, job.owner, job.priority, -1)
+    if job.owner is None or running_limit(session, job.owner) is None:
+        return
+    waiting = session.execute(
+        select(Job.id, Job.priority)
+        .where(
+            Job.owner == job.owner,
+            Job.status == JobStatus.QUEUED,
+            Job.cancel_requested.is_(False),
+        )
+        .limit(1)
+    ).first()
+    if waiting is not None:
+        enqueue_after_commit(session, waiting.id, priority=waiting.priority)
 
 
 def _make_moves(session: Session, moves: list[TrialMove]) -> None:
@@ -184,6 +215,10 @@ def _make_moves(session: Session, moves: list[TrialMove]) -> None:
             record_event(session, move.job_id, *move.event)
     for move in written:
         if isinstance(move, ResumeTrial):
+            trial = session.execute(
+                select(Job.owner, Job.priority).where(Job.id == move.job_id)
+            ).one()
+            join_turns(session, trial.owner, trial.priority)
             if _move(
                 session,
                 move.job_id,
@@ -220,13 +255,20 @@ def claim_next_job(session: Session, *, worker: str, lease_seconds: float) -> Cl
     """Take the first queued job in the dispatch order (jobs.dispatch). A queue message is a
     token that wakes one worker, whichever job it names: so the first job always runs first, a
     re-sent message never jumps the queue, and `queue_position` is the truth. None if nothing
-    is queued."""
+    is queued. A job whose owner is at their running limit keeps its place and is passed
+    over: the claim takes the first job of the order whose owner has room (jobs.dispatch)."""
+    passed_over: set[str] = set()
     while True:
-        job_id = session.execute(next_claimable()).scalar()
-        if job_id is None:
+        first = next_claimable(session, passed_over)
+        if first is None:
             return None
+        job_id, owner, priority = first
+        if owner is not None and not has_running_room(session, owner):
+            passed_over.add(owner)
+            continue
         claim = claim_job(session, job_id, worker=worker, lease_seconds=lease_seconds)
         if claim is not None:
+            took_turn(session, owner, priority)
             return claim
 
 
@@ -583,12 +625,14 @@ def cancel_job(
 
 
 def set_priority(session: Session, job_id: int, priority: int, *, actor: Identity) -> Job:
-    """Change a queued job's priority; it keeps its fair-share key, so among its new peers it
-    takes its turn as if it had been queued there. JobNotQueued once it has started or ended.
-    Only its owner or an admin may (jobs.accounts); audited."""
+    """Change a queued job's priority; it keeps its fair-share key, so among its owner's jobs at
+    its new priority it takes its turn as if it had been queued there (its owner joins the
+    turns there if they had nothing queued). JobNotQueued once it has started or ended. Only
+    its owner or an admin may (jobs.accounts); audited."""
     job = get_job(session, job_id)
     ensure_may_change(actor, job.owner, f"Job {job_id}")
     before = job.priority
+    join_turns(session, job.owner, priority)
     if not _transition(session, job_id, Job.status == JobStatus.QUEUED, priority=priority):
         session.refresh(job)
         raise JobNotQueued(
@@ -622,6 +666,7 @@ def set_experiment_priority(
         detail={"from": experiment.priority, "to": priority},
     )
     experiment.priority = priority
+    join_turns(session, experiment.owner, priority)
     changed = session.execute(
         update(Job)
         .where(

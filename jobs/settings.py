@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         description="With accounts: queued jobs one user may have (users.max_queued_jobs "
         "overrides it per user); unset: no limit.",
     )
+    max_running_jobs_per_user: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many of one person's jobs run at once (a user's own "
+        "max_running_jobs overrides it); unset: no limit.",
+    )
     max_body_bytes: int = Field(16 * 1024, ge=1024)
     api_key: str | None = None
     device: str = Field("auto", description="Worker device: auto, cpu, cuda or cuda:N.")

@@ -58,7 +58,8 @@ JOB_NAME_MAX_CHARS = 200
 NO_NUL = r"^[^\x00]*$"
 PRIORITY_DESCRIPTION = (
     f"{PRIORITY_MIN} to {PRIORITY_MAX}, default {DEFAULT_PRIORITY}: a free worker takes the "
-    "highest priority first; among equal priorities experiments and lone jobs take turns."
+    "highest priority first; among equal priorities people take turns, and each person's "
+    "experiments and lone jobs take turns within theirs."
 )
 Priority = Annotated[
     int,

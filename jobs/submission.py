@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from engine.datasets import DATASETS
 from jobs import accounts, audit, status_counts
-from jobs.dispatch import head_fair_share_key
+from jobs.dispatch import head_fair_share_key, join_turns
 from jobs.errors import IdempotencyConflict, QueueFull
 from jobs.events import record_first_statuses, record_status
 from jobs.queue import enqueue_after_commit
@@ -76,7 +76,7 @@ def create_job(
             return Submission(existing, created=False)
     quota = accounts.take_queued_quota(session, owner, settings)
     ensure_queue_room(session, settings=settings, adding=1)
-    fair_share_key = head_fair_share_key(session, spec.priority)
+    fair_share_key = head_fair_share_key(session, spec.priority, owner)
     try:
         with session.begin_nested():
             job = add_job(
@@ -189,7 +189,9 @@ def add_job(
 ) -> Job:
     """The one way a single job row is made: a queued job built from `spec` (a search's trial
     with its trial columns), added and flushed (so its id is known), and sent to the queue once
-    the caller's transaction commits."""
+    the caller's transaction commits. Its owner joins the turns at its priority if they had
+    nothing queued there (jobs.dispatch)."""
+    join_turns(session, owner, spec.priority)
     job = Job(
         **_job_row(
             spec,
@@ -227,6 +229,8 @@ def add_jobs(
     the caller's transaction commits. Their fair-share keys count up from
     `first_fair_share_key`."""
     now = utcnow()
+    for priority in sorted({spec.priority for spec in specs}):
+        join_turns(session, owner, priority)
     rows = [
         _job_row(
             spec,

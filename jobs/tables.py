@@ -178,7 +178,8 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # A free worker takes the highest priority first (PRIORITY_MIN..PRIORITY_MAX, jobs.dispatch);
-    # among equal priorities the lowest fair_share_key, then the lowest id.
+    # among equal priorities people take turns (OwnerTurn), and one person's jobs go by the
+    # lowest fair_share_key, then the lowest id.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     fair_share_key: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
@@ -277,7 +278,31 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_owner_id", "owner", "id"),
         Index("ix_jobs_owner_status_id", "owner", "status", "id"),
+        # An owner's queued jobs at a priority in their own order (jobs.dispatch).
+        Index(
+            "ix_jobs_owner_queue",
+            "owner",
+            "status",
+            "cancel_requested",
+            "priority",
+            "fair_share_key",
+            "id",
+        ),
     )
+
+
+class OwnerTurn(Base):
+    """Where one owner is in the turns people take at one priority (jobs.dispatch): their first
+    queued job there takes `next_turn`, their next one next_turn + 1, and so on; within a turn,
+    owners go in the order they joined. A claim adds one; a job given back to the queue takes
+    one off. `owner` is '' for jobs without an owner (one person)."""
+
+    __tablename__ = "owner_turns"
+
+    priority: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_turn: Mapped[int] = mapped_column(Integer)
+    joined: Mapped[int] = mapped_column(BigInteger)
 
 
 class JobTag(Base):

@@ -173,9 +173,10 @@ class JobRead(BaseModel):
     queue_reason: str | None = Field(
         None,
         description="Why the job is at its queue position, in one sentence: how many of the "
-        "jobs ahead have a higher priority, how many are earlier jobs of its own experiment, "
-        "and how many take turns with it at its priority (fair share). Only while queued, "
-        "and only where the job is read on its own (null in lists).",
+        "jobs ahead have a higher priority, how many are other people's whose turn comes "
+        "first, and how many are its owner's own earlier turns (fair share); and whether it "
+        "waits for its owner's running-jobs limit. Only while queued, and only where the job "
+        "is read on its own (null in lists).",
     )
     best_test_accuracy: float | None
     final_test_accuracy: float | None

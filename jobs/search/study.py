@@ -458,7 +458,7 @@ def fill(session: Session, experiment_id: int) -> list[int]:
             trial_job_spec(experiment.spec, experiment.name, number, params, priority=priority),
             settings=settings,
             experiment_id=experiment_id,
-            fair_share_key=head_fair_share_key(session, priority),
+            fair_share_key=head_fair_share_key(session, priority, experiment.owner),
             owner=experiment.owner,
             trial=TrialColumns(number, params, state),
         )
