@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from jobs import dispatch, experiments, submission
+from jobs.accounts import NO_ACCOUNTS
 from jobs.db import session_scope
 from jobs.lifecycle import (
     Claim,
@@ -117,7 +118,7 @@ def test_three_people_take_turns_through_claims_cancels_and_a_priority_change(db
     )
 
     with session_scope() as session:
-        set_priority(session, alice[2], 5)
+        set_priority(session, alice[2], 5, actor=NO_ACCOUNTS)
     order, claimed = positions_then_claims(5)
     assert claimed == order == [alice[2], nobody, alice_lone[1], bob[1], alice[1]]
     assert claim() is None
