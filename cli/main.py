@@ -15,14 +15,18 @@ from typing import Any, NoReturn
 from rich.console import Console
 from rich.table import Table
 
+from cli.accounts import add_account_commands, audit_table, my_name
+from cli.arguments import positive_count, positive_id, positive_seconds, user_name
 from cli.client import (
     API_KEY_VARIABLE,
     DEFAULT_TIMEOUT_SECONDS,
     DEFAULT_URL,
+    TOKEN_VARIABLE,
     URL_VARIABLE,
     ApiClient,
     Connection,
 )
+from cli.config import load_login
 from cli.download import download_checkpoint
 from cli.errors import EXIT_INTERRUPTED, CliError, UsageError
 from cli.follow import EXPERIMENT_ROWS, POLL_SECONDS, follow_experiment, follow_job
@@ -78,28 +82,6 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def positive_id(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"an id is a positive integer, not {text!r}")
-    return int(text)
-
-
-def positive_count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a count is a positive integer, not {text!r}")
-    return int(text)
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
-    return seconds
-
-
 def _add_connection_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     """The connection flags go before or after the command; given after it, they win."""
     default = None if defaults else argparse.SUPPRESS
@@ -107,12 +89,16 @@ def _add_connection_flags(parser: argparse.ArgumentParser, *, defaults: bool) ->
     group.add_argument(
         "--url",
         default=default,
-        help=f"the API's base URL (env {URL_VARIABLE}; default {DEFAULT_URL})",
+        help=f"the API's base URL (env {URL_VARIABLE}; else the one `{PROG} login` stored; "
+        f"default {DEFAULT_URL})",
     )
     group.add_argument(
+        "--token",
         "--api-key",
+        dest="token",
         default=default,
-        help=f"sent as X-API-Key (env {API_KEY_VARIABLE})",
+        help=f"a user's token, or the server's API_KEY (env {TOKEN_VARIABLE}, or the older "
+        f"{API_KEY_VARIABLE}; else the one `{PROG} login` stored)",
     )
     group.add_argument(
         "--timeout",
@@ -200,11 +186,17 @@ def submit(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     return 0
 
 
+def _owner(args: argparse.Namespace, api: ApiClient) -> str | None:
+    """--owner NAME, or --mine: the name GET /me answers for this token."""
+    return my_name(api) if args.mine else args.owner
+
+
 def list_jobs(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     page = _read_pages(
         api,
         "/jobs",
         args,
+        owner=_owner(args, api),
         status=args.status,
         block=args.block,
         experiment_id=args.experiment,
@@ -351,8 +343,20 @@ def resume_search(args: argparse.Namespace, api: ApiClient, console: Console) ->
 
 
 def list_experiments(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
-    page = _read_pages(api, "/experiments", args)
+    page = _read_pages(api, "/experiments", args, owner=_owner(args, api))
     return _print_page(page, args, console, experiments_table)
+
+
+def audit(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    page = _read_pages(
+        api,
+        "/audit",
+        args,
+        job_id=args.job,
+        experiment_id=args.experiment,
+        actor=args.actor,
+    )
+    return _print_page(page, args, console, audit_table)
 
 
 def show_experiment(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
@@ -489,6 +493,7 @@ def build_parser() -> Parser:
         choices=("created", "best_test_accuracy"),
         help="created (newest first, the default) or best_test_accuracy (highest first)",
     )
+    _add_owner_flags(sub, "jobs")
     _add_page_flags(sub, "jobs")
 
     sub = command(commands, "show", show_job, "one job's status, results and checkpoints")
@@ -545,6 +550,7 @@ def build_parser() -> Parser:
     _add_follow_flags(sub, flag=True)
 
     sub = command(experiments, "list", list_experiments, "list experiments, newest first")
+    _add_owner_flags(sub, "experiments")
     _add_page_flags(sub, "experiments")
 
     sub = command(experiments, "show", show_experiment, "an experiment and its summary table")
@@ -576,7 +582,19 @@ def build_parser() -> Parser:
     sub.add_argument("experiment_id", type=positive_id, metavar="ID")
 
     _add_search_command(commands, command)
+    add_account_commands(commands, command)
+    sub = command(commands, "audit", audit, "admin: who did what, newest first")
+    sub.add_argument("--job", type=positive_id, metavar="ID", help="one job's events")
+    sub.add_argument("--experiment", type=positive_id, metavar="ID", help="one experiment's")
+    sub.add_argument("--actor", type=user_name, metavar="NAME", help="one user's doings")
+    _add_page_flags(sub, "events")
     return parser
+
+
+def _add_owner_flags(sub: argparse.ArgumentParser, noun: str) -> None:
+    owner = sub.add_mutually_exclusive_group()
+    owner.add_argument("--owner", type=user_name, metavar="NAME", help=f"only NAME's {noun}")
+    owner.add_argument("--mine", action="store_true", help=f"only your {noun}")
 
 
 def _add_search_command(commands: Any, command: Any) -> None:
@@ -650,7 +668,12 @@ def main(argv: list[str] | None = None) -> int:
     console = make_console()
     try:
         args = build_parser().parse_args(argv)
-        connection = Connection.from_options(args.url, args.api_key, args.timeout)
+        if hasattr(args, "local_handler"):  # logout: no request, and no file read
+            return int(args.local_handler(args, console))
+        stored = None
+        if args.token is None or args.url is None:
+            stored = load_login()
+        connection = Connection.from_options(args.url, args.token, args.timeout, stored)
         with ApiClient(connection) as api:
             handler: Handler = args.handler
             return handler(args, api, console)
