@@ -154,10 +154,10 @@ def error_from_response(
             return CliError(
                 f"the API needs a token: pass --token, set {TOKEN_VARIABLE} or run cifar-jobs login"
             )
-        return CliError(
-            f"the API refused the token from {connection.token_source}: it is wrong, revoked or "
-            "its user is disabled"
-        )
+        # A token the API knows says why it is refused (revoked, its user disabled); any other
+        # value is simply not the key or a token.
+        why = "it is not the key or a user's token" if code in ("", "unauthorized") else detail
+        return CliError(f"the API refused the token from {connection.token_source}: {why}")
     if status == 403:
         return CliError(f"not allowed: {detail}")
     if status == 429:

@@ -335,7 +335,7 @@ def test_api_key_missing_wrong_and_given(cli_keyed_api: str) -> None:
     )
     wrong = run_cli("list", "--api-key", "nope", url=cli_keyed_api)
     assert assert_one_line_error(wrong, 1) == (
-        "the API refused the token from --token: it is wrong, revoked or its user is disabled"
+        "the API refused the token from --token: it is not the key or a user's token"
     )
     wrong_env = run_cli("list", url=cli_keyed_api, api_key="nope")
     assert "the API refused the token from CIFAR_JOBS_API_KEY" in assert_one_line_error(
