@@ -24,7 +24,7 @@ from app.methods import HEAD_REQUEST, METHOD_ORDER, HeadAsGet, Operations
 from app.observe import Observe, bind_route_ids
 from app.openapi import build_schema
 from app.responses import error_response, service_error_response
-from app.routes import checkpoints, events, experiments, jobs, plots, system, ui
+from app.routes import checkpoints, events, experiments, jobs, plots, system, ui, users
 from app.streams import EventHub
 from app.templating import STATIC_DIR
 from jobs import wiring
@@ -220,6 +220,7 @@ def create_app() -> FastAPI:
     app.include_router(checkpoints.router)
     app.include_router(experiments.router)
     app.include_router(events.router)
+    app.include_router(users.router)
     app.include_router(ui.router)
     app.include_router(docs_pages.router)
     app.include_router(prometheus.router)

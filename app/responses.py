@@ -19,4 +19,5 @@ def error_response(
 
 def service_error_response(error: ServiceError) -> JSONResponse:
     extra = {} if error.fields is None else {"fields": error.fields}
+    extra.update(error.extra or {})
     return error_response(error.status_code, error.code, error.detail, error.headers, **extra)

@@ -65,6 +65,11 @@ def _error_name(error: BaseException) -> str:
 async def database_unavailable(_request: Request, error: Exception) -> JSONResponse:
     if not is_database_unavailable(error):
         raise error
+    return database_unavailable_response(error)
+
+
+def database_unavailable_response(error: Exception) -> JSONResponse:
+    """The 503 for a database that is down (also before routing: app.auth's token lookup)."""
     logger.warning("database unavailable: %s", error)
     return _unavailable(
         "database_unavailable",

@@ -4,10 +4,14 @@ handler (app.main)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ServiceError(Exception):
     status_code = 400
     code = "bad_request"
+    # More members of the JSON answer besides error, detail and fields (a quota's numbers).
+    extra: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -114,3 +118,59 @@ class UnknownLastEventId(ServiceError):
 
     status_code = 409
     code = "invalid_last_event_id"
+
+
+class Forbidden(ServiceError):
+    """A signed-in caller asking to change what only its owner or an admin may change."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class QuotaExceeded(ServiceError):
+    """A submission that would leave its owner more queued jobs than their limit; the answer's
+    `quota` gives the limit and the counts."""
+
+    status_code = 429
+    code = "quota_exceeded"
+
+    def __init__(self, detail: str, *, limit: int, queued: int, adding: int) -> None:
+        super().__init__(detail)
+        self.extra = {"quota": {"limit": limit, "queued": queued, "adding": adding}}
+
+
+class UserNotFound(ServiceError):
+    status_code = 404
+    code = "user_not_found"
+
+    def __init__(self, name: object) -> None:
+        super().__init__(f"No user named {name!r}.")
+
+
+class UserExists(ServiceError):
+    status_code = 409
+    code = "user_exists"
+
+
+class TokenNotFound(ServiceError):
+    status_code = 404
+    code = "token_not_found"
+
+
+class TokenRejected(ServiceError):
+    """Credentials that name no usable token: `code` says why (malformed, unknown, revoked, or
+    its user disabled), never which tokens exist."""
+
+    status_code = 401
+    code = "invalid_token"
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class AccountsOff(ServiceError):
+    """Users and tokens asked of a service without API_KEY, which accepts no token."""
+
+    status_code = 409
+    code = "accounts_off"

@@ -17,6 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.config import Hyperparameters
+from jobs import accounts, audit
+from jobs.accounts import Identity, ensure_may_change
 from jobs.dispatch import head_fair_share_key
 from jobs.errors import (
     ExperimentNotCancellable,
@@ -303,6 +305,7 @@ def create_experiment(
         if existing is not None:
             return ExperimentSubmission(existing, created=False)
     first_trials = 0 if search is None else min(search["max_concurrent"], search["max_trials"])
+    quota = accounts.take_queued_quota(session, owner, settings)
     ensure_queue_room(session, settings=settings, adding=len(plan.jobs) + first_trials)
     experiment = Experiment(
         name=spec.name,
@@ -342,6 +345,9 @@ def create_experiment(
     if search is not None:
         study.fill(session, experiment.id)
         session.refresh(experiment)
+    # Its jobs, and a search's first trials, count against the owner's queued-jobs quota.
+    accounts.check_queued_quota(session, quota)
+    audit.record(session, owner, "experiment_submitted", experiment_id=experiment.id)
     return ExperimentSubmission(experiment, created=True)
 
 
@@ -463,15 +469,19 @@ def _cancel_unended(session: Session, experiment_id: int) -> list[int]:
     return cancelled
 
 
-def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
+def cancel_experiment(
+    session: Session, experiment_id: int, *, actor: Identity | None = None
+) -> Experiment:
     """Cancel every job that has not ended, as cancelling each job would; not cancellable
     when every job had already ended. A search makes no trial after this: the jobs end with
     cause `experiment_cancel` (the search makes no successor for those), its flag is set once
     they are cancelled (rows are locked job first, experiment second, as a worker ending a
     trial does), and the jobs are read again under that lock, so a trial made meanwhile is
     cancelled too. The trials it cancels leave the search: resuming it makes their places
-    again."""
+    again. `actor`: the caller, who must be its owner or an admin (jobs.accounts), audited."""
     experiment = get_experiment(session, experiment_id)
+    if actor is not None:
+        ensure_may_change(actor, experiment.owner, f"Experiment {experiment_id}")
     cancelled = _cancel_unended(session, experiment_id)
     if study.search_of(experiment.spec) is not None:
         session.execute(
@@ -487,6 +497,14 @@ def cancel_experiment(session: Session, experiment_id: int) -> Experiment:
         raise ExperimentNotCancellable(
             f"Every job of experiment {experiment_id} has already ended; there is nothing to "
             "cancel."
+        )
+    if actor is not None:
+        audit.record(
+            session,
+            actor.name,
+            "experiment_cancelled",
+            experiment_id=experiment_id,
+            detail={"job_ids": sorted(cancelled)},
         )
     return experiment
 
@@ -505,12 +523,17 @@ def _search_or_refuse(experiment: Any, field_name: str) -> dict[str, Any]:
     return search
 
 
-def extend_search(session: Session, experiment_id: int, max_trials: int) -> list[int]:
+def extend_search(
+    session: Session, experiment_id: int, max_trials: int, *, actor: Identity, settings: Settings
+) -> list[int]:
     """Set a search's number of trials (raised: more trials, while it runs or after it ended);
     the new trials are made at once as far as max_concurrent allows. Returns their job ids.
     InvalidFields naming `max_trials` below the trials made, above a grid's points, or for an
-    experiment that is no search."""
-    get_experiment(session, experiment_id)
+    experiment that is no search. Only its owner or an admin may; the trials it makes count
+    against the owner's queued-jobs quota."""
+    owner = get_experiment(session, experiment_id).owner
+    ensure_may_change(actor, owner, f"Experiment {experiment_id}")
+    quota = accounts.take_queued_quota(session, owner, settings)
     experiment = study.lock_experiment(session, experiment_id)
     search = _search_or_refuse(experiment, "max_trials")
     made = study.counted_trials(experiment)
@@ -528,15 +551,29 @@ def extend_search(session: Session, experiment_id: int, max_trials: int) -> list
         .values(spec=spec)
         .execution_options(synchronize_session=False)
     )
-    return study.fill(session, experiment_id)
+    made_now = study.fill(session, experiment_id)
+    accounts.check_queued_quota(session, quota)
+    audit.record(
+        session,
+        actor.name,
+        "experiment_extended",
+        experiment_id=experiment_id,
+        detail={"max_trials": max_trials, "job_ids": made_now},
+    )
+    return made_now
 
 
-def resume_search(session: Session, experiment_id: int) -> list[int]:
+def resume_search(
+    session: Session, experiment_id: int, *, actor: Identity, settings: Settings
+) -> list[int]:
     """A cancelled search goes on: the trials its cancel stopped are made again (each in its
     place: a grid's point, a random draw), up to max_trials. Returns the new trials' job ids.
     ExperimentNotResumable for a search that was not cancelled; InvalidFields for a grid
-    experiment."""
-    get_experiment(session, experiment_id)
+    experiment. Only its owner or an admin may; the trials it makes count against the owner's
+    queued-jobs quota."""
+    owner = get_experiment(session, experiment_id).owner
+    ensure_may_change(actor, owner, f"Experiment {experiment_id}")
+    quota = accounts.take_queued_quota(session, owner, settings)
     experiment = study.lock_experiment(session, experiment_id)
     _search_or_refuse(experiment, "experiment")
     if not experiment.cancel_requested:
@@ -550,4 +587,13 @@ def resume_search(session: Session, experiment_id: int) -> list[int]:
         .values(cancel_requested=False)
         .execution_options(synchronize_session=False)
     )
-    return study.fill(session, experiment_id)
+    made_now = study.fill(session, experiment_id)
+    accounts.check_queued_quota(session, quota)
+    audit.record(
+        session,
+        actor.name,
+        "experiment_resumed",
+        experiment_id=experiment_id,
+        detail={"job_ids": made_now},
+    )
+    return made_now

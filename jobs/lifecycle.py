@@ -20,7 +20,8 @@ from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from jobs import signals, status_counts
+from jobs import audit, signals, status_counts
+from jobs.accounts import Identity, ensure_may_change
 from jobs.counters import EPOCHS_RECORDED, MESSAGES_RESENT, add_to_counter, leases_reaped_counter
 from jobs.db import insert_ignoring_duplicates as _insert_ignoring_duplicates
 from jobs.dispatch import next_claimable
@@ -521,11 +522,21 @@ def _announce_pause(session: Session, job_id: int) -> None:
     _make_moves(session, moves)
 
 
-def cancel_job(session: Session, job_id: int, *, cause: EndCause = EndCause.CANCEL) -> Job:
+def cancel_job(
+    session: Session,
+    job_id: int,
+    *,
+    cause: EndCause = EndCause.CANCEL,
+    actor: Identity | None = None,
+) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next batch (the
     worker ends it `cancelled`). Cancelling twice is harmless; JobNotCancellable for a job that
-    ended otherwise. `cause`: who asked (the job's `JobEnded` says it)."""
+    ended otherwise. `cause`: who asked (the job's `JobEnded` says it). `actor`: the caller,
+    who must be allowed to (jobs.accounts) and is audited; None for the service's own cancels
+    (an experiment's, checked and audited as the experiment's)."""
     job = get_job(session, job_id)
+    if actor is not None:
+        ensure_may_change(actor, job.owner, f"Job {job_id}")
     now = utcnow()
     # Queued, or waiting at a rung: no attempt holds it.
     waiting = (
@@ -553,26 +564,52 @@ def cancel_job(session: Session, job_id: int, *, cause: EndCause = EndCause.CANC
     status = JobStatus(job.status)
     if status.ended and status != JobStatus.CANCELLED:
         raise JobNotCancellable(f"Job {job_id} already {status}; it cannot be cancelled.")
+    if actor is not None:
+        audit.record(
+            session, actor.name, "job_cancelled", job_id=job_id, experiment_id=job.experiment_id
+        )
     return job
 
 
-def set_priority(session: Session, job_id: int, priority: int) -> Job:
+def set_priority(session: Session, job_id: int, priority: int, *, actor: Identity) -> Job:
     """Change a queued job's priority; it keeps its fair-share key, so among its new peers it
-    takes its turn as if it had been queued there. JobNotQueued once it has started or ended."""
+    takes its turn as if it had been queued there. JobNotQueued once it has started or ended.
+    Only its owner or an admin may (jobs.accounts); audited."""
     job = get_job(session, job_id)
+    ensure_may_change(actor, job.owner, f"Job {job_id}")
+    before = job.priority
     if not _transition(session, job_id, Job.status == JobStatus.QUEUED, priority=priority):
         session.refresh(job)
         raise JobNotQueued(
             f"Job {job_id} is {job.status}; only a queued job's priority can be changed."
         )
     session.refresh(job)
+    audit.record(
+        session,
+        actor.name,
+        "job_priority_changed",
+        job_id=job_id,
+        experiment_id=job.experiment_id,
+        detail={"from": before, "to": priority},
+    )
     return job
 
 
-def set_experiment_priority(session: Session, experiment_id: int, priority: int) -> list[int]:
+def set_experiment_priority(
+    session: Session, experiment_id: int, priority: int, *, actor: Identity
+) -> list[int]:
     """The experiment's priority, and that of each of its queued jobs and of its trials waiting
-    at a rung (a search's later trials take it when they are made); returns their ids."""
+    at a rung (a search's later trials take it when they are made); returns their ids. Only
+    its owner or an admin may (jobs.accounts); audited."""
     experiment = get_experiment(session, experiment_id)
+    ensure_may_change(actor, experiment.owner, f"Experiment {experiment_id}")
+    audit.record(
+        session,
+        actor.name,
+        "experiment_priority_changed",
+        experiment_id=experiment_id,
+        detail={"from": experiment.priority, "to": priority},
+    )
     experiment.priority = priority
     changed = session.execute(
         update(Job)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, defer
 
 from jobs.db import index_order
 from jobs.errors import ExperimentNotFound, InvalidFields, JobNotFound
-from jobs.tables import Experiment, Job, JobStatus, JobTag
+from jobs.tables import AuditEvent, Experiment, Job, JobStatus, JobTag
 from models.catalog import BLOCK_NAMES
 
 # "created": newest first (ids grow with submission). "best_test_accuracy": highest first,
@@ -106,6 +106,7 @@ def list_jobs(
     block: str | None = None,
     experiment_id: int | None = None,
     tag: str | None = None,
+    owner: str | None = None,
     sort: JobSort = "created",
     limit: int = 50,
     cursor: str | None = None,
@@ -113,11 +114,14 @@ def list_jobs(
     """A page of jobs in `sort` order and the cursor of the next page (None after the last).
     Every filter and the sort are columns of one index (jobs.tables): of the jobs for up to
     two of status, block and experiment, of the tag rows, which carry their job's copy of
-    those columns, when filtering by tag."""
+    those columns, when filtering by tag. An owner's jobs, newest first, alone or of one
+    status, are read from the (owner, id) and (owner, status, id) indexes; the owner with
+    another filter (block, experiment, tag) or by accuracy has no index of its own: the
+    owner's index (or the other filter's) is read and the rest filtered row by row."""
     of = f"jobs:{sort}"
     after = decode_cursor(cursor, of) if cursor is not None else None
     with index_order(session):
-        jobs = _jobs_page(session, status, block, experiment_id, tag, sort, after, limit + 1)
+        jobs = _jobs_page(session, status, block, experiment_id, tag, owner, sort, after, limit + 1)
     if len(jobs) <= limit:
         return jobs, None
     jobs = jobs[:limit]
@@ -132,11 +136,14 @@ def _jobs_page(
     block: str | None,
     experiment_id: int | None,
     tag: str | None,
+    owner: str | None,
     sort: JobSort,
     after: Cursor | None,
     count: int,
 ) -> list[Job]:
     query = select(Job)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
     columns: Any = Job
     order_id: Any = Job.id
     if tag is not None:
@@ -359,10 +366,13 @@ def _by_value(
 
 
 def list_experiments(
-    session: Session, *, limit: int = 50, cursor: str | None = None
+    session: Session, *, owner: str | None = None, limit: int = 50, cursor: str | None = None
 ) -> tuple[list[Experiment], str | None]:
-    """A page of experiments, newest first, and the cursor of the next page."""
+    """A page of experiments, newest first (an owner's: from the (owner, id) index), and the
+    cursor of the next page."""
     query = select(Experiment)
+    if owner is not None:
+        query = query.where(Experiment.owner == owner)
     if cursor is not None:
         query = query.where(Experiment.id < decode_cursor(cursor, "experiments").id)
     experiments = list(
@@ -372,3 +382,34 @@ def list_experiments(
         return experiments, None
     experiments = experiments[:limit]
     return experiments, Cursor("experiments", experiments[-1].id).encode()
+
+
+def list_audit_events(
+    session: Session,
+    *,
+    job_id: int | None = None,
+    experiment_id: int | None = None,
+    actor: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[AuditEvent], str | None]:
+    """A page of the audit trail, newest first, of a job, an experiment or an actor (each an
+    index of its own, (x, id); given together, the first of them is read and the others
+    filtered), and the cursor of the next page. It names deleted jobs and experiments too."""
+    query = select(AuditEvent)
+    if job_id is not None:
+        query = query.where(AuditEvent.job_id == job_id)
+    if experiment_id is not None:
+        query = query.where(AuditEvent.experiment_id == experiment_id)
+    if actor is not None:
+        query = query.where(AuditEvent.actor == actor)
+    if cursor is not None:
+        query = query.where(AuditEvent.id < decode_cursor(cursor, "audit").id)
+    with index_order(session):
+        events = list(
+            session.execute(query.order_by(AuditEvent.id.desc()).limit(limit + 1)).scalars()
+        )
+    if len(events) <= limit:
+        return events, None
+    events = events[:limit]
+    return events, Cursor("audit", events[-1].id).encode()

@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, exists, func, insert, select
 from sqlalchemy.orm import Session
 
-from jobs import status_counts
+from jobs import audit, status_counts
+from jobs.accounts import Identity, ensure_may_change
 from jobs.artifacts import artifact_store, store_at
 from jobs.db import session_scope
 from jobs.errors import NotFinished
@@ -87,21 +88,34 @@ def _delete_rows(session: Session, job_ids: Sequence[int]) -> None:
         status_counts.note(session, experiment_id, status, -jobs)
 
 
-def delete_job(session: Session, job_id: int) -> None:
+def delete_job(session: Session, job_id: int, *, actor: Identity | None = None) -> None:
     """Delete a job that has ended (NotFinished otherwise: cancel it first) in the caller's
-    transaction; its files are removed by the sweep once that commits."""
+    transaction; its files are removed by the sweep once that commits. `actor`: the caller,
+    who must be its owner or an admin (jobs.accounts), audited; None for the service's own
+    deletions (pruning)."""
     job = get_job(session, job_id)
+    if actor is not None:
+        ensure_may_change(actor, job.owner, f"Job {job_id}")
     if not JobStatus(job.status).ended:
         raise NotFinished(
             f"Job {job_id} is {job.status}; only a job that has ended can be deleted "
             "(cancel it first)."
         )
     _delete_rows(session, [job_id])
+    if actor is not None:
+        audit.record(
+            session, actor.name, "job_deleted", job_id=job_id, experiment_id=job.experiment_id
+        )
 
 
-def delete_experiment(session: Session, experiment_id: int) -> list[int]:
-    """Delete an experiment whose jobs have all ended, with its jobs; returns their ids."""
-    get_experiment(session, experiment_id)
+def delete_experiment(
+    session: Session, experiment_id: int, *, actor: Identity | None = None
+) -> list[int]:
+    """Delete an experiment whose jobs have all ended, with its jobs; returns their ids.
+    `actor` as for delete_job."""
+    experiment = get_experiment(session, experiment_id)
+    if actor is not None:
+        ensure_may_change(actor, experiment.owner, f"Experiment {experiment_id}")
     rows = session.execute(
         select(Job.id, Job.status).where(Job.experiment_id == experiment_id)
     ).all()
@@ -115,6 +129,14 @@ def delete_experiment(session: Session, experiment_id: int) -> list[int]:
     _delete_rows(session, job_ids)
     session.execute(delete(Experiment).where(Experiment.id == experiment_id))
     status_counts.forget_experiment(session, experiment_id)
+    if actor is not None:
+        audit.record(
+            session,
+            actor.name,
+            "experiment_deleted",
+            experiment_id=experiment_id,
+            detail={"job_ids": job_ids},
+        )
     return job_ids
 
 
@@ -145,16 +167,16 @@ def sweep_artifact_deletions(settings: Settings, *, limit: int = SWEEP_BATCH) ->
     return len(pending)
 
 
-def delete_job_now(settings: Settings, job_id: int) -> None:
+def delete_job_now(settings: Settings, job_id: int, *, actor: Identity) -> None:
     """Delete the job's rows (committed), then its files."""
     with session_scope() as session:
-        delete_job(session, job_id)
+        delete_job(session, job_id, actor=actor)
     sweep_artifact_deletions(settings)
 
 
-def delete_experiment_now(settings: Settings, experiment_id: int) -> list[int]:
+def delete_experiment_now(settings: Settings, experiment_id: int, *, actor: Identity) -> list[int]:
     with session_scope() as session:
-        job_ids = delete_experiment(session, experiment_id)
+        job_ids = delete_experiment(session, experiment_id, actor=actor)
     sweep_artifact_deletions(settings)
     return job_ids
 

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=100)
     max_job_seconds: float = Field(48 * 3600.0, gt=0)
     max_queued_jobs: int = Field(10_000, ge=1)
+    max_queued_jobs_per_user: int | None = Field(
+        None,
+        ge=0,
+        description="With accounts: queued jobs one user may have (users.max_queued_jobs "
+        "overrides it per user); unset: no limit.",
+    )
     max_body_bytes: int = Field(16 * 1024, ge=1024)
     api_key: str | None = None
     device: str = Field("auto", description="Worker device: auto, cpu, cuda or cuda:N.")

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.datasets import DATASETS
-from jobs import status_counts
+from jobs import accounts, audit, status_counts
 from jobs.dispatch import head_fair_share_key
 from jobs.errors import IdempotencyConflict, QueueFull
 from jobs.events import record_first_statuses, record_status
@@ -67,12 +67,14 @@ def create_job(
 ) -> Submission:
     """Add a queued job, owned by `owner`, to the session; its id is sent to the queue once the
     caller's transaction commits. A concurrent request with the same Idempotency-Key gets that
-    job."""
+    job. QuotaExceeded when it would leave its owner over their limit on queued jobs
+    (jobs.accounts); the submission is audited."""
     fingerprint = spec.fingerprint()
     if idempotency_key is not None:
         existing = find_by_key(session, Job, idempotency_key, fingerprint)
         if existing is not None:
             return Submission(existing, created=False)
+    quota = accounts.take_queued_quota(session, owner, settings)
     ensure_queue_room(session, settings=settings, adding=1)
     fair_share_key = head_fair_share_key(session, spec.priority)
     try:
@@ -93,6 +95,8 @@ def create_job(
         if existing is None:
             raise
         return Submission(existing, created=False)
+    accounts.check_queued_quota(session, quota)
+    audit.record(session, owner, "job_submitted", job_id=job.id)
     return Submission(job, created=True)
 
 

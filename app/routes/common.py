@@ -55,7 +55,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "The request body is not UTF-8 JSON text, or is JSON nested over 64 levels deep, "
         "with a number over 100 characters, an unpaired surrogate or NUL in a string, or a "
         "duplicate key; `error` says which, `detail` where.",
-        401: "Missing or wrong API key (only when API_KEY is set).",
+        401: "Missing or wrong API key or token, a revoked token or a disabled user (only "
+        "when API_KEY is set).",
+        403: "Only the owner or an admin may change this (`forbidden`).",
         404: "No such job, checkpoint or file.",
         409: "Conflict with the job's state or an earlier request.",
         412: "If-Match or If-Unmodified-Since did not match the file.",
@@ -63,6 +65,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         415: "The request body is not sent as JSON (application/json).",
         416: "The Range is outside the file; Content-Range gives its size.",
         422: "Invalid input; `fields` names each bad field.",
+        429: "Over the caller's limit on queued jobs (`quota_exceeded`); `quota` gives the "
+        "limit, the jobs already queued and the jobs this request adds.",
         503: "Not available right now; see Retry-After.",
     }
     return {code: {"model": ErrorRead, "description": descriptions[code]} for code in codes}

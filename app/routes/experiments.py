@@ -14,9 +14,9 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from app.deps import SessionDep, SettingsDep, read_session
+from app.deps import IdentityDep, SessionDep, SettingsDep, read_session
 from app.routes.common import error_responses, next_link, next_page, next_url, refuse_offset
-from app.routes.params import ExperimentId, IdempotencyKey
+from app.routes.params import ExperimentId, IdempotencyKey, OwnerQuery
 from app.schemas.errors import ErrorRead
 from app.schemas.experiments import (
     ExperimentJobRow,
@@ -137,6 +137,7 @@ def render_experiment(
     return ExperimentRead(
         id=experiment.id,
         name=experiment.name,
+        owner=experiment.owner,
         preset=experiment.preset,
         tags=experiment.tags,
         spec=experiment.spec,
@@ -281,7 +282,7 @@ def summary_csv_chunks(experiment: Experiment, page: int | None = None) -> Itera
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExperimentRead,
-    responses={**error_responses(400, 401, 409, 413, 503), 422: TOO_MANY_JOBS},
+    responses={**error_responses(400, 401, 409, 413, 429, 503), 422: TOO_MANY_JOBS},
     summary="Submit an experiment: one job per block, grid combination and seed, or a search",
 )
 def submit_experiment(
@@ -289,12 +290,15 @@ def submit_experiment(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
+    identity: IdentityDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ExperimentRead:
-    """Queue every job of the experiment in one transaction (all or none); the jobs' ids are
-    sent to the workers once it has committed. At most 1,000 jobs."""
+    """Queue every job of the experiment, owned by the caller, in one transaction (all or
+    none); the jobs' ids are sent to the workers once it has committed. At most 1,000 jobs.
+    429 quota_exceeded when its jobs (a search's first trials) would leave the caller more
+    queued jobs than their limit."""
     made = experiments.create_experiment(
-        session, spec, settings=settings, idempotency_key=idempotency_key
+        session, spec, settings=settings, idempotency_key=idempotency_key, owner=identity.owner
     )
     experiment = made.experiment
     if not made.created:
@@ -312,6 +316,7 @@ def submit_experiment(
 def list_experiments(
     request: Request,
     response: Response,
+    owner: OwnerQuery = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[
         str | None,
@@ -325,7 +330,9 @@ def list_experiments(
 ) -> ExperimentList:
     refuse_offset(offset)
     with read_session() as session:
-        page, next_cursor = listing.list_experiments(session, limit=limit, cursor=cursor)
+        page, next_cursor = listing.list_experiments(
+            session, owner=owner, limit=limit, cursor=cursor
+        )
         counts = status_counts.experiment_counts(session, [item.id for item in page])
         return ExperimentList(
             items=[render_experiment(item, counts[item.id]) for item in page],
@@ -530,21 +537,29 @@ def get_summary_csv(experiment_id: ExperimentId) -> Response:
 @router.patch(
     "/{experiment_id}",
     response_model=ExperimentRead,
-    responses=error_responses(400, 401, 404, 415, 422),
+    responses=error_responses(400, 401, 403, 404, 415, 422, 429),
     summary="Change the experiment's priority, or extend a search with more trials",
 )
 def update_experiment(
-    experiment_id: ExperimentId, change: ExperimentUpdate, session: SessionDep
+    experiment_id: ExperimentId,
+    change: ExperimentUpdate,
+    session: SessionDep,
+    settings: SettingsDep,
+    identity: IdentityDep,
 ) -> ExperimentRead:
     """`priority`: its queued jobs and the trials waiting at a rung take it, and so do the
     trials a search makes later; jobs already running or ended keep theirs. `max_trials`: a
     search's trials in all, raised to extend it (while it runs or after it ended); the new
     trials are made at once as far as `max_concurrent` allows. 422 naming `max_trials` below
-    the trials made, above a grid's points, or for an experiment that is no search."""
+    the trials made, above a grid's points, or for an experiment that is no search. Only its
+    owner or an admin (403 forbidden); new trials count against the owner's queued-jobs quota
+    (429)."""
     if change.priority is not None:
-        lifecycle.set_experiment_priority(session, experiment_id, change.priority)
+        lifecycle.set_experiment_priority(session, experiment_id, change.priority, actor=identity)
     if change.max_trials is not None:
-        experiments.extend_search(session, experiment_id, change.max_trials)
+        experiments.extend_search(
+            session, experiment_id, change.max_trials, actor=identity, settings=settings
+        )
     experiment = listing.get_experiment(session, experiment_id)
     session.refresh(experiment)
     return first_page(experiments.summarize(session, experiment))
@@ -553,14 +568,17 @@ def update_experiment(
 @router.post(
     "/{experiment_id}/resume",
     response_model=ExperimentRead,
-    responses=error_responses(401, 404, 409, 422),
+    responses=error_responses(401, 403, 404, 409, 422, 429),
     summary="Resume a cancelled search",
 )
-def resume_experiment(experiment_id: ExperimentId, session: SessionDep) -> ExperimentRead:
+def resume_experiment(
+    experiment_id: ExperimentId, session: SessionDep, settings: SettingsDep, identity: IdentityDep
+) -> ExperimentRead:
     """The trials its cancel stopped are made again (each in its place: a grid's point, a
     random draw), up to `max_trials`; the ended ones keep their results. 409 not_resumable when
-    the search was not cancelled; 422 for an experiment that is no search."""
-    experiments.resume_search(session, experiment_id)
+    the search was not cancelled; 422 for an experiment that is no search. Only its owner or
+    an admin (403 forbidden)."""
+    experiments.resume_search(session, experiment_id, actor=identity, settings=settings)
     experiment = listing.get_experiment(session, experiment_id)
     session.refresh(experiment)
     return first_page(experiments.summarize(session, experiment))
@@ -570,23 +588,29 @@ def resume_experiment(experiment_id: ExperimentId, session: SessionDep) -> Exper
     "/{experiment_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(401, 404, 409),
+    responses=error_responses(401, 403, 404, 409),
     summary="Delete an experiment whose jobs have all ended, with its jobs and their files",
 )
-def delete_experiment(experiment_id: ExperimentId, settings: SettingsDep) -> Response:
-    """409 not_finished while any of its jobs is queued or running (cancel it first)."""
-    retention.delete_experiment_now(settings, experiment_id)
+def delete_experiment(
+    experiment_id: ExperimentId, settings: SettingsDep, identity: IdentityDep
+) -> Response:
+    """409 not_finished while any of its jobs is queued or running (cancel it first). Only its
+    owner or an admin (403 forbidden)."""
+    retention.delete_experiment_now(settings, experiment_id, actor=identity)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
     "/{experiment_id}/cancel",
     response_model=ExperimentRead,
-    responses=error_responses(401, 404, 409),
+    responses=error_responses(401, 403, 404, 409),
     summary="Cancel every job of the experiment that has not ended",
 )
-def cancel_experiment(experiment_id: ExperimentId, session: SessionDep) -> ExperimentRead:
+def cancel_experiment(
+    experiment_id: ExperimentId, session: SessionDep, identity: IdentityDep
+) -> ExperimentRead:
     """Each job as POST /jobs/{id}/cancel would: a queued one never starts, a running one stops
-    at the next batch. 409 when every job had already ended."""
-    experiment = experiments.cancel_experiment(session, experiment_id)
+    at the next batch. 409 when every job had already ended. Only its owner or an admin (403
+    forbidden)."""
+    experiment = experiments.cancel_experiment(session, experiment_id, actor=identity)
     return first_page(experiments.summarize(session, experiment))

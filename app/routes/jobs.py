@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from app.deps import SessionDep, SettingsDep, read_session
+from app.deps import IdentityDep, SessionDep, SettingsDep, read_session
 from app.routes.common import (
     error_responses,
     next_page,
@@ -15,7 +15,7 @@ from app.routes.common import (
     render_job,
     render_one_job,
 )
-from app.routes.params import MAX_JOB_ID, IdempotencyKey, JobId
+from app.routes.params import MAX_JOB_ID, IdempotencyKey, JobId, OwnerQuery
 from app.schemas.jobs import JobList, JobMetrics, JobRead
 from jobs import dispatch, lifecycle, listing, metrics, retention, submission
 from jobs.listing import JobSort
@@ -31,7 +31,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobRead,
-    responses=error_responses(400, 401, 409, 413, 422, 503),
+    responses=error_responses(400, 401, 409, 413, 422, 429, 503),
     summary="Submit a training job",
 )
 def submit_job(
@@ -39,11 +39,19 @@ def submit_job(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
+    identity: IdentityDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
-    """Queue a job. Parameters and MACs are computed now; the job row is committed before its
-    id is sent to the workers."""
-    made = submission.create_job(session, spec, settings=settings, idempotency_key=idempotency_key)
+    """Queue a job, owned by the caller. Parameters and MACs are computed now; the job row is
+    committed before its id is sent to the workers. 429 quota_exceeded when it would leave the
+    caller more queued jobs than their limit."""
+    made = submission.create_job(
+        session,
+        spec,
+        settings=settings,
+        idempotency_key=idempotency_key,
+        owner=identity.owner,
+    )
     job = made.job
     if made.created:
         logger.info("job %s submitted", job.id, extra={"job_id": job.id})
@@ -68,6 +76,7 @@ def list_jobs(
         int | None, Query(ge=1, le=MAX_JOB_ID, description="Only this experiment's jobs.")
     ] = None,
     tag: Annotated[Tag | None, Query(description="Only the jobs with this tag.")] = None,
+    owner: OwnerQuery = None,
     sort: Annotated[
         JobSort,
         Query(
@@ -96,6 +105,7 @@ def list_jobs(
             block=block,
             experiment_id=experiment_id,
             tag=tag,
+            owner=owner,
             sort=sort,
             limit=limit,
             cursor=cursor,
@@ -162,13 +172,15 @@ def get_metrics(
 @router.patch(
     "/{job_id}",
     response_model=JobRead,
-    responses=error_responses(400, 401, 404, 409, 415, 422),
+    responses=error_responses(400, 401, 403, 404, 409, 415, 422),
     summary="Change a queued job's priority",
 )
-def update_job(job_id: JobId, change: PriorityUpdate, session: SessionDep) -> JobRead:
+def update_job(
+    job_id: JobId, change: PriorityUpdate, session: SessionDep, identity: IdentityDep
+) -> JobRead:
     """Only while the job is queued (409 job_not_queued after it has started); its
-    queue_position follows at once."""
-    job = lifecycle.set_priority(session, job_id, change.priority)
+    queue_position follows at once. Only its owner or an admin (403 forbidden)."""
+    job = lifecycle.set_priority(session, job_id, change.priority, actor=identity)
     return render_one_job(session, job)
 
 
@@ -176,22 +188,24 @@ def update_job(job_id: JobId, change: PriorityUpdate, session: SessionDep) -> Jo
     "/{job_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(401, 404, 409),
+    responses=error_responses(401, 403, 404, 409),
     summary="Delete a job that has ended, with its metrics and checkpoint files",
 )
-def delete_job(job_id: JobId, settings: SettingsDep) -> Response:
-    """409 not_finished while it is queued or running (cancel it first)."""
-    retention.delete_job_now(settings, job_id)
+def delete_job(job_id: JobId, settings: SettingsDep, identity: IdentityDep) -> Response:
+    """409 not_finished while it is queued or running (cancel it first). Only its owner or an
+    admin (403 forbidden)."""
+    retention.delete_job_now(settings, job_id, actor=identity)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
     "/{job_id}/cancel",
     response_model=JobRead,
-    responses=error_responses(401, 404, 409),
+    responses=error_responses(401, 403, 404, 409),
     summary="Cancel a queued or running job",
 )
-def cancel_job(job_id: JobId, session: SessionDep) -> JobRead:
+def cancel_job(job_id: JobId, session: SessionDep, identity: IdentityDep) -> JobRead:
     """A queued job never starts; a running one stops at the next batch and keeps its last
-    checkpoint (its status reads `running` with `cancel_requested` until the worker stops)."""
-    return render_job(lifecycle.cancel_job(session, job_id))
+    checkpoint (its status reads `running` with `cancel_requested` until the worker stops).
+    Only its owner or an admin (403 forbidden)."""
+    return render_job(lifecycle.cancel_job(session, job_id, actor=identity))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import Header, Path
+from fastapi import Header, Path, Query
 from pydantic import BeforeValidator
 
 MAX_JOB_ID = 2**31 - 1
@@ -42,4 +42,18 @@ IdempotencyKey = Annotated[
         description="Retry-safe submission: the same key and body return what the first request "
         "made; the same key with another body is 409. 1 to 200 printable ASCII characters.",
     ),
+]
+
+# A user's name (jobs.accounts.NAME_PATTERN), or `admin` for the API key's holder.
+USER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+OwnerQuery = Annotated[
+    str | None,
+    Query(
+        pattern=USER_NAME_PATTERN,
+        description="Only what this user submitted (`admin`: with the API key).",
+    ),
+]
+UserName = Annotated[str, Path(pattern=USER_NAME_PATTERN, description="The user's name.")]
+TokenId = Annotated[
+    int, Path(ge=1, le=MAX_JOB_ID, description="The token's id."), BeforeValidator(_canonical_id)
 ]

@@ -11,6 +11,7 @@ import json
 from typing import Annotated, Any, get_args
 from urllib.parse import parse_qs, urlencode
 
+import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -23,7 +24,9 @@ from app.schemas.jobs import EpochMetricRead
 from app.templating import page
 from engine.config import Hyperparameters
 from engine.datasets import DATASETS
-from jobs.errors import ExperimentNotFound, InvalidFields, JobNotFound
+from jobs import accounts
+from jobs.db import session_scope
+from jobs.errors import ExperimentNotFound, InvalidFields, JobNotFound, TokenRejected
 from jobs.listing import get_experiment, get_job, list_jobs
 from jobs.metrics import epoch_metrics
 from jobs.settings import get_settings
@@ -214,11 +217,21 @@ def sign_in_page(
     return page(request, "login.html", {**context, "key_needed": settings.api_key is not None})
 
 
+def _user_sign_in(api_key: str, token: str) -> str:
+    """The sign-in cookie for a user's token (jobs.accounts.sign_in_value): the token's id and
+    an HMAC of its stored hash, never the token; TokenRejected for a token that is not good."""
+    with session_scope(write=False) as session:
+        identity, _ = accounts.identify_token(session, token)
+    assert identity.token_id is not None
+    return accounts.sign_in_value(api_key, identity.token_id, accounts.token_sha256(token))
+
+
 @router.post(SIGN_IN_PATH, response_class=HTMLResponse)
 async def sign_in(request: Request, settings: SettingsDep) -> Response:
-    """Check the key from the form; the right one sets the sign-in cookie and goes on to the
-    page asked for. The cookie is HttpOnly (no script reads it) and SameSite=Strict (no other
-    site's page can send it)."""
+    """Check the key or a user's token from the form; a good one sets the sign-in cookie and
+    goes on to the page asked for. The cookie is HttpOnly (no script reads it) and
+    SameSite=Strict (no other site's page can send it), and holds neither the key nor the
+    token."""
     # A form body, parsed here: the only form the service takes.
     form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
     sent = form.get("api_key", [""])[0]
@@ -226,14 +239,21 @@ async def sign_in(request: Request, settings: SettingsDep) -> Response:
     expected = settings.api_key
     if expected is None:
         return RedirectResponse(target, status_code=303)
-    if not key_matches(sent, expected):
-        problem = "That is not the key." if sent else "Enter the key."
-        context = {"next": target, "problem": problem, "key_needed": True}
-        return page(request, "login.html", context, 401)
+    if key_matches(sent, expected):
+        cookie = sign_in_token(expected)
+    else:
+        try:
+            cookie = await anyio.to_thread.run_sync(_user_sign_in, expected, sent)
+        except TokenRejected as rejected:
+            problem = rejected.detail
+            if not accounts.looks_like_token(sent):
+                problem = "That is not the key." if sent else "Enter the key."
+            context = {"next": target, "problem": problem, "key_needed": True}
+            return page(request, "login.html", context, 401)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SIGN_IN_COOKIE,
-        sign_in_token(expected),
+        cookie,
         max_age=SIGN_IN_SECONDS,
         path="/",
         httponly=True,

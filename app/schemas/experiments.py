@@ -125,6 +125,7 @@ class ExperimentLinks(BaseModel):
 _EXPERIMENT_EXAMPLE: dict[str, Any] = {
     "id": 1,
     "name": "report",
+    "owner": "ada",
     "preset": "report",
     "tags": [],
     "spec": {
@@ -251,6 +252,9 @@ class ExperimentRead(BaseModel):
 
     id: int
     name: str
+    owner: str | None = Field(
+        None, description="Who submitted it (`admin`: the API key); null without accounts."
+    )
     preset: Literal["report"] | None
     tags: list[str]
     spec: dict[str, Any] = Field(description="The submitted experiment, defaults filled in.")

@@ -33,6 +33,7 @@ class JobLinks(BaseModel):
 JOB_EXAMPLE: dict[str, Any] = {
     "id": 1,
     "experiment_id": None,
+    "owner": "ada",
     "name": "residual smoke run",
     "tags": ["demo"],
     "block": "residual",
@@ -151,6 +152,11 @@ class JobRead(BaseModel):
 
     id: int
     experiment_id: int | None = Field(None, description="The experiment the job belongs to.")
+    owner: str | None = Field(
+        None,
+        description="Who submitted it, or its experiment (`admin`: the API key); null without "
+        "accounts.",
+    )
     name: str | None
     tags: list[str]
     block: str

@@ -162,6 +162,7 @@ def lock_experiment(session: Session, experiment_id: int) -> Any:
             Experiment.free_places,
             Experiment.next_place,
             Experiment.cancel_requested,
+            Experiment.owner,
         )
         .where(Experiment.id == experiment_id)
         .with_for_update(key_share=True)
