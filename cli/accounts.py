@@ -7,6 +7,7 @@ import argparse
 import getpass
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -17,7 +18,7 @@ from cli.arguments import ROLES, limit_or_none, positive_id, user_name
 from cli.client import TOKEN_VARIABLE, ApiClient, Connection
 from cli.config import StoredLogin, config_path, remove_login, save_login
 from cli.errors import CliError, UsageError
-from cli.render import EMPTY, fitted_table, page_caption, timestamp
+from cli.render import EMPTY, fitted_table, page_caption, print_json, timestamp
 
 
 def me(api: ApiClient) -> dict[str, Any]:
@@ -43,10 +44,18 @@ def _items(answer: Any) -> list[dict[str, Any]]:
     return list(items)
 
 
-def _print_json(data: Any) -> None:
-    import json
-
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+def _print_rows(
+    args: argparse.Namespace,
+    console: Console,
+    rows: list[dict[str, Any]],
+    table: Callable[..., Table],
+) -> int:
+    """Rows as JSON (--json) or as a table."""
+    if args.json:
+        print_json(rows)
+    else:
+        console.print(table(rows, width=console.width))
+    return 0
 
 
 # --- login, logout, whoami ------------------------------------------------------------------
@@ -95,7 +104,7 @@ def logout(args: argparse.Namespace, console: Console) -> int:
 def whoami(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     who = me(api)
     if args.json:
-        _print_json(who)
+        print_json(who)
         return 0
     url = api.connection.url
     if not who.get("accounts"):
@@ -160,12 +169,7 @@ def _print_new_token(console: Console, made: dict[str, Any], intro: str) -> None
 
 
 def users_list(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
-    users = _items(api.get_json("/users"))
-    if args.json:
-        _print_json(users)
-    else:
-        console.print(users_table(users, width=console.width))
-    return 0
+    return _print_rows(args, console, _items(api.get_json("/users")), users_table)
 
 
 def users_add(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
@@ -176,7 +180,7 @@ def users_add(args: argparse.Namespace, api: ApiClient, console: Console) -> int
         body["max_running_jobs"] = args.max_running
     made = api.post_json("/users", body, subject=f"user {args.name}")
     if args.json:
-        _print_json(made)
+        print_json(made)
         return 0
     user = made["user"]
     _print_new_token(console, made, f"user {user['name']} added ({user['role']})")
@@ -186,7 +190,7 @@ def users_add(args: argparse.Namespace, api: ApiClient, console: Console) -> int
 def users_show(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     user = api.get_json(f"/users/{args.name}", subject=f"user {args.name}")
     if args.json:
-        _print_json(user)
+        print_json(user)
         return 0
     for line in user_lines(user):
         console.print(line, soft_wrap=True)
@@ -253,18 +257,14 @@ def tokens_table(tokens: list[dict[str, Any]], *, width: int) -> Table:
 
 def tokens_list(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     tokens = _items(api.get_json(f"/users/{args.name}/tokens", subject=f"user {args.name}"))
-    if args.json:
-        _print_json(tokens)
-    else:
-        console.print(tokens_table(tokens, width=console.width))
-    return 0
+    return _print_rows(args, console, tokens, tokens_table)
 
 
 def tokens_add(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     body = {"label": args.label} if args.label else {}
     made = api.post_json(f"/users/{args.name}/tokens", body, subject=f"user {args.name}")
     if args.json:
-        _print_json(made)
+        print_json(made)
         return 0
     # POST /users/{name}/tokens answers the token itself, or {"user", "token"} like POST /users.
     token = made["token"] if isinstance(made.get("token"), dict) else made

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from cli.render import (
     job_status,
     jobs_table,
     make_console,
+    print_json,
     search_parts,
     status_counts,
 )
@@ -109,10 +109,6 @@ def _add_connection_flags(parser: argparse.ArgumentParser, *, defaults: bool) ->
     )
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
 # The most rows the API sends per page.
 API_PAGE_LIMIT = 200
 
@@ -141,7 +137,7 @@ def _print_page(
 ) -> int:
     """Rows of a list route as JSON or as a table."""
     if args.json:
-        _print_json(page)
+        print_json(page)
     else:
         console.print(table(page["items"], page["next"] is not None, width=console.width))
     return 0
@@ -164,13 +160,13 @@ def _follow_interval(args: argparse.Namespace) -> float:
 def submit(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     body = job_body(args)
     if args.dry_run:
-        _print_json(body)
+        print_json(body)
         return 0
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     response = api.request("POST", "/jobs", json_body=body, headers=headers)
     job = response.json()
     if args.json:
-        _print_json(job)
+        print_json(job)
     else:
         replayed = (
             " (already submitted with this Idempotency-Key)"
@@ -210,7 +206,7 @@ def show_job(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     subject = f"job {args.job_id}"
     job = api.get_json(f"/jobs/{args.job_id}", subject=subject)
     if args.json:
-        _print_json(job)
+        print_json(job)
         return 0
     checkpoints = api.get_json(f"/jobs/{args.job_id}/checkpoints", subject=subject)
     for line in job_details(job, checkpoints):
@@ -223,7 +219,7 @@ def show_metrics(args: argparse.Namespace, api: ApiClient, console: Console) -> 
         f"/jobs/{args.job_id}/metrics", subject=f"job {args.job_id}", since_epoch=args.since_epoch
     )
     if args.format == "json":
-        _print_json(metrics)
+        print_json(metrics)
     elif args.format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(EPOCH_FIELDS)
@@ -277,12 +273,12 @@ def follow(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
 def submit_experiment(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     body = experiment_body(args)
     if args.dry_run:
-        _print_json(body)
+        print_json(body)
         return 0
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     experiment = api.post_json("/experiments", body, headers=headers)
     if args.json:
-        _print_json(experiment)
+        print_json(experiment)
     else:
         console.print(f"experiment {experiment['id']} submitted: {experiment['job_count']} jobs")
         if not args.follow:  # following starts with the same line
@@ -299,12 +295,12 @@ def submit_search(args: argparse.Namespace, api: ApiClient, console: Console) ->
     args.preset, args.grid, args.seeds = None, None, None
     body = search_body(args)
     if args.dry_run:
-        _print_json(body)
+        print_json(body)
         return 0
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     experiment = api.post_json("/experiments", body, headers=headers)
     if args.json:
-        _print_json(experiment)
+        print_json(experiment)
     else:
         search = experiment["search"]
         console.print(
@@ -369,7 +365,7 @@ def show_experiment(args: argparse.Namespace, api: ApiClient, console: Console) 
         path, subject=subject, sort=args.sort, order=args.order, limit=EXPERIMENT_ROWS
     )
     if args.json:
-        _print_json(experiment)
+        print_json(experiment)
     else:
         console.print(experiment_header(experiment))
         for part in search_parts(experiment, width=console.width):

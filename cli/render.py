@@ -3,6 +3,7 @@ experiments, and the epoch line that --follow prints as each epoch lands."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import datetime
@@ -46,6 +47,11 @@ def make_console(file: TextIO | None = None) -> Console:
     if not stream.isatty() and "COLUMNS" not in os.environ:
         width = PIPE_WIDTH
     return Console(file=stream, width=width, markup=False, highlight=False, emoji=False)
+
+
+def print_json(data: Any) -> None:
+    """An answer of the API, indented, on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 def percent(fraction: float | None) -> str:
