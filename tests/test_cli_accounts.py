@@ -206,10 +206,18 @@ def test_a_member_may_not_change_another_members_job(
     own = as_user(url, people["alice"], "cancel", str(alices))
     assert own.returncode == 0 and own.stdout.strip() == f"job {alices} cancelled"
 
-    # Admin commands are an admin's.
-    for command in (["users", "list"], ["audit"], ["users", "add", "mallory"]):
+    # Admin commands are an admin's; a member's own tokens are theirs to manage.
+    for command in (
+        ["users", "list"],
+        ["audit"],
+        ["users", "add", "mallory"],
+        ["tokens", "list", "alice"],
+        ["tokens", "add", "alice"],
+    ):
         denied = as_user(url, people["bob"], *command)
         assert assert_one_line_error(denied, 1).startswith("not allowed: "), command
+    own_tokens = as_user(url, people["bob"], "tokens", "list", "bob")
+    assert own_tokens.returncode == 0 and "1 token" in own_tokens.stdout, own_tokens.stderr
 
     # The audit trail names who did it.
     trail = as_admin(url, "audit", "--job", str(alices), "--json")
