@@ -161,6 +161,26 @@ def test_a_member_sees_owners_filters_theirs_and_may_cancel_only_their_own(
     assert "/ui/login?next=" in page.url
 
 
+def test_an_admin_signed_in_with_the_key_may_cancel_anyones_job(
+    page: Any, accounts_dashboard: tuple[str, dict[str, str]]
+) -> None:
+    base, tokens = accounts_dashboard
+    bobs = submitted(base, tokens["bob"], "/jobs", {**TINY, "name": "bob's, for the admin"})
+    page.goto(f"{base}/ui/login")
+    assert page.locator("#signed-in, nav form").count() == 0  # not on the form itself
+    page.fill("#api-key", KEY)
+    page.click('form.sign-in button[type="submit"]')
+    page.wait_for_url(f"{base}/")
+    page.wait_for_selector("#signed-in:not([hidden])")
+    assert page.inner_text("#signed-in") == "admin (admin)"
+    page.goto(f"{base}/ui/jobs/{bobs}")
+    page.wait_for_selector("#signed-in:not([hidden])")
+    assert page.is_enabled("#cancel-job")
+    assert page.locator("[data-reason-for]").count() == 0
+    page.click("#cancel-job")
+    page.wait_for_selector("#job-status.status-cancelled")
+
+
 def test_without_api_key_the_pages_show_no_accounts(
     page: Any, tmp_path: Path, dataset_root: Path
 ) -> None:
