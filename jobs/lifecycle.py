@@ -26,7 +26,7 @@ from jobs.counters import EPOCHS_RECORDED, MESSAGES_RESENT, add_to_counter, leas
 from jobs.db import insert_ignoring_duplicates as _insert_ignoring_duplicates
 from jobs.dispatch import next_claimable
 from jobs.errors import JobNotCancellable, JobNotQueued
-from jobs.events import STATUS_EVENT, record_epoch_event, record_event, record_status, status_data
+from jobs.events import STATUS_EVENT, record_epoch_event, record_event, status_data
 from jobs.listing import get_experiment, get_job
 from jobs.metrics import METRIC_NAMES, epoch_time_values, evaluation_of
 from jobs.queue import enqueue_after_commit
@@ -137,23 +137,30 @@ def _move(
     *conditions: Any,
     from_status: JobStatus,
     cause: EndCause = EndCause.ATTEMPT,
+    by: str | None = None,
     **values: Any,
 ) -> bool:
     """A status change from `from_status` (a condition of the change): `_transition`, and when
-    it happened the kept status counts (jobs.status_counts), a status event, and `JobEnded`
-    (with what ended it) when the status is final."""
+    it happened the kept status counts (jobs.status_counts), a status event (naming `by`, the
+    user who asked for it, if one did), and `JobEnded` (with what ended it) when the status is
+    final."""
     moved = _transition(session, job_id, Job.status == from_status, *conditions, **values)
     if moved:
         data = status_data(session, job_id)
         experiment_id = session.execute(select(Job.experiment_id).where(Job.id == job_id)).scalar()
         status_counts.moved(session, experiment_id, from_status, data["status"])
-        record_event(session, job_id, STATUS_EVENT, data)
+        record_event(session, job_id, STATUS_EVENT, _asked_by(data, by))
         if data["ended"]:
             moves = signals.job_ended(
                 session, JobEnded(job_id, JobStatus(data["status"]), experiment_id, cause)
             )
             _make_moves(session, moves)
     return moved
+
+
+def _asked_by(data: dict[str, Any], by: str | None) -> dict[str, Any]:
+    """A status event's data, with `by` (who asked for the change) when a user asked."""
+    return data if by is None else {**data, "by": by}
 
 
 def _make_moves(session: Session, moves: list[TrialMove]) -> None:
@@ -537,6 +544,7 @@ def cancel_job(
     job = get_job(session, job_id)
     if actor is not None:
         ensure_may_change(actor, job.owner, f"Job {job_id}")
+    by = None if actor is None else actor.name
     now = utcnow()
     # Queued, or waiting at a rung: no attempt holds it.
     waiting = (
@@ -545,6 +553,7 @@ def cancel_job(
             job_id,
             from_status=status,
             cause=cause,
+            by=by,
             status=JobStatus.CANCELLED,
             cancel_requested=True,
             finished_at=now,
@@ -559,7 +568,7 @@ def cancel_job(
         Job.cancel_requested.is_(False),
         cancel_requested=True,
     ):
-        record_status(session, job_id)
+        record_event(session, job_id, STATUS_EVENT, _asked_by(status_data(session, job_id), by))
     session.refresh(job)
     status = JobStatus(job.status)
     if status.ended and status != JobStatus.CANCELLED:

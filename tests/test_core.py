@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from jobs import dispatch, experiments, lifecycle, submission
+from jobs.accounts import NO_ACCOUNTS
 from jobs.db import session_scope
 from jobs.lifecycle import GO_ON, StopReason, claim_job, claim_next_job, record_epoch
 from jobs.settings import get_settings
@@ -290,8 +291,8 @@ def test_a_page_of_positions_and_each_job_alone_agree_with_the_claim_order(db: s
     assert len(grid_ids) == 4
     late = new_jobs(2)
     with session_scope() as session:
-        lifecycle.set_priority(session, late[1], 5)
-        lifecycle.set_priority(session, lone[2], -5)
+        lifecycle.set_priority(session, late[1], 5, actor=NO_ACCOUNTS)
+        lifecycle.set_priority(session, lone[2], -5, actor=NO_ACCOUNTS)
     ids = lone + grid_ids + late
     with session_scope(write=False) as session:
         page = dispatch.queue_positions(session, ids)

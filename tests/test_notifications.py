@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import select, update
 
 from jobs import experiments, lifecycle, retention, submission
+from jobs.accounts import NO_ACCOUNTS
 from jobs.db import session_scope
 from jobs.notifications import delivery, outbox
 from jobs.settings import get_settings
@@ -514,7 +515,7 @@ def test_a_job_deleted_before_the_outbox_read_its_end_is_still_notified(
     configure(database_url, NOTIFY_SECRET=SECRET, NOTIFY_ALLOWED_HOSTS="hooks.example.org")
     job_id = notified_job("https://hooks.example.org/x")
     drive_job(job_id, 1, finish="succeeded")
-    retention.delete_job_now(get_settings(), job_id)
+    retention.delete_job_now(get_settings(), job_id, actor=NO_ACCOUNTS)
     (row,) = deliveries()
     assert (row.subject_id, row.event) == (job_id, "succeeded")
     assert json.loads(row.body)["job"]["id"] == job_id

@@ -280,6 +280,16 @@ def every_protected_request(
         ("GET", f"/jobs/{job_id}/events", {"params": {"last_event_id": "x"}}, 400),
         ("GET", f"{experiment}/events", {"params": {"last_event_id": "x"}}, 400),
         ("DELETE", experiment, {}, 204),  # every job cancelled above
+        ("GET", "/me", {}, 200),
+        ("POST", "/users", {"json": {"name": "ada"}}, 201),
+        ("GET", "/users", {}, 200),
+        ("GET", "/users/ada", {}, 200),
+        ("PATCH", "/users/ada", {"json": {"max_queued_jobs": 10}}, 200),
+        ("POST", "/users/ada/tokens", {"json": {"label": "ci"}}, 201),
+        ("GET", "/users/ada/tokens", {}, 200),
+        ("DELETE", "/users/ada/tokens/1", {}, 200),
+        ("DELETE", "/users/ada/tokens", {}, 200),
+        ("GET", "/audit", {}, 200),
     ]
 
 
@@ -312,7 +322,7 @@ def test_api_key_guards_every_route_but_health(configure, database_url: str) -> 
             for template in schema["paths"]
             if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path)
         }
-        assert covered == declared and len(declared) == 25
+        assert covered == declared and len(declared) == 35
 
         jobs_before = len(client.get("/jobs", headers=good).json()["items"])
         for method, path, kwargs, _ in requests:
@@ -783,6 +793,9 @@ def json_routes(client: TestClient) -> list[tuple[str, str]]:
         ("POST", "/experiments"),
         ("PATCH", "/jobs/{job_id}"),
         ("PATCH", "/experiments/{experiment_id}"),
+        ("POST", "/users"),
+        ("PATCH", "/users/{name}"),
+        ("POST", "/users/{name}/tokens"),
     }, found
     return sorted((method, re.sub(r"\{[^}]+\}", "1", path)) for method, path in found)
 

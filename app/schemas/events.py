@@ -30,6 +30,11 @@ class StatusEventData(BaseModel):
     best_test_accuracy: float | None
     final_test_accuracy: float | None
     final_train_loss: float | None
+    by: str | None = Field(
+        None,
+        description="Who asked for this change (`admin`: the API key), in a cancel's event "
+        "with accounts; absent otherwise.",
+    )
 
 
 class EpochEventData(BaseModel):
