@@ -20,6 +20,8 @@ from tests.support import free_port, start_api
 pytestmark = pytest.mark.e2e
 
 KEY = "browser-accounts-s3cret"
+# The longest name a user may have, with nothing to break it at.
+LONG_NAME = "l" * 64
 TINY = {"block": "mobile", "hyperparameters": {"epochs": 1}}
 
 
@@ -43,7 +45,7 @@ def submitted(base: str, token: str, path: str, body: dict[str, Any]) -> int:
 def accounts_dashboard(
     tmp_path_factory: pytest.TempPathFactory, dataset_root: Path
 ) -> Iterator[tuple[str, dict[str, str]]]:
-    """The API with API_KEY and no worker (jobs stay queued), and two members' tokens."""
+    """The API with API_KEY and no worker (jobs stay queued), and three members' tokens."""
     from jobs.migrations import upgrade
 
     root = tmp_path_factory.mktemp("accounts-dashboard")
@@ -54,7 +56,7 @@ def accounts_dashboard(
     base = f"http://127.0.0.1:{port}"
     try:
         tokens = {}
-        for name in ("alice", "bob"):
+        for name in ("alice", "bob", LONG_NAME):
             made = httpx.post(
                 f"{base}/users",
                 json={"name": name, "role": "member"},
@@ -74,6 +76,7 @@ def test_a_member_sees_owners_filters_theirs_and_may_cancel_only_their_own(
     base, tokens = accounts_dashboard
     alices = submitted(base, tokens["alice"], "/jobs", {**TINY, "name": "alice's job"})
     bobs = submitted(base, tokens["bob"], "/jobs", {**TINY, "name": "bob's job"})
+    submitted(base, tokens[LONG_NAME], "/jobs", {**TINY, "name": "a long owner's"})
     grid = {"blocks": ["plain"], "seeds": [0], "hyperparameters": {"epochs": 1}}
     bobs_experiment = submitted(base, tokens["bob"], "/experiments", {**grid, "name": "bob's"})
     alices_experiment = submitted(
@@ -179,6 +182,27 @@ def test_an_admin_signed_in_with_the_key_may_cancel_anyones_job(
     assert page.locator("[data-reason-for]").count() == 0
     page.click("#cancel-job")
     page.wait_for_selector("#job-status.status-cancelled")
+
+
+def test_the_longest_name_signed_in_fits_the_window(
+    page: Any, accounts_dashboard: tuple[str, dict[str, str]]
+) -> None:
+    base, tokens = accounts_dashboard
+    job_id = submitted(base, tokens[LONG_NAME], "/jobs", {**TINY, "name": "long"})
+    page.goto(f"{base}/ui/login")
+    page.fill("#api-key", tokens[LONG_NAME])
+    page.click('form.sign-in button[type="submit"]')
+    page.wait_for_url(f"{base}/")
+    page.wait_for_selector("#signed-in:not([hidden])")
+    assert page.inner_text("#signed-in") == f"{LONG_NAME} (member)"
+    no_horizontal_overflow(page)
+    page.goto(f"{base}/?owner={LONG_NAME}")
+    page.wait_for_selector("#experiments p")
+    no_horizontal_overflow(page)
+    page.goto(f"{base}/ui/jobs/{job_id}")
+    page.wait_for_selector("#signed-in:not([hidden])")
+    assert page.is_enabled("#cancel-job")
+    no_horizontal_overflow(page)
 
 
 def test_without_api_key_the_pages_show_no_accounts(
