@@ -205,6 +205,32 @@ def test_the_longest_name_signed_in_fits_the_window(
     no_horizontal_overflow(page)
 
 
+def test_a_revoked_token_signs_the_page_out_and_says_why(
+    page: Any, accounts_dashboard: tuple[str, dict[str, str]]
+) -> None:
+    base, _ = accounts_dashboard
+    admin = {"X-API-Key": KEY}
+    made = httpx.post(f"{base}/users", json={"name": "carol"}, headers=admin, timeout=30)
+    assert made.status_code == 201, made.text
+    job_id = submitted(base, made.json()["token"]["token"], "/jobs", {**TINY, "name": "carol's"})
+    page.goto(f"{base}/ui/login?next=/ui/jobs/{job_id}")
+    page.fill("#api-key", made.json()["token"]["token"])
+    page.click('form.sign-in button[type="submit"]')
+    page.wait_for_url(f"{base}/ui/jobs/{job_id}")
+    page.wait_for_selector("#signed-in:not([hidden])")
+
+    revoked = httpx.delete(f"{base}/users/carol/tokens", headers=admin, timeout=30)
+    assert revoked.status_code == 200, revoked.text
+    page.click("#cancel-job")
+    page.wait_for_selector("#cancel-message:not(:empty)")
+    assert page.inner_text("#cancel-message") == (
+        "The server no longer takes this sign-in (The token has been revoked.): sign in again "
+        "at /ui/login."
+    )
+    job = httpx.get(f"{base}/jobs/{job_id}", headers=admin, timeout=30).json()
+    assert job["status"] == "queued"
+
+
 def test_without_api_key_the_pages_show_no_accounts(
     page: Any, tmp_path: Path, dataset_root: Path
 ) -> None:

@@ -35,7 +35,8 @@ export async function api(path, { method = "GET", body, headers = {} } = {}) {
 /** What to tell a person about a failed call. */
 export function describeError(error) {
   if (error instanceof ApiError && error.status === 401) {
-    return "The server asks for the API key: sign in again (/ui/login).";
+    // The API says why: signed out, the token revoked, its user disabled, a new API_KEY.
+    return `The server no longer takes this sign-in (${error.message}): sign in again at /ui/login.`;
   }
   return error instanceof ApiError ? `${error.body.error || "error"}: ${error.message}` : String(error);
 }
