@@ -95,10 +95,10 @@ def _identify_token(token: str) -> Identity:
     """The token's user (TokenRejected otherwise), its use noted at most once a minute."""
     with session_scope(write=False) as session:
         identity, last_used_at = accounts.identify_token(session, token)
-    if identity.token_id is not None:
+    if identity.token_id is not None and accounts.use_to_note(last_used_at):
         try:
             with session_scope() as session:
-                accounts.note_use(session, identity.token_id, last_used_at)
+                accounts.note_use(session, identity.token_id)
         except SQLAlchemyError as error:
             # Only the last-used time is lost: the request goes on.
             logger.warning("could not note a token's use: %s", type(error).__name__)

@@ -43,7 +43,9 @@ def build_schema(app: FastAPI, *, api_key_required: bool) -> dict[str, Any]:
                 "type": "apiKey",
                 "in": "header",
                 "name": API_KEY_HEADER,
-                "description": "Needed on every route but /health (this server has API_KEY set).",
+                "description": "Needed on every route but /health (this server has API_KEY "
+                "set): the key, or a user's token (cj_...), which may also be sent as "
+                "`Authorization: Bearer <token>`.",
             }
         }
     else:

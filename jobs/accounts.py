@@ -43,8 +43,7 @@ BUILTIN_ADMIN_NAME = "admin"
 TOKEN_PREFIX = "cj_"
 TOKEN_PATTERN = re.compile(r"cj_[A-Za-z0-9_-]{43}")
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-# last_used_at is written at most this often per token: a write per request would cost more
-# than the lookup, and on SQLite wait for the one writer.
+# last_used_at is written at most this often per token.
 LAST_USED_PRECISION = timedelta(minutes=1)
 
 
@@ -108,15 +107,29 @@ def ensure_admin(actor: Identity, action: str) -> None:
 # --- identifying a caller --------------------------------------------------------------------
 
 
-def _usable(token: UserToken | None, user: User | None) -> Identity:
-    if token is None or user is None:
+# What identifying a caller reads: the token's row and its user's, as plain columns (one
+# indexed lookup, no ORM objects).
+_CALLER = select(
+    UserToken.id,
+    UserToken.token_sha256,
+    UserToken.revoked_at,
+    UserToken.last_used_at,
+    User.id.label("user_id"),
+    User.name,
+    User.role,
+    User.disabled,
+).join(User, User.id == UserToken.user_id)
+
+
+def _usable(row: Any) -> Identity:
+    if row is None:
         raise TokenRejected("token_unknown", "The token is not one this service issued.")
-    if token.revoked_at is not None:
+    if row.revoked_at is not None:
         raise TokenRejected("token_revoked", "The token has been revoked.")
-    if user.disabled:
-        raise TokenRejected("user_disabled", f"User {user.name} is disabled.")
+    if row.disabled:
+        raise TokenRejected("user_disabled", f"User {row.name} is disabled.")
     return Identity(
-        name=user.name, role=user.role, accounts=True, user_id=user.id, token_id=token.id
+        name=row.name, role=row.role, accounts=True, user_id=row.user_id, token_id=row.id
     )
 
 
@@ -128,30 +141,28 @@ def identify_token(session: Session, token: str) -> tuple[Identity, datetime | N
             "token_malformed", "The token is malformed (a token is cj_ and 43 characters)."
         )
     digest = token_sha256(token)
-    row = session.execute(
-        select(UserToken, User)
-        .join(User, User.id == UserToken.user_id)
-        .where(UserToken.token_sha256 == digest)
-    ).one_or_none()
-    found, user = (row[0], row[1]) if row is not None else (None, None)
+    row = session.execute(_CALLER.where(UserToken.token_sha256 == digest)).one_or_none()
     # The lookup found the row by its hash; compare it once more in constant time.
-    if found is not None and not hmac.compare_digest(found.token_sha256, digest):
-        found = None
-    return _usable(found, user), None if found is None else found.last_used_at
+    if row is not None and not hmac.compare_digest(row.token_sha256, digest):
+        row = None
+    return _usable(row), None if row is None else row.last_used_at
 
 
-def note_use(session: Session, token_id: int, last_used_at: datetime | None) -> bool:
-    """Record that a token was used now, unless that was recorded less than a minute ago."""
-    now = utcnow()
-    if last_used_at is not None and now - last_used_at < LAST_USED_PRECISION:
-        return False
+def use_to_note(last_used_at: datetime | None) -> bool:
+    """Whether a token's use now is worth writing down: its last use is unknown or more than
+    a minute old (a write per request would cost more than the lookup, and on SQLite wait for
+    the one writer)."""
+    return last_used_at is None or utcnow() - last_used_at >= LAST_USED_PRECISION
+
+
+def note_use(session: Session, token_id: int) -> None:
+    """Record that a token was used now."""
     session.execute(
         update(UserToken)
         .where(UserToken.id == token_id)
-        .values(last_used_at=now)
+        .values(last_used_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return True
 
 
 def sign_in_value(api_key: str, token_id: int, token_hash: str) -> str:
@@ -167,17 +178,12 @@ def identify_sign_in(session: Session, api_key: str, value: str) -> Identity:
     token_id, _, mac = value.partition(".")
     if not token_id.isdigit() or len(token_id) > 10 or len(mac) != 64:
         raise TokenRejected("token_malformed", "The sign-in cookie is malformed.")
-    row = session.execute(
-        select(UserToken, User)
-        .join(User, User.id == UserToken.user_id)
-        .where(UserToken.id == int(token_id))
-    ).one_or_none()
-    found, user = (row[0], row[1]) if row is not None else (None, None)
-    if found is not None and not hmac.compare_digest(
-        sign_in_value(api_key, found.id, found.token_sha256), value
+    row = session.execute(_CALLER.where(UserToken.id == int(token_id))).one_or_none()
+    if row is not None and not hmac.compare_digest(
+        sign_in_value(api_key, row.id, row.token_sha256), value
     ):
-        found = None
-    return _usable(found, user)
+        row = None
+    return _usable(row)
 
 
 # --- users and tokens ------------------------------------------------------------------------
