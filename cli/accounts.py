@@ -38,23 +38,17 @@ def my_name(api: ApiClient) -> str:
     return str(who["name"])
 
 
-def _items(answer: Any) -> list[dict[str, Any]]:
-    """A list route's rows, whether it answers a list or a page {"items", "next"}."""
-    items = answer["items"] if isinstance(answer, dict) else answer
-    return list(items)
-
-
 def _print_rows(
     args: argparse.Namespace,
     console: Console,
-    rows: list[dict[str, Any]],
+    answer: dict[str, Any],
     table: Callable[..., Table],
 ) -> int:
-    """Rows as JSON (--json) or as a table."""
+    """A list route's answer ({"items": [...]}) as JSON (--json) or as a table."""
     if args.json:
-        print_json(rows)
+        print_json(answer)
     else:
-        console.print(table(rows, width=console.width))
+        console.print(table(answer["items"], width=console.width))
     return 0
 
 
@@ -169,7 +163,7 @@ def _print_new_token(console: Console, made: dict[str, Any], intro: str) -> None
 
 
 def users_list(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
-    return _print_rows(args, console, _items(api.get_json("/users")), users_table)
+    return _print_rows(args, console, api.get_json("/users"), users_table)
 
 
 def users_add(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
@@ -178,7 +172,7 @@ def users_add(args: argparse.Namespace, api: ApiClient, console: Console) -> int
         body["max_queued_jobs"] = args.max_queued
     if args.max_running is not None:
         body["max_running_jobs"] = args.max_running
-    made = api.post_json("/users", body, subject=f"user {args.name}")
+    made = api.post_json("/users", body)
     if args.json:
         print_json(made)
         return 0
@@ -188,7 +182,7 @@ def users_add(args: argparse.Namespace, api: ApiClient, console: Console) -> int
 
 
 def users_show(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
-    user = api.get_json(f"/users/{args.name}", subject=f"user {args.name}")
+    user = api.get_json(f"/users/{args.name}")
     if args.json:
         print_json(user)
         return 0
@@ -198,7 +192,7 @@ def users_show(args: argparse.Namespace, api: ApiClient, console: Console) -> in
 
 
 def _patch_user(api: ApiClient, name: str, change: dict[str, Any]) -> dict[str, Any]:
-    user: dict[str, Any] = api.patch_json(f"/users/{name}", change, subject=f"user {name}")
+    user: dict[str, Any] = api.patch_json(f"/users/{name}", change)
     return user
 
 
@@ -256,36 +250,34 @@ def tokens_table(tokens: list[dict[str, Any]], *, width: int) -> Table:
 
 
 def tokens_list(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
-    tokens = _items(api.get_json(f"/users/{args.name}/tokens", subject=f"user {args.name}"))
+    tokens = api.get_json(f"/users/{args.name}/tokens")
     return _print_rows(args, console, tokens, tokens_table)
 
 
 def tokens_add(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     body = {"label": args.label} if args.label else {}
-    made = api.post_json(f"/users/{args.name}/tokens", body, subject=f"user {args.name}")
+    made = api.post_json(f"/users/{args.name}/tokens", body)
     if args.json:
         print_json(made)
         return 0
-    # POST /users/{name}/tokens answers the token itself, or {"user", "token"} like POST /users.
-    token = made["token"] if isinstance(made.get("token"), dict) else made
-    _print_new_token(console, {"token": token}, f"token {token['id']} added for {args.name}")
+    _print_new_token(console, {"token": made}, f"token {made['id']} added for {args.name}")
     return 0
 
 
 def tokens_revoke(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
-    subject = f"user {args.name}"
     if args.all == (args.token_id is not None):
         raise UsageError("give a token's ID or --all (not both)")
     if args.all:
-        api.request("DELETE", f"/users/{args.name}/tokens", subject=subject)
-        console.print(f"every token of {args.name} revoked")
-    else:
-        api.request(
-            "DELETE",
-            f"/users/{args.name}/tokens/{args.token_id}",
-            subject=f"token {args.token_id} of user {args.name}",
+        answer = api.request("DELETE", f"/users/{args.name}/tokens").json()
+        count = len(answer["revoked"])
+        console.print(
+            f"every token of {args.name} revoked ({count} {'was' if count == 1 else 'were'} "
+            "still active)"
         )
-        console.print(f"token {args.token_id} of {args.name} revoked")
+        return 0
+    answer = api.request("DELETE", f"/users/{args.name}/tokens/{args.token_id}").json()
+    done = "revoked" if answer["revoked"] else "was already revoked"
+    console.print(f"token {args.token_id} of {args.name} {done}")
     return 0
 
 

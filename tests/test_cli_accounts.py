@@ -71,7 +71,7 @@ def test_users_add_prints_the_token_once_and_lists_never_show_it(
         assert shown.returncode == 0 and "cj_" not in shown.stdout, shown.stdout
     tokens = as_admin(url, "tokens", "list", "carol", "--json")
     assert tokens.returncode == 0 and "cj_" not in tokens.stdout
-    assert len(json.loads(tokens.stdout)) == 1
+    assert len(json.loads(tokens.stdout)["items"]) == 1
 
     who = as_user(url, token, "whoami")
     assert who.stdout.strip() == f"carol (member) at {url}; token from CIFAR_JOBS_TOKEN"
@@ -234,7 +234,7 @@ def test_tokens_revoked_users_disabled_and_a_quota(
     url = cli_accounts_api
     first = added_token(as_admin(url, "users", "add", "erin", "--max-queued", "1"))
     second = added_token(as_admin(url, "tokens", "add", "erin", "--label", "laptop"))
-    listed = json.loads(as_admin(url, "tokens", "list", "erin", "--json").stdout)
+    listed = json.loads(as_admin(url, "tokens", "list", "erin", "--json").stdout)["items"]
     assert len(listed) == 2 and "laptop" in [token["label"] for token in listed]
     laptop = next(token["id"] for token in listed if token["label"] == "laptop")
 
@@ -246,6 +246,12 @@ def test_tokens_revoked_users_disabled_and_a_quota(
 
     revoked = as_admin(url, "tokens", "revoke", "erin", str(laptop))
     assert revoked.stdout.strip() == f"token {laptop} of erin revoked"
+    again = as_admin(url, "tokens", "revoke", "erin", str(laptop))
+    assert again.stdout.strip() == f"token {laptop} of erin was already revoked"
+    missing = as_admin(url, "tokens", "revoke", "erin", "999")
+    assert assert_one_line_error(missing, 1) == "User erin has no token 999."
+    nobody = as_admin(url, "users", "show", "zed")
+    assert assert_one_line_error(nobody, 1) == "No user named 'zed'."
     refused = as_user(url, second, "whoami")
     assert assert_one_line_error(refused, 1).startswith(
         "the API refused the token from CIFAR_JOBS_TOKEN: "
@@ -263,7 +269,7 @@ def test_tokens_revoked_users_disabled_and_a_quota(
     assert "give --max-queued" in assert_one_line_error(nothing, 2)
 
     every = as_admin(url, "tokens", "revoke", "erin", "--all")
-    assert every.stdout.strip() == "every token of erin revoked"
+    assert every.stdout.strip() == "every token of erin revoked (1 was still active)"
     assert as_user(url, first, "whoami").returncode == 1
     neither = as_admin(url, "tokens", "revoke", "erin")
     assert assert_one_line_error(neither, 2) == "give a token's ID or --all (not both)"
