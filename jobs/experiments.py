@@ -551,14 +551,29 @@ def extend_search(
         .values(spec=spec)
         .execution_options(synchronize_session=False)
     )
+    return _fill_within_quota(
+        session, experiment_id, quota, actor, "experiment_extended", max_trials=max_trials
+    )
+
+
+def _fill_within_quota(
+    session: Session,
+    experiment_id: int,
+    quota: accounts.QueuedQuota | None,
+    actor: Identity,
+    action: str,
+    **detail: Any,
+) -> list[int]:
+    """The search's next trials, asked for by `actor` (audited as `action`): QuotaExceeded if
+    they leave the owner over their queued-jobs limit."""
     made_now = study.fill(session, experiment_id)
     accounts.check_queued_quota(session, quota)
     audit.record(
         session,
         actor.name,
-        "experiment_extended",
+        action,
         experiment_id=experiment_id,
-        detail={"max_trials": max_trials, "job_ids": made_now},
+        detail={**detail, "job_ids": made_now},
     )
     return made_now
 
@@ -587,13 +602,4 @@ def resume_search(
         .values(cancel_requested=False)
         .execution_options(synchronize_session=False)
     )
-    made_now = study.fill(session, experiment_id)
-    accounts.check_queued_quota(session, quota)
-    audit.record(
-        session,
-        actor.name,
-        "experiment_resumed",
-        experiment_id=experiment_id,
-        detail={"job_ids": made_now},
-    )
-    return made_now
+    return _fill_within_quota(session, experiment_id, quota, actor, "experiment_resumed")

@@ -373,15 +373,21 @@ def list_experiments(
     query = select(Experiment)
     if owner is not None:
         query = query.where(Experiment.owner == owner)
+    return _newest_first(session, query, Experiment.id, "experiments", limit, cursor)
+
+
+def _newest_first(
+    session: Session, query: Select[Any], id_column: Any, of: str, limit: int, cursor: str | None
+) -> tuple[list[Any], str | None]:
+    """A keyset page of `query`'s rows by id, newest first, and the next page's cursor."""
     if cursor is not None:
-        query = query.where(Experiment.id < decode_cursor(cursor, "experiments").id)
-    experiments = list(
-        session.execute(query.order_by(Experiment.id.desc()).limit(limit + 1)).scalars()
-    )
-    if len(experiments) <= limit:
-        return experiments, None
-    experiments = experiments[:limit]
-    return experiments, Cursor("experiments", experiments[-1].id).encode()
+        query = query.where(id_column < decode_cursor(cursor, of).id)
+    with index_order(session):
+        rows = list(session.execute(query.order_by(id_column.desc()).limit(limit + 1)).scalars())
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, Cursor(of, rows[-1].id).encode()
 
 
 def list_audit_events(
@@ -403,13 +409,4 @@ def list_audit_events(
         query = query.where(AuditEvent.experiment_id == experiment_id)
     if actor is not None:
         query = query.where(AuditEvent.actor == actor)
-    if cursor is not None:
-        query = query.where(AuditEvent.id < decode_cursor(cursor, "audit").id)
-    with index_order(session):
-        events = list(
-            session.execute(query.order_by(AuditEvent.id.desc()).limit(limit + 1)).scalars()
-        )
-    if len(events) <= limit:
-        return events, None
-    events = events[:limit]
-    return events, Cursor("audit", events[-1].id).encode()
+    return _newest_first(session, query, AuditEvent.id, "audit", limit, cursor)

@@ -481,3 +481,20 @@ def test_audit_trail_outlives_what_it_names(api: TestClient) -> None:
     users = actions("actor=admin")
     assert ("admin", "user_created") in users and ("admin", "token_created") in users
     assert_error(api.get("/audit?cursor=bogus", headers=ADMIN), 422, "validation_error", "cursor")
+
+
+def test_a_resumed_search_counts_against_the_quota(api: TestClient) -> None:
+    ada = make_user(api, "ada", max_queued_jobs=3)
+    search = api.post("/experiments", json=SEARCH, headers=ada).json()["id"]
+    assert api.post(f"/experiments/{search}/cancel", headers=ada).status_code == 200
+    api.patch("/users/ada", json={"max_queued_jobs": 2}, headers=ADMIN)
+    before = audit_count()
+    refused = assert_error(api.post(f"/experiments/{search}/resume", headers=ada), 429,
+                           "quota_exceeded")  # fmt: skip
+    assert refused["quota"] == {"limit": 2, "queued": 0, "adding": 3}
+    assert queued_of("ada") == 1000 and audit_count() == before
+    # Still cancelled: nothing of the resume was kept.
+    api.patch("/users/ada", json={"max_queued_jobs": 3}, headers=ADMIN)
+    resumed = api.post(f"/experiments/{search}/resume", headers=ada)
+    assert resumed.status_code == 200, resumed.text
+    assert queued_of("ada") == 1003
