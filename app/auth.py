@@ -79,16 +79,16 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def bearer(headers: Headers) -> str | None:
+    """What `Authorization: Bearer <...>` carries, if anything."""
+    scheme, _, sent = headers.get("authorization", "").partition(" ")
+    return sent.strip() if scheme.lower() == "bearer" and sent.strip() else None
+
+
 def metrics_token_matches(headers: Headers, token: str) -> bool:
     """`Authorization: Bearer <METRICS_TOKEN>`, what Prometheus sends with `authorization:
     credentials:` (or `bearer_token`) in its scrape config."""
-    scheme, _, sent = headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and key_matches(sent.strip(), token)
-
-
-def bearer(headers: Headers) -> str | None:
-    scheme, _, sent = headers.get("authorization", "").partition(" ")
-    return sent.strip() if scheme.lower() == "bearer" and sent.strip() else None
+    return key_matches(bearer(headers), token)
 
 
 def _identify_token(token: str) -> Identity:

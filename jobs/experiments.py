@@ -455,14 +455,14 @@ def summarize(
     )
 
 
-def _cancel_unended(session: Session, experiment_id: int) -> list[int]:
+def _cancel_unended(session: Session, experiment_id: int, by: str | None) -> list[int]:
     """Cancel each job of the experiment that has not ended; their ids."""
     cancelled = []
     for job in experiment_jobs(session, experiment_id):
         if JobStatus(job.status).ended:
             continue
         try:
-            cancel_job(session, job.id, cause=EndCause.EXPERIMENT_CANCEL)
+            cancel_job(session, job.id, cause=EndCause.EXPERIMENT_CANCEL, by=by)
         except JobNotCancellable:  # it ended meanwhile
             continue
         cancelled.append(job.id)
@@ -482,7 +482,8 @@ def cancel_experiment(
     experiment = get_experiment(session, experiment_id)
     if actor is not None:
         ensure_may_change(actor, experiment.owner, f"Experiment {experiment_id}")
-    cancelled = _cancel_unended(session, experiment_id)
+    by = None if actor is None else actor.name
+    cancelled = _cancel_unended(session, experiment_id, by)
     if study.search_of(experiment.spec) is not None:
         session.execute(
             update(Experiment)
@@ -490,7 +491,7 @@ def cancel_experiment(
             .values(cancel_requested=True)
             .execution_options(synchronize_session=False)
         )
-        cancelled += _cancel_unended(session, experiment_id)
+        cancelled += _cancel_unended(session, experiment_id, by)
         study.withdraw(session, experiment_id, cancelled)
         session.refresh(experiment)
     if not cancelled:

@@ -535,16 +535,18 @@ def cancel_job(
     *,
     cause: EndCause = EndCause.CANCEL,
     actor: Identity | None = None,
+    by: str | None = None,
 ) -> Job:
     """A queued job is cancelled at once; a running one is asked to stop at its next batch (the
     worker ends it `cancelled`). Cancelling twice is harmless; JobNotCancellable for a job that
-    ended otherwise. `cause`: who asked (the job's `JobEnded` says it). `actor`: the caller,
+    ended otherwise. `cause`: what asked (the job's `JobEnded` says it). `actor`: the caller,
     who must be allowed to (jobs.accounts) and is audited; None for the service's own cancels
-    (an experiment's, checked and audited as the experiment's)."""
+    (an experiment's, checked and audited as the experiment's, whose caller is `by`). The
+    status event names who asked (`by`)."""
     job = get_job(session, job_id)
     if actor is not None:
         ensure_may_change(actor, job.owner, f"Job {job_id}")
-    by = None if actor is None else actor.name
+        by = actor.name
     now = utcnow()
     # Queued, or waiting at a rung: no attempt holds it.
     waiting = (

@@ -432,7 +432,7 @@ def test_audit_trail_outlives_what_it_names(api: TestClient) -> None:
     assert api.post(f"/jobs/{job}/cancel", headers=ADMIN).status_code == 200
     from jobs.db import session_scope
     from jobs.lifecycle import finish_job
-    from jobs.tables import JobEvent, JobStatus
+    from jobs.tables import Job, JobEvent, JobStatus
 
     with session_scope() as session:
         # The cancel request's status event names who asked.
@@ -449,6 +449,18 @@ def test_audit_trail_outlives_what_it_names(api: TestClient) -> None:
     experiment = api.post("/experiments", json=GRID, headers=ada).json()["id"]
     api.patch(f"/experiments/{experiment}", json={"priority": 2}, headers=ada)
     api.post(f"/experiments/{experiment}/cancel", headers=ada)
+    with session_scope(write=False) as session:
+        # Each of its jobs' cancel event names who cancelled the experiment.
+        cancels = (
+            session.execute(
+                select(JobEvent.data)
+                .join(Job, Job.id == JobEvent.job_id)
+                .where(Job.experiment_id == experiment, JobEvent.seq > 1)
+            )
+            .scalars()
+            .all()
+        )
+    assert len(cancels) == 2 and {data["by"] for data in cancels} == {"ada"}
     assert api.delete(f"/jobs/{job}", headers=ada).status_code == 204
     assert api.delete(f"/experiments/{experiment}", headers=ada).status_code == 204
     assert api.get(f"/jobs/{job}", headers=ada).status_code == 404

@@ -316,6 +316,16 @@ OPERATIONS = {
     ("GET", "/experiments/{experiment_id}/plots/{plot}.png"),
     ("POST", "/experiments/{experiment_id}/cancel"),
     ("POST", "/experiments/{experiment_id}/resume"),
+    ("GET", "/me"),
+    ("POST", "/users"),
+    ("GET", "/users"),
+    ("GET", "/users/{name}"),
+    ("PATCH", "/users/{name}"),
+    ("POST", "/users/{name}/tokens"),
+    ("GET", "/users/{name}/tokens"),
+    ("DELETE", "/users/{name}/tokens/{token_id}"),
+    ("DELETE", "/users/{name}/tokens"),
+    ("GET", "/audit"),
 }
 
 
