@@ -14,13 +14,17 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from cli.config import StoredLogin, config_path
 from cli.errors import EXIT_USAGE, CliError, UsageError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 URL_VARIABLE = "CIFAR_JOBS_URL"
+TOKEN_VARIABLE = "CIFAR_JOBS_TOKEN"
+# The older name, still read: the server's API_KEY is the built-in admin's token.
 API_KEY_VARIABLE = "CIFAR_JOBS_API_KEY"
-API_KEY_HEADER = "X-API-Key"
+# The header the API reads a user's token or its API_KEY from.
+TOKEN_HEADER = "X-API-Key"
 # Answers that mean the request itself was wrong (exit status 2), not that something failed.
 REQUEST_ERROR_STATUSES = (400, 413, 415, 422)
 
@@ -33,26 +37,51 @@ class ApiUnavailable(CliError):
         self.retry_after_seconds = retry_after_seconds
 
 
+def _check_url(url: str) -> str:
+    url = url.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"the API URL must look like {DEFAULT_URL}, not {url!r}")
+    return url
+
+
 @dataclass(frozen=True)
 class Connection:
     url: str
-    api_key: str | None
+    token: str | None
     timeout_seconds: float
+    # Where the token came from, for the messages that ask to check it: "--token",
+    # "CIFAR_JOBS_TOKEN", "CIFAR_JOBS_API_KEY" or the config file's path.
+    token_source: str | None = None
 
     @classmethod
     def from_options(
-        cls, url: str | None, api_key: str | None, timeout_seconds: float | None
+        cls,
+        url: str | None,
+        token: str | None,
+        timeout_seconds: float | None,
+        stored: StoredLogin | None = None,
     ) -> Connection:
-        """Flags first, then the environment, then the defaults."""
-        url = (url or os.environ.get(URL_VARIABLE) or DEFAULT_URL).rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"the API URL must look like {DEFAULT_URL}, not {url!r}")
-        api_key = api_key if api_key is not None else os.environ.get(API_KEY_VARIABLE) or None
+        """Flags first, then the environment, then what `cifar-jobs login` stored, then the
+        defaults. The stored token goes only to the URL stored with it."""
+        url = _check_url(
+            url or os.environ.get(URL_VARIABLE) or (stored and stored.url) or DEFAULT_URL
+        )
+        source: str | None = None
+        if token is not None:
+            source = "--token"
+        else:
+            for variable in (TOKEN_VARIABLE, API_KEY_VARIABLE):
+                if os.environ.get(variable):
+                    token, source = os.environ[variable], variable
+                    break
+            else:
+                if stored is not None and stored.url == url:
+                    token, source = stored.token, str(config_path())
         timeout = DEFAULT_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
         if timeout <= 0:
             raise UsageError("--timeout must be a positive number of seconds")
-        return cls(url, api_key, timeout)
+        return cls(url, token or None, timeout, source if token else None)
 
 
 def _one_line(text: str) -> str:
@@ -111,15 +140,30 @@ def error_from_response(
         body = None
     if not isinstance(body, dict):
         body = {}
-    code = str(body.get("error") or "")
+    error = body.get("error")
+    if isinstance(error, dict):  # {"error": {"code", "message"}}
+        code, message = str(error.get("code") or ""), error.get("message")
+    else:
+        code, message = str(error or ""), None
     detail = _one_line(
-        str(body.get("detail") or f"{response.status_code} {response.reason_phrase}")
+        str(message or body.get("detail") or f"{response.status_code} {response.reason_phrase}")
     )
     status = response.status_code
     if status == 401:
-        if connection.api_key is None:
-            return CliError(f"the API needs a key: pass --api-key or set {API_KEY_VARIABLE}")
-        return CliError(f"the API refused the key: check --api-key or {API_KEY_VARIABLE}")
+        if connection.token is None:
+            return CliError(
+                f"the API needs a token: pass --token, set {TOKEN_VARIABLE} or run cifar-jobs login"
+            )
+        # A token the API knows says why it is refused (revoked, its user disabled); any other
+        # value is simply not the key or a token.
+        why = "it is not the key or a user's token" if code in ("", "unauthorized") else detail
+        return CliError(f"the API refused the token from {connection.token_source}: {why}")
+    if status == 403:
+        return CliError(f"not allowed: {detail}")
+    if status == 429:
+        retry_after = _retry_after_seconds(response)
+        later = f" (retry after {retry_after:g} s)" if retry_after is not None else ""
+        return CliError(f"over your quota{later}: {detail}")
     if status == 404:
         if code == "not_found" and detail.startswith("Nothing here"):
             # app.main's answer for a path that no route serves: the server predates the
@@ -159,8 +203,8 @@ class ApiClient:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         headers = {"User-Agent": "cifar-jobs-cli"}
-        if connection.api_key is not None:
-            headers[API_KEY_HEADER] = connection.api_key
+        if connection.token is not None:
+            headers[TOKEN_HEADER] = connection.token
         self._http = httpx.Client(
             base_url=connection.url, headers=headers, timeout=connection.timeout_seconds
         )

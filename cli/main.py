@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -15,14 +14,18 @@ from typing import Any, NoReturn
 from rich.console import Console
 from rich.table import Table
 
+from cli.accounts import add_account_commands, audit_table, my_name
+from cli.arguments import positive_count, positive_id, positive_seconds, user_name
 from cli.client import (
     API_KEY_VARIABLE,
     DEFAULT_TIMEOUT_SECONDS,
     DEFAULT_URL,
+    TOKEN_VARIABLE,
     URL_VARIABLE,
     ApiClient,
     Connection,
 )
+from cli.config import load_login
 from cli.download import download_checkpoint
 from cli.errors import EXIT_INTERRUPTED, CliError, UsageError
 from cli.follow import EXPERIMENT_ROWS, POLL_SECONDS, follow_experiment, follow_job
@@ -35,6 +38,7 @@ from cli.render import (
     job_status,
     jobs_table,
     make_console,
+    print_json,
     search_parts,
     status_counts,
 )
@@ -78,28 +82,6 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def positive_id(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"an id is a positive integer, not {text!r}")
-    return int(text)
-
-
-def positive_count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a count is a positive integer, not {text!r}")
-    return int(text)
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
-    return seconds
-
-
 def _add_connection_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     """The connection flags go before or after the command; given after it, they win."""
     default = None if defaults else argparse.SUPPRESS
@@ -107,12 +89,16 @@ def _add_connection_flags(parser: argparse.ArgumentParser, *, defaults: bool) ->
     group.add_argument(
         "--url",
         default=default,
-        help=f"the API's base URL (env {URL_VARIABLE}; default {DEFAULT_URL})",
+        help=f"the API's base URL (env {URL_VARIABLE}; else the one `{PROG} login` stored; "
+        f"default {DEFAULT_URL})",
     )
     group.add_argument(
+        "--token",
         "--api-key",
+        dest="token",
         default=default,
-        help=f"sent as X-API-Key (env {API_KEY_VARIABLE})",
+        help=f"a user's token, or the server's API_KEY (env {TOKEN_VARIABLE}, or the older "
+        f"{API_KEY_VARIABLE}; else the one `{PROG} login` stored)",
     )
     group.add_argument(
         "--timeout",
@@ -121,10 +107,6 @@ def _add_connection_flags(parser: argparse.ArgumentParser, *, defaults: bool) ->
         metavar="SECONDS",
         help=f"per-request timeout (default {DEFAULT_TIMEOUT_SECONDS:g})",
     )
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 # The most rows the API sends per page.
@@ -155,7 +137,7 @@ def _print_page(
 ) -> int:
     """Rows of a list route as JSON or as a table."""
     if args.json:
-        _print_json(page)
+        print_json(page)
     else:
         console.print(table(page["items"], page["next"] is not None, width=console.width))
     return 0
@@ -178,13 +160,13 @@ def _follow_interval(args: argparse.Namespace) -> float:
 def submit(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     body = job_body(args)
     if args.dry_run:
-        _print_json(body)
+        print_json(body)
         return 0
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     response = api.request("POST", "/jobs", json_body=body, headers=headers)
     job = response.json()
     if args.json:
-        _print_json(job)
+        print_json(job)
     else:
         replayed = (
             " (already submitted with this Idempotency-Key)"
@@ -200,11 +182,17 @@ def submit(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     return 0
 
 
+def _owner(args: argparse.Namespace, api: ApiClient) -> str | None:
+    """--owner NAME, or --mine: the name GET /me answers for this token."""
+    return my_name(api) if args.mine else args.owner
+
+
 def list_jobs(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     page = _read_pages(
         api,
         "/jobs",
         args,
+        owner=_owner(args, api),
         status=args.status,
         block=args.block,
         experiment_id=args.experiment,
@@ -218,7 +206,7 @@ def show_job(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     subject = f"job {args.job_id}"
     job = api.get_json(f"/jobs/{args.job_id}", subject=subject)
     if args.json:
-        _print_json(job)
+        print_json(job)
         return 0
     checkpoints = api.get_json(f"/jobs/{args.job_id}/checkpoints", subject=subject)
     for line in job_details(job, checkpoints):
@@ -231,7 +219,7 @@ def show_metrics(args: argparse.Namespace, api: ApiClient, console: Console) -> 
         f"/jobs/{args.job_id}/metrics", subject=f"job {args.job_id}", since_epoch=args.since_epoch
     )
     if args.format == "json":
-        _print_json(metrics)
+        print_json(metrics)
     elif args.format == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(EPOCH_FIELDS)
@@ -285,12 +273,12 @@ def follow(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
 def submit_experiment(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
     body = experiment_body(args)
     if args.dry_run:
-        _print_json(body)
+        print_json(body)
         return 0
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     experiment = api.post_json("/experiments", body, headers=headers)
     if args.json:
-        _print_json(experiment)
+        print_json(experiment)
     else:
         console.print(f"experiment {experiment['id']} submitted: {experiment['job_count']} jobs")
         if not args.follow:  # following starts with the same line
@@ -307,12 +295,12 @@ def submit_search(args: argparse.Namespace, api: ApiClient, console: Console) ->
     args.preset, args.grid, args.seeds = None, None, None
     body = search_body(args)
     if args.dry_run:
-        _print_json(body)
+        print_json(body)
         return 0
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
     experiment = api.post_json("/experiments", body, headers=headers)
     if args.json:
-        _print_json(experiment)
+        print_json(experiment)
     else:
         search = experiment["search"]
         console.print(
@@ -351,8 +339,20 @@ def resume_search(args: argparse.Namespace, api: ApiClient, console: Console) ->
 
 
 def list_experiments(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
-    page = _read_pages(api, "/experiments", args)
+    page = _read_pages(api, "/experiments", args, owner=_owner(args, api))
     return _print_page(page, args, console, experiments_table)
+
+
+def audit(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
+    page = _read_pages(
+        api,
+        "/audit",
+        args,
+        job_id=args.job,
+        experiment_id=args.experiment,
+        actor=args.actor,
+    )
+    return _print_page(page, args, console, audit_table)
 
 
 def show_experiment(args: argparse.Namespace, api: ApiClient, console: Console) -> int:
@@ -365,7 +365,7 @@ def show_experiment(args: argparse.Namespace, api: ApiClient, console: Console) 
         path, subject=subject, sort=args.sort, order=args.order, limit=EXPERIMENT_ROWS
     )
     if args.json:
-        _print_json(experiment)
+        print_json(experiment)
     else:
         console.print(experiment_header(experiment))
         for part in search_parts(experiment, width=console.width):
@@ -489,6 +489,7 @@ def build_parser() -> Parser:
         choices=("created", "best_test_accuracy"),
         help="created (newest first, the default) or best_test_accuracy (highest first)",
     )
+    _add_owner_flags(sub, "jobs")
     _add_page_flags(sub, "jobs")
 
     sub = command(commands, "show", show_job, "one job's status, results and checkpoints")
@@ -545,6 +546,7 @@ def build_parser() -> Parser:
     _add_follow_flags(sub, flag=True)
 
     sub = command(experiments, "list", list_experiments, "list experiments, newest first")
+    _add_owner_flags(sub, "experiments")
     _add_page_flags(sub, "experiments")
 
     sub = command(experiments, "show", show_experiment, "an experiment and its summary table")
@@ -576,7 +578,19 @@ def build_parser() -> Parser:
     sub.add_argument("experiment_id", type=positive_id, metavar="ID")
 
     _add_search_command(commands, command)
+    add_account_commands(commands, command)
+    sub = command(commands, "audit", audit, "admin: who did what, newest first")
+    sub.add_argument("--job", type=positive_id, metavar="ID", help="one job's events")
+    sub.add_argument("--experiment", type=positive_id, metavar="ID", help="one experiment's")
+    sub.add_argument("--actor", type=user_name, metavar="NAME", help="one user's doings")
+    _add_page_flags(sub, "events")
     return parser
+
+
+def _add_owner_flags(sub: argparse.ArgumentParser, noun: str) -> None:
+    owner = sub.add_mutually_exclusive_group()
+    owner.add_argument("--owner", type=user_name, metavar="NAME", help=f"only NAME's {noun}")
+    owner.add_argument("--mine", action="store_true", help=f"only your {noun}")
 
 
 def _add_search_command(commands: Any, command: Any) -> None:
@@ -650,7 +664,12 @@ def main(argv: list[str] | None = None) -> int:
     console = make_console()
     try:
         args = build_parser().parse_args(argv)
-        connection = Connection.from_options(args.url, args.api_key, args.timeout)
+        if hasattr(args, "local_handler"):  # logout: no request, and no file read
+            return int(args.local_handler(args, console))
+        stored = None
+        if args.token is None or args.url is None:
+            stored = load_login()
+        connection = Connection.from_options(args.url, args.token, args.timeout, stored)
         with ApiClient(connection) as api:
             handler: Handler = args.handler
             return handler(args, api, console)

@@ -3,6 +3,7 @@ experiments, and the epoch line that --follow prints as each epoch lands."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import datetime
@@ -46,6 +47,11 @@ def make_console(file: TextIO | None = None) -> Console:
     if not stream.isatty() and "COLUMNS" not in os.environ:
         width = PIPE_WIDTH
     return Console(file=stream, width=width, markup=False, highlight=False, emoji=False)
+
+
+def print_json(data: Any) -> None:
+    """An answer of the API, indented, on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 def percent(fraction: float | None) -> str:
@@ -164,11 +170,19 @@ def page_caption(count: int, noun: str, more: bool) -> str:
     return caption + ("; more with a larger --limit or --all" if more else "")
 
 
+def owned(items: list[dict[str, Any]]) -> bool:
+    """Whether any row has an owner: on a server without accounts none has, and the owner
+    column is left out."""
+    return any(item.get("owner") for item in items)
+
+
 def jobs_table(jobs: list[dict[str, Any]], more: bool, *, width: int) -> Table:
     headers = ["id", "name", "block", "status", "epochs", "best test acc", "final test acc"]
+    with_owner = owned(jobs)
     rows: list[list[Cell]] = [
         [
             str(job["id"]),
+            *([job.get("owner") or EMPTY] if with_owner else []),
             job.get("name") or EMPTY,
             job["block"],
             styled_status(job_status(job)),
@@ -179,11 +193,13 @@ def jobs_table(jobs: list[dict[str, Any]], more: bool, *, width: int) -> Table:
         ]
         for job in jobs
     ]
+    if with_owner:
+        headers.insert(1, "owner")
     return fitted_table(
         [*headers, "created"],
         rows,
         width=width,
-        left=("name", "block", "status", "created"),
+        left=("owner", "name", "block", "status", "created"),
         wrap=("name",),
         optional=("created", "final test acc"),
         caption=page_caption(len(jobs), "job", more),
@@ -196,6 +212,7 @@ def job_details(job: dict[str, Any], checkpoints: list[dict[str, Any]]) -> list[
     hyperparameters = spec.get("hyperparameters") or {}
     fields: list[tuple[str, str | Text]] = [
         ("job", str(job["id"])),
+        *([("owner", str(job["owner"]))] if job.get("owner") else []),
         ("name", job.get("name") or EMPTY),
         ("tags", ", ".join(job.get("tags") or []) or EMPTY),
         (
@@ -276,9 +293,11 @@ def status_counts(counts: dict[str, int]) -> str:
 
 
 def experiments_table(experiments: list[dict[str, Any]], more: bool, *, width: int) -> Table:
+    with_owner = owned(experiments)
     rows: list[list[Cell]] = [
         [
             str(experiment["id"]),
+            *([experiment.get("owner") or EMPTY] if with_owner else []),
             experiment["name"],
             experiment.get("preset") or EMPTY,
             styled_status(str(experiment["status"])),
@@ -288,10 +307,10 @@ def experiments_table(experiments: list[dict[str, Any]], more: bool, *, width: i
         for experiment in experiments
     ]
     return fitted_table(
-        ["id", "name", "preset", "status", "jobs", "created"],
+        ["id", *(["owner"] if with_owner else []), "name", "preset", "status", "jobs", "created"],
         rows,
         width=width,
-        left=("name", "preset", "status", "jobs", "created"),
+        left=("owner", "name", "preset", "status", "jobs", "created"),
         wrap=("name", "jobs"),
         optional=("created",),
         caption=page_caption(len(experiments), "experiment", more),
@@ -325,8 +344,10 @@ def varied_label(row: dict[str, Any]) -> str:
 def experiment_header(experiment: dict[str, Any]) -> str:
     preset = f", preset {experiment['preset']}" if experiment.get("preset") else ""
     varying = ", ".join(experiment.get("varying") or []) or "nothing"
+    owner = f", owned by {experiment['owner']}" if experiment.get("owner") else ""
     header = (
-        f"experiment {experiment['id']} {experiment['name']!r}{preset}: {experiment['status']}, "
+        f"experiment {experiment['id']} {experiment['name']!r}{owner}{preset}: "
+        f"{experiment['status']}, "
         f"{experiment['job_count']} jobs ({status_counts(experiment.get('status_counts') or {})}); "
         f"varying: {varying}"
     )

@@ -60,6 +60,7 @@ SERVER_FIXTURES = {
     "live_server",
     "cli_api",
     "cli_keyed_api",
+    "cli_accounts_api",
     "s3_server",
     "s3_bucket",
     "private_s3",
@@ -456,3 +457,10 @@ def cli_keyed_api(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) 
     yield from _cli_service(
         tmp_path_factory, dataset_root, worker=False, API_KEY=CLI_API_KEY, MAX_QUEUED_JOBS="2"
     )
+
+
+@pytest.fixture(scope="module")
+def cli_accounts_api(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Iterator[str]:
+    """The URL of an API with accounts (API_KEY is CLI_API_KEY, the built-in admin's) and no
+    worker (its jobs stay queued)."""
+    yield from _cli_service(tmp_path_factory, dataset_root, worker=False, API_KEY=CLI_API_KEY)

@@ -375,30 +375,48 @@ def redis_queue_job_ids(url: str, queue: str = "training") -> list[int]:
     return ids
 
 
-def cli_environment(url: str, api_key: str | None = None) -> dict[str, str]:
+def cli_environment(
+    url: str | None,
+    api_key: str | None = None,
+    *,
+    config_home: Path | None = None,
+    token: str | None = None,
+) -> dict[str, str]:
     """The environment for the `cifar-jobs` command: this checkout's cli package wherever it
-    runs, the API's URL and key, and nothing of the caller's CIFAR_JOBS_* settings."""
+    runs, the API's URL (None: unset) and key or token, and nothing of the caller's
+    CIFAR_JOBS_* settings; its config folder is `config_home`, or one where nothing is stored,
+    so that a login on this machine never leaks into a test."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CIFAR_JOBS_")}
     env.pop("COLUMNS", None)
-    env.update({"CIFAR_JOBS_URL": url, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    env.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    env["XDG_CONFIG_HOME"] = str(config_home or ROOT / "tests" / "no-config-home")
+    if url is not None:
+        env["CIFAR_JOBS_URL"] = url
     if api_key is not None:
         env["CIFAR_JOBS_API_KEY"] = api_key
+    if token is not None:
+        env["CIFAR_JOBS_TOKEN"] = token
     return env
 
 
 def run_cli(
     *args: str,
-    url: str,
+    url: str | None,
     api_key: str | None = None,
     cwd: Path | None = None,
     timeout: float = 240,
+    config_home: Path | None = None,
+    token: str | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`python -m cli ARGS` as a separate process (the same code as the `cifar-jobs` script),
     its output captured; a pipe, not a terminal, so it prints plain lines."""
     return subprocess.run(
         [sys.executable, "-m", "cli", *args],
         cwd=cwd or ROOT,
-        env=cli_environment(url, api_key),
+        env=cli_environment(url, api_key, config_home=config_home, token=token),
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,

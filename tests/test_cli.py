@@ -331,11 +331,15 @@ def test_follow_rides_out_an_api_restart(tmp_path: Path, dataset_root: Path) -> 
 def test_api_key_missing_wrong_and_given(cli_keyed_api: str) -> None:
     missing = run_cli("list", url=cli_keyed_api)
     assert assert_one_line_error(missing, 1) == (
-        "the API needs a key: pass --api-key or set CIFAR_JOBS_API_KEY"
+        "the API needs a token: pass --token, set CIFAR_JOBS_TOKEN or run cifar-jobs login"
     )
     wrong = run_cli("list", "--api-key", "nope", url=cli_keyed_api)
     assert assert_one_line_error(wrong, 1) == (
-        "the API refused the key: check --api-key or CIFAR_JOBS_API_KEY"
+        "the API refused the token from --token: it is not the key or a user's token"
+    )
+    wrong_env = run_cli("list", url=cli_keyed_api, api_key="nope")
+    assert "the API refused the token from CIFAR_JOBS_API_KEY" in assert_one_line_error(
+        wrong_env, 1
     )
     from_env = run_cli("list", "--json", url=cli_keyed_api, api_key=CLI_API_KEY)
     assert from_env.returncode == 0, from_env.stderr

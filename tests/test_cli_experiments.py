@@ -146,7 +146,8 @@ def test_a_grid_experiment_cancelled_then_followed_exits_one(cli_keyed_api: str)
         "experiment", "follow", str(experiment_id), url=cli_keyed_api, api_key=CLI_API_KEY
     )
     assert followed.returncode == 1, (followed.stdout, followed.stderr)
-    assert f"experiment {experiment_id} 'lr grid': cancelled" in followed.stdout
+    # With API_KEY set the key's holder, the built-in admin, owns what it submits.
+    assert f"experiment {experiment_id} 'lr grid', owned by admin: cancelled" in followed.stdout
 
     again = run_cli(
         "experiment", "cancel", str(experiment_id), url=cli_keyed_api, api_key=CLI_API_KEY

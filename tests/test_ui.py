@@ -316,3 +316,50 @@ def test_without_api_key_there_is_nothing_to_sign_in_to(client: TestClient) -> N
     assert response.status_code == 303 and response.headers["location"] == "/ui/submit"
     assert "set-cookie" not in response.headers
     assert "Sign out" not in assert_html(client.get("/"))
+
+
+# --- accounts ------------------------------------------------------------------------------
+
+
+def test_with_accounts_the_jobs_list_shows_and_filters_owners(keyed_client: TestClient) -> None:
+    admin = {"X-API-Key": KEY}
+    made = keyed_client.post("/users", json={"name": "ada"}, headers=admin)
+    assert made.status_code == 201, made.text
+    ada = {"Authorization": f"Bearer {made.json()['token']['token']}"}
+    adas = keyed_client.post("/jobs", json=SMALL_JOB, headers=ada).json()["id"]
+    admins = keyed_client.post("/jobs", json=SMALL_JOB, headers=admin).json()["id"]
+
+    def page(query: str, status: int = 200) -> str:
+        return assert_html(keyed_client.get(f"/{query}", headers=ada), status)
+
+    everyone = page("")
+    assert listed_job_ids(everyone) == [admins, adas]
+    assert '<body data-accounts="on">' in everyone and "<th>Owner</th>" in everyone
+    assert '<td class="owner">ada</td>' in everyone and '<td class="owner">admin</td>' in everyone
+    assert 'id="signed-in"' in everyone and "/static/js/account.js" in everyone
+    assert 'id="mine-filter"' in everyone
+    theirs = page("?owner=ada")
+    assert listed_job_ids(theirs) == [adas]
+    assert 'name="owner" value="ada"' in theirs and 'data-owner="ada"' in theirs
+    assert listed_job_ids(page("?owner=ada&status=cancelled")) == []
+    assert listed_job_ids(page("?owner=nobody")) == []
+    wrong = page("?owner=Not%20A%20Name", 400)
+    assert "&#39;Not A Name&#39; is no user&#39;s name" in wrong
+    assert listed_job_ids(wrong) == []
+
+    job_page = assert_html(keyed_client.get(f"/ui/jobs/{adas}", headers=ada))
+    assert 'id="job-owner">owned by <strong>ada</strong>' in job_page
+    assert f'data-job-id="{adas}" data-owner="ada"' in job_page
+    # The sign-in form itself says nobody is signed in.
+    form = assert_html(keyed_client.get("/ui/login"))
+    assert 'id="signed-in"' not in form and "/ui/logout" not in form
+
+
+def test_without_accounts_the_pages_show_no_owners(client: TestClient) -> None:
+    job_id = submit(client)
+    jobs = assert_html(client.get("/"))
+    assert '<body data-accounts="off">' in jobs
+    for absent in ("<th>Owner</th>", 'class="owner"', "signed-in", "mine-filter", "account.js"):
+        assert absent not in jobs, absent
+    assert 'name="owner"' not in jobs
+    assert "job-owner" not in assert_html(client.get(f"/ui/jobs/{job_id}"))

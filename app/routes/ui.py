@@ -63,17 +63,23 @@ def jobs_page(
     request: Request,
     status: str = "",
     block: str = "",
+    owner: str = "",
     cursor: str = "",
     limit: str = "",
 ) -> HTMLResponse:
-    """Jobs, newest first, filtered by status and block, a page at a time (the API's cursors);
-    experiments below (from the API)."""
+    """Jobs, newest first, filtered by status, block and owner, a page at a time (the API's
+    cursors); experiments below (from the API, of the same owner)."""
     # Query values are checked here, not by FastAPI, so that a wrong one is a page, not JSON.
     problems = []
     if status and status not in STATUS_NAMES:
         problems.append(f"There is no status {status!r}; statuses are {', '.join(STATUS_NAMES)}.")
     if block and block not in BLOCK_NAMES:
         problems.append(f"There is no block {block!r}; blocks are {', '.join(BLOCK_NAMES)}.")
+    if owner and not accounts.NAME_PATTERN.fullmatch(owner):
+        problems.append(
+            f"{owner!r} is no user's name: 1 to 64 of a-z, 0-9, '.', '_' and '-', starting "
+            "with a letter or digit."
+        )
     per_page = JOBS_PER_PAGE
     if limit:
         if limit.isdigit() and len(limit) <= 3 and 1 <= int(limit) <= MAX_JOBS_PER_PAGE:
@@ -89,6 +95,7 @@ def jobs_page(
                     session,
                     status=status or None,
                     block=block or None,
+                    owner=owner or None,
                     limit=per_page,
                     cursor=cursor or None,
                 )
@@ -99,6 +106,7 @@ def jobs_page(
         query = {
             "status": status,
             "block": block,
+            "owner": owner,
             "limit": limit,
             "cursor": new_cursor or "",
         }
@@ -112,6 +120,7 @@ def jobs_page(
             "jobs": jobs,
             "status": status,
             "block": block,
+            "owner": owner,
             "statuses": STATUS_NAMES,
             "blocks": BLOCK_NAMES,
             "problems": problems,
@@ -153,6 +162,7 @@ def job_page(job_id: str, request: Request) -> HTMLResponse:
         "job.html",
         {
             "job": job_read,
+            "owner": job.owner,
             "experiment_id": job.experiment_id,
             "ended": job_read.ended,
             "metrics": metrics,

@@ -35,7 +35,8 @@ export async function api(path, { method = "GET", body, headers = {} } = {}) {
 /** What to tell a person about a failed call. */
 export function describeError(error) {
   if (error instanceof ApiError && error.status === 401) {
-    return "The server asks for the API key: sign in again (/ui/login).";
+    // The API says why: signed out, the token revoked, its user disabled, a new API_KEY.
+    return `The server no longer takes this sign-in (${error.message}): sign in again at /ui/login.`;
   }
   return error instanceof ApiError ? `${error.body.error || "error"}: ${error.message}` : String(error);
 }
@@ -137,4 +138,43 @@ export function debounced(task, milliseconds) {
       task();
     }, milliseconds);
   };
+}
+
+let identity = null;
+
+/**
+ * Who is signed in, from GET /me, asked once per page: {name, role, accounts}. A server
+ * without API_KEY has no accounts, and is not asked at all.
+ */
+export function whoAmI() {
+  if (identity === null) {
+    identity = document.body.dataset.accounts === "on"
+      ? api("/me").catch(() => ({ name: null, role: "admin", accounts: false }))
+      : Promise.resolve({ name: null, role: "admin", accounts: false });
+  }
+  return identity;
+}
+
+/** Why the signed-in user may not `verb` what `owner` owns; null when they may. */
+export function refusal(who, owner, verb) {
+  if (!who.accounts || who.role === "admin" || (owner && owner === who.name)) return null;
+  return owner
+    ? `Owned by ${owner}: only ${owner} or an admin may ${verb} it.`
+    : `Owned by no one: only an admin may ${verb} it.`;
+}
+
+/**
+ * The write buttons ([button, verb] pairs) of something `owner` owns, disabled for a member
+ * who does not own it, each with the reason beside it (the API would answer 403).
+ */
+export async function guardWrites(owner, buttons) {
+  const who = await whoAmI();
+  for (const [button, verb] of buttons) {
+    const reason = refusal(who, owner, verb);
+    if (reason === null) continue;
+    button.disabled = true;
+    button.title = reason;
+    button.dataset.refused = "owner";
+    button.after(el("span", { class: "write-reason", dataset: { reasonFor: button.id } }, reason));
+  }
 }

@@ -5,7 +5,7 @@
 
 import {
   POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, gmacs,
-  millions, percent, postButton, setLiveMode, setStatus,
+  guardWrites, millions, percent, postButton, setLiveMode, setStatus,
 } from "./common.js";
 import {
   BLOCK_COLOURS, colour, epochChart, logScatter, METRICS, padLogAxis, plotted, pointCount, setSeries,
@@ -432,6 +432,7 @@ async function poll() {
   setTimeout(poll, POLL_MILLISECONDS);
 }
 
+guardWrites(document.getElementById("experiment").dataset.owner, [[document.getElementById("cancel-experiment"), "cancel"]]);
 postButton(document.getElementById("cancel-experiment"), `/experiments/${experimentId}/cancel`, (answer) => {
   experiment = answer;
   draw();

@@ -3,8 +3,8 @@
 // epoch, and the cancel button posts to /jobs/{id}/cancel.
 
 import {
-  POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, percent,
-  postButton, setLiveMode, setStatus,
+  POLL_MILLISECONDS, api, debounced, decimal, describeError, el, followEvents, guardWrites,
+  percent, postButton, setLiveMode, setStatus,
 } from "./common.js";
 import { epochChart, plotted, pointCount, setSeries } from "./charts.js";
 
@@ -211,6 +211,7 @@ async function poll() {
   setTimeout(poll, POLL_MILLISECONDS);
 }
 
+guardWrites(document.getElementById("job").dataset.owner, [[document.getElementById("cancel-job"), "cancel"]]);
 postButton(document.getElementById("cancel-job"), `/jobs/${jobId}/cancel`, (job) => {
   showState(job);
   return job.status === "cancelled" ? "Cancelled." : "Cancel requested: the job stops at its next batch.";

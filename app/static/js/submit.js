@@ -5,7 +5,7 @@
 // Values are not checked here: the API is the one validator, and text that is not a number is
 // sent as text so that its message names the field.
 
-import { api, ApiError, el } from "./common.js";
+import { api, ApiError, describeError, el } from "./common.js";
 
 const form = document.getElementById("submit-form");
 const formProblem = document.getElementById("form-problem");
@@ -138,7 +138,7 @@ form.addEventListener("submit", async (event) => {
     submitStatus.textContent = "";
     if (!(error instanceof ApiError)) showProblems([], `The request did not reach the server: ${error}`);
     else if (error.status === 404 && experiment) showProblems([], "This server has no experiments API (POST /experiments answers 404).");
-    else if (error.status === 401) showProblems([], "The server asks for the API key: sign in again at /ui/login.");
+    else if (error.status === 401) showProblems([], describeError(error));
     else showProblems(error.body.fields || [], `${error.body.error || "error"}: ${error.message}`);
   } finally {
     button.disabled = false;
