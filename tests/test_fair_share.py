@@ -234,17 +234,18 @@ def test_concurrent_claims_never_start_more_than_the_limit(
 
 @pytest.mark.e2e
 def test_a_real_worker_keeps_a_person_to_their_running_limit(
-    configure, tmp_path: Path, dataset_root: Path
+    configure, database_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """One worker process with two slots, MAX_RUNNING_JOBS_PER_USER=1: alice's three jobs run
-    one at a time, bob's runs beside her first, and every job succeeds (a job of alice's that
-    ends wakes a worker for her next)."""
-    from jobs.migrations import upgrade
-
-    database_url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    upgrade(database_url)
+    """One worker process with two slots, MAX_RUNNING_JOBS_PER_USER=1, on the embedded default
+    and on PostgreSQL with Redis: alice's three jobs run one at a time, bob's runs beside her
+    first, and every job succeeds (a job of alice's that ends wakes a worker for her next)."""
+    broker = None if database_url.startswith("sqlite") else request.getfixturevalue("redis_url")
     env = configure(
-        database_url, MAX_RUNNING_JOBS_PER_USER="1", WORKER_CONCURRENCY="2", TORCH_THREADS="1"
+        database_url,
+        broker,
+        MAX_RUNNING_JOBS_PER_USER="1",
+        WORKER_CONCURRENCY="2",
+        TORCH_THREADS="1",
     )
     tiny = {**SPEC, "train_samples": 16, "test_samples": 8}
     tiny["hyperparameters"] = {"epochs": 1, "batch_size": 8}
