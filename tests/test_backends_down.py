@@ -99,6 +99,7 @@ def test_sqlite_file_that_cannot_be_opened_is_503(api: Callable[..., Any], tmp_p
         assert_unavailable(client.post("/jobs", json=JOB), "database_unavailable")
 
 
+@pytest.mark.slow
 def test_locked_sqlite_file_answers_503_within_the_api_busy_timeout(
     api: Callable[..., Any], sqlite_url: str
 ) -> None:

@@ -13,6 +13,7 @@ from bench import api_cpu
 from bench.api_latency import _burn_cpu, main
 
 
+@pytest.mark.slow
 def test_the_control_window_uses_the_cpu_share_it_is_given() -> None:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     _burn_cpu(0.3, 2.0)

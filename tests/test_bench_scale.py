@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, func, select
 
 from bench.scale import Shape, build, main
@@ -15,6 +16,7 @@ from jobs.migrations import upgrade
 from jobs.tables import ALL_JOBS, Job, JobCount, JobTag
 
 
+@pytest.mark.slow
 def test_scale_benchmark_builds_a_small_database_and_times_every_route(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     arguments = ["--jobs", "60", "--epochs", "5", "--requests", "2", "--experiment-size", "20"]

@@ -114,6 +114,7 @@ def test_learns_far_above_chance_and_reports_each_epoch(
     assert reports[-1].metrics.test_loss < reports[0].metrics.test_loss
 
 
+@pytest.mark.slow
 def test_checkpoints_are_weights_only_and_rebuild_the_model(data_dir: Path, tmp_path: Path) -> None:
     train(TINY, data_dir=data_dir, device="cpu", checkpoint_dir=tmp_path)
     final = tmp_path / checkpoint_file_name(2)
@@ -148,6 +149,7 @@ def test_without_a_checkpoint_dir_nothing_is_written(data_dir: Path, tmp_path: P
     assert result.epochs_done == 2 and files == []
 
 
+@pytest.mark.slow
 def test_callback_exceptions_propagate_and_stop_the_writer(data_dir: Path, tmp_path: Path) -> None:
     def abort_epoch(report: EpochReport) -> None:
         raise RuntimeError("job cancelled")
@@ -273,6 +275,7 @@ def test_resume_in_a_fresh_process_matches_a_straight_run(data_dir: Path, tmp_pa
         assert torch.equal(value, resumed_weights[name]), name
 
 
+@pytest.mark.slow
 def test_resume_rejects_a_different_config_and_returns_when_done(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -426,6 +429,7 @@ def test_networks_built_in_parallel_threads_get_their_own_seeds_weights() -> Non
     assert not torch.equal(alone[3], alone[4])
 
 
+@pytest.mark.slow
 def test_each_training_thread_runs_with_its_own_cpu_threads(data_dir: Path) -> None:
     """Jobs trained at once in threads of one process (WORKER_CONCURRENCY): each runs its
     parallel operations with the intra-op threads it was given, whatever the other sets, and

@@ -462,6 +462,7 @@ def test_an_experiments_last_event_id_follows_only_what_happens_next(client: Any
     assert since == everything[2:] and len(since) == 2 * 3 + 1
 
 
+@pytest.mark.slow
 def test_an_experiment_id_stays_one_number_however_many_jobs(client: Any) -> None:
     """130 jobs with 4 events each, read in two pages: every id is the event's number, not a
     cursor of every job seen."""

@@ -83,6 +83,7 @@ def pages(client: TestClient, path: str, **params: Any) -> tuple[list[int], int]
         response = client.get(body["jobs_next"])
 
 
+@pytest.mark.slow
 def test_every_sort_and_order_pages_every_job_once(client: TestClient) -> None:
     made = driven(client)
     path = f"/experiments/{made['id']}"
@@ -158,6 +159,7 @@ def curves(client: TestClient, path: str, **params: Any) -> tuple[list[dict[str,
         response = client.get(body["next"])
 
 
+@pytest.mark.slow
 def test_curves_come_in_pages_under_a_byte_cap_as_rows_or_columns(client: TestClient) -> None:
     made = submit_experiment(client, {**GRID, "hyperparameters": {"epochs": 30}})
     ids = [row["job_id"] for row in made["jobs"]]

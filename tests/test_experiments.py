@@ -185,6 +185,7 @@ def test_the_report_preset_runs_the_three_blocks_with_the_reports_settings(
     assert all(row["report"] is None for row in sweep["jobs"])
 
 
+@pytest.mark.slow
 def test_an_experiment_is_capped_at_1000_jobs_made_in_one_transaction(client: TestClient) -> None:
     too_many = {
         **SWEEP,

@@ -68,6 +68,7 @@ def place(job_id: int) -> dispatch.QueuePlace:
         return found
 
 
+@pytest.mark.slow
 def test_a_later_persons_first_job_waits_for_one_job_not_for_all_of_anothers(db: str) -> None:
     """alice's 300-job experiment and 20 lone jobs are queued; bob's one job is 2nd (it used to
     wait behind every lone job of alice's at the queue's head turn), and the claims agree."""

@@ -160,6 +160,7 @@ def test_lost_messages_are_resent_with_backoff(job_id: int) -> None:
     assert load(job_id).enqueue_count == 3
 
 
+@pytest.mark.slow
 def test_a_long_job_writes_one_metrics_row_per_epoch(configure, database_url: str) -> None:
     """100 epochs: exactly 100 rows inserted in total, each keeping its own recorded_at."""
     from sqlalchemy import event

@@ -164,6 +164,7 @@ def test_metrics_follow_the_api_key_or_a_scrape_token(configure: Any, sqlite_url
         assert client.get("/jobs").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_scrape_counts_every_job_of_a_large_database(client: Any) -> None:
     """The figures come from counts in the database, not from rows loaded into the API. How long
     a scrape takes at 100,000 jobs is measured by bench/scale.py (docs/benchmarks.md)."""

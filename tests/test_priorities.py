@@ -71,6 +71,7 @@ def positions_then_claims(count: int) -> tuple[list[int], list[int]]:
     return sorted(positions, key=positions.__getitem__), claimed
 
 
+@pytest.mark.slow
 def test_a_lone_job_waits_for_one_job_of_a_1000_job_experiment(db: str) -> None:
     big = experiment(1000)
     with session_scope() as session:

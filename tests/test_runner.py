@@ -228,6 +228,7 @@ def test_training_error_fails_the_job_with_the_exception(new_job) -> None:
     assert epochs_recorded(job_id) == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_diverging_job_fails_as_diverged_keeping_the_epochs_before(
     configure, database_url: str
 ) -> None:
@@ -440,6 +441,7 @@ def test_jobs_trained_at_once_each_get_their_share_of_the_cpus(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.slow
 def test_a_resumed_job_keeps_its_cpu_threads_when_the_machine_has_more_workers_now(
     configure, database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:  # type: ignore[no-untyped-def]

@@ -84,6 +84,7 @@ def test_an_integer_written_with_a_zero_fraction_is_an_integer(client: Any) -> N
     assert response.json()["fields"][0]["field"] == "seeds[1]"
 
 
+@pytest.mark.slow
 def test_the_experiment_job_limit_that_json_schema_cannot_state_is_in_the_schema(
     client: Any,
 ) -> None:
